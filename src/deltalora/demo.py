@@ -1,0 +1,1 @@
+"""Placeholder for the main job; replaced by the foundation demo below."""

@@ -1,0 +1,6 @@
+"""LoRA layout, adapter IO, injection of plain-tensor adapters into a frozen backbone."""
+
+from .layout import Architecture, LoraLayout, Slot, derive_layout
+from .weights import LoraWeights
+
+__all__ = ["Architecture", "LoraLayout", "LoraWeights", "Slot", "derive_layout"]

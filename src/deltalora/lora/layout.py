@@ -1,0 +1,204 @@
+"""Derive every LoRA slot of a backbone from its config — never typed in by hand.
+
+A *slot* is one adapted linear layer: (decoder layer, projection module). Its shapes come from the
+architecture config (hidden size, heads, KV heads, head dim, FFN width); its module path and the key
+PEFT saves it under come from the family's naming. Everything downstream (adapter IO, injection,
+DnD tokenisation, generators) iterates ``LoraLayout.slots`` in one canonical order: layer-major, and
+inside a layer ``q, k, v, o, gate, up, down``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import MODULE_ORDER, LoraSpec
+from ..errors import ConfigError
+
+# Decoder families whose projections are named and shaped like Llama's.
+LLAMA_LIKE = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+_PARENT = {
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
+
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers of a decoder that fix LoRA shapes."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Architecture":
+        """Read from a transformers ``PretrainedConfig`` or a plain dict of its fields."""
+        get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        model_type = get("model_type")
+        if model_type not in LLAMA_LIKE:
+            raise ConfigError(
+                f"model_type {model_type!r} is not a supported decoder family; "
+                f"supported: {', '.join(sorted(LLAMA_LIKE))}"
+            )
+        heads = int(get("num_attention_heads"))
+        hidden = int(get("hidden_size"))
+        head_dim = get("head_dim") or hidden // heads
+        return cls(
+            model_type=model_type,
+            hidden_size=hidden,
+            intermediate_size=int(get("intermediate_size")),
+            num_hidden_layers=int(get("num_hidden_layers")),
+            num_attention_heads=heads,
+            num_key_value_heads=int(get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+        )
+
+    def linear_shape(self, module: str) -> tuple[int, int]:
+        """(in_features, out_features) of one projection."""
+        h, f = self.hidden_size, self.intermediate_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, f),
+            "up_proj": (h, f),
+            "down_proj": (f, h),
+        }[module]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One adapted linear layer: ``A`` is [rank, in_features], ``B`` is [out_features, rank]."""
+
+    index: int
+    layer: int
+    module: str
+    path: str
+    in_features: int
+    out_features: int
+    rank: int
+
+    @property
+    def key(self) -> str:
+        """Stable short id, e.g. ``3.q_proj``."""
+        return f"{self.layer}.{self.module}"
+
+    @property
+    def a_shape(self) -> tuple[int, int]:
+        return (self.rank, self.in_features)
+
+    @property
+    def b_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.rank)
+
+    @property
+    def peft_key_a(self) -> str:
+        return f"{PEFT_PREFIX}{self.path}.lora_A.weight"
+
+    @property
+    def peft_key_b(self) -> str:
+        return f"{PEFT_PREFIX}{self.path}.lora_B.weight"
+
+    @property
+    def num_params(self) -> int:
+        return self.rank * (self.in_features + self.out_features)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            key=self.key,
+            a_shape=list(self.a_shape),
+            b_shape=list(self.b_shape),
+            peft_key_a=self.peft_key_a,
+            peft_key_b=self.peft_key_b,
+            num_params=self.num_params,
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    """All slots of one (backbone architecture, LoRA spec) pair, in canonical order."""
+
+    arch: Architecture | None  # None when inferred from an adapter file without its backbone
+    spec: LoraSpec
+    slots: tuple[Slot, ...]
+
+    @property
+    def num_params(self) -> int:
+        return sum(s.num_params for s in self.slots)
+
+    @property
+    def scale(self) -> float:
+        return self.spec.scale
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({s.layer for s in self.slots}))
+
+    def by_key(self) -> dict[str, Slot]:
+        return {s.key: s for s in self.slots}
+
+    def by_peft_key(self) -> dict[str, tuple[Slot, str]]:
+        """Map each PEFT saved key to (slot, "A" | "B")."""
+        out: dict[str, tuple[Slot, str]] = {}
+        for s in self.slots:
+            out[s.peft_key_a] = (s, "A")
+            out[s.peft_key_b] = (s, "B")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architecture": asdict(self.arch) if self.arch is not None else None,
+            "lora": self.spec.model_dump(mode="json"),
+            "scale": self.scale,
+            "num_slots": len(self.slots),
+            "num_params": self.num_params,
+            "slots": [s.to_dict() for s in self.slots],
+        }
+
+
+def derive_layout(config: Any, spec: LoraSpec) -> LoraLayout:
+    """Every slot of ``spec`` on the backbone described by ``config`` (PretrainedConfig, dict or Architecture)."""
+    arch = config if isinstance(config, Architecture) else Architecture.from_config(config)
+    layers = spec.layers if spec.layers is not None else tuple(range(arch.num_hidden_layers))
+    bad = [i for i in layers if i >= arch.num_hidden_layers]
+    if bad:
+        raise ConfigError(
+            f"LoRA layers {bad} do not exist: the backbone has {arch.num_hidden_layers} layers (0..{arch.num_hidden_layers - 1})"
+        )
+    slots = []
+    for layer in layers:
+        for module in MODULE_ORDER:
+            if module not in spec.targets:
+                continue
+            fin, fout = arch.linear_shape(module)
+            slots.append(
+                Slot(
+                    index=len(slots),
+                    layer=layer,
+                    module=module,
+                    path=f"model.layers.{layer}.{_PARENT[module]}.{module}",
+                    in_features=fin,
+                    out_features=fout,
+                    rank=spec.rank,
+                )
+            )
+    return LoraLayout(arch=arch, spec=spec, slots=tuple(slots))
