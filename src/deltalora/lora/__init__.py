@@ -1,6 +1,7 @@
 """LoRA layout, adapter IO, injection of plain-tensor adapters into a frozen backbone."""
 
+from .injection import InjectionError, inject
 from .layout import Architecture, LoraLayout, Slot, derive_layout
 from .weights import LoraWeights
 
-__all__ = ["Architecture", "LoraLayout", "LoraWeights", "Slot", "derive_layout"]
+__all__ = ["Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout", "inject"]

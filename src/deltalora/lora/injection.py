@@ -1,0 +1,142 @@
+"""Apply LoRA weights held in plain tensors to a frozen backbone through forward hooks.
+
+For every slot the hook adds ``scale · (x Aᵀ) Bᵀ`` to the output of the frozen linear layer — the
+same arithmetic as PEFT's LoRA layer with dropout 0 — without ever forming ΔW = B A and without
+copying anything into the model. Because the tensors are used, not copied, gradients flow back to
+them (e.g. into a generator that produced them), and because the hook runs inside the module's
+forward it is recomputed correctly under (non-reentrant) activation checkpointing.
+
+A *batched* ``LoraWeights`` (leading dim K) runs K different adapters in one forward: each batch
+row is routed to one adapter. By default a batch of N = K·m rows is split adapter-major (rows
+0..m-1 use adapter 0, and so on); pass ``rows`` to route arbitrarily, with -1 meaning "base model".
+
+    with inject(backbone.model, weights):
+        out = backbone.model(input_ids=ids, attention_mask=mask)
+
+With activation checkpointing the backward pass *recomputes* the forward, hooks included, so call
+``loss.backward()`` inside the ``with`` block (after it, the hooks are gone and torch raises a
+CheckpointError about a different number of saved tensors). Reentrant checkpointing is refused:
+it would silently drop the gradients to the injected tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .weights import LoraWeights
+
+
+class InjectionError(RuntimeError):
+    """The model or the routing does not fit the weights being injected."""
+
+
+def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            fn = getattr(module, "_gradient_checkpointing_func", None)
+            kwargs = getattr(fn, "keywords", {}) or {}
+            if kwargs.get("use_reentrant", True):
+                return True
+    return False
+
+
+class _Router:
+    """Maps the batch rows seen by a hook to adapter indices, resolved once per forward batch size."""
+
+    def __init__(self, num_adapters: int | None, rows: torch.Tensor | None):
+        self.k = num_adapters
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        if self.rows is not None:
+            if self.k is None:
+                raise InjectionError("rows routing needs batched weights (a leading adapter dimension)")
+            if self.rows.dim() != 1:
+                raise InjectionError(f"rows must be 1-D (one adapter index per batch row), got shape {tuple(self.rows.shape)}")
+            if self.rows.numel() and (int(self.rows.max()) >= self.k or int(self.rows.min()) < -1):
+                raise InjectionError(f"rows must be in [-1, {self.k - 1}] (-1 = base model)")
+
+    def check(self, n: int) -> None:
+        if self.k is None:
+            return
+        if self.rows is not None:
+            if self.rows.numel() != n:
+                raise InjectionError(f"rows has {self.rows.numel()} entries but the batch has {n} rows")
+        elif n % self.k:
+            raise InjectionError(
+                f"batch of {n} rows cannot be split over {self.k} adapters; pass rows= to route them explicitly"
+            )
+
+
+def _lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float, router: _Router) -> torch.Tensor:
+    """``scale · (x Aᵀ) Bᵀ`` with one adapter per row of x (x: [N, ..., in])."""
+    A = A.to(x.dtype)
+    B = B.to(x.dtype)
+    if A.dim() == 2:  # one adapter for every row
+        return (x @ A.transpose(0, 1)) @ B.transpose(0, 1) * scale
+    n = x.shape[0]
+    xs = x.reshape(n, -1, x.shape[-1])  # [N, T, in]
+    if router.rows is None:
+        k = A.shape[0]
+        xk = xs.reshape(k, -1, xs.shape[-1])  # adapter-major: [K, m·T, in]
+        h = torch.einsum("kti,kri->ktr", xk, A)
+        d = torch.einsum("ktr,kor->kto", h, B)
+        return d.reshape(*x.shape[:-1], B.shape[1]) * scale
+    rows = router.rows.to(x.device)
+    idx = rows.clamp(min=0)
+    h = torch.einsum("nti,nri->ntr", xs, A.index_select(0, idx))
+    d = torch.einsum("ntr,nor->nto", h, B.index_select(0, idx))
+    if bool((rows < 0).any()):
+        d = d * (rows >= 0).to(d.dtype).view(-1, 1, 1)
+    return d.reshape(*x.shape[:-1], B.shape[1]) * scale
+
+
+@contextlib.contextmanager
+def inject(
+    model: nn.Module,
+    weights: LoraWeights,
+    rows: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> Iterator[None]:
+    """Hook ``weights`` into ``model`` for the duration of the ``with`` block; hooks are always removed.
+
+    ``scale`` defaults to the layout's (alpha/r, or alpha/√r with rsLoRA). Several ``inject`` blocks
+    may be nested: their deltas add up, as stacked adapters do.
+    """
+    layout = weights.layout
+    scale = layout.scale if scale is None else scale
+    wants_grad = any(t.requires_grad for t in weights.tensors())
+    if wants_grad and _uses_reentrant_checkpointing(model):
+        raise InjectionError(
+            "reentrant activation checkpointing silently drops gradients to injected LoRA tensors; "
+            "enable it with gradient_checkpointing_kwargs={'use_reentrant': False}"
+        )
+    router = _Router(weights.num_adapters, rows)
+    handles = []
+    try:
+        for slot in layout.slots:
+            try:
+                module = model.get_submodule(slot.path)
+            except AttributeError:
+                raise InjectionError(f"slot {slot.key}: the model has no module {slot.path!r}") from None
+            if not isinstance(module, nn.Linear) or (module.in_features, module.out_features) != (
+                slot.in_features,
+                slot.out_features,
+            ):
+                raise InjectionError(
+                    f"slot {slot.key}: {slot.path} is {module!r}, expected Linear({slot.in_features}, {slot.out_features})"
+                )
+            A, B = weights.A[slot.key], weights.B[slot.key]
+
+            def hook(mod, args, output, A=A, B=B):
+                x = args[0]
+                router.check(x.shape[0])
+                return output + _lora_delta(x, A, B, scale, router)
+
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
