@@ -5,25 +5,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft import get_peft_model, set_peft_model_state_dict
 
 from deltalora.lora import LoraWeights
+from deltalora.lora.adapter_io import peft_lora_config
 
 
 def peft_reference(model, weights: LoraWeights):
     """A stock PEFT model (on a copy of ``model``) holding the same single adapter as ``weights``."""
-    spec = weights.layout.spec
-    cfg = LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.alpha,
-        target_modules=list(spec.targets),
-        layers_to_transform=list(spec.layers) if spec.layers is not None else None,
-        use_rslora=spec.rslora,
-        lora_dropout=0.0,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(copy.deepcopy(model), cfg)
+    peft_model = get_peft_model(copy.deepcopy(model), peft_lora_config(weights.layout.spec))
     state = {}
     for s in weights.layout.slots:
         state[s.peft_key_a] = weights.A[s.key].detach().clone()

@@ -57,13 +57,15 @@ def architecture_of(name: str) -> Architecture:
     if is_registered(name):
         return Architecture.from_config(get_spec(name).arch)
     path = Path(name)
-    if (path / "config.json").is_file():
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BackboneError(f"{path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
         return Architecture.from_config(json.loads((path / "config.json").read_text()))
     try:
         from transformers import AutoConfig
 
         return Architecture.from_config(AutoConfig.from_pretrained(name))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise BackboneError(f"cannot read the config of {name!r} ({str(exc).splitlines()[0]}); pass a registered name or a local model directory") from None
 
 

@@ -1,7 +1,14 @@
 """LoRA layout, adapter IO, injection of plain-tensor adapters into a frozen backbone."""
 
+from .adapter_io import inspect_adapter, load_adapter, save_adapter
 from .injection import InjectionError, inject
 from .layout import Architecture, LoraLayout, Slot, derive_layout
 from .weights import LoraWeights
 
-__all__ = ["Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout", "inject"]
+__all__ = [
+    "Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
+    "inject",
+    "inspect_adapter",
+    "load_adapter",
+    "save_adapter",
+]

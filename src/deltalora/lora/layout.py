@@ -19,7 +19,7 @@ from ..errors import ConfigError
 # Decoder families whose projections are named and shaped like Llama's.
 LLAMA_LIKE = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
-_PARENT = {
+MODULE_PARENT = {  # the submodule of a decoder layer that holds each projection
     "q_proj": "self_attn",
     "k_proj": "self_attn",
     "v_proj": "self_attn",
@@ -30,6 +30,11 @@ _PARENT = {
 }
 
 PEFT_PREFIX = "base_model.model."
+
+
+def module_path(layer: int, module: str) -> str:
+    """Dotted path of a projection inside a Llama-family causal LM, e.g. ``model.layers.3.self_attn.q_proj``."""
+    return f"model.layers.{layer}.{MODULE_PARENT[module]}.{module}"
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ def derive_layout(config: Any, spec: LoraSpec) -> LoraLayout:
                     index=len(slots),
                     layer=layer,
                     module=module,
-                    path=f"model.layers.{layer}.{_PARENT[module]}.{module}",
+                    path=module_path(layer, module),
                     in_features=fin,
                     out_features=fout,
                     rank=spec.rank,
