@@ -84,7 +84,7 @@ def foundation_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
         peft_model.unload()  # restore the plain backbone
     rel_err = ((ours - ref).norm() / ref.norm()).item()
     delta_norm = (ref - base_h).norm(dim=-1).mean().item()
-    print(f"[4/5] hook injection vs stock PEFT: relative error {rel_err:.2e} (|Δ| per prompt {delta_norm:.2f})")
+    print(f"[4/5] hook injection vs stock PEFT: relative error {rel_err:.2e} (‖Δ‖ per prompt {delta_norm:.2f})")
 
     big = {key: v.repeat(k, 1) for key, v in enc.items()}
     singles = [adapters.select(i) for i in range(k)]
@@ -128,7 +128,7 @@ IO, batched hook injection). The generator training pipeline replaces it when th
 | backbone | `{backbone}` (weights sha256 `{b.weights_id[:16]}…`), loaded in {b.load_seconds:.1f} s |
 | LoRA layout | r{spec.rank}, α{spec.alpha:g}, {','.join(spec.targets)}: {len(layout.slots)} slots, {layout.num_params:,} parameters |
 | adapter IO | `{adapter_dir}` written as a PEFT dir; inspect: valid={report['valid']} |
-| hook injection vs stock PEFT | relative error of last-token hidden states {rel_err:.2e} (adapter effect |Δ| = {delta_norm:.2f}) |
+| hook injection vs stock PEFT | relative error of last-token hidden states {rel_err:.2e} (adapter effect ‖Δ‖ = {delta_norm:.2f}) |
 | {k} adapters × {len(PROMPTS)} prompts | separate forwards {t_sep:.2f} s, one batched forward {t_bat:.2f} s ({t_sep / t_bat:.2f}×) |
 | total | {total:.1f} s |
 """
