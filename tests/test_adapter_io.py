@@ -425,3 +425,28 @@ def test_cli_bad_backbone(tmp_path, tiny_qwen2):
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     res = CliRunner().invoke(app, ["adapter", "inspect", str(out), "--backbone", str(tmp_path / "gpt2")])
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
+
+
+def test_saved_bytes_are_deterministic(tiny_qwen2, tmp_path):
+    """Equal content gives equal bytes (safetensors' metadata order is otherwise random per run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from deltalora.backbones import load_backbone\n"
+        "from deltalora.config import LoraSpec\n"
+        "from deltalora.lora import LoraWeights, save_adapter\n"
+        "b = load_backbone('tiny-qwen2')\n"
+        "w = LoraWeights.random(b.layout(LoraSpec(rank=4, targets='q,v')), seed=0)\n"
+        "save_adapter(w, sys.argv[1], metadata={'a': '1', 'b': '2', 'c': '3', 'd': '4'})\n"
+    )
+    outs = []
+    for i in range(3):  # separate processes: hash-map seeds differ
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"a{i}")], check=True)
+        outs.append((tmp_path / f"a{i}" / "adapter_model.safetensors").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a0" / "adapter_model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt", "a": "1", "b": "2", "c": "3", "d": "4"}

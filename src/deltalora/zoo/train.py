@@ -1,0 +1,162 @@
+"""Train one teacher LoRA on (prompt, target) pairs with a completion-only loss.
+
+The LoRA lives in plain tensors injected by hooks (:func:`deltalora.lora.inject`), the same path
+Δ extraction and generator training use, so the backbone is never wrapped or mutated. Only the
+target tokens pass through the LM head (the answers are short; the head is a large share of a small
+model's FLOPs). Checkpoints along the tail of the run are saved as PEFT directories, as DnD keeps
+consecutive checkpoints of one run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..config import LoraSpec, StrictModel
+from ..lora import LoraLayout, LoraWeights, inject, save_adapter
+
+
+class TeacherTrainConfig(StrictModel):
+    lora: LoraSpec = LoraSpec(rank=8, alpha=16, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    steps: int = Field(120, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_length: int = Field(256, ge=8)
+    checkpoints: int = Field(3, ge=1)  # how many checkpoints to keep along the tail
+    checkpoint_every: int = Field(20, ge=1)  # spacing of the tail checkpoints, in steps
+    bf16_autocast: bool = False
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: Path
+    train_loss: float  # mean loss over the last `checkpoint_every` steps
+
+
+def peft_init(layout: LoraLayout, generator: torch.Generator) -> LoraWeights:
+    """PEFT's default init: A ~ kaiming-uniform(a=√5) (nn.Linear's), B = 0, so ΔW = 0 at step 0."""
+    A, B = {}, {}
+    for s in layout.slots:
+        bound = 1.0 / math.sqrt(s.in_features)  # kaiming_uniform_(a=sqrt(5)) on [r, in]
+        A[s.key] = (torch.rand(s.a_shape, generator=generator) * 2 - 1) * bound
+        B[s.key] = torch.zeros(s.b_shape)
+    return LoraWeights(layout, A, B)
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + target + eos, and where the target starts; prompts are cut from the left."""
+    eos = tokenizer.eos_token or ""
+    out = []
+    for prompt, target in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target + eos, add_special_tokens=False)["input_ids"][: max_length // 2]
+        p = p[-(max_length - len(t)) :]
+        out.append((p + t, len(p)))
+    return out
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int):
+    """Right-padded ids, attention mask, and a mask of the positions whose *next* token is a target."""
+    n = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    predict = torch.zeros((len(examples), n), dtype=torch.bool)
+    for i, (seq, start) in enumerate(examples):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        predict[i, start - 1 : len(seq) - 1] = True  # position j predicts token j+1
+    return ids, mask, predict
+
+
+def completion_loss(model, ids, mask, predict) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens, with the LM head applied only where it is needed."""
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = model.lm_head(hidden[predict]).float()
+    labels = ids[:, 1:][predict[:, :-1]]
+    return F.cross_entropy(logits, labels)
+
+
+def train_teacher(
+    backbone,
+    pairs: Sequence[tuple[str, str]],
+    cfg: TeacherTrainConfig,
+    out_dir: Path,
+    seed: int = 0,
+    metadata: dict[str, str] | None = None,
+    progress=None,
+) -> list[Checkpoint]:
+    """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``."""
+    if not pairs:
+        raise ValueError("train_teacher needs at least one (prompt, target) pair")
+    layout = backbone.layout(cfg.lora)
+    gen = torch.Generator().manual_seed(seed)
+    init = peft_init(layout, gen).to(backbone.device)
+    params = [t.requires_grad_(True) for t in init.tensors()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    data = tokenize_pairs(backbone.tokenizer, pairs, cfg.max_length)
+    order: list[int] = []
+    rng = random.Random(seed)
+    keep = {cfg.steps - i * cfg.checkpoint_every for i in range(cfg.checkpoints)}
+    keep = {s for s in keep if s > 0}
+    pad = backbone.tokenizer.pad_token_id
+    losses: list[float] = []
+    saved: list[Checkpoint] = []
+    model = backbone.model
+    for step in range(1, cfg.steps + 1):
+        batch = []
+        while len(batch) < cfg.batch_size:
+            if not order:
+                order = list(range(len(data)))
+                rng.shuffle(order)
+            batch.append(data[order.pop()])
+        ids, mask, predict = (t.to(backbone.device) for t in collate(batch, pad))
+        with inject(model, init), torch.autocast(
+            backbone.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast
+        ):
+            loss = completion_loss(model, ids, mask, predict)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, losses[-1])
+        if step in keep:
+            recent = losses[-cfg.checkpoint_every :]
+            path = save_adapter(
+                _detached_cpu(init),
+                Path(out_dir) / f"step{step}",
+                base_model_name_or_path=backbone.name,
+                metadata={**(metadata or {}), "step": str(step), "seed": str(seed)},
+            )
+            saved.append(Checkpoint(step=step, path=path, train_loss=sum(recent) / len(recent)))
+    return saved
+
+
+def _detached_cpu(w: LoraWeights) -> LoraWeights:
+    return LoraWeights(
+        w.layout,
+        {k: v.detach().to("cpu").clone() for k, v in w.A.items()},
+        {k: v.detach().to("cpu").clone() for k, v in w.B.items()},
+    )
