@@ -1,0 +1,51 @@
+import torch
+import torch.nn.functional as F
+
+from deltalora.config import LoraSpec
+from deltalora.eval import choice_logprobs, greedy_generate
+from deltalora.lora import LoraWeights
+
+from .helpers import peft_reference
+
+PROMPTS = ["<|im_start|>user\nPick one<|im_end|>\n<|im_start|>assistant\n", "Q: colour of sky?\nA:"]
+CHOICES = [["yes", "no", "maybe"], [" blue", " green"]]
+
+
+def _manual_logprob(model, tok, prompt, choice):
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    t = tok(choice, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + t])
+    with torch.no_grad():
+        logp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    return float(sum(logp[len(p) - 1 + j, tok_id] for j, tok_id in enumerate(t)))
+
+
+def test_choice_logprobs_match_unbatched_and_peft(tiny_qwen2):
+    b = tiny_qwen2
+    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down"))
+    w1, w2 = (LoraWeights.random(layout, std=0.1, seed=s) for s in (1, 2))
+    res = choice_logprobs(b, PROMPTS, CHOICES, [None, w1, w2], batch_rows=5)
+    ref1 = peft_reference(b.model, w1)
+    for i, (prompt, opts) in enumerate(zip(PROMPTS, CHOICES)):
+        for c, opt in enumerate(opts):
+            assert abs(res[0][i][c] - _manual_logprob(b.model, b.tokenizer, prompt, opt)) < 1e-4
+            assert abs(res[1][i][c] - _manual_logprob(ref1, b.tokenizer, prompt, opt)) < 1e-4
+    alone = choice_logprobs(b, PROMPTS, CHOICES, [w2])
+    assert torch.allclose(torch.tensor(alone[0][1]), torch.tensor(res[2][1]), atol=1e-4)
+    assert res[1] != res[0]  # the adapter changes the scores
+
+
+def test_greedy_generate_matches_peft_and_single_runs(tiny_qwen2):
+    b = tiny_qwen2
+    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down"))
+    w = LoraWeights.random(layout, std=0.2, seed=5)
+    batched = greedy_generate(b, PROMPTS, [None, w], max_new_tokens=6, batch_rows=3)
+    ref = peft_reference(b.model, w)
+    for i, prompt in enumerate(PROMPTS):
+        single = greedy_generate(b, [prompt], [w], max_new_tokens=6)[0][0]
+        assert single == batched[1][i]
+        ids = b.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            g = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=b.tokenizer.pad_token_id)
+        assert b.tokenizer.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == single
+    assert batched[0] != batched[1]
