@@ -1,0 +1,86 @@
+"""``deltalora tasks list | show | fetch``."""
+
+from __future__ import annotations
+
+import typer
+
+from .common import emit_json, run_guarded
+
+app = typer.Typer(no_args_is_help=True)
+
+SUITE_HELP = "Suite YAML (default: configs/tasks/default.yaml)."
+
+
+@app.command("list")
+def list_cmd(
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """List the suite's tasks: name, family, kind, source and requested split sizes (reads no data)."""
+
+    def go():
+        from ..tasks import load_suite
+
+        specs = load_suite(suite)
+        rows = [
+            {"name": s.name, "family": s.family, "kind": s.kind, "source": s.source, "args": s.args, **s.sizes}
+            for s in specs
+        ]
+        if json_out:
+            emit_json(rows)
+            return
+        typer.echo(f"{'name':<28} {'family':<12} {'kind':<6} {'source':<14} {'train':>5} {'cond':>5} {'eval':>5}")
+        for r in rows:
+            typer.echo(
+                f"{r['name']:<28} {r['family']:<12} {r['kind']:<6} {r['source']:<14} "
+                f"{r['train']:>5} {r['condition']:>5} {r['eval']:>5}"
+            )
+        typer.echo(f"{len(rows)} tasks in {len({r['family'] for r in rows})} families")
+
+    run_guarded(go)
+
+
+@app.command("show")
+def show_cmd(
+    name: str = typer.Argument(..., help="Task name (see `deltalora tasks list`)."),
+    split: str = typer.Option("eval", help="train, condition or eval."),
+    n: int = typer.Option(3, "--n", min=1, help="How many items to show."),
+    seed: int = typer.Option(0, help="Split seed."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Build one task and print a few of its items, formatted with the tiny ChatML template."""
+
+    def go():
+        from ..backbones.tiny import byte_level_tokenizer
+        from ..tasks import build_task, format_prompt, format_target, get_spec, load_suite
+
+        task = build_task(get_spec(load_suite(suite), name), seed=seed)
+        items = task.split(split)[:n]
+        tok = byte_level_tokenizer()
+        shown = [
+            {"prompt": format_prompt(tok, task, it), "target": format_target(task, it), "item": it.to_dict()}
+            for it in items
+        ]
+        if json_out:
+            emit_json({"name": task.name, "family": task.family, "kind": task.kind, "sizes": task.sizes(),
+                       "split": split, "items": shown})
+            return
+        typer.echo(f"{task.name} ({task.family}, {task.kind}): {task.description}  sizes {task.sizes()}")
+        for i, s in enumerate(shown):
+            typer.echo(f"--- {split}[{i}] prompt ---\n{s['prompt']}--- target ---\n{s['target']}\n")
+
+    run_guarded(go)
+
+
+@app.command("fetch")
+def fetch_cmd(suite: str = typer.Option(None, "--suite", help=SUITE_HELP)) -> None:
+    """Download and extract the data the suite needs (BIG-bench: one sdist, one pass)."""
+
+    def go():
+        from ..tasks import load_suite, prefetch
+
+        prefetch(load_suite(suite))
+        typer.echo("ok")
+
+    run_guarded(go)

@@ -1,0 +1,3 @@
+"""Built-in task sources; importing this package registers them."""
+
+from . import bigbench, humaneval, reasoning_gym, userfiles  # noqa: F401
