@@ -1,0 +1,124 @@
+"""``deltalora deltas compute`` (and ``probes``): teacher Δ extraction through the content-addressed cache."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from .common import emit_json, run_guarded
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("compute")
+def compute_cmd(
+    backbone: str = typer.Option(..., help="Backbone: registered name, local model dir, or HF id."),
+    zoo: str = typer.Option(None, help="Zoo manifest (manifest.jsonl or its directory): Mode A over its adapters."),
+    adapter: list[str] = typer.Option(None, "--adapter", help="PEFT LoRA directory (Mode A); repeat for several."),
+    model: list[str] = typer.Option(None, "--model", help="Fine-tuned model directory of the same architecture (Mode B); repeat for several."),
+    probes: str = typer.Option("generic5", help="Probe set name (see `deltalora deltas probes`) or a .txt/.jsonl probe file."),
+    repr_: str = typer.Option("last_token", "--repr", help=r"last_token | mean | layers:\[i,j,..]\[:concat|:avg]\[:last_token|:mean] (hidden_states indices)."),
+    batch_adapters: int = typer.Option(8, "--batch-adapters", min=1, help="Adapters per forward (K)."),
+    shard: str = typer.Option(None, help="i/n: process every n-th source (sorted by id) starting at i (0-based)."),
+    cache: str = typer.Option(None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."),
+    device: str = typer.Option("auto", help="Device (auto, cpu, cuda, ...)."),
+    dtype: str = typer.Option("float32", help="Compute dtype; Δ supervision wants float32 (see ENVIRONMENT.md)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Compute Δ = v(M) − v(B) for adapters or models; cache hits are skipped (resumable, idempotent)."""
+
+    def go():
+        from ..backbones import load_backbone
+        from ..config import RuntimeConfig, model_validate_or_raise
+        from ..deltas import DeltaError, compute_deltas, parse_shard, sources_from_adapters, sources_from_manifest, sources_from_models
+
+        modes = [bool(zoo), bool(adapter), bool(model)]
+        if sum(modes) != 1:
+            raise DeltaError("pass exactly one of --zoo MANIFEST, --adapter DIR (repeatable) or --model DIR (repeatable)")
+        shard_t = parse_shard(shard)
+        sources = sources_from_manifest(zoo) if zoo else sources_from_adapters(adapter) if adapter else sources_from_models(model)
+        runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "--device/--dtype")
+        b = load_backbone(backbone, runtime, progress=not json_out)
+        return compute_deltas(b, sources, probes, repr_, cache, batch_adapters, shard_t, progress=True)
+
+    if not json_out:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    report = run_guarded(go)
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        c = report.counts()
+        typer.echo(
+            f"Δ ({report.representation}, probes {report.probes}) on {report.backbone}: {c['computed']} computed, "
+            f"{c['cached']} cached, {c['broken']} broken in {report.seconds:.1f}s; cache {report.cache_dir}"
+        )
+        for b in report.broken:
+            typer.echo(f"broken: {b.id}: {b.error}", err=True)
+
+
+@app.command("analyze")
+def analyze_cmd(
+    backbone: str = typer.Option(..., help="Backbone the zoo was trained on."),
+    zoo: str = typer.Option(..., help="Zoo manifest (manifest.jsonl or its directory); families come from it."),
+    probes: str = typer.Option("generic5", help="Probe set name or file."),
+    repr_: str = typer.Option("last_token", "--repr", help="Representation (see `compute`)."),
+    batch_adapters: int = typer.Option(8, "--batch-adapters", min=1, help="Adapters per forward for missing Δ."),
+    cache: str = typer.Option(None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."),
+    out: str = typer.Option(None, help="Write the t-SNE PNG here (needs scikit-learn and matplotlib)."),
+    no_weights: bool = typer.Option(False, "--no-weights", help="Skip the flattened-weights baseline."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Silhouette score of Δ by task family (cosine distance) next to flattened adapter weights', and a t-SNE PNG."""
+
+    def go():
+        from pathlib import Path
+
+        from ..backbones import load_backbone
+        from ..deltas import compute_deltas, sources_from_manifest
+        from ..deltas.analyze import clustering_report
+
+        sources = sources_from_manifest(zoo)
+        b = load_backbone(backbone, progress=not json_out)
+        report = compute_deltas(b, sources, probes, repr_, cache, batch_adapters, progress=not json_out)
+        ids, deltas = report.load()
+        by_id = {s.id: s for s in sources}
+        fams = [by_id[i].family for i in ids]
+        dirs = None if no_weights else [by_id[i].path for i in ids]
+        result = clustering_report(deltas.numpy(), fams, dirs, b.arch, Path(out) if out else None)
+        return {"backbone": b.name, "probes": report.probes, "repr": report.representation, "broken": [r.id for r in report.broken], **result}
+
+    result = run_guarded(go)
+    if json_out:
+        emit_json(result)
+        return
+    typer.echo(f"{result['adapters']} adapters in {len(result['families'])} families: silhouette (cosine) of Δ {result['silhouette_delta']:.3f}"
+               + (f", of flattened weights {result['silhouette_weights']:.3f}" if "silhouette_weights" in result else ""))
+    if result.get("tsne_png"):
+        typer.echo(f"t-SNE: {result['tsne_png']}")
+    elif result.get("note"):
+        typer.echo(result["note"], err=True)
+
+
+@app.command("probes")
+def probes_cmd(
+    name: str = typer.Argument(None, help="Show the texts of this probe set (name or file)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """List the registered probe sets, or show one."""
+
+    def go():
+        from ..deltas import get_probe_set, probe_set_names
+
+        names = [name] if name else probe_set_names()
+        return [get_probe_set(n) for n in names]
+
+    sets = run_guarded(go)
+    if json_out:
+        emit_json([{"name": p.name, "sha256": p.sha256, "count": len(p), **({"texts": list(p.texts)} if name else {})} for p in sets])
+        return
+    for p in sets:
+        typer.echo(f"{p.name}: {len(p)} probes, sha256 {p.sha256[:16]}")
+        if name:
+            for t in p.texts:
+                typer.echo("  " + repr(t))

@@ -1,0 +1,116 @@
+"""Clustering report: do teacher Δ vectors group by task family, and do flattened adapter weights?
+
+The Delta Activations table compares exactly these two: the silhouette score of Δ by family under
+cosine distance, and the same score for the flattened LoRA weights (A and B of every slot
+concatenated). The score is computed here in numpy (no extra dependency); the t-SNE picture needs
+scikit-learn and matplotlib and is skipped, with a note, when they are not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DeltaLoraError
+from ..lora import load_adapter
+from ..lora.layout import Architecture
+
+
+def cosine_distances(x: np.ndarray) -> np.ndarray:
+    """1 − cosine similarity of the rows of ``x`` (a zero row is at distance 1 from everything)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    d = 1.0 - unit @ unit.T
+    np.fill_diagonal(d, 0.0)
+    return np.clip(d, 0.0, 2.0)
+
+
+def silhouette(distances: np.ndarray, labels: Sequence[str]) -> float:
+    """Mean silhouette over samples of a precomputed distance matrix (sklearn's convention: 0 for singletons)."""
+    labels = np.asarray(labels)
+    uniq = np.unique(labels)
+    n = len(labels)
+    if not 2 <= len(uniq) <= n - 1:
+        raise DeltaLoraError(f"a silhouette score needs 2..n-1 families; got {len(uniq)} families over {n} adapters")
+    masks = {u: labels == u for u in uniq}
+    scores = np.zeros(n)
+    for i in range(n):
+        own = masks[labels[i]].copy()
+        own[i] = False
+        if not own.any():
+            continue  # a singleton cluster scores 0
+        a = distances[i, own].mean()
+        b = min(distances[i, masks[u]].mean() for u in uniq if u != labels[i])
+        denom = max(a, b)
+        scores[i] = 0.0 if denom == 0 else (b - a) / denom
+    return float(scores.mean())
+
+
+def flattened_weights(adapter_dirs: Sequence[str | Path], arch: Architecture | None = None) -> np.ndarray:
+    """[N, params] float32: every slot's A then B, flattened, in canonical slot order (one layout required)."""
+    rows, keys = [], None
+    for d in adapter_dirs:
+        w = load_adapter(d, arch, dtype=torch.float32)
+        k = [s.key for s in w.layout.slots], w.layout.spec.rank
+        if keys is not None and k != keys:
+            raise DeltaLoraError(f"{d}: its slots or rank differ from the first adapter's; flattened weights need one layout")
+        keys = k
+        rows.append(torch.cat([t.reshape(-1) for t in w.tensors()]).numpy())
+    return np.stack(rows)
+
+
+def tsne_png(points: dict[str, np.ndarray], labels: Sequence[str], out: Path, seed: int = 0) -> Path | None:
+    """Side-by-side t-SNE panels (cosine metric) of each named matrix, coloured by family; None without sklearn/matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from sklearn.manifold import TSNE
+    except ImportError:
+        return None
+    fams = sorted(set(labels))
+    cmap = plt.get_cmap("tab10" if len(fams) <= 10 else "tab20")
+    fig, axes = plt.subplots(1, len(points), figsize=(5 * len(points), 4.5), squeeze=False)
+    for ax, (title, x) in zip(axes[0], points.items()):
+        perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
+        method = "exact" if len(x) <= 1000 else "barnes_hut"  # Barnes-Hut is far slower on small sets here
+        tsne = TSNE(n_components=2, metric="cosine", init="random", perplexity=perplexity, random_state=seed, method=method)
+        xy = tsne.fit_transform(np.asarray(x, dtype=np.float32))
+        for j, fam in enumerate(fams):
+            sel = np.asarray(labels) == fam
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=30, color=cmap(j), label=fam)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs: Sequence[str | Path] | None = None,
+                      arch: Architecture | None = None, png: Path | None = None) -> dict:
+    """Silhouette (cosine) of Δ by family, and of flattened adapter weights when ``adapter_dirs`` are given."""
+    out = {"adapters": len(families), "families": {f: int(sum(1 for x in families if x == f)) for f in sorted(set(families))}}
+    out["silhouette_delta"] = silhouette(cosine_distances(deltas), families)
+    panels = {"Δ (delta activations)": np.asarray(deltas)}
+    if adapter_dirs is not None:
+        flat = flattened_weights(adapter_dirs, arch)
+        out["silhouette_weights"] = silhouette(cosine_distances(flat), families)
+        panels["flattened LoRA weights"] = flat
+    if png is not None:
+        written = tsne_png(panels, families, Path(png))
+        out["tsne_png"] = str(written) if written else None
+        if written is None:
+            out["note"] = "t-SNE skipped: install scikit-learn and matplotlib"
+    return out
+
+
+__all__ = ["clustering_report", "cosine_distances", "flattened_weights", "silhouette", "tsne_png"]

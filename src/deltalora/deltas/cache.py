@@ -1,0 +1,176 @@
+"""Content-addressed cache of Δ vectors (and of v(B)).
+
+A key is the sha256 of everything that changes the value — backbone weights id, probe-set hash,
+representation spec, the content hash of the adapter (or fine-tuned model), compute dtype and
+:data:`DELTA_CODE_VERSION` — never a path. Each value is one safetensors file
+``objects/<key[:2]>/<key>.safetensors`` holding the float32 tensor ``"delta"`` (or ``"v"`` for a base
+activation) and string metadata, written atomically (temp file + ``os.replace``), so concurrent
+shard workers can only ever replace a file with an identical one. ``index.jsonl`` maps adapter ids
+to Δ files; lines are appended under an exclusive ``fcntl`` lock; the last line for an id wins.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import DeltaLoraError
+from ..paths import atomic_write_bytes, home
+
+# Bump when a change to the extraction code changes Δ values (tokenisation, pooling, arithmetic).
+DELTA_CODE_VERSION = "1"
+INDEX_NAME = "index.jsonl"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class DeltaCacheError(DeltaLoraError):
+    """A cache file or index is unreadable."""
+
+
+def default_cache_dir() -> Path:
+    return home() / "deltas"
+
+
+def _sha256_file(path: Path, digest=None):
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest
+
+
+def adapter_content_hash(adapter_dir: str | Path) -> str:
+    """sha256 over the adapter's safetensors bytes and its canonical (sorted, compact) adapter_config.json."""
+    d = Path(adapter_dir)
+    digest = hashlib.sha256(b"lora-adapter\0")
+    try:
+        cfg = json.loads((d / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        digest.update(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\0")
+        _sha256_file(d / ADAPTER_WEIGHTS, digest)
+    except (OSError, ValueError) as exc:
+        raise DeltaCacheError(f"{d}: cannot hash the adapter ({' '.join(str(exc).split())}); pass a PEFT directory with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}") from None
+    return digest.hexdigest()
+
+
+def cache_key(*, backbone: str, probes: str, representation: str, content: str, dtype: str) -> str:
+    """sha256 of the canonical JSON of every part that changes the value, plus the code version."""
+    parts = {
+        "backbone": backbone,
+        "code": DELTA_CODE_VERSION,
+        "content": content,
+        "dtype": dtype,
+        "probes": probes,
+        "repr": representation,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class CachedDelta:
+    key: str
+    tensor: torch.Tensor
+    metadata: dict[str, str]
+
+
+class DeltaCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / "objects" / key[:2] / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str, name: str = "delta") -> CachedDelta | None:
+        """The cached tensor for ``key``, or None. A damaged file counts as a miss (it will be rewritten)."""
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            raw = p.read_bytes()
+            tensors = st_load(raw)
+            n = int.from_bytes(raw[:8], "little")
+            meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}
+        except (OSError, SafetensorError, ValueError):
+            return None
+        if name not in tensors or meta.get("key") != key:
+            return None
+        return CachedDelta(key, tensors[name], meta)
+
+    def put(self, key: str, tensor: torch.Tensor, metadata: dict[str, str], name: str = "delta") -> Path:
+        """Write ``tensor`` (stored float32) atomically; metadata values must be strings."""
+        meta = {"format": "pt", **{k: str(v) for k, v in metadata.items()}, "key": key}
+        data = st_save({name: tensor.detach().to("cpu", torch.float32).contiguous()}, metadata=meta)
+        p = self.path(key)
+        atomic_write_bytes(p, data)
+        return p
+
+    # ---------------------------------------------------------------------------------------- index
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX_NAME
+
+    def append_index(self, records: list[dict]) -> None:
+        """Append records (one JSON line each) under an exclusive lock; shard workers may share the cache."""
+        if not records:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        with open(self.index_path, "a", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def read_index(self) -> list[dict]:
+        """All index records; a torn trailing line (a killed writer) is ignored, any other bad line is an error."""
+        if not self.index_path.is_file():
+            return []
+        raw = self.index_path.read_text(encoding="utf-8")
+        lines = raw.split("\n")
+        out = []
+        for no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if no == len(lines) and not raw.endswith("\n"):
+                    continue
+                raise DeltaCacheError(f"{self.index_path}:{no}: not valid JSON; delete the line (the Δ files are unaffected)") from None
+        return out
+
+    def lookup(self, adapter_id: str, **filters: str) -> dict | None:
+        """The latest index record for ``adapter_id`` whose fields match ``filters`` (e.g. probes=, repr=)."""
+        found = None
+        for r in self.read_index():
+            if r.get("adapter") == adapter_id and all(r.get(k) == v for k, v in filters.items()):
+                found = r
+        return found
+
+
+__all__ = [
+    "DELTA_CODE_VERSION",
+    "CachedDelta",
+    "DeltaCache",
+    "DeltaCacheError",
+    "adapter_content_hash",
+    "cache_key",
+    "default_cache_dir",
+]

@@ -1,0 +1,495 @@
+"""Teacher Δ extraction: v(M) − v(B) for many adapters (Mode A) or fine-tuned models (Mode B).
+
+The backbone is loaded once by the caller. v(B) is computed once per (backbone, probe set,
+representation, dtype) and cached. LoRA adapters are evaluated K per forward: the batch is K
+adapter-major blocks of the P probes and :func:`deltalora.lora.inject` routes block k through
+adapter k (no model wrapper, no per-adapter reload, no LM head). Fine-tuned checkpoints of the same
+architecture are loaded one at a time. Broken inputs (NaN/Inf weights, unreadable or mismatched
+files) are named, skipped with a warning and reported; they never stop the job.
+
+    backbone = load_backbone("qwen2.5-coder-0.5b-instruct")
+    report = compute_deltas(backbone, sources_from_manifest("zoo/"), probes="generic5")
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import statistics
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..backbones import Backbone
+from ..errors import DeltaLoraError
+from ..lora import LoraWeights, inject, load_adapter
+from ..lora.layout import Architecture
+from .cache import DeltaCache, DeltaCacheError, adapter_content_hash, cache_key
+from .probes import ProbeSet, get_probe_set
+from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
+
+log = logging.getLogger("deltalora.deltas")
+
+OUTLIER_MIN_GROUP = 5  # fewer Δ than this in a family: no outlier test
+OUTLIER_Z = 3.5  # robust z-score (0.6745·|x − median| / MAD) above which a Δ norm is flagged
+
+
+class DeltaError(DeltaLoraError):
+    """A Δ job is misconfigured (bad shard, duplicate ids, no sources)."""
+
+
+class BrokenSource(DeltaLoraError):
+    """One adapter or model cannot be used; the job skips it and reports this message."""
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class DeltaSource:
+    """One thing to compute Δ for: a PEFT LoRA directory (``kind="lora"``) or a model directory (``"model"``)."""
+
+    id: str
+    path: Path
+    kind: str = "lora"
+    family: str | None = None
+
+
+def sources_from_adapters(dirs: Iterable[str | Path]) -> list[DeltaSource]:
+    return _unique([DeltaSource(id=os.path.normpath(str(d)), path=Path(d), kind="lora") for d in dirs])
+
+
+def sources_from_models(dirs: Iterable[str | Path]) -> list[DeltaSource]:
+    return _unique([DeltaSource(id=os.path.normpath(str(d)), path=Path(d), kind="model") for d in dirs])
+
+
+def sources_from_manifest(manifest: str | Path) -> list[DeltaSource]:
+    """Every entry of a zoo manifest (a ``manifest.jsonl`` or its zoo directory), with its family."""
+    from ..zoo.manifest import adapter_dir, read_manifest
+
+    return _unique([DeltaSource(id=e.id, path=adapter_dir(Path(manifest), e), kind="lora", family=e.family) for e in read_manifest(Path(manifest))])
+
+
+def _unique(sources: list[DeltaSource]) -> list[DeltaSource]:
+    seen: set[str] = set()
+    for s in sources:
+        if s.id in seen:
+            raise DeltaError(f"{s.path}: given twice (id {s.id!r}); pass each adapter or model once")
+        seen.add(s.id)
+    return sources
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` (0 ≤ i < n) -> (i, n); None stays None."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise DeltaError(f"--shard {text!r} is not i/n with 0 <= i < n; e.g. --shard 0/2 and --shard 1/2 for two workers")
+    return i, n
+
+
+def select_shard(sources: Sequence[DeltaSource], shard: tuple[int, int] | None) -> list[DeltaSource]:
+    """Sources sorted by id; with shard (i, n) every n-th starting at i — disjoint and covering over i."""
+    ordered = sorted(sources, key=lambda s: s.id)
+    if shard is None:
+        return ordered
+    i, n = shard
+    return ordered[i::n]
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class DeltaResult:
+    id: str
+    kind: str
+    status: str  # "computed" | "cached" | "broken"
+    family: str | None = None
+    path: str = ""
+    key: str | None = None
+    file: str | None = None
+    norm: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class DeltaReport:
+    backbone: str
+    weights_id: str
+    probes: str
+    probes_sha256: str
+    representation: str
+    dtype: str
+    cache_dir: str
+    base_key: str
+    results: list[DeltaResult] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> list[DeltaResult]:
+        return [r for r in self.results if r.status != "broken"]
+
+    @property
+    def broken(self) -> list[DeltaResult]:
+        return [r for r in self.results if r.status == "broken"]
+
+    def counts(self) -> dict[str, int]:
+        c = {"computed": 0, "cached": 0, "broken": 0}
+        for r in self.results:
+            c[r.status] += 1
+        return c
+
+    def load(self, cache: DeltaCache | None = None) -> tuple[list[str], torch.Tensor]:
+        """(ids, [N, dim] float32 Δ matrix) of every usable result, in result order."""
+        cache = cache or DeltaCache(self.cache_dir)
+        ids, rows = [], []
+        for r in self.ok:
+            hit = cache.get(r.key)
+            if hit is None:
+                raise DeltaCacheError(f"{cache.path(r.key)}: Δ of {r.id} vanished from the cache; rerun `deltalora deltas compute`")
+            ids.append(r.id)
+            rows.append(hit.tensor)
+        return ids, torch.stack(rows) if rows else torch.empty(0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["counts"] = self.counts()
+        return d
+
+
+# ------------------------------------------------------------------------------------------ extractor
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _layout_signature(w: LoraWeights) -> tuple:
+    return tuple(s.key for s in w.layout.slots), w.layout.spec.rank, float(w.layout.scale)
+
+
+class DeltaExtractor:
+    """Δ of adapters and models against one loaded backbone, for one probe set and representation."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        probes: ProbeSet | str = "generic5",
+        representation: Representation | str = "last_token",
+        cache: DeltaCache | str | Path | None = None,
+        batch_adapters: int = 8,
+    ):
+        if batch_adapters < 1:
+            raise DeltaError(f"batch_adapters must be >= 1, got {batch_adapters}")
+        self.backbone = backbone
+        self.probes = probes if isinstance(probes, ProbeSet) else get_probe_set(probes)
+        self.rep = parse_representation(representation)
+        self.cache = cache if isinstance(cache, DeltaCache) else DeltaCache(cache)
+        self.k = batch_adapters
+        self.dtype = _dtype_name(backbone.runtime.torch_dtype)
+        self.enc = encode_probes(backbone.tokenizer, self.probes.texts, device=backbone.device)
+        self._base: torch.Tensor | None = None
+
+    # -------------------------------------------------------------------------------------- keys
+
+    def key(self, content: str) -> str:
+        return cache_key(
+            backbone=self.backbone.weights_id,
+            probes=self.probes.sha256,
+            representation=self.rep.spec,
+            content=content,
+            dtype=self.dtype,
+        )
+
+    @property
+    def base_key(self) -> str:
+        return self.key("base")
+
+    def identity(self) -> dict[str, str]:
+        """What produced a Δ (stored beside it in the file's metadata and in the index)."""
+        return {
+            "backbone": self.backbone.name,
+            "backbone_weights_id": self.backbone.weights_id,
+            "probes": self.probes.name,
+            "probes_sha256": self.probes.sha256,
+            "repr": self.rep.spec,
+            "dtype": self.dtype,
+        }
+
+    def _meta(self, **extra) -> dict[str, str]:
+        return {**self.identity(), **{k: "" if v is None else str(v) for k, v in extra.items()}}
+
+    # -------------------------------------------------------------------------------------- math
+
+    @torch.no_grad()
+    def activation(self, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """v(M) of a causal LM (default: the backbone), float32 [dim]; no LoRA injected."""
+        model = self.backbone.model if model is None else model
+        return mean_over_probes(probe_vectors(model.model, self.enc, self.rep), len(self.probes))[0]
+
+    def base_activation(self) -> torch.Tensor:
+        """v(B), computed once and cached under (backbone weights, probes, representation, dtype)."""
+        if self._base is None:
+            hit = self.cache.get(self.base_key, name="v")
+            if hit is not None:
+                self._base = hit.tensor.to(self.backbone.device)
+            else:
+                self._base = self.activation()
+                self.cache.put(self.base_key, self._base, self._meta(adapter="__base__", norm=float(self._base.norm())), name="v")
+        return self._base
+
+    @torch.no_grad()
+    def lora_deltas(self, weights: LoraWeights) -> torch.Tensor:
+        """Δ of each adapter of a batched ``LoraWeights`` ([K, dim], float32), all K in one forward."""
+        if weights.num_adapters is None:
+            weights = LoraWeights.stack([weights])
+        k = weights.num_adapters
+        weights = weights.to(self.backbone.device)
+        with inject(self.backbone.model, weights):
+            vectors = probe_vectors(self.backbone.model.model, repeat_batch(self.enc, k), self.rep)
+        return mean_over_probes(vectors, len(self.probes)) - self.base_activation()
+
+    # -------------------------------------------------------------------------------------- jobs
+
+    def run(self, sources: Sequence[DeltaSource], progress: bool = False) -> DeltaReport:
+        """Δ for every source, cache hits skipped; returns a report in the order of ``sources``."""
+        t0 = time.perf_counter()
+        report = DeltaReport(
+            backbone=self.backbone.name,
+            weights_id=self.backbone.weights_id,
+            probes=self.probes.name,
+            probes_sha256=self.probes.sha256,
+            representation=self.rep.spec,
+            dtype=self.dtype,
+            cache_dir=str(self.cache.root),
+            base_key=self.base_key,
+        )
+        results: dict[str, DeltaResult] = {}
+        indexed = {(r.get("adapter"), r.get("key")) for r in self.cache.read_index()}
+        bar = _progress(len(sources), progress)
+        pending: dict[tuple, list[tuple[DeltaSource, str, LoraWeights]]] = defaultdict(list)
+
+        def finish(src: DeltaSource, res: DeltaResult, n: int = 1) -> None:
+            results[src.id] = res
+            if res.status == "broken":
+                warnings.warn(f"skipping {src.kind} {src.id}: {res.error}", stacklevel=3)
+                log.warning("broken %s %s: %s", src.kind, src.id, res.error)
+            bar.update(n)
+
+        def flush(sig: tuple) -> None:
+            group = pending.pop(sig, [])
+            if not group:
+                return
+            deltas = self.lora_deltas(LoraWeights.stack([w for _, _, w in group]))
+            for (src, key, _), delta in zip(group, deltas):
+                finish(src, self._store(src, key, delta))
+            del deltas, group
+            gc.collect()
+
+        self.base_activation()
+        for src in sources:
+            try:
+                content = self._content_id(src)
+            except BrokenSource as exc:
+                finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), error=str(exc)))
+                continue
+            key = self.key(content)
+            hit = self.cache.get(key)
+            if hit is not None:
+                finish(src, DeltaResult(src.id, src.kind, "cached", src.family, str(src.path), key, self._rel(key), float(hit.tensor.norm())))
+                continue
+            if src.kind == "model":
+                try:
+                    delta = self.model_delta(src.path)
+                except BrokenSource as exc:
+                    finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc)))
+                    continue
+                finish(src, self._store(src, key, delta))
+                continue
+            try:
+                weights = load_adapter(src.path, self.backbone.arch, dtype=torch.float32)
+            except DeltaLoraError as exc:
+                finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc)))
+                continue
+            sig = _layout_signature(weights)
+            pending[sig].append((src, key, weights))
+            if len(pending[sig]) >= self.k:
+                flush(sig)
+        for sig in list(pending):
+            flush(sig)
+        bar.close()
+
+        report.results = [results[s.id] for s in sources]
+        new = [
+            {"adapter": r.id, "key": r.key, "file": r.file, "kind": r.kind, "family": r.family, "path": r.path, "norm": r.norm, **self.identity()}
+            for r in report.ok
+            if (r.id, r.key) not in indexed
+        ]
+        self.cache.append_index(new)
+        report.stats = delta_stats(report.results)
+        report.seconds = time.perf_counter() - t0
+        _log_stats(report)
+        return report
+
+    def _rel(self, key: str) -> str:
+        return str(self.cache.path(key).relative_to(self.cache.root))
+
+    def _store(self, src: DeltaSource, key: str, delta: torch.Tensor) -> DeltaResult:
+        delta = delta.detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(delta).all()):
+            return DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key,
+                               error=f"{src.path}: Δ has non-finite values (the adapter overflows the backbone); retrain or re-export it")
+        norm = float(delta.norm())
+        self.cache.put(key, delta, self._meta(adapter=src.id, path=src.path, kind=src.kind, family=src.family, norm=norm))
+        return DeltaResult(src.id, src.kind, "computed", src.family, str(src.path), key, self._rel(key), norm)
+
+    def _content_id(self, src: DeltaSource) -> str:
+        if src.kind == "lora":
+            try:
+                return "lora:" + adapter_content_hash(src.path)
+            except DeltaCacheError as exc:
+                raise BrokenSource(str(exc)) from None
+        if src.kind == "model":
+            from ..backbones.loader import _weights_id_of_dir
+
+            if not (src.path / "config.json").is_file():
+                raise BrokenSource(f"{src.path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
+            return "model:" + _weights_id_of_dir(src.path)
+        raise DeltaError(f"unknown source kind {src.kind!r}; use 'lora' or 'model'")
+
+    @torch.no_grad()
+    def model_delta(self, model_dir: str | Path) -> torch.Tensor:
+        """Mode B: Δ of a full fine-tuned checkpoint of the backbone's architecture (loaded, used, freed)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_dir = Path(model_dir)
+        try:
+            config = AutoConfig.from_pretrained(model_dir)
+            arch = Architecture.from_config(config)
+        except (OSError, ValueError, DeltaLoraError) as exc:
+            raise BrokenSource(f"{model_dir}: cannot read config.json ({' '.join(str(exc).split())[:200]}); pass a directory saved with save_pretrained") from None
+        want = self.backbone.arch
+        vocab, want_vocab = getattr(config, "vocab_size", None), self.backbone.model.config.vocab_size
+        if arch != want or vocab != want_vocab:
+            raise BrokenSource(
+                f"{model_dir}: architecture {arch} (vocab {vocab}) differs from backbone {self.backbone.name}'s {want} "
+                f"(vocab {want_vocab}); Mode B needs a fine-tune of the same backbone"
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.backbone.runtime.torch_dtype)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BrokenSource(f"{model_dir}: cannot load the model ({' '.join(str(exc).split())[:200]}); check the weight files") from None
+        model.to(self.backbone.device).eval()
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            del model
+            raise BrokenSource(f"{model_dir}: non-finite values (NaN/Inf) in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "; the checkpoint is broken")
+        try:
+            return self.activation(model) - self.base_activation()
+        finally:
+            del model
+            gc.collect()
+
+
+def compute_deltas(
+    backbone: Backbone,
+    sources: Sequence[DeltaSource],
+    probes: ProbeSet | str = "generic5",
+    representation: Representation | str = "last_token",
+    cache: DeltaCache | str | Path | None = None,
+    batch_adapters: int = 8,
+    shard: tuple[int, int] | str | None = None,
+    progress: bool = False,
+) -> DeltaReport:
+    """Δ of every source (or of shard i/n of them, by sorted id), through the cache; see :class:`DeltaExtractor`."""
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    extractor = DeltaExtractor(backbone, probes, representation, cache, batch_adapters)
+    return extractor.run(select_shard(sources, shard), progress=progress)
+
+
+# ------------------------------------------------------------------------------------------ stats
+
+
+def robust_z(values: Sequence[float]) -> list[float]:
+    """0.6745·(x − median)/MAD (Iglewicz–Hoaglin); 0 for every value when the MAD is 0."""
+    if not values:
+        return []
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values)
+    if mad == 0:
+        return [0.0 for _ in values]
+    return [0.6745 * (v - med) / mad for v in values]
+
+
+def delta_stats(results: Sequence[DeltaResult]) -> dict:
+    """Δ norms per family (``"all"`` when no family is known), robust-z outliers within a family, broken sources."""
+    ok = [r for r in results if r.status != "broken" and r.norm is not None]
+    groups: dict[str, list[DeltaResult]] = defaultdict(list)
+    for r in ok:
+        groups[r.family or "all"].append(r)
+    families, outliers = {}, []
+    for fam in sorted(groups):
+        norms = [r.norm for r in groups[fam]]
+        families[fam] = {
+            "count": len(norms),
+            "mean": statistics.fmean(norms),
+            "std": statistics.pstdev(norms) if len(norms) > 1 else 0.0,
+            "min": min(norms),
+            "max": max(norms),
+        }
+        if len(norms) < OUTLIER_MIN_GROUP:
+            continue
+        for r, z in zip(groups[fam], robust_z(norms)):
+            if abs(z) > OUTLIER_Z:
+                outliers.append({"id": r.id, "family": fam, "norm": r.norm, "robust_z": z})
+    return {
+        "norms_by_family": families,
+        "outliers": outliers,
+        "broken": [{"id": r.id, "path": r.path, "error": r.error} for r in results if r.status == "broken"],
+    }
+
+
+def _log_stats(report: DeltaReport) -> None:
+    c = report.counts()
+    log.info("Δ %s on %s: %d computed, %d cached, %d broken in %.1fs", report.representation, report.backbone, c["computed"], c["cached"], c["broken"], report.seconds)
+    for fam, s in report.stats["norms_by_family"].items():
+        log.info("  |Δ| %s: n=%d mean %.4g std %.4g [%.4g, %.4g]", fam, s["count"], s["mean"], s["std"], s["min"], s["max"])
+    for o in report.stats["outliers"]:
+        log.warning("outlier Δ norm: %s (%s) |Δ|=%.4g robust z %.1f", o["id"], o["family"], o["norm"], o["robust_z"])
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Δ", unit="adapter", disable=not enabled)
+
+
+__all__ = [
+    "BrokenSource",
+    "DeltaError",
+    "DeltaExtractor",
+    "DeltaReport",
+    "DeltaResult",
+    "DeltaSource",
+    "compute_deltas",
+    "delta_stats",
+    "parse_shard",
+    "robust_z",
+    "select_shard",
+    "sources_from_adapters",
+    "sources_from_manifest",
+    "sources_from_models",
+]
