@@ -16,15 +16,9 @@ import torch
 from _util import command_line, machine, median_time, write_json
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
+from deltalora.deltas.probes import get_probe_set
 from deltalora.lora import LoraWeights, inject
 
-PROBES = [  # five short generic instructions (the probe registry arrives with the deltas issue)
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nPlease provide a response.\n\n### Response:",
-    "Below is an instruction that describes a task, paired with an input that provides further context.\n\n### Instruction:\nPlease provide a response.\n\n### Input:\nInput.\n\n### Response:",
-    "Instruction: summarise the following text.\nText: The meeting was moved to Thursday.\nResponse:",
-    "Question: what is the sum of 12 and 30?\nAnswer:",
-    "Translate to French: Good morning, how are you?\nTranslation:",
-]
 
 
 def main() -> None:
@@ -34,11 +28,13 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--targets", default="q,k,v,o,gate,up,down")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--probes", default="generic5", help="probe set name or file")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
 
+    PROBES = list(get_probe_set(args.probes).texts)
     b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype=args.dtype))
     layout = b.layout(LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
     adapters = LoraWeights.random(layout, num_adapters=args.k, std=0.02, seed=0).to(b.device)
@@ -94,7 +90,7 @@ Command: `{res['command']}`
 Machine: {res['machine']}
 
 Backbone `{args.backbone}`, {args.dtype}, LoRA r{args.rank} on {args.targets} ({layout.num_params:,} params per adapter),
-{len(PROBES)} probes left-padded to {enc['input_ids'].shape[1]} tokens, decoder hidden states only (no LM head), no grad.
+{len(PROBES)} `{args.probes}` probes left-padded to {enc['input_ids'].shape[1]} tokens, decoder hidden states only (no LM head), no grad.
 
 | path | median s (of {args.repeats}) | all runs | GFLOP/s (dense, padded) |
 |---|---|---|---|

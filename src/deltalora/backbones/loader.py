@@ -115,7 +115,7 @@ def _hash_files(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def _weights_id_of_dir(directory: Path) -> str:
+def weights_id_of_dir(directory: Path) -> str:
     """Content hash of a local model directory, memoised by (path, sizes, mtimes) under the cache."""
     directory = directory.resolve()
     stat_key = hashlib.sha256()
@@ -172,7 +172,7 @@ def load_backbone(name: str, runtime: RuntimeConfig | None = None, fetch_missing
         except OSError as exc:
             raise BackboneError(f"cannot load backbone {name!r} ({str(exc).splitlines()[0]}); pass a registered name, a local directory or a reachable HF id") from None
         if spec is None:
-            weights_id = _weights_id_of_dir(directory) if directory else f"hub:{name}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+            weights_id = weights_id_of_dir(directory) if directory else f"hub:{name}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(runtime.torch_device)

@@ -11,10 +11,8 @@ to Δ files; lines are appended under an exclusive ``fcntl`` lock; the last line
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import DeltaLoraError
-from ..paths import atomic_write_bytes, home
+from ..paths import atomic_write_bytes, home, locked_append
 
 # Bump when a change to the extraction code changes Δ values (tokenisation, pooling, arithmetic).
 DELTA_CODE_VERSION = "1"
@@ -127,16 +125,7 @@ class DeltaCache:
         """Append records (one JSON line each) under an exclusive lock; shard workers may share the cache."""
         if not records:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with open(self.index_path, "a", encoding="utf-8") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        locked_append(self.index_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
     def read_index(self) -> list[dict]:
         """All index records; a torn trailing line (a killed writer) is ignored, any other bad line is an error."""

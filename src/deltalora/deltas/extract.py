@@ -362,11 +362,11 @@ class DeltaExtractor:
             except DeltaCacheError as exc:
                 raise BrokenSource(str(exc)) from None
         if src.kind == "model":
-            from ..backbones.loader import _weights_id_of_dir
+            from ..backbones.loader import weights_id_of_dir
 
             if not (src.path / "config.json").is_file():
                 raise BrokenSource(f"{src.path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
-            return "model:" + _weights_id_of_dir(src.path)
+            return "model:" + weights_id_of_dir(src.path)
         raise DeltaError(f"unknown source kind {src.kind!r}; use 'lora' or 'model'")
 
     @torch.no_grad()

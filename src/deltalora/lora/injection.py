@@ -1,6 +1,6 @@
 """Apply LoRA weights held in plain tensors to a frozen backbone through forward hooks.
 
-For every slot the hook adds ``scale · (x Aᵀ) Bᵀ`` to the output of the frozen linear layer — the
+For every slot the hook adds ``(scale · x Aᵀ) Bᵀ`` to the output of the frozen linear layer — the
 same arithmetic as PEFT's LoRA layer with dropout 0 — without ever forming ΔW = B A and without
 copying anything into the model. Because the tensors are used, not copied, gradients flow back to
 them (e.g. into a generator that produced them), and because the hook runs inside the module's
@@ -75,22 +75,22 @@ def _lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
     A = A.to(x.dtype)
     B = B.to(x.dtype)
     if A.dim() == 2:  # one adapter for every row
-        return (x @ A.transpose(0, 1)) @ B.transpose(0, 1) * scale
+        return ((x @ A.transpose(0, 1)) * scale) @ B.transpose(0, 1)
     n = x.shape[0]
     xs = x.reshape(n, -1, x.shape[-1])  # [N, T, in]
     if router.rows is None:
         k = A.shape[0]
         xk = xs.reshape(k, -1, xs.shape[-1])  # adapter-major: [K, m·T, in]
-        h = torch.einsum("kti,kri->ktr", xk, A)
+        h = torch.einsum("kti,kri->ktr", xk, A) * scale  # scale the rank-r intermediate, not the output
         d = torch.einsum("ktr,kor->kto", h, B)
-        return d.reshape(*x.shape[:-1], B.shape[1]) * scale
+        return d.reshape(*x.shape[:-1], B.shape[1])
     rows = router.rows.to(x.device)
     idx = rows.clamp(min=0)
-    h = torch.einsum("nti,nri->ntr", xs, A.index_select(0, idx))
-    d = torch.einsum("ntr,nor->nto", h, B.index_select(0, idx))
+    h = torch.einsum("nti,nri->ntr", xs, A.index_select(0, idx)) * scale
     if bool((rows < 0).any()):
-        d = d * (rows >= 0).to(d.dtype).view(-1, 1, 1)
-    return d.reshape(*x.shape[:-1], B.shape[1]) * scale
+        h = h * (rows >= 0).to(h.dtype).view(-1, 1, 1)  # base rows: no adapter
+    d = torch.einsum("ntr,nor->nto", h, B.index_select(0, idx))
+    return d.reshape(*x.shape[:-1], B.shape[1])
 
 
 @contextlib.contextmanager

@@ -8,16 +8,15 @@ validate every line and the adapter bytes against ``sha256``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from pydantic import Field, ValidationError
 
 from ..config import StrictModel, validation_message
 from ..errors import DeltaLoraError
+from ..paths import locked_append
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -54,17 +53,7 @@ def file_sha256(path: Path) -> str:
 
 def append_entry(zoo_dir: Path, entry: ZooEntry) -> None:
     """Append one line under an exclusive lock (shard workers may share a zoo directory)."""
-    zoo_dir = Path(zoo_dir)
-    zoo_dir.mkdir(parents=True, exist_ok=True)
-    line = entry.model_dump_json() + "\n"
-    with open(zoo_dir / MANIFEST_NAME, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    locked_append(Path(zoo_dir) / MANIFEST_NAME, entry.model_dump_json() + "\n")
 
 
 def read_manifest(path: Path, verify: bool = False) -> list[ZooEntry]:
