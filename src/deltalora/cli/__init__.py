@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import adapter, deltas, lora, models, tasks
+from . import adapter, deltas, evaluate, lora, models, tasks
 from .common import run_guarded
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app.add_typer(models.app, name="models", help="List and fetch backbones.")
 app.add_typer(lora.app, name="lora", help="LoRA layouts derived from backbone configs.")
 app.add_typer(adapter.app, name="adapter", help="Inspect and validate PEFT adapter directories.")
 app.add_typer(tasks.app, name="tasks", help="List, show and fetch the task suite.")
+app.command("eval")(evaluate.eval_cmd)
 app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, extraction, cache, clustering.")
 
 

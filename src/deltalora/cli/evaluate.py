@@ -1,0 +1,50 @@
+"""``deltalora eval``: score the base model and adapters on a task or a data file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import emit_json, run_guarded
+
+
+def eval_cmd(
+    backbone: str = typer.Option(..., help="Registered backbone name, local model dir, or HF id."),
+    adapter: list[Path] = typer.Option([], "--adapter", help="PEFT adapter directory (repeatable)."),
+    task: str = typer.Option(None, help="Task name from the suite."),
+    data: Path = typer.Option(None, help="A JSONL or DnD JSON file: all of its items are evaluated."),
+    split: str = typer.Option("eval", help="Split of --task to evaluate (train, condition, eval)."),
+    suite: Path = typer.Option(None, help="Suite YAML (default: configs/tasks/default.yaml)."),
+    seed: int = typer.Option(0, help="Split seed of the task."),
+    limit: int = typer.Option(None, help="Evaluate only the first N items."),
+    batch_rows: int = typer.Option(32, help="Rows per forward (arms x items x choices share batches)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Accuracy ± standard error of the base model and each --adapter (MC by log-likelihood, short answers by greedy decoding)."""
+
+    def go():
+        from ..backbones import load_backbone
+        from ..config import RuntimeConfig, model_validate_or_raise
+        from ..errors import ConfigError
+        from ..eval import evaluate_task, load_arms, task_from_file
+        from ..tasks import build_task, get_spec, load_suite
+
+        if (task is None) == (data is None):
+            raise ConfigError("pass exactly one of --task NAME or --data FILE")
+        t = task_from_file(data) if data is not None else build_task(get_spec(load_suite(suite), task), seed=seed)
+        runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "runtime options")
+        b = load_backbone(backbone, runtime, progress=not json_out)
+        arms = load_arms(b, adapter)
+        res = evaluate_task(b, t, arms, split=split if data is None else "eval", limit=limit, batch_rows=batch_rows)
+        res["backbone"] = backbone
+        if json_out:
+            emit_json(res)
+            return
+        typer.echo(f"{res['task']} ({res['kind']}, split {res['split']}), {res['seconds']} s")
+        for name, r in res["arms"].items():
+            typer.echo(f"  {r['accuracy'] * 100:6.2f} ± {r['stderr'] * 100:5.2f}  (n={r['n']})  {name}")
+
+    run_guarded(go)
