@@ -1,0 +1,141 @@
+"""Build a teacher zoo and score every task's base model vs its teachers on the eval split.
+
+    python benchmarks/zoo.py --config configs/zoo/default.yaml            # the full default zoo (hours on 2 cores)
+    python benchmarks/zoo.py --config configs/zoo/quick.yaml --limit 50   # a first look
+
+The build is the library's resumable ``build_zoo`` (kill it and rerun: finished adapters are skipped);
+evaluation results are cached per task in ``<out>/eval/<task>.json`` keyed by the adapters' sha256, so a
+rerun after a kill re-evaluates only what changed. Each single-task teacher is scored at its *last*
+checkpoint (one per seed); mixed-task teachers are built but not scored here (they serve the
+compositionality tests). Writes ``results/<name>.md`` and ``.json``: per task, base accuracy, each
+teacher's accuracy, the mean teacher gain in points, and the wall time of the build per adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import command_line, machine, write_json  # noqa: E402
+
+from deltalora.backbones import load_backbone  # noqa: E402
+from deltalora.eval import evaluate_task  # noqa: E402
+from deltalora.lora import load_adapter  # noqa: E402
+from deltalora.paths import atomic_write_bytes  # noqa: E402
+from deltalora.tasks import build_task  # noqa: E402
+from deltalora.zoo import build_zoo, load_zoo_config, read_manifest  # noqa: E402
+from deltalora.zoo.build import selected_specs  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/zoo/default.yaml")
+    ap.add_argument("--out", default=None, help="zoo directory (default runs/bench-zoo/<config stem>)")
+    ap.add_argument("--limit", type=int, default=None, help="score at most this many eval items per task")
+    ap.add_argument("--batch-rows", type=int, default=32)
+    ap.add_argument("--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)")
+    args = ap.parse_args()
+
+    cfg = load_zoo_config(args.config)
+    stem = Path(args.config).stem
+    out = Path(args.out or f"runs/bench-zoo/{stem}")
+    name = args.name or ("zoo" if stem == "default" else f"zoo_{stem}")
+    backbone = load_backbone(cfg.backbone, cfg.runtime)
+
+    t0 = time.perf_counter()
+    entries = build_zoo(cfg, out, progress=True, backbone=backbone)
+    build_call_s = time.perf_counter() - t0
+    train_s = {}
+    for e in entries:  # one timing per job (all its checkpoints share it)
+        train_s[e.id.rsplit("/", 1)[0]] = e.extra.get("train_seconds", 0.0)
+
+    last = max(cfg.tail_steps())
+    chosen, _ = selected_specs(cfg)
+    rows = []
+    for spec in chosen:
+        teachers = sorted((e for e in entries if e.task == spec.name and e.step == last), key=lambda e: e.seed)
+        key = hashlib.sha256(json.dumps([args.limit, [e.sha256 for e in teachers]]).encode()).hexdigest()[:16]
+        cache = out / "eval" / f"{spec.name}.json"
+        if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+            res = json.loads(cache.read_text())["result"]
+        else:
+            task = build_task(spec, seed=cfg.split_seed)
+            arms = {"base": None, **{f"s{e.seed}": load_adapter(out / e.path, arch=backbone.arch) for e in teachers}}
+            res = evaluate_task(backbone, task, arms, limit=args.limit, batch_rows=args.batch_rows)
+            atomic_write_bytes(cache, (json.dumps({"key": key, "result": res}, indent=1) + "\n").encode())
+        base = res["arms"]["base"]
+        teach = {k: v for k, v in res["arms"].items() if k != "base"}
+        mean_t = statistics.mean(v["accuracy"] for v in teach.values())
+        rows.append({
+            "task": spec.name, "family": spec.family, "kind": spec.kind, "n": base["n"],
+            "base": base["accuracy"], "base_stderr": base["stderr"],
+            "teachers": {k: v["accuracy"] for k, v in teach.items()},
+            "teacher_mean": mean_t, "gain_points": 100 * (mean_t - base["accuracy"]),
+            "worse_than_base": [k for k, v in teach.items() if v["accuracy"] < base["accuracy"]],
+            "eval_seconds": res["seconds"],
+        })
+        print(f"{spec.name:<28} base {base['accuracy']:.3f}  teachers {mean_t:.3f}  gain {rows[-1]['gain_points']:+.1f}",
+              flush=True)
+
+    gains = [r["gain_points"] for r in rows]
+    jobs = list(train_s.values())
+    summary = {
+        "config": args.config,
+        "backbone": cfg.backbone,
+        "tasks": len(rows),
+        "adapters": len(entries),
+        "jobs": len(jobs),
+        "median_gain_points": statistics.median(gains),
+        "mean_gain_points": statistics.mean(gains),
+        "tasks_with_a_teacher_worse_than_base": [r["task"] for r in rows if r["worse_than_base"]],
+        "tasks_with_mean_teacher_worse_than_base": [r["task"] for r in rows if r["gain_points"] < 0],
+        "train_seconds_total": round(sum(jobs), 1),
+        "train_seconds_per_job_median": round(statistics.median(jobs), 1) if jobs else None,
+        "train_seconds_per_adapter": round(sum(jobs) / max(1, len(entries)), 1),
+        "build_call_seconds_this_run": round(build_call_s, 1),
+        "eval_seconds_total": round(sum(r["eval_seconds"] for r in rows), 1),
+        "teacher": cfg.teacher.model_dump(mode="json"),
+        "seeds": cfg.seeds,
+        "subset": cfg.subset,
+        "limit": args.limit,
+    }
+    write_json(Path("results") / f"{name}.json",
+               {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows})
+    md = [
+        f"# Teacher zoo: base vs teachers ({cfg.backbone})",
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Machine: {machine()}",
+        "",
+        f"{len(rows)} tasks, {len(jobs)} training runs, {len(entries)} adapters "
+        f"({len(cfg.seeds)} seed(s) x {len(cfg.tail_steps())} tail checkpoints, plus {len(cfg.mixed)} mixed pair(s)). "
+        f"Teachers: r{cfg.teacher.lora.rank} on {','.join(cfg.teacher.lora.targets)}, {cfg.teacher.steps} steps x batch "
+        f"{cfg.teacher.batch_size}, bf16 autocast {cfg.teacher.bf16_autocast}. Each seed's last checkpoint is scored "
+        f"on the eval split{'' if args.limit is None else f' (first {args.limit} items)'}.",
+        "",
+        f"**Median teacher gain: {summary['median_gain_points']:+.1f} points** (mean {summary['mean_gain_points']:+.1f}); "
+        f"tasks where the mean teacher is worse than base: {summary['tasks_with_mean_teacher_worse_than_base'] or 'none'}; "
+        f"where any teacher is: {summary['tasks_with_a_teacher_worse_than_base'] or 'none'}.",
+        "",
+        f"Training wall time: {summary['train_seconds_total']:.0f} s in all, median {summary['train_seconds_per_job_median']} s "
+        f"per run, {summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s.",
+        "",
+        "| task | family | kind | n | base | teachers | gain (pts) |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        t = ", ".join(f"{k} {v:.3f}" for k, v in r["teachers"].items())
+        md.append(f"| {r['task']} | {r['family']} | {r['kind']} | {r['n']} | {r['base']:.3f} ± {r['base_stderr']:.3f} "
+                  f"| {t} | {r['gain_points']:+.1f} |")
+    (Path("results") / f"{name}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md[8:12]))
+
+
+if __name__ == "__main__":
+    main()

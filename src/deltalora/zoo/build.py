@@ -1,0 +1,344 @@
+"""Build a teacher zoo: one LoRA per (task, seed) — and per mixed task pair — with tail checkpoints.
+
+A *job* is one training run, ``<task>/s<seed>`` (``<a>+<b>/s<seed>`` for a mixed teacher), and yields
+one adapter per tail checkpoint, ``<out>/<task>/s<seed>/step<N>``, each listed in ``manifest.jsonl``.
+Jobs are sorted by id; ``shard=(i, n)`` takes every n-th of them, so shards are disjoint and together
+cover the whole job set. A job's manifest entries are appended only after *all* its checkpoints are
+written, so a killed job leaves unlisted directories that the rerun overwrites (adapter directories
+are written atomically); a job whose entries are all listed is skipped (resume).
+
+The resolved config is saved beside the manifest (``zoo_config.json``); building into a zoo whose
+saved config differs is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import RuntimeConfig, StrictModel, load_yaml
+from ..paths import atomic_write_bytes
+from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
+from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
+from .train import TeacherTrainConfig, train_teacher
+
+CONFIG_NAME = "zoo_config.json"
+
+
+class ZooConfig(StrictModel):
+    """What a zoo is built from. Relative ``suite`` paths are resolved against the YAML's folder."""
+
+    backbone: str
+    runtime: RuntimeConfig = RuntimeConfig()
+    suite: str | None = None  # suite YAML; None = configs/tasks/default.yaml
+    tasks: list[str] | None = None  # None = every task of the suite
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    subset: int | None = Field(None, ge=1)  # train items each seed samples from a task's train split; None = all
+    teacher: TeacherTrainConfig = TeacherTrainConfig()
+    mixed: list[tuple[str, str]] = Field(default_factory=list)  # task pairs -> teachers on the union of both
+    split_seed: int = 0
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ZooConfig:
+        seen = set()
+        for a, b in self.mixed:
+            if a == b:
+                raise ValueError(f"mixed pair ({a}, {b}) names one task twice")
+            key = tuple(sorted((a, b)))
+            if key in seen:
+                raise ValueError(f"mixed pair ({a}, {b}) is listed twice")
+            seen.add(key)
+        return self
+
+    def tail_steps(self) -> list[int]:
+        """The steps whose checkpoints train_teacher keeps (ascending)."""
+        t = self.teacher
+        return sorted(s for s in {t.steps - i * t.checkpoint_every for i in range(t.checkpoints)} if s > 0)
+
+
+def load_zoo_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
+    """Read a zoo YAML strictly; a relative ``suite`` is resolved against the YAML's folder."""
+    path = Path(path)
+    cfg = load_yaml(path, ZooConfig, overrides)
+    if cfg.suite is not None and not Path(cfg.suite).expanduser().is_absolute():
+        cfg = cfg.model_copy(update={"suite": str((path.parent / cfg.suite).resolve())})
+    return cfg
+
+
+@dataclass(frozen=True)
+class ZooJob:
+    task: str  # "a" or "a+b"
+    family: str
+    components: tuple[str, ...]  # the tasks whose train items are used: (a,) or (a, b)
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/s{self.seed}"
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.components) > 1
+
+    def entry_id(self, step: int) -> str:
+        return f"{self.id}/step{step}"
+
+
+def selected_specs(cfg: ZooConfig) -> tuple[list[TaskSpec], list[TaskSpec]]:
+    """(specs of the single-task teachers, every spec the zoo needs incl. mixed components)."""
+    specs = load_suite(cfg.suite)
+    chosen = [get_spec(specs, n) for n in cfg.tasks] if cfg.tasks is not None else specs
+    needed = {s.name: s for s in chosen}
+    for pair in cfg.mixed:
+        for n in pair:
+            needed.setdefault(n, get_spec(specs, n))
+    return chosen, sorted(needed.values(), key=lambda s: s.name)
+
+
+def plan_jobs(cfg: ZooConfig) -> list[ZooJob]:
+    """Every job of ``cfg``, sorted by id (reads the suite, never task data)."""
+    chosen, needed = selected_specs(cfg)
+    fam = {s.name: s.family for s in needed}
+    jobs = [ZooJob(s.name, s.family, (s.name,), seed) for s in chosen for seed in cfg.seeds]
+    for a, b in cfg.mixed:
+        family = fam[a] if fam[a] == fam[b] else "mixed"
+        jobs += [ZooJob(f"{a}+{b}", family, (a, b), seed) for seed in cfg.seeds]
+    jobs.sort(key=lambda j: j.id)
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ZooError("two zoo jobs share an id (a task name contains '+' and collides with a mixed pair); rename the task")
+    return jobs
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ZooError(f"--shard {text!r}: expected i/n with integers, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ZooError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_jobs(jobs: list[ZooJob], shard: tuple[int, int]) -> list[ZooJob]:
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise ZooError(f"shard {i}/{n}: need 0 <= i < n")
+    return jobs[i::n]
+
+
+def sample_train(task, cfg: ZooConfig, seed: int) -> list[TaskItem]:
+    """The train items seed ``seed`` trains on: a seeded subset of the task's train split."""
+    items = list(task.train)
+    if not items:
+        raise ZooError(f"task {task.name!r} has an empty train split (n_train 0 or too few items); it cannot have teachers")
+    if cfg.subset is None or cfg.subset >= len(items):
+        return items
+    return random.Random(stable_seed("zoo-subset", task.name, seed)).sample(items, cfg.subset)
+
+
+# ---------------------------------------------------------------------------------------- resolved config
+
+
+def _file_digest(p: str) -> str:
+    path = Path(p)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+def resolved_config(cfg: ZooConfig) -> dict:
+    """What the zoo's content depends on: the config (suite location aside) and the specs it reads.
+
+    The suite's *path* is left out so that the same zoo can be built from another checkout or machine;
+    the selected task specs (with user-file paths replaced by file name + sha256) stand in for it.
+    """
+    _, needed = selected_specs(cfg)
+    specs = []
+    for s in needed:
+        d = s.model_dump(mode="json")
+        if isinstance(d["args"].get("path"), str):
+            d["args"]["path"] = {"name": Path(d["args"]["path"]).name, "sha256": _file_digest(d["args"]["path"])}
+        specs.append(d)
+    body = cfg.model_dump(mode="json", exclude={"suite"})
+    if cfg.tasks is None:
+        body["tasks"] = None
+    return {"config": body, "task_specs": specs, "steps": cfg.tail_steps()}
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "<root>"]
+
+
+def check_or_save_config(cfg: ZooConfig, out_dir: Path) -> dict:
+    """Save the resolved config beside the manifest, or refuse a zoo built with a different one."""
+    resolved = resolved_config(cfg)
+    path = Path(out_dir) / CONFIG_NAME
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise ZooError(f"{path}: not valid JSON; delete the zoo directory or use a new --out") from None
+        if saved != resolved:
+            diff = _diff_keys(saved, resolved)
+            raise ZooError(
+                f"{out_dir}: this zoo was built with a different config (differs in {', '.join(diff[:4])}"
+                f"{' ...' if len(diff) > 4 else ''}); use a new --out or delete it"
+            )
+        return resolved
+    if (Path(out_dir) / MANIFEST_NAME).is_file() and read_manifest(out_dir):
+        raise ZooError(f"{out_dir}: has a manifest but no {CONFIG_NAME}; build into a new --out or delete it")
+    atomic_write_bytes(path, (json.dumps(resolved, indent=2, sort_keys=True) + "\n").encode())
+    return resolved
+
+
+def repair_manifest_tail(out_dir: Path) -> bool:
+    """Drop a torn trailing line (a writer killed mid-line) so the next append starts on a fresh line."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return False
+    with open(path, "r+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return False
+            fh.truncate(data.rfind(b"\n") + 1)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clear_scratch(job_dir: Path) -> None:
+    """Remove scratch dirs a killed save left (``.stepN.tmp-*`` / ``.stepN.old-*``)."""
+    if job_dir.is_dir():
+        for p in job_dir.iterdir():
+            if p.name.startswith(".step") and (".tmp-" in p.name or ".old-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- build
+
+
+def build_zoo(
+    cfg: ZooConfig,
+    out_dir: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    backbone=None,
+) -> list[ZooEntry]:
+    """Train this shard's missing jobs into ``out_dir``; returns the manifest entries of the shard's jobs.
+
+    ``backbone`` (optional) is an already loaded backbone to train on; by default ``cfg.backbone`` is
+    loaded with ``cfg.runtime`` — only if some job still has to be trained.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = shard_jobs(plan_jobs(cfg), shard)
+    check_or_save_config(cfg, out)
+    repair_manifest_tail(out)
+    steps = cfg.tail_steps()
+    listed = {e.id: e for e in read_manifest(out)} if (out / MANIFEST_NAME).is_file() else {}
+    todo = [j for j in jobs if not all(j.entry_id(s) in listed for s in steps)]
+    if todo:
+        _, needed = selected_specs(cfg)
+        prefetch([s for s in needed if any(s.name in j.components for j in todo)])
+        if backbone is None:
+            from ..backbones import load_backbone
+
+            backbone = load_backbone(cfg.backbone, cfg.runtime, progress=progress)
+        specs = {s.name: s for s in needed}
+    bar = tqdm(total=len(jobs), desc=f"zoo {shard[0]}/{shard[1]}", unit="job", disable=not progress)
+    bar.update(len(jobs) - len(todo))
+    for job in todo:
+        bar.set_description(f"zoo {job.id}")
+        pairs = []
+        n_items = {}
+        for name in job.components:
+            task = build_task(specs[name], seed=cfg.split_seed)
+            items = sample_train(task, cfg, job.seed)
+            n_items[name] = len(items)
+            pairs += [(format_prompt(backbone.tokenizer, task, it), format_target(task, it)) for it in items]
+        job_dir = out / job.task / f"s{job.seed}"
+        _clear_scratch(job_dir)
+
+        def report(step: int, loss: float) -> None:
+            if step == 1 or step % 5 == 0 or step == cfg.teacher.steps:
+                bar.set_postfix(step=f"{step}/{cfg.teacher.steps}", loss=f"{loss:.3f}")
+
+        t0 = time.perf_counter()
+        ckpts = train_teacher(
+            backbone,
+            pairs,
+            cfg.teacher,
+            job_dir,
+            seed=stable_seed("zoo-teacher", job.id) % (1 << 63),
+            metadata={"task": job.task, "zoo_job": job.id},
+            progress=report if progress else None,
+        )
+        seconds = time.perf_counter() - t0
+        if [c.step for c in ckpts] != steps:  # pragma: no cover - train_teacher and tail_steps disagree
+            raise ZooError(f"job {job.id}: expected checkpoints at steps {steps}, got {[c.step for c in ckpts]}")
+        for c in ckpts:
+            eid = job.entry_id(c.step)
+            if eid in listed:  # listed by an earlier partial append; never list twice
+                continue
+            entry = ZooEntry(
+                id=eid,
+                task=job.task,
+                family=job.family,
+                tasks=job.components if job.mixed else (),
+                seed=job.seed,
+                step=c.step,
+                path=c.path.relative_to(out).as_posix(),
+                sha256=file_sha256(c.path / "adapter_model.safetensors"),
+                train_loss=c.train_loss,
+                backbone=cfg.backbone,
+                extra={"train_seconds": round(seconds, 2), "n_train_items": n_items, "device": str(backbone.device)},
+            )
+            append_entry(out, entry)
+            listed[eid] = entry
+        bar.update(1)
+    bar.close()
+    return [listed[j.entry_id(s)] for j in jobs for s in steps if j.entry_id(s) in listed]
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "ZooConfig",
+    "ZooJob",
+    "build_zoo",
+    "check_or_save_config",
+    "load_zoo_config",
+    "parse_shard",
+    "plan_jobs",
+    "resolved_config",
+    "sample_train",
+    "shard_jobs",
+]

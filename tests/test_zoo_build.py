@@ -1,0 +1,243 @@
+"""Zoo builder: job planning, sharding, a tiny build, resume after kill -9, config guard, DnD import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from deltalora.cli import app
+from deltalora.config import LoraSpec
+from deltalora.lora import LoraWeights, load_adapter
+from deltalora.zoo import (
+    MANIFEST_NAME,
+    ZooError,
+    build_zoo,
+    import_dnd,
+    load_zoo_config,
+    parse_shard,
+    plan_jobs,
+    read_manifest,
+    shard_jobs,
+)
+
+FIX = Path(__file__).parent / "fixtures" / "zoo"
+CONFIG = FIX / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_zoo_config(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_qwen2, tmp_path_factory, cfg):
+    out = tmp_path_factory.mktemp("zoo") / "z"
+    return out, build_zoo(cfg, out, progress=False, backbone=tiny_qwen2)
+
+
+def test_plan_has_every_task_seed_and_mixed_pair(cfg):
+    jobs = plan_jobs(cfg)
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+    assert {j.id for j in jobs} == {f"{t}/s{s}" for t in ("colours", "double", "pick", "colours+double") for s in (0, 1)}
+    mixed = [j for j in jobs if j.mixed]
+    assert {j.components for j in mixed} == {("colours", "double")}
+    assert {j.family for j in mixed} == {"mixed"}  # knowledge + math
+    assert cfg.tail_steps() == [2, 4]
+
+
+def test_shards_are_disjoint_and_cover_the_plan(cfg):
+    jobs = plan_jobs(cfg)
+    parts = [shard_jobs(jobs, (i, 3)) for i in range(3)]
+    ids = [j.id for p in parts for j in p]
+    assert sorted(ids) == sorted(j.id for j in jobs) and len(set(ids)) == len(ids)
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
+    for bad in ("3/3", "x/2", "1", "-1/2", "0/0"):
+        with pytest.raises(ZooError):
+            parse_shard(bad)
+
+
+def test_build_writes_distinct_verified_adapters(built, tiny_qwen2):
+    out, entries = built
+    assert len(entries) == 8 * 2  # 8 jobs x 2 tail checkpoints
+    listed = read_manifest(out, verify=True)
+    assert {e.id for e in listed} == {e.id for e in entries}
+    hashes = {e.sha256 for e in listed}
+    assert len(hashes) == len(listed)  # seeds, subsets and steps all give distinct adapters
+    for e in listed:
+        w = load_adapter(out / e.path, arch=tiny_qwen2.arch)
+        assert w.layout.spec.rank == 2 and set(w.layout.spec.targets) == {"q_proj", "v_proj"}
+        assert e.train_loss is not None and e.extra["n_train_items"]
+    mixed = [e for e in listed if e.mixed]
+    assert mixed and all(e.tasks == ("colours", "double") and e.task == "colours+double" for e in mixed)
+    assert all(e.extra["n_train_items"] == {"colours": 6, "double": 6} for e in mixed)
+    # different seeds train on different subsets of the train split
+    assert json.loads((out / "zoo_config.json").read_text())["config"]["subset"] == 6
+
+
+def test_rebuild_is_a_no_op(built, cfg, tiny_qwen2, monkeypatch):
+    out, entries = built
+    import deltalora.zoo.build as build_mod
+
+    def boom(*a, **k):
+        raise AssertionError("a finished job was retrained")
+
+    monkeypatch.setattr(build_mod, "train_teacher", boom)
+    again = build_zoo(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert [e.id for e in again] == [e.id for e in entries]
+
+
+def test_different_config_is_refused(built, cfg, tiny_qwen2):
+    out, _ = built
+    other = cfg.model_copy(update={"seeds": [0, 1, 2]})
+    with pytest.raises(ZooError, match="different config"):
+        build_zoo(other, out, progress=False, backbone=tiny_qwen2)
+
+
+def test_shards_into_one_zoo_equal_the_full_build(built, cfg, tiny_qwen2, tmp_path):
+    full_out, full = built
+    out = tmp_path / "sharded"
+    for i in range(2):
+        build_zoo(cfg, out, shard=(i, 2), progress=False, backbone=tiny_qwen2)
+    got = {e.id: e.sha256 for e in read_manifest(out, verify=True)}
+    assert got == {e.id: e.sha256 for e in full}  # deterministic: same bytes whichever process trains a job
+
+
+_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import deltalora.zoo.build as b
+    from deltalora.zoo import build_zoo, load_zoo_config
+    mode, n = sys.argv[3], int(sys.argv[4])
+    calls = {"n": 0}
+    if mode == "append":  # die between two manifest lines of one job
+        real = b.append_entry
+        def patched(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        b.append_entry = patched
+    else:  # die after a job's adapters are on disk but before any is listed
+        real = b.train_teacher
+        def patched(*a, **k):
+            out = real(*a, **k)
+            calls["n"] += 1
+            if calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        b.train_teacher = patched
+    build_zoo(load_zoo_config(sys.argv[1]), sys.argv[2], progress=False)
+    """
+)
+
+
+@pytest.mark.parametrize("mode,n", [("append", 4), ("train", 3)])
+def test_resume_after_kill_9(built, tmp_path, mode, n, deltalora_home):
+    _, full = built
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(CONFIG), str(out), mode, str(n)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    partial = read_manifest(out, verify=True)  # whatever is listed is complete and verified
+    assert 0 < len(partial) < len(full)
+    build_zoo(load_zoo_config(CONFIG), out, progress=False)
+    got = {e.id: e.sha256 for e in read_manifest(out, verify=True)}
+    assert got == {e.id: e.sha256 for e in full}
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_torn_manifest_line_is_repaired(built, cfg, tiny_qwen2, tmp_path):
+    import shutil
+
+    src, full = built
+    out = tmp_path / "torn"
+    shutil.copytree(src, out)
+    lines = (out / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
+    (out / MANIFEST_NAME).write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # a writer died mid-line
+    build_zoo(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert {e.id for e in read_manifest(out, verify=True)} == {e.id for e in full}
+
+
+def test_cli_build_and_list(tmp_path, deltalora_home):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    cfg = tmp_path / "one.yaml"
+    text = CONFIG.read_text().replace("suite: suite.yaml", f"suite: {FIX / 'suite.yaml'}")
+    cfg.write_text(text.replace("mixed: [[colours, double]]", "mixed: []\ntasks: [double]"))
+    r = runner.invoke(app, ["zoo", "build", "--config", str(cfg), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["adapters"] == 4 and [t["task"] for t in s["tasks"]] == ["double"]
+    r = runner.invoke(app, ["zoo", "list", str(out), "--verify", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["adapters"] == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "\nunknown_key: 1\n")
+    r = runner.invoke(app, ["zoo", "build", "--config", str(bad), "--out", str(tmp_path / "never")])
+    assert r.exit_code != 0 and "unknown_key" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------------------------------- DnD import
+
+
+def _dnd_file(path: Path, w: LoraWeights) -> None:
+    """Write ``w`` the way DnD's post_process_ckpts.py leaves a checkpoint: PEFT keys, no config."""
+    t = {}
+    for s in w.layout.slots:
+        t[s.peft_key_a] = w.A[s.key].contiguous()
+        t[s.peft_key_b] = w.B[s.key].contiguous()
+    save_file(t, str(path))
+
+
+def test_dnd_import(tiny_qwen2, tmp_path):
+    layout = tiny_qwen2.layout(LoraSpec(rank=4, alpha=8, targets="q,k,v,o,gate,up,down"))
+    root = tmp_path / "data" / "common"
+    weights = {}
+    for ds in ("ARC-c", "OBQA"):
+        (root / ds).mkdir(parents=True)
+        for step in (100, 200, 300):
+            w = LoraWeights.random(layout, std=0.05, seed=step + len(ds))
+            _dnd_file(root / ds / f"{step}.safetensors", w)
+            weights[(ds, step)] = w
+    (root / "ARC-c" / "ARC-c_train.json").write_text(json.dumps([{"prompt": "Q?", "response": "A", "system": ""}]))
+    out = tmp_path / "zoo"
+    entries = import_dnd(root, out, backbone="tiny-qwen2", families={"ARC-c": "science"})
+    assert sorted(e.id for e in entries) == sorted(f"{d}/s0/step{s}" for d, s in weights)
+    for e in read_manifest(out, verify=True):
+        got = load_adapter(out / e.path, arch=tiny_qwen2.arch)
+        want = weights[(e.task, e.step)]
+        assert got.layout.spec.alpha == 8  # LLaMA-Factory's default 2 * rank
+        assert all(torch.equal(got.A[k], want.A[k]) and torch.equal(got.B[k], want.B[k]) for k in want.A)
+    fams = {e.task: e.family for e in entries}
+    assert fams == {"ARC-c": "science", "OBQA": "dnd"}
+    assert "condition" in next(e for e in entries if e.task == "ARC-c").extra
+    assert len(import_dnd(root, out, backbone="tiny-qwen2")) == 6  # idempotent
+    assert len(read_manifest(out)) == 6
+
+
+def test_dnd_import_refuses_bad_input(tiny_qwen2, tmp_path):
+    layout = tiny_qwen2.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    w = LoraWeights.random(layout, std=0.05, seed=0)
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "1.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ZooError, match="never unpickles"):
+        import_dnd(d, tmp_path / "z1")
+    (d / "1.bin").unlink()
+    (d / "1.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ZooError, match="not a readable safetensors"):
+        import_dnd(d, tmp_path / "z2")
+    save_file({"model.layers.0.mlp.weird.lora_A.weight": torch.zeros(4, 64)}, str(d / "1.safetensors"))
+    with pytest.raises(ZooError, match="unrecognised key"):
+        import_dnd(d, tmp_path / "z3")
+    _dnd_file(d / "1.safetensors", w)
+    with pytest.raises(ZooError, match="not fit"):
+        import_dnd(d, tmp_path / "z4", backbone="smollm2-135m-instruct")  # shapes, from the catalog, no download
+    assert not (tmp_path / "z4" / MANIFEST_NAME).exists()
