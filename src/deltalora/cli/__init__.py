@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import adapter, deltas, evaluate, lora, models, tasks
+from . import adapter, deltas, evaluate, lora, models, tasks, zoo
 from .common import run_guarded
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app.add_typer(lora.app, name="lora", help="LoRA layouts derived from backbone co
 app.add_typer(adapter.app, name="adapter", help="Inspect and validate PEFT adapter directories.")
 app.add_typer(tasks.app, name="tasks", help="List, show and fetch the task suite.")
 app.command("eval")(evaluate.eval_cmd)
+app.add_typer(zoo.app, name="zoo", help="Build, list and import teacher zoos (PEFT dirs + manifest).")
 app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, extraction, cache, clustering.")
 
 
