@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import adapter, deltas, evaluate, lora, models, tasks, zoo
+from . import adapter, deltas, evaluate, generate, generator, lora, models, tasks, zoo
 from .common import run_guarded
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app.add_typer(tasks.app, name="tasks", help="List, show and fetch the task suite
 app.command("eval")(evaluate.eval_cmd)
 app.add_typer(zoo.app, name="zoo", help="Build, list and import teacher zoos (PEFT dirs + manifest).")
 app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, extraction, cache, clustering.")
+app.add_typer(generator.app, name="generator", help="Generators: parameter counts for a backbone + LoRA config.")
+app.command("generate")(generate.generate_cmd)
 
 
 @app.command()
