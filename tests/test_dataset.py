@@ -1,0 +1,206 @@
+"""The generator training set: a tiny zoo on tiny-qwen2 with its Δ cache, task-level splits (held-out tasks
+and mixed teachers with a held-out component never reach training), shapes, collation, per-epoch
+condition resampling and the errors for missing or broken Δ."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from deltalora.conditions import Conditioner, ConditionPool, load_encoder
+from deltalora.config import LoraSpec, RuntimeConfig
+from deltalora.deltas import DeltaCache, compute_deltas, sources_from_manifest
+from deltalora.generators.dataset import (
+    DatasetError,
+    DeltaSpec,
+    TeacherDataset,
+    choose_heldout,
+    collate_teachers,
+    components,
+    split_entries,
+)
+from deltalora.lora import LoraWeights, save_adapter
+from deltalora.tasks import TaskSpec, build_task, stable_seed
+from deltalora.zoo import ZooEntry, append_entry, file_sha256, read_manifest
+
+TASKS = {"a": "math", "b": "math", "c": "text"}
+N_PROMPTS = 3
+SPEC = LoraSpec(rank=2, alpha=4, targets="q,v")
+
+
+def _add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC) -> ZooEntry:
+    path = f"{task}/s{seed}"
+    w = LoraWeights.random(backbone.layout(spec), std=0.05, seed=stable_seed(task, seed) % 1000)
+    save_adapter(w, zoo / path)
+    e = ZooEntry(id=path, task=task, family=family, tasks=tuple(parts), seed=seed, path=path,
+                 sha256=file_sha256(zoo / path / "adapter_model.safetensors"), backbone=backbone.name)
+    append_entry(zoo, e)
+    return e
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_qwen2):
+    """3 tasks x 2 seeds, mixed teachers a+b and b+c, their Δ (generic5, last token) and condition pools."""
+    root = tmp_path_factory.mktemp("dataset")
+    zoo = root / "zoo"
+    tasks = {}
+    for name, fam in TASKS.items():
+        f = root / f"{name}.jsonl"
+        f.write_text("".join(json.dumps({"prompt": f"task {name} item {i}?", "answer": f"{name}{i}"}) + "\n" for i in range(30)))
+        spec = TaskSpec(name=name, family=fam, kind="short", source="jsonl", args={"path": str(f)}, n_train=8, n_condition=6, n_eval=8)
+        tasks[name] = build_task(spec, seed=0)
+        for seed in (0, 1):
+            _add_teacher(zoo, tiny_qwen2, name, seed, fam)
+    _add_teacher(zoo, tiny_qwen2, "a+b", 0, "math", ("a", "b"))
+    _add_teacher(zoo, tiny_qwen2, "b+c", 0, "mixed", ("b", "c"))
+    cache = DeltaCache(root / "deltas")
+    report = compute_deltas(tiny_qwen2, sources_from_manifest(zoo), "generic5", "last_token", cache)
+    assert not report.broken
+    encoder = load_encoder("tiny-encoder", RuntimeConfig(device="cpu"))
+    conditioner = Conditioner(encoder, {n: ConditionPool.from_task(t) for n, t in tasks.items()}, n_prompts=N_PROMPTS)
+    ids, deltas = report.load(cache)
+    return {
+        "zoo": zoo,
+        "cache": cache,
+        "tasks": tasks,
+        "conditioner": conditioner,
+        "spec": DeltaSpec.for_backbone(tiny_qwen2, "generic5", "last_token"),
+        "deltas": dict(zip(ids, deltas)),
+        "arch": tiny_qwen2.arch,
+    }
+
+
+def _ds(world, **kw) -> TeacherDataset:
+    return TeacherDataset(world["zoo"], world["conditioner"], world["spec"], cache=world["cache"], arch=world["arch"], **kw)
+
+
+def test_heldout_tasks_never_reach_training(world):
+    train = _ds(world, split="train", heldout=["c"])
+    assert train.ids == ["a+b/s0", "a/s0", "a/s1", "b/s0", "b/s1"]
+    assert train.excluded == ["b+c/s0"]  # mixed with a held-out component: in neither split
+    for i in range(len(train)):
+        ex = train[i]
+        assert "c" not in ex.components and "c" not in ex.task.split("+")
+    assert train.tasks == ["a", "b"]
+    held = _ds(world, split="heldout", heldout=["c"])
+    assert held.ids == ["c/s0", "c/s1"]
+    # every condition row of a training example comes from a training task's condition pool
+    cond = world["conditioner"]
+    allowed = torch.cat([cond.embeddings["a"], cond.embeddings["b"]])
+    held_rows = cond.embeddings["c"]
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        for ex in train:
+            for row in ex.condition:
+                assert torch.isclose(allowed, row).all(1).any()
+                assert not torch.isclose(held_rows, row).all(1).any()
+
+
+def test_split_entries_and_choose_heldout(world):
+    entries = read_manifest(world["zoo"])
+    parts = split_entries(entries, ["a", "c"])
+    assert sorted(e.id for e in parts["train"]) == ["b/s0", "b/s1"]
+    assert sorted(e.id for e in parts["heldout"]) == ["a/s0", "a/s1", "c/s0", "c/s1"]
+    assert sorted(e.id for e in parts["excluded"]) == ["a+b/s0", "b+c/s0"]
+    assert {components(e) for e in entries} >= {("a",), ("a", "b"), ("b", "c")}
+    with pytest.raises(DatasetError, match=r"held-out task\(s\) \['d'\] are not in the zoo"):
+        split_entries(entries, ["d"])
+    assert choose_heldout(["c", "a", "b"], 1, seed=3) == choose_heldout(["a", "b", "c"], 1, seed=3)
+    assert {tuple(choose_heldout("abc", 1, seed=s)) for s in range(20)} == {("a",), ("b",), ("c",)}
+    with pytest.raises(DatasetError, match="leave at least one"):
+        choose_heldout("abc", 3, seed=0)
+    with pytest.raises(DatasetError, match="split is empty"):
+        _ds(world, heldout=["a", "b", "c"])
+
+
+def test_shapes_dtypes_and_collate(world, tiny_qwen2):
+    ds = _ds(world, heldout=["c"])
+    assert (ds.delta_dim, ds.cond_dim, ds.n_prompts) == (tiny_qwen2.arch.hidden_size, 32, N_PROMPTS)
+    layout = tiny_qwen2.layout(SPEC)
+    ex = ds[0]
+    assert ex.condition.shape == (N_PROMPTS, 32) and ex.condition.dtype == torch.float32
+    assert ex.delta.shape == (tiny_qwen2.arch.hidden_size,) and ex.delta.dtype == torch.float32
+    for s in layout.slots:
+        assert tuple(ex.weights.A[s.key].shape) == s.a_shape and tuple(ex.weights.B[s.key].shape) == s.b_shape
+        assert ex.weights.A[s.key].dtype == torch.float32
+    batches = list(DataLoader(ds, batch_size=2, shuffle=False, collate_fn=collate_teachers))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    b = batches[0]
+    assert b.weights.num_adapters == 2 and b.conditions.shape == (2, N_PROMPTS, 32) and b.deltas.shape == (2, ds.delta_dim)
+    assert b.ids == ds.ids[:2] and b.families == ["math", "math"]
+    # the Δ a teacher gets is the one compute_deltas stored for that adapter
+    for i, tid in enumerate(b.ids):
+        torch.testing.assert_close(b.deltas[i], world["deltas"][tid])
+    lazy = _ds(world, heldout=["c"], preload=False)
+    for s in layout.slots:
+        torch.testing.assert_close(lazy[1].weights.A[s.key], ds[1].weights.A[s.key])
+
+
+def test_conditions_resampled_per_epoch_and_deterministic(world):
+    ds = _ds(world, heldout=["c"], seed=5)
+    again = _ds(world, heldout=["c"], seed=5)
+    other_seed = _ds(world, heldout=["c"], seed=6)
+    e0 = [ds.example(i, 0).condition for i in range(len(ds))]
+    e1 = [ds.example(i, 1).condition for i in range(len(ds))]
+    for i in range(len(ds)):
+        torch.testing.assert_close(again.example(i, 0).condition, e0[i])
+    assert any(not torch.equal(x, y) for x, y in zip(e0, e1))
+    assert any(not torch.equal(x, other_seed.example(i, 0).condition) for i, x in enumerate(e0))
+    ds.set_epoch(1)
+    torch.testing.assert_close(ds[2].condition, e1[2])
+    # the prompts a teacher sees depend on its id, not on its position in the split
+    full = _ds(world, heldout=[], seed=5)
+    torch.testing.assert_close(full.example(full.ids.index("b/s1"), 0).condition, e0[ds.ids.index("b/s1")])
+
+
+def test_missing_delta_names_the_command(world, tiny_qwen2, tmp_path):
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(world["zoo"], zoo)
+    _add_teacher(zoo, tiny_qwen2, "a", 7, "math")  # no Δ computed for this one
+    with pytest.raises(DatasetError) as info:
+        TeacherDataset(zoo, world["conditioner"], world["spec"], cache=world["cache"], heldout=["c"])
+    msg = str(info.value)
+    assert "Δ missing from the cache" in msg and "1 of 6 teachers (first: a/s7)" in msg
+    assert f"`deltalora deltas compute --backbone tiny-qwen2 --zoo {zoo} --probes generic5" in msg
+    assert f"--cache {world['cache'].root}`" in msg
+    # a Δ computed under another probe set does not count
+    other = DeltaSpec.for_backbone(tiny_qwen2, "neutral24", "last_token")
+    with pytest.raises(DatasetError, match="probes neutral24"):
+        TeacherDataset(world["zoo"], world["conditioner"], other, cache=world["cache"])
+
+
+def test_broken_delta_and_layout_mismatch(world, tiny_qwen2, tmp_path):
+    import shutil
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(world["zoo"], zoo)
+    cache = DeltaCache(tmp_path / "deltas")
+    shutil.copytree(world["cache"].root, cache.root)
+    spec = world["spec"]
+    key = spec.key(zoo / "a/s0")
+    cache.put(key, torch.full((tiny_qwen2.arch.hidden_size,), float("nan")), {})
+    with pytest.raises(DatasetError, match="Δ of a/s0 has non-finite values"):
+        TeacherDataset(zoo, world["conditioner"], spec, cache=cache)
+    cache.put(key, torch.zeros(3, 4), {})
+    with pytest.raises(DatasetError, match=r"Δ of a/s0 is torch.float32 \(3, 4\), expected a float32 vector"):
+        TeacherDataset(zoo, world["conditioner"], spec, cache=cache)
+    cache.put(key, world["deltas"]["a/s0"], {})
+    e = _add_teacher(zoo, tiny_qwen2, "b", 9, "math", spec=LoraSpec(rank=4, alpha=8, targets="q,v"))
+    compute_deltas(tiny_qwen2, [s for s in sources_from_manifest(zoo) if s.id == e.id], "generic5", "last_token", cache)
+    with pytest.raises(DatasetError, match="LoRA layout .* differs"):
+        TeacherDataset(zoo, world["conditioner"], spec, cache=cache)
+
+
+def test_condition_pool_missing_for_a_task(world):
+    cond = world["conditioner"]
+    partial = Conditioner(cond.encoder, {"a": cond.pools["a"]}, n_prompts=2)
+    with pytest.raises(DatasetError, match=r"no condition pool for task\(s\) \['b', 'c'\]"):
+        TeacherDataset(world["zoo"], partial, world["spec"], cache=world["cache"])
+    with pytest.raises(DatasetError, match="unknown split"):
+        _ds(world, split="test")
