@@ -24,6 +24,8 @@ def compute_cmd(
     cache: str = typer.Option(None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."),
     device: str = typer.Option("auto", help="Device (auto, cpu, cuda, ...)."),
     dtype: str = typer.Option("float32", help="Compute dtype; Δ supervision wants float32 (see ENVIRONMENT.md)."),
+    backend: str = typer.Option("local", help=r"local: this process; ray: a Ray Data actor pool (needs `pip install 'deltalora\[ray]'`; uses RAY_ADDRESS if set)."),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --backend ray: actors, each loading the backbone once (1 CPU, or 1 GPU for a CUDA backbone, each)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Compute Δ = v(M) − v(B) for adapters or models; cache hits are skipped (resumable, idempotent)."""
@@ -36,10 +38,20 @@ def compute_cmd(
         modes = [bool(zoo), bool(adapter), bool(model)]
         if sum(modes) != 1:
             raise DeltaError("pass exactly one of --zoo MANIFEST, --adapter DIR (repeatable) or --model DIR (repeatable)")
+        if backend not in ("local", "ray"):
+            raise DeltaError(f"--backend {backend!r} is not one of local, ray")
+        if backend == "ray":
+            from ..deltas.ray_backend import require_ray
+
+            require_ray()  # before the backbone is loaded
         shard_t = parse_shard(shard)
         sources = sources_from_manifest(zoo) if zoo else sources_from_adapters(adapter) if adapter else sources_from_models(model)
         runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "--device/--dtype")
         b = load_backbone(backbone, runtime, progress=not json_out)
+        if backend == "ray":
+            from ..deltas.ray_backend import compute_deltas_ray
+
+            return compute_deltas_ray(b, sources, probes, repr_, cache, batch_adapters, shard_t, progress=True, num_actors=ray_actors)
         return compute_deltas(b, sources, probes, repr_, cache, batch_adapters, shard_t, progress=True)
 
     if not json_out:

@@ -20,7 +20,7 @@ import statistics
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -169,6 +169,13 @@ class DeltaReport:
         return d
 
 
+def warn_if_broken(res: DeltaResult) -> None:
+    """Name a skipped source once, as a warning and a log line (the job goes on)."""
+    if res.status == "broken":
+        warnings.warn(f"skipping {res.kind} {res.id}: {res.error}", stacklevel=3)
+        log.warning("broken %s %s: %s", res.kind, res.id, res.error)
+
+
 # ------------------------------------------------------------------------------------------ extractor
 
 
@@ -266,6 +273,87 @@ class DeltaExtractor:
     def run(self, sources: Sequence[DeltaSource], progress: bool = False) -> DeltaReport:
         """Δ for every source, cache hits skipped; returns a report in the order of ``sources``."""
         t0 = time.perf_counter()
+        results: dict[str, DeltaResult] = {}
+        indexed = self.indexed()
+        bar = _progress(len(sources), progress)
+
+        def finish(res: DeltaResult) -> None:
+            results[res.id] = res
+            warn_if_broken(res)
+            bar.update(1)
+
+        def misses() -> Iterator[tuple[DeltaSource, str]]:
+            for src in sources:
+                key, res = self.lookup(src)
+                if res is None:
+                    yield src, key
+                else:
+                    finish(res)
+
+        self.base_activation()
+        for res in self.compute(misses()):
+            finish(res)
+        bar.close()
+        return self.report(sources, results, indexed, t0)
+
+    def indexed(self) -> set[tuple[str, str]]:
+        """(adapter id, key) pairs already in the cache index (a rerun appends no duplicate lines)."""
+        return {(r.get("adapter"), r.get("key")) for r in self.cache.read_index()}
+
+    def lookup(self, src: DeltaSource) -> tuple[str | None, DeltaResult | None]:
+        """``(key, None)`` when ``src`` still needs computing, else ``(key, result)`` for a cache hit or a broken source."""
+        try:
+            content = self._content_id(src)
+        except BrokenSource as exc:
+            return None, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), error=str(exc))
+        key = self.key(content)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return key, DeltaResult(src.id, src.kind, "cached", src.family, str(src.path), key, self._rel(key), float(hit.tensor.norm()))
+        return key, None
+
+    def compute(self, todo: Iterable[tuple[DeltaSource, str]]) -> Iterator[DeltaResult]:
+        """Compute and store the Δ of each (source, key) that missed the cache; yields one result per source.
+
+        LoRAs are grouped by layout in arrival order and run K per forward (a group is flushed when it
+        reaches K, the rest at the end); models are loaded and run one at a time. ``todo`` is consumed
+        lazily, so at most K adapters' weights per layout are held at once.
+        """
+        pending: dict[tuple, list[tuple[DeltaSource, str, LoraWeights]]] = defaultdict(list)
+
+        def flush(sig: tuple) -> list[DeltaResult]:
+            group = pending.pop(sig, [])
+            if not group:
+                return []
+            deltas = self.lora_deltas(LoraWeights.stack([w for _, _, w in group]))
+            # no gc.collect() here: the group is freed by reference counting (tests/test_deltas_memory.py),
+            # and a full collection in a process holding a model costs ~0.1-0.3 s, more than a GPU forward
+            return [self._store(src, key, delta) for (src, key, _), delta in zip(group, deltas)]
+
+        for src, key in todo:
+            if src.kind == "model":
+                try:
+                    delta = self.model_delta(src.path)
+                except BrokenSource as exc:
+                    yield DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc))
+                    continue
+                yield self._store(src, key, delta)
+                continue
+            try:
+                weights = load_adapter(src.path, self.backbone.arch, dtype=torch.float32)
+            except DeltaLoraError as exc:
+                yield DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc))
+                continue
+            sig = _layout_signature(weights)
+            pending[sig].append((src, key, weights))
+            del weights
+            if len(pending[sig]) >= self.k:
+                yield from flush(sig)
+        for sig in list(pending):
+            yield from flush(sig)
+
+    def report(self, sources: Sequence[DeltaSource], results: dict[str, DeltaResult], indexed: set[tuple[str, str]], t0: float) -> DeltaReport:
+        """The report of a finished job (results in the order of ``sources``); appends the new index lines."""
         report = DeltaReport(
             backbone=self.backbone.name,
             weights_id=self.backbone.weights_id,
@@ -276,61 +364,6 @@ class DeltaExtractor:
             cache_dir=str(self.cache.root),
             base_key=self.base_key,
         )
-        results: dict[str, DeltaResult] = {}
-        indexed = {(r.get("adapter"), r.get("key")) for r in self.cache.read_index()}
-        bar = _progress(len(sources), progress)
-        pending: dict[tuple, list[tuple[DeltaSource, str, LoraWeights]]] = defaultdict(list)
-
-        def finish(src: DeltaSource, res: DeltaResult, n: int = 1) -> None:
-            results[src.id] = res
-            if res.status == "broken":
-                warnings.warn(f"skipping {src.kind} {src.id}: {res.error}", stacklevel=3)
-                log.warning("broken %s %s: %s", src.kind, src.id, res.error)
-            bar.update(n)
-
-        def flush(sig: tuple) -> None:
-            group = pending.pop(sig, [])
-            if not group:
-                return
-            deltas = self.lora_deltas(LoraWeights.stack([w for _, _, w in group]))
-            for (src, key, _), delta in zip(group, deltas):
-                finish(src, self._store(src, key, delta))
-            del deltas, group
-            gc.collect()
-
-        self.base_activation()
-        for src in sources:
-            try:
-                content = self._content_id(src)
-            except BrokenSource as exc:
-                finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), error=str(exc)))
-                continue
-            key = self.key(content)
-            hit = self.cache.get(key)
-            if hit is not None:
-                finish(src, DeltaResult(src.id, src.kind, "cached", src.family, str(src.path), key, self._rel(key), float(hit.tensor.norm())))
-                continue
-            if src.kind == "model":
-                try:
-                    delta = self.model_delta(src.path)
-                except BrokenSource as exc:
-                    finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc)))
-                    continue
-                finish(src, self._store(src, key, delta))
-                continue
-            try:
-                weights = load_adapter(src.path, self.backbone.arch, dtype=torch.float32)
-            except DeltaLoraError as exc:
-                finish(src, DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc)))
-                continue
-            sig = _layout_signature(weights)
-            pending[sig].append((src, key, weights))
-            if len(pending[sig]) >= self.k:
-                flush(sig)
-        for sig in list(pending):
-            flush(sig)
-        bar.close()
-
         report.results = [results[s.id] for s in sources]
         new = [
             {"adapter": r.id, "key": r.key, "file": r.file, "kind": r.kind, "family": r.family, "path": r.path, "norm": r.norm, **self.identity()}
