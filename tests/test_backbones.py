@@ -170,7 +170,7 @@ def fake_gguf(tmp_path_factory) -> FakeGGUF:
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """A copy of the registry, so tests may register names without leaking them."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     return registry._REGISTRY
 
 

@@ -9,11 +9,11 @@ Adding a backbone is one decorated function returning a :class:`BackboneSpec`::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import BackboneError
+from ..registry import Registry
 
 Kind = Literal["tiny", "packaged", "hub"]
 
@@ -52,17 +52,11 @@ class BackboneSpec:
         return d
 
 
-_REGISTRY: dict[str, Callable[[], BackboneSpec]] = {}
+_REGISTRY = Registry("backbone")  # name -> zero-argument function returning a BackboneSpec
 
 
 def register_backbone(name: str):
-    def deco(fn: Callable[[], BackboneSpec]):
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def backbone_names() -> list[str]:

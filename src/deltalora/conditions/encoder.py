@@ -39,6 +39,7 @@ import torch
 from ..config import RuntimeConfig
 from ..errors import BackboneError, DeltaLoraError
 from ..paths import atomic_dir, home
+from ..registry import Registry
 
 Kind = Literal["packaged", "tiny", "hf"]
 Pooling = Literal["mean", "cls"]
@@ -83,17 +84,11 @@ class EncoderSpec:
         return d
 
 
-_REGISTRY: dict[str, Callable[[], EncoderSpec]] = {}
+_REGISTRY = Registry("encoder")  # name -> zero-argument function returning an EncoderSpec
 
 
 def register_encoder(name: str):
-    def deco(fn: Callable[[], EncoderSpec]):
-        if name in _REGISTRY:
-            raise ValueError(f"encoder {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def encoder_names() -> list[str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeltaLoraError
+from ..registry import Registry
 
 
 class ProbeError(DeltaLoraError):
@@ -42,19 +42,13 @@ class ProbeSet:
         return len(self.texts)
 
 
-_REGISTRY: dict[str, Callable[[], ProbeSet]] = {}
+_REGISTRY = Registry("probe set")  # name -> zero-argument function returning a ProbeSet
 
 
 def register_probe_set(name: str):
     """Decorator: register a zero-argument function returning a :class:`ProbeSet` under ``name``."""
 
-    def deco(fn: Callable[[], ProbeSet]) -> Callable[[], ProbeSet]:
-        if name in _REGISTRY:
-            raise ValueError(f"probe set {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def probe_set_names() -> list[str]:

@@ -20,21 +20,16 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..lora import LoraLayout
+from ..registry import Registry
 
 GeneratorBuilder = Callable[..., nn.Module]
-_GENERATORS: dict[str, GeneratorBuilder] = {}
+_GENERATORS = Registry("generator")  # name -> builder(layout, cond_dim, n_prompts, **options)
 
 
 def register_generator(name: str) -> Callable[[GeneratorBuilder], GeneratorBuilder]:
     """Decorator: ``@register_generator("hyperconv")`` on ``builder(layout, cond_dim, n_prompts, **options)``."""
 
-    def deco(fn: GeneratorBuilder) -> GeneratorBuilder:
-        if name in _GENERATORS:
-            raise ValueError(f"generator {name!r} is registered twice")
-        _GENERATORS[name] = fn
-        return fn
-
-    return deco
+    return _GENERATORS.register(name)
 
 
 def generator_names() -> list[str]:

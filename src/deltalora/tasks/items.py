@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import DeltaLoraError
+from ..registry import Registry
 
 Kind = Literal["mc", "short", "code"]
 KINDS: tuple[str, ...] = ("mc", "short", "code")
@@ -81,17 +82,11 @@ def prompt_key(text: str) -> str:
 # ---- scorers: name -> fn(task, item, prediction) -> float in [0, 1] ------------------------------------
 
 Scorer = Callable[["Task", TaskItem, Any], float]
-_SCORERS: dict[str, Scorer] = {}
+_SCORERS = Registry("scorer")
 
 
 def register_scorer(name: str):
-    def deco(fn: Scorer) -> Scorer:
-        if name in _SCORERS:
-            raise ValueError(f"scorer {name!r} registered twice")
-        _SCORERS[name] = fn
-        return fn
-
-    return deco
+    return _SCORERS.register(name)
 
 
 @register_scorer("exact")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from .items import TaskError, TaskItem
+from ..registry import Registry
 
 SourceFn = Callable[..., list[TaskItem]]
 
@@ -37,7 +38,7 @@ class TaskSource:
     scorer: str | None  # None = the default scorer of the task's kind
 
 
-_SOURCES: dict[str, TaskSource] = {}
+_SOURCES = Registry("task source")
 
 
 def register_task_source(
@@ -48,13 +49,7 @@ def register_task_source(
     generator: bool = False,
     scorer: str | None = None,
 ):
-    def deco(fn: SourceFn) -> SourceFn:
-        if name in _SOURCES:
-            raise ValueError(f"task source {name!r} registered twice")
-        _SOURCES[name] = TaskSource(name, fn, args, tuple(kinds), generator, scorer)
-        return fn
-
-    return deco
+    return _SOURCES.register(name, make=lambda fn: TaskSource(name, fn, args, tuple(kinds), generator, scorer))
 
 
 def source_names() -> list[str]:
