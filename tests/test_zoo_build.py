@@ -241,3 +241,11 @@ def test_dnd_import_refuses_bad_input(tiny_qwen2, tmp_path):
     with pytest.raises(ZooError, match="not fit"):
         import_dnd(d, tmp_path / "z4", backbone="smollm2-135m-instruct")  # shapes, from the catalog, no download
     assert not (tmp_path / "z4" / MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "zoo").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_zoo_configs_are_valid(path):
+    cfg = load_zoo_config(path)
+    jobs = plan_jobs(cfg)  # every named task and mixed component exists in the suite
+    assert jobs and len(cfg.tail_steps()) == cfg.teacher.checkpoints
+    assert len({j.family for j in jobs if not j.mixed}) >= 5  # the benchmark claims coverage of every family
