@@ -29,7 +29,7 @@ from deltalora.eval import evaluate_task  # noqa: E402
 from deltalora.lora import load_adapter  # noqa: E402
 from deltalora.paths import atomic_write_bytes  # noqa: E402
 from deltalora.tasks import build_task  # noqa: E402
-from deltalora.zoo import build_zoo, load_zoo_config, read_manifest  # noqa: E402
+from deltalora.zoo import build_zoo, load_zoo_config, parse_shard  # noqa: E402
 from deltalora.zoo.build import selected_specs  # noqa: E402
 
 
@@ -39,17 +39,21 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="zoo directory (default runs/bench-zoo/<config stem>)")
     ap.add_argument("--limit", type=int, default=None, help="score at most this many eval items per task")
     ap.add_argument("--batch-rows", type=int, default=32)
+    ap.add_argument("--shard", default=None, help="i/n: build and score only this shard of the jobs (zoo build --shard)")
     ap.add_argument("--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)")
     args = ap.parse_args()
 
     cfg = load_zoo_config(args.config)
     stem = Path(args.config).stem
     out = Path(args.out or f"runs/bench-zoo/{stem}")
+    shard = parse_shard(args.shard)
     name = args.name or ("zoo" if stem == "default" else f"zoo_{stem}")
+    if shard != (0, 1) and args.name is None:
+        name += f"_shard{shard[0]}of{shard[1]}"
     backbone = load_backbone(cfg.backbone, cfg.runtime)
 
     t0 = time.perf_counter()
-    entries = build_zoo(cfg, out, progress=True, backbone=backbone)
+    entries = build_zoo(cfg, out, shard=shard, progress=True, backbone=backbone)
     build_call_s = time.perf_counter() - t0
     train_s = {}
     for e in entries:  # one timing per job (all its checkpoints share it)
@@ -57,6 +61,8 @@ def main() -> None:
 
     last = max(cfg.tail_steps())
     chosen, _ = selected_specs(cfg)
+    built = {e.task for e in entries}
+    chosen = [s for s in chosen if s.name in built]  # a shard scores only the tasks it built
     rows = []
     for spec in chosen:
         teachers = sorted((e for e in entries if e.task == spec.name and e.step == last), key=lambda e: e.seed)
