@@ -1,0 +1,118 @@
+"""report.md, results.json and figures from a synthetic held-out results dict (no models)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from deltalora.errors import ConfigError
+from deltalora.report import summarize, write_report
+
+ROWS = ["base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"]
+LABELS = {"base": "base model", "average_merge": "mean of training teachers",
+          "weight_only": "weight-only generator (λ=0, DnD)", "delta": "Δ-augmented generator",
+          "oracle": "held-out task's own teacher (oracle)", "delta_random_condition": "Δ-augmented, random conditions"}
+
+
+def make_results(delta_accs: list[float], delta_cos: float = 0.85, random_acc: float = 0.42) -> dict:
+    """Two held-out tasks with the same numbers; base 0.40, oracle 0.60, weight-only 0.45 / cosine 0.40."""
+    accs = {"base": [0.40], "average_merge": [0.42, 0.44], "weight_only": [0.44, 0.46], "delta": delta_accs,
+            "oracle": [0.60], "delta_random_condition": [random_acc]}
+    cos = {"base": None, "average_merge": [0.2, 0.3], "weight_only": [0.4, 0.4], "delta": [delta_cos] * len(delta_accs),
+           "oracle": [1.0], "delta_random_condition": [0.1]}
+    task = {"kind": "mc", "n_items": 50,
+            "rows": {r: {"accuracies": accs[r], "delta_cosines": cos[r]} for r in ROWS}}
+    return {"title": "deltalora held-out experiment (test)", "command": "deltalora run --config configs/quick.yaml",
+            "backbone": "tiny-qwen2", "train_tasks": ["rg_chain_sum", "math"],
+            "heldout_tasks": ["bb_navigate", "bb_date"], "rows": ROWS, "row_labels": LABELS,
+            "tasks": {"bb_navigate": task, "bb_date": json.loads(json.dumps(task))},
+            "timing": {"zoo": 12.5, "train": 30.0}, "notes": ["synthetic"]}
+
+
+def target_line(text: str, letter: str) -> str:
+    (line,) = [x for x in text.splitlines() if f"**({letter})**" in x]
+    return line
+
+
+@pytest.fixture
+def logs(tmp_path):
+    """Two JSONL logs; the first was resumed (step 2 repeated) and killed mid-line."""
+    a, b = tmp_path / "wo.jsonl", tmp_path / "delta.jsonl"
+    rec = lambda s, lw, ld, c: json.dumps({"step": s, "loss_weights": lw, "loss_delta": ld, "delta_cosine": c,  # noqa: E731
+                                           "lambda": 0.0 if ld is None else 1.0, "lr": 1e-3})
+    a.write_text("\n".join([rec(1, 2.0, None, None), rec(2, 99.0, None, None), rec(2, 1.5, None, None),
+                            rec(3, 1.0, None, 0.2)]) + '\n{"step": 4, "loss_wei')
+    b.write_text("\n".join(rec(s, 2.0 / s, 0.5 / s, 0.1 * s) for s in range(1, 6)) + "\n")
+    return {"weight_only seed 0": a, "delta seed 0": b}
+
+
+def test_report_tables_targets_figures(tmp_path, logs):
+    results = make_results([0.4, 0.6])  # mean 0.50: half of the oracle's +20 gain
+    points = np.random.default_rng(0).normal(size=(8, 5))
+    labels = ["teacher:math"] * 4 + ["delta:bb_navigate"] * 4
+    report = write_report(tmp_path / "run", results, logs=logs, tsne={"points": points, "labels": labels})
+    text = report.read_text()
+    assert report == tmp_path / "run" / "report.md"
+    assert "```\ndeltalora run --config configs/quick.yaml\n```" in text
+    for label in LABELS.values():
+        assert label in text
+    row = next(x for x in text.splitlines() if x.startswith("| Δ-augmented generator |"))
+    assert row == "| Δ-augmented generator | 50.0 ± 10.0 | 2 | +10.0 | 50.0 | 0.850 ± 0.000 |"
+    assert "| base model | 40.0 ± 0.0 | 1 | +0.0 | 0.0 | — |" in text
+    assert target_line(text, "a").startswith("- ✅")
+    assert target_line(text, "b").startswith("- ❌") and "50.0 %" in target_line(text, "b")
+    assert target_line(text, "c").startswith("- ✅")
+    assert target_line(text, "d").startswith("- ✅")
+    assert "| **total** | **42.5** |" in text and "- synthetic" in text
+    for name in ("accuracy", "loss", "delta_cosine", "tsne"):
+        assert f"![{name}](figures/{name}.png)" in text
+        assert (tmp_path / "run" / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+
+
+def test_targets_flip_with_the_data(tmp_path):
+    good = summarize(make_results([0.58, 0.58], delta_cos=0.9, random_acc=0.42))["targets"]
+    assert good == {"delta_beats_weight_only": True, "recovers_oracle_gain": True,
+                    "delta_cosine_to_oracle": True, "random_conditions_hurt": True}
+    text = write_report(tmp_path, make_results([0.43, 0.43], delta_cos=0.5, random_acc=0.5)).read_text()
+    for letter in "abcd":
+        assert target_line(text, letter).startswith("- ❌"), letter
+    assert "_loss.png skipped: no training logs given._" in text
+    assert "_tsne.png skipped: no t-SNE input given._" in text
+
+
+def test_missing_oracle_renders_dash_and_not_measured(tmp_path):
+    results = make_results([0.5])
+    for task in results["tasks"].values():
+        del task["rows"]["oracle"]
+    summary = summarize(results)
+    assert summary["targets"]["recovers_oracle_gain"] is None
+    assert summary["rows"]["oracle"] == {"accuracy": None, "delta_cosine": None, "n_tasks": 0}
+    text = write_report(tmp_path, results, tsne={"points": np.zeros((3, 4)), "labels": ["a", "b", "c"]}).read_text()
+    assert "| held-out task's own teacher (oracle) | — | — | — | — | — |" in text
+    assert "| Δ-augmented generator | 50.0 ± 0.0 | 1 | +10.0 | — | 0.850 ± 0.000 |" in text
+    assert target_line(text, "b").startswith("- ➖") and "not measured" in target_line(text, "b")
+    assert "_tsne.png skipped: only 3 points" in text
+
+
+def test_missing_log_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        write_report(tmp_path, make_results([0.5]), logs={"delta seed 0": tmp_path / "nope.jsonl"})
+    assert not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("key", ["tasks", "rows"])
+def test_results_missing_key(tmp_path, key):
+    results = make_results([0.5])
+    del results[key]
+    with pytest.raises(ConfigError, match=repr(key)):
+        write_report(tmp_path, results)
+
+
+def test_log_keeps_last_step_and_skips_torn_line(logs):
+    from deltalora.report import _read_log
+
+    curves = _read_log(logs["weight_only seed 0"])
+    assert list(curves) == [1, 2, 3] and curves[2]["loss_weights"] == 1.5
