@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 from peft import get_peft_model, set_peft_model_state_dict
 
-from deltalora.lora import LoraWeights
+from deltalora.conditions import Conditioner, ConditionPool, load_encoder
+from deltalora.config import LoraSpec, RuntimeConfig
+from deltalora.deltas import DeltaCache, compute_deltas, sources_from_manifest
+from deltalora.generators.dataset import DeltaSpec
+from deltalora.lora import LoraWeights, save_adapter
+from deltalora.tasks import TaskSpec, build_task, stable_seed
+from deltalora.zoo import ZooEntry, append_entry, file_sha256
 from deltalora.lora.adapter_io import peft_lora_config
 
 
@@ -29,3 +37,50 @@ def peft_reference(model, weights: LoraWeights):
 def encode(tokenizer, texts, padding_side="left"):
     tokenizer.padding_side = padding_side
     return tokenizer(texts, return_tensors="pt", padding=True)
+
+
+TASKS = {"a": "math", "b": "math", "c": "text"}
+N_PROMPTS = 3
+SPEC = LoraSpec(rank=2, alpha=4, targets="q,v")
+
+
+def add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC) -> ZooEntry:
+    path = f"{task}/s{seed}"
+    w = LoraWeights.random(backbone.layout(spec), std=0.05, seed=stable_seed(task, seed) % 1000)
+    save_adapter(w, zoo / path)
+    e = ZooEntry(id=path, task=task, family=family, tasks=tuple(parts), seed=seed, path=path,
+                 sha256=file_sha256(zoo / path / "adapter_model.safetensors"), backbone=backbone.name)
+    append_entry(zoo, e)
+    return e
+
+
+def teacher_world(root: Path, tiny_qwen2) -> dict:
+    """A tiny zoo on tiny-qwen2 in ``root``: 3 tasks x 2 seeds, mixed teachers a+b and b+c, their Δ
+    (generic5, last token) in a cache, and condition pools from a tiny encoder."""
+    root.mkdir(parents=True, exist_ok=True)
+    zoo = root / "zoo"
+    tasks = {}
+    for name, fam in TASKS.items():
+        f = root / f"{name}.jsonl"
+        f.write_text("".join(json.dumps({"prompt": f"task {name} item {i}?", "answer": f"{name}{i}"}) + "\n" for i in range(30)))
+        spec = TaskSpec(name=name, family=fam, kind="short", source="jsonl", args={"path": str(f)}, n_train=8, n_condition=6, n_eval=8)
+        tasks[name] = build_task(spec, seed=0)
+        for seed in (0, 1):
+            add_teacher(zoo, tiny_qwen2, name, seed, fam)
+    add_teacher(zoo, tiny_qwen2, "a+b", 0, "math", ("a", "b"))
+    add_teacher(zoo, tiny_qwen2, "b+c", 0, "mixed", ("b", "c"))
+    cache = DeltaCache(root / "deltas")
+    report = compute_deltas(tiny_qwen2, sources_from_manifest(zoo), "generic5", "last_token", cache)
+    assert not report.broken
+    encoder = load_encoder("tiny-encoder", RuntimeConfig(device="cpu"))
+    conditioner = Conditioner(encoder, {n: ConditionPool.from_task(t) for n, t in tasks.items()}, n_prompts=N_PROMPTS)
+    ids, deltas = report.load(cache)
+    return {
+        "zoo": zoo,
+        "cache": cache,
+        "tasks": tasks,
+        "conditioner": conditioner,
+        "spec": DeltaSpec.for_backbone(tiny_qwen2, "generic5", "last_token"),
+        "deltas": dict(zip(ids, deltas)),
+        "arch": tiny_qwen2.arch,
+    }

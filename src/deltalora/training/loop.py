@@ -1,0 +1,248 @@
+"""The one generator-training loop: L = L_weights + λ(t)·L_Δ, resumable, DDP-aware.
+
+    result = train_generator(cfg, dataset, backbone, out_dir)     # dataset: TeacherDataset(split="train")
+
+Every step draws ``batch_size`` teachers (the data order is a pure function of (seed, step): epoch e is
+a seeded permutation, conditions are resampled per epoch), generates their adapters, and takes
+L_weights on all of them and — once λ(t) > 0 — L_Δ on the first ``delta_batch``, whose Δ comes from a
+forward of the frozen backbone over the probes with the generated LoRA injected (:class:`DeltaProbe`).
+AdamW, linear warm-up then cosine LR, gradient clipping.
+
+Files in ``out_dir``: ``log.jsonl`` (one record per logged step), ``trainer_state.safetensors`` (every
+``save_every`` steps and at the end; see :mod:`.state`), ``generator.safetensors`` (the final
+generator, what ``deltalora generate`` reads) and ``train_config.json``. Killed at any point, the same
+call resumes from the last saved state; on CPU the final weights and losses equal an uninterrupted run's.
+
+Under ``torchrun`` (``torch.distributed`` initialised) only the generator is wrapped in
+DistributedDataParallel; each rank takes every world-th teacher of the global batch, the LR schedule
+runs on every rank, logging and saving happen on rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..generators import build_generator
+from ..generators.checkpoint import save_generator
+from ..generators.dataset import TeacherDataset, collate_teachers
+from ..lora import LoraWeights
+from ..tasks import stable_seed
+from .config import TrainConfig
+from .delta import DeltaProbe, cosine, delta_loss
+from .losses import WeightLoss, head
+from .state import STATE_NAME, restore_state, save_state
+
+LOG_NAME = "log.jsonl"
+GENERATOR_NAME = "generator.safetensors"
+
+
+@dataclass
+class TrainResult:
+    generator: Path
+    steps: int
+    last: dict  # the last log record
+    seconds: float  # wall time of this call's steps
+    resumed_from: int
+    module: torch.nn.Module | None = None  # the trained generator, in memory
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    t = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batch_positions(cfg: TrainConfig, n: int, step: int) -> list[tuple[int, int]]:
+    """(dataset index, epoch) of the global batch of ``step``: consecutive slices of a stream of seeded epoch permutations."""
+    out = []
+    for pos in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
+        epoch, j = divmod(pos, n)
+        g = torch.Generator().manual_seed(stable_seed("train-order", cfg.seed, epoch) % (2**63))
+        out.append((int(torch.randperm(n, generator=g)[j]), epoch))
+    return out
+
+
+def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int) -> str:
+    """What makes a run directory's state reusable: the config, the teacher set, their Δ and the world size."""
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h.update(json.dumps([dataset.ids, dataset.heldout, dataset.deltas_spec.__dict__, world, dataset.seed]).encode())
+    return h.hexdigest()
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _mean_across(values: dict[str, float | None], world: int) -> dict[str, float | None]:
+    """Average the non-None scalars over ranks (each rank logs its local microbatch)."""
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([[0.0 if values[k] is None else float(values[k]), 0.0 if values[k] is None else 1.0] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: (None if t[i, 1] == 0 else float(t[i, 0] / t[i, 1])) for i, k in enumerate(keys)}
+
+
+def _truncate_log(path: Path, before_step: int) -> None:
+    """Keep the log records of steps < ``before_step`` (a resumed run rewrites the rest); drop a torn tail."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("step", before_step) < before_step:
+            kept.append(line)
+    path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the [tensorboard] extra is not installed
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def train_generator(
+    cfg: TrainConfig,
+    dataset: TeacherDataset,
+    backbone,
+    out_dir: str | Path,
+    *,
+    meta: dict | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume, or return a finished) generator on ``dataset``; see the module docstring.
+
+    ``meta`` goes into the generator checkpoint (``encoder`` must name the condition encoder);
+    ``stop_after`` stops after that many steps of this call (for tests and time-boxed runs).
+    """
+    out = Path(out_dir)
+    rank, world = _dist()
+    device = backbone.device
+    meta = dict(meta or {})
+    meta.setdefault("encoder", cfg.encoder)
+    meta.setdefault("backbone", backbone.name)
+    meta.setdefault("condition_form", cfg.condition_form)
+    final = out / GENERATOR_NAME
+    state_path = out / STATE_NAME
+    fp = fingerprint(cfg, dataset, world)
+
+    torch.manual_seed(cfg.seed)
+    gen = build_generator(cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options).to(device)
+    decay = [p for n, p in gen.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in gen.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    start = 0
+    if state_path.exists():
+        start = restore_state(state_path, gen, opt, fp)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        _truncate_log(out / LOG_NAME, start)
+    model = gen
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
+
+    all_teachers = LoraWeights.stack([dataset.example(i, 0).weights for i in range(len(dataset))])
+    wloss = WeightLoss(cfg.weight_loss, all_teachers, cfg.token_weighting).to(device)
+    del all_teachers
+    teacher_deltas = torch.stack([dataset.example(i, 0).delta for i in range(len(dataset))])
+    delta_scale = max(float(teacher_deltas.square().sum(-1).mean()), 1e-12)
+    probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
+
+    log = (out / LOG_NAME).open("a", encoding="utf-8") if rank == 0 else None
+    tb = _tensorboard(out) if rank == 0 else None
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {out.name}", disable=not progress or rank != 0, leave=False)
+    record: dict = {}
+    t_call = time.perf_counter()
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            positions = batch_positions(cfg, len(dataset), step)
+            mine = positions[rank::world]
+            n_delta = len(range(rank, cfg.delta_batch, world))
+            batch = collate_teachers([dataset.example(i, e) for i, e in mine]).to(device)
+            gen.train()
+            pred = model(batch.conditions)
+            lw = wloss(pred, batch.weights)
+            lam = cfg.lam.at(step)
+            loss = lw
+            ld = cos = pnorm = tnorm = None
+            if lam > 0 and n_delta > 0:
+                d_pred = probe(head(pred, n_delta))
+                d_t = batch.deltas[:n_delta]
+                ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale)
+                loss = lw + lam * ld_t
+                ld = float(ld_t.detach())
+                cos = float(cosine(d_pred, d_t).mean())
+                pnorm, tnorm = float(d_pred.detach().norm(dim=-1).mean()), float(d_t.norm(dim=-1).mean())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip))
+            opt.step()
+            vals = _mean_across({"loss": float(loss.detach()), "loss_weights": float(lw.detach()), "loss_delta": ld,
+                                 "delta_cosine": cos, "delta_norm_pred": pnorm, "delta_norm_teacher": tnorm}, world)
+            record = {"step": step, **vals, "lambda": lam, "lr": lr, "grad_norm": gnorm,
+                      "epoch": positions[0][1], "step_seconds": round(time.perf_counter() - t0, 4)}
+            if rank == 0:
+                if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    if tb is not None:
+                        for k, v in record.items():
+                            if k != "step" and isinstance(v, float):
+                                tb.add_scalar(k, v, step)
+                bar.update(1)
+                bar.set_postfix(lw=f"{record['loss_weights']:.4f}", ld="-" if ld is None else f"{record['loss_delta']:.4f}")
+            done = step + 1
+            if done % cfg.save_every == 0 or done == end:
+                if rank == 0:
+                    save_state(state_path, gen, opt, done, fp, {"last": record})
+                if world > 1:
+                    dist.barrier()
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        if tb is not None:
+            tb.close()
+    seconds = time.perf_counter() - t_call
+    steps_done = max(start, end)
+    if steps_done >= cfg.steps and rank == 0 and not final.exists():
+        save_generator(gen, final, {**meta, "train_config": json.loads(cfg.model_dump_json()), "train_ids": dataset.ids,
+                                    "heldout": dataset.heldout})
+    if not record and state_path.exists():
+        from .state import read_state
+
+        record = read_state(state_path)[0]["extra"].get("last", {})
+    return TrainResult(generator=final, steps=steps_done, last=record, seconds=seconds, resumed_from=start, module=gen)
+
+
+__all__ = ["GENERATOR_NAME", "LOG_NAME", "TrainResult", "batch_positions", "fingerprint", "lr_at", "train_generator"]

@@ -1,0 +1,89 @@
+"""L_weights: how far generated LoRA weights are from the teacher's, in one of three spaces.
+
+- ``tokens``: DnD's loss — both adapters through the :class:`LoraTokenizer` (per-chunk standardised
+  tokens + mean/log-std border), MSE per token, optionally weighted by the teachers' per-token spread.
+- ``slots``: plain MSE over every A and B entry, divided by the teachers' mean Σ‖A‖²+‖B‖².
+- ``product``: MSE over the adapters' weight updates ΔW = s·B·A of every slot, divided by the teachers'
+  mean Σ‖ΔW‖² — invariant to the (A, B) → (GA, BG⁻¹) ambiguity, which matters when the teachers start
+  from different random A (the zoo's seeds do): raw A/B MSE then pulls A towards the teachers' mean,
+  which is ≈ 0. Computed without forming ΔW: for U = [B₁, −B₂], V = [A₁; A₂], ‖UV‖²_F = Σ (UᵀU) ⊙ (VVᵀ).
+
+The normalised losses are 1.0 for an all-zero prediction (``slots``, ``product``), so λ is scale-free.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..generators.tokenizer import LoraTokenizer, criterion_weights, weighted_token_mse
+from ..lora import LoraWeights
+
+
+def product_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Tensor:
+    """Σ_slots ‖s·(B₁A₁ − B₂A₂)‖²_F per adapter ([K]) of two batched LoraWeights (w2=None: ‖s·B₁A₁‖²)."""
+    s = float(w1.layout.scale)
+    total = None
+    for slot in w1.layout.slots:
+        a1, b1 = w1.A[slot.key].float(), w1.B[slot.key].float()
+        if w2 is None:
+            u, v = b1, a1
+        else:
+            u = torch.cat([b1, -w2.B[slot.key].float()], dim=-1)  # [K, out, 2r]
+            v = torch.cat([a1, w2.A[slot.key].float()], dim=-2)  # [K, 2r, in]
+        g = (u.transpose(-1, -2) @ u) * (v @ v.transpose(-1, -2))
+        term = g.sum(dim=(-2, -1)) * s * s
+        total = term if total is None else total + term
+    return total
+
+
+def slot_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Tensor:
+    """Σ_slots ‖A₁−A₂‖² + ‖B₁−B₂‖² per adapter ([K])."""
+    total = None
+    for slot in w1.layout.slots:
+        da, db = w1.A[slot.key].float(), w1.B[slot.key].float()
+        if w2 is not None:
+            da, db = da - w2.A[slot.key].float(), db - w2.B[slot.key].float()
+        term = da.square().flatten(1).sum(1) + db.square().flatten(1).sum(1)
+        total = term if total is None else total + term
+    return total
+
+
+class WeightLoss:
+    """L_weights of one kind, with its normalisation (or token weights) fitted once on the training teachers."""
+
+    def __init__(self, kind: str, teachers: LoraWeights, token_weighting: bool = True):
+        if kind not in ("tokens", "slots", "product"):
+            raise ValueError(f"unknown weight loss {kind!r}; use tokens, slots or product")
+        self.kind = kind
+        self.scale = 1.0
+        self.tokenizer = None
+        self.token_weights = None
+        with torch.no_grad():
+            if kind == "tokens":
+                self.tokenizer = LoraTokenizer(teachers.layout)
+                if token_weighting and teachers.num_adapters and teachers.num_adapters >= 2:
+                    self.token_weights = criterion_weights(self.tokenizer.tokenize(teachers))
+            else:
+                norm = product_sq_norm if kind == "product" else slot_sq_norm
+                self.scale = max(float(norm(teachers).mean()), 1e-12)
+
+    def to(self, device) -> WeightLoss:
+        if self.tokenizer is not None:
+            self.tokenizer = self.tokenizer.to(device)
+        if self.token_weights is not None:
+            self.token_weights = self.token_weights.to(device)
+        return self
+
+    def __call__(self, pred: LoraWeights, target: LoraWeights) -> torch.Tensor:
+        if self.kind == "tokens":
+            return weighted_token_mse(self.tokenizer.tokenize(pred), self.tokenizer.tokenize(target), self.token_weights)
+        norm = product_sq_norm if self.kind == "product" else slot_sq_norm
+        return norm(pred, target).mean() / self.scale
+
+
+def head(weights: LoraWeights, m: int) -> LoraWeights:
+    """The first ``m`` adapters of a batched LoraWeights (a view: gradients flow)."""
+    return LoraWeights(weights.layout, {k: v[:m] for k, v in weights.A.items()}, {k: v[:m] for k, v in weights.B.items()})
+
+
+__all__ = ["WeightLoss", "head", "product_sq_norm", "slot_sq_norm"]
