@@ -3,15 +3,16 @@ import torch
 from typer.testing import CliRunner
 
 from deltalora.cli import app
-from deltalora.config import LoraSpec, RuntimeConfig, load_yaml
-from deltalora.demo import DemoConfig
+from deltalora.config import LoraSpec, RuntimeConfig, StrictModel, load_yaml
 from deltalora.errors import ConfigError
 
 
-def test_repo_demo_config_validates():
-    cfg = load_yaml("configs/demo.yaml", DemoConfig)
-    assert cfg.lora.targets == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    assert cfg.runtime.torch_dtype == torch.float32
+class DemoConfig(StrictModel):
+    """A small config model to exercise load_yaml's error reporting."""
+
+    backbone: str = "tiny-qwen2"
+    lora: LoraSpec = LoraSpec()
+    num_adapters: int = 1
 
 
 def test_runtime_device_and_dtype():
@@ -47,10 +48,10 @@ def test_missing_config_file(tmp_path):
 
 def test_demo_cli_bad_config_exits_nonzero_without_outputs(tmp_path):
     bad = tmp_path / "demo.yaml"
-    bad.write_text("num_adapters: 0\n")
+    bad.write_text("zoo: zoo.yaml\nheldout: [a]\ntrain: {lam: {target: 1.0}, steps: 0}\n")
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["demo", "--config", str(bad), "--out", str(out)])
-    assert res.exit_code == 2 and "num_adapters" in res.output
+    assert res.exit_code == 2 and "train.steps" in res.output and str(bad) in res.output
     assert not out.exists()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from . import adapter, deltas, evaluate, generate, generator, lora, models, tasks, zoo
+from . import adapter, deltas, evaluate, generate, generator, lora, models, run, tasks, zoo
 from .common import run_guarded
 
 app = typer.Typer(
@@ -22,23 +24,18 @@ app.add_typer(zoo.app, name="zoo", help="Build, list and import teacher zoos (PE
 app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, extraction, cache, clustering.")
 app.add_typer(generator.app, name="generator", help="Generators: parameter counts for a backbone + LoRA config.")
 app.command("generate")(generate.generate_cmd)
+app.command("run")(run.run_cmd)
+app.command("train")(run.train_cmd)
+app.command("ablate")(run.ablate_cmd)
 
 
 @app.command()
 def demo(
-    config: str = typer.Option("configs/demo.yaml", help="Demo config (YAML)."),
-    out: str = typer.Option("runs/demo", help="Run directory for the report."),
-    backbone: str = typer.Option(None, help="Override the config's backbone."),
+    config: str = typer.Option("configs/quick.yaml", help="Run config (YAML) of the main job."),
+    out: str = typer.Option("runs/demo", help="Run directory (report.md, results.json, figures/). Rerunning resumes."),
 ) -> None:
-    """The main job. Until the training issue lands this runs the foundation demo (see README)."""
-    from ..config import load_yaml
-    from ..demo import DemoConfig, foundation_demo
-
-    def go():
-        overrides = {"backbone": backbone} if backbone else None
-        foundation_demo(out, load_yaml(config, DemoConfig, overrides=overrides))
-
-    run_guarded(go)
+    """The main job on the embedded default backbone: `deltalora run` with the quick preset."""
+    run.run_cmd(config=Path(config), out=Path(out), quiet=False)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -1,0 +1,50 @@
+"""The adapters a held-out task is scored with, besides its own teachers: generated ones (from real or
+random conditions) and the average merge of the training teachers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..config import LoraSpec
+from ..lora import LoraWeights
+from ..tasks import stable_seed
+
+
+def average_merge(teachers: Sequence[LoraWeights], backbone) -> LoraWeights:
+    """One adapter whose weight update is the exact mean of the teachers' ΔW = s·B·A in every slot.
+
+    Averaging A and B separately is meaningless for teachers that start from different random A (the
+    zoo's do), so the merge concatenates them: rank N·r, scale 1, A = [A₁; …; A_N], B = [s·B₁/N, …, s·B_N/N].
+    """
+    if not teachers:
+        raise ValueError("average_merge needs at least one teacher")
+    layout = teachers[0].layout
+    n, spec = len(teachers), layout.spec
+    merged_spec = LoraSpec(rank=n * spec.rank, alpha=float(n * spec.rank), targets=spec.targets, layers=spec.layers)
+    merged = backbone.layout(merged_spec)
+    s = float(layout.scale)
+    A = {k: torch.cat([t.A[k] for t in teachers], dim=0) for k in teachers[0].A}
+    B = {k: torch.cat([t.B[k] * (s / n) for t in teachers], dim=1) for k in teachers[0].B}
+    return LoraWeights(merged, A, B)
+
+
+def random_conditions(like: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` random conditions shaped like one condition ``like`` [n_prompts, dim]: Gaussian rows rescaled to
+    the rows' mean norm (unit norm for an L2-normalising encoder such as MiniLM)."""
+    g = torch.Generator().manual_seed(stable_seed("random-condition", seed) % (2**63))
+    x = torch.randn(n, *like.shape, generator=g)
+    return x / x.norm(dim=-1, keepdim=True) * like.norm(dim=-1).mean()
+
+
+@torch.no_grad()
+def generate(gen: torch.nn.Module, conditions: torch.Tensor) -> list[LoraWeights]:
+    """One adapter per condition ([K, n_prompts, dim]), float32 on the CPU."""
+    gen.eval()
+    param = next(iter(gen.parameters()))
+    w = gen(conditions.to(device=param.device, dtype=param.dtype)).to("cpu", torch.float32)
+    return [w.select(i) for i in range(conditions.shape[0])]
+
+
+__all__ = ["average_merge", "generate", "random_conditions"]

@@ -1,0 +1,95 @@
+"""``deltalora run`` / ``deltalora ablate`` configs: one held-out experiment, end to end.
+
+A run names a zoo config (the backbone, tasks and teacher recipe live there), which tasks to hold
+out, the generator-training config shared by both arms (the Δ-augmented arm uses ``train.lam``, the
+weight-only arm the same config with λ = 0), how many generator seeds and generated adapters per
+held-out task, and how to evaluate. Relative paths are resolved against the YAML's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from ..config import StrictModel, load_yaml
+from ..training import LambdaSchedule, TrainConfig
+
+
+class EvalConfig(StrictModel):
+    split: str = "eval"
+    limit: int | None = Field(50, ge=1)  # eval items per held-out task (None = the whole split)
+    batch_rows: int = Field(32, ge=1)
+
+
+class RunConfig(StrictModel):
+    name: str = "run"
+    zoo: str  # zoo YAML (deltalora zoo build --config); relative to this file
+    zoo_dir: str | None = None  # build/reuse the zoo here (default: <out>/zoo)
+    heldout: list[str] = Field(default_factory=list)  # tasks never seen in training; or heldout_count of them
+    heldout_count: int = Field(0, ge=0)
+    heldout_seed: int = 0
+    train: TrainConfig
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # generator training seeds
+    adapters_per_seed: int = Field(2, ge=1)  # generated adapters per held-out task and seed (condition samples)
+    random_condition: bool = True  # also evaluate the Δ-augmented generator on random conditions
+    average_merge: bool = True  # also evaluate the mean ΔW of the training teachers
+    delta_batch_adapters: int = Field(8, ge=1)  # adapters per forward when computing teacher Δ
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if bool(self.heldout) == bool(self.heldout_count):
+            raise ValueError("name the held-out tasks with exactly one of heldout: [...] or heldout_count: N")
+        if not self.train.uses_delta:
+            raise ValueError("train.lam.target must be > 0: it is the Δ-augmented arm's λ (the weight-only arm uses 0)")
+        return self
+
+    def arm_config(self, arm: str, seed: int) -> TrainConfig:
+        """The training config of one arm (``weight_only`` or ``delta``) and seed."""
+        lam = self.train.lam if arm == "delta" else LambdaSchedule()
+        return self.train.model_copy(update={"lam": lam, "seed": seed})
+
+
+class AblationGrid(StrictModel):
+    """One factor at a time around the run's Δ-augmented config (each list may be empty = not swept)."""
+
+    lam: list[float] = Field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0])
+    probes: list[str] = Field(default_factory=lambda: ["generic5", "neutral24"])
+    representation: list[str] = Field(default_factory=lambda: ["last_token", "mean", "layers:[-4,-1]:concat"])
+    delta_loss: list[str] = Field(default_factory=lambda: ["mse", "cosine"])
+
+
+class AblationConfig(StrictModel):
+    run: str  # the run YAML whose zoo, held-out tasks and training config are the centre of the sweep
+    seed: int = 0
+    evaluate: bool = False  # also score accuracy on the held-out tasks (slow); Δ-cosine is always measured
+    grid: AblationGrid = AblationGrid()
+
+
+def _resolve(path: Path, value: str | None) -> str | None:
+    if value is None or Path(value).expanduser().is_absolute():
+        return value
+    return str((path.parent / value).resolve())
+
+
+def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    path = Path(path)
+    cfg = load_yaml(path, RunConfig, overrides)
+    return cfg.model_copy(update={"zoo": _resolve(path, cfg.zoo), "zoo_dir": _resolve(path, cfg.zoo_dir)})
+
+
+def load_ablation_config(path: str | Path) -> AblationConfig:
+    path = Path(path)
+    cfg = load_yaml(path, AblationConfig)
+    return cfg.model_copy(update={"run": _resolve(path, cfg.run)})
+
+
+__all__ = ["AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "load_ablation_config", "load_run_config"]

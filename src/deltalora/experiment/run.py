@@ -1,0 +1,311 @@
+"""``deltalora run``: the held-out experiment end to end, every stage resumable.
+
+    backbone ─► zoo (build/reuse) ─► teacher Δ (cache) ─► conditions ─► generators: weight-only (λ=0) and
+    Δ-augmented, × seeds ─► adapters for the held-out tasks from their condition pools ─► eval + Δ-cosine
+    to the oracle ─► report.md
+
+Held-out tasks (and mixed teachers with a held-out component) never reach generator training; their
+teachers are used only as the oracle row, and only their *condition* split conditions the generators.
+Rows per held-out task: base; average merge of the training teachers (exact mean ΔW); weight-only
+generator; Δ-augmented generator; the task's own teachers (oracle); Δ-augmented generator on random
+conditions. Accuracy is over ``seeds × adapters_per_seed`` generated adapters (every oracle teacher).
+
+Everything lands in the output directory: ``zoo/`` (unless ``zoo_dir``), ``deltas/`` (Δ cache),
+``generators/<arm>/seed<N>/`` (training dirs), ``eval/<task>/<arm hash>.json`` (per-arm scores, reused
+by a rerun), ``results.json``, ``report.md``, ``figures/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backbones import load_backbone
+from ..conditions import Conditioner, load_encoder, pools_from_tasks
+from ..config import RuntimeConfig
+from ..deltas import DeltaCache, compute_deltas, sources_from_manifest
+from ..errors import ConfigError
+from ..eval.runner import BASE, evaluate_task
+from ..generators.dataset import DeltaSpec, TeacherDataset, choose_heldout, zoo_tasks
+from ..lora import LoraWeights
+from ..paths import atomic_write_bytes
+from ..report import write_report
+from ..tasks import build_task
+from ..training import DeltaProbe, train_generator
+from ..zoo import build_zoo, load_zoo_config, read_manifest
+from ..zoo.build import selected_specs
+from .arms import average_merge, generate, random_conditions
+from .config import RunConfig
+
+ARMS = ("weight_only", "delta")
+ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
+ROW_LABELS = {
+    "base": "base model",
+    "average_merge": "mean of training teachers (ΔW average)",
+    "weight_only": "weight-only generator (λ=0, DnD)",
+    "delta": "Δ-augmented generator",
+    "oracle": "held-out task's own teachers (oracle)",
+    "delta_random_condition": "Δ-augmented, random conditions",
+}
+
+
+@dataclass
+class Context:
+    """What every stage of one run shares."""
+
+    cfg: RunConfig
+    out: Path
+    backbone: object
+    zoo_dir: Path
+    heldout: list[str]
+    tasks: dict
+    conditioner: Conditioner
+    train_set: TeacherDataset
+    heldout_set: TeacherDataset
+    cache: DeltaCache
+    timing: dict[str, float] = field(default_factory=dict)
+    progress: bool = True
+
+    def stage(self, name: str, t0: float) -> None:
+        self.timing[name] = round(self.timing.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+
+def _say(ctx_or_flag, msg: str) -> None:
+    if (ctx_or_flag.progress if isinstance(ctx_or_flag, Context) else ctx_or_flag):
+        print(msg, flush=True)
+
+
+def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=None) -> Context:
+    """Backbone, zoo, teacher Δ, conditions and the two task-level splits (all reused when already there)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timing: dict[str, float] = {}
+    zoo_cfg = load_zoo_config(cfg.zoo)
+    t0 = time.perf_counter()
+    backbone = backbone or load_backbone(zoo_cfg.backbone, zoo_cfg.runtime, progress=progress)
+    timing["load backbone"] = round(time.perf_counter() - t0, 2)
+    zoo_dir = Path(cfg.zoo_dir) if cfg.zoo_dir else out / "zoo"
+    t0 = time.perf_counter()
+    _say(progress, f"[zoo] building / reusing {zoo_dir}")
+    build_zoo(zoo_cfg, zoo_dir, progress=progress, backbone=backbone)
+    timing["zoo build"] = round(time.perf_counter() - t0, 2)
+    entries = read_manifest(zoo_dir)
+    heldout = sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
+    singles = {e.task for e in entries if not e.mixed}
+    no_oracle = [t for t in heldout if t not in singles]
+    if no_oracle:
+        raise ConfigError(f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks of the zoo")
+
+    t0 = time.perf_counter()
+    cache = DeltaCache(out / "deltas")
+    _say(progress, f"[deltas] teacher Δ of {len(entries)} adapters ({cfg.train.probes}, {cfg.train.representation})")
+    report = compute_deltas(backbone, sources_from_manifest(zoo_dir), cfg.train.probes, cfg.train.representation, cache,
+                            batch_adapters=cfg.delta_batch_adapters, progress=progress)
+    if report.broken:
+        raise ConfigError(f"{len(report.broken)} zoo adapters have non-finite Δ (first: {report.broken[0].id}); retrain or drop them from {zoo_dir}")
+    timing["teacher Δ"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    _, needed = selected_specs(zoo_cfg)
+    tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
+    encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)
+    conditioner = Conditioner(encoder, pools_from_tasks(tasks.values()), cfg.train.n_prompts, cfg.train.condition_form)
+    spec = DeltaSpec.for_backbone(backbone, cfg.train.probes, cfg.train.representation)
+    common = dict(heldout=heldout, cache=cache, arch=backbone.arch)
+    train_set = TeacherDataset(zoo_dir, conditioner, spec, split="train", **common)
+    heldout_set = TeacherDataset(zoo_dir, conditioner, spec, split="heldout", **common)
+    timing["conditions"] = round(time.perf_counter() - t0, 2)
+    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, timing, progress)
+
+
+def train_arms(ctx: Context) -> dict[tuple[str, int], Path]:
+    """Train (or resume, or reuse) the weight-only and Δ-augmented generators for every seed."""
+    dirs = {}
+    for arm in ARMS:
+        for seed in ctx.cfg.seeds:
+            d = ctx.out / "generators" / arm / f"seed{seed}"
+            _say(ctx, f"[train] {arm} seed {seed} -> {d}")
+            t0 = time.perf_counter()
+            train_generator(ctx.cfg.arm_config(arm, seed), ctx.train_set, ctx.backbone, d, progress=ctx.progress,
+                            meta={"encoder": ctx.cfg.train.encoder, "heldout_tasks": ctx.heldout})
+            ctx.stage(f"train {arm}", t0)
+            dirs[(arm, seed)] = d
+    return dirs
+
+
+def weights_hash(w: LoraWeights | None, salt: str = "") -> str:
+    """Content hash of an arm (what its cached scores are keyed by)."""
+    h = hashlib.sha256(salt.encode())
+    if w is not None:
+        for s in w.layout.slots:
+            h.update(s.key.encode())
+            h.update(w.A[s.key].detach().float().contiguous().numpy().tobytes())
+            h.update(w.B[s.key].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str) -> dict[str, tuple[str, LoraWeights | None]]:
+    """``{arm name: (row, weights)}`` for one held-out task (base, oracle teachers, generated, random, merge)."""
+    cfg = ctx.cfg
+    arms: dict[str, tuple[str, LoraWeights | None]] = {BASE: ("base", None)}
+    for i, e in enumerate(ctx.heldout_set.entries):
+        if e.task == task and not e.mixed:
+            arms[f"oracle/{e.id}"] = ("oracle", ctx.heldout_set.example(i, 0).weights)
+    for seed in cfg.seeds:
+        conds = torch.stack([ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}") for j in range(cfg.adapters_per_seed)])
+        for arm in ARMS:
+            for j, w in enumerate(generate(gens[(arm, seed)], conds)):
+                arms[f"{arm}/s{seed}/g{j}"] = (arm, w)
+        if cfg.random_condition:
+            rand = random_conditions(conds[0], cfg.adapters_per_seed, seed)
+            for j, w in enumerate(generate(gens[("delta", seed)], rand)):
+                arms[f"delta_random_condition/s{seed}/g{j}"] = ("delta_random_condition", w)
+    if cfg.average_merge:
+        arms["average_merge"] = ("average_merge", average_merge([ctx.train_set.example(i, 0).weights for i in range(len(ctx.train_set))], ctx.backbone))
+    return arms
+
+
+def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None]]) -> dict[str, dict]:
+    """Accuracy of every arm on the task's eval split; per-arm results cached under eval/<task>/ by content hash."""
+    ev = ctx.cfg.eval
+    salt = f"{task}|{ev.split}|{ev.limit}|{ctx.backbone.weights_id}"
+    folder = ctx.out / "eval" / task
+    hashes = {name: weights_hash(w, salt) for name, (_, w) in arms.items()}
+    results = {}
+    for name in arms:
+        p = folder / f"{hashes[name]}.json"
+        if p.exists():
+            results[name] = json.loads(p.read_text())
+    todo = [n for n in arms if n not in results]
+    # one evaluate_task call per LoRA layout (the average merge has a larger rank)
+    groups: dict[tuple, list[str]] = {}
+    for n in todo:
+        w = arms[n][1]
+        groups.setdefault(() if w is None else (w.layout.spec.rank,), []).append(n)
+    for names in groups.values():
+        _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items")
+        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows)
+        for n in names:
+            r = {**res["arms"][n], "kind": res["kind"]}
+            atomic_write_bytes(folder / f"{hashes[n]}.json", json.dumps(r).encode())
+            results[n] = r
+    return results
+
+
+@torch.no_grad()
+def delta_cosines(ctx: Context, probe: DeltaProbe, task: str, arms: dict[str, tuple[str, LoraWeights | None]]) -> tuple[dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
+    """Cosine of every adapter arm's Δ to the oracle Δ (the mean Δ of the task's own teachers)."""
+    own = [ctx.heldout_set.example(i, 0).delta for i, e in enumerate(ctx.heldout_set.entries) if e.task == task and not e.mixed]
+    oracle = torch.stack(own).mean(0)
+    deltas: dict[str, torch.Tensor] = {}
+    names = [n for n, (_, w) in arms.items() if w is not None]
+    by_layout: dict[tuple, list[str]] = {}
+    for n in names:
+        by_layout.setdefault((arms[n][1].layout.spec.rank,), []).append(n)
+    k = ctx.cfg.delta_batch_adapters
+    for group in by_layout.values():
+        for i in range(0, len(group), k):
+            chunk = group[i : i + k]
+            d = probe(LoraWeights.stack([arms[n][1] for n in chunk])).cpu()
+            deltas.update(zip(chunk, d))
+    cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle.cpu(), dim=0)) for n in names}
+    return cos, oracle, deltas
+
+
+def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, command: str | None = None, backbone=None) -> Path:
+    """Every stage of the held-out experiment into ``out``; returns the path of report.md."""
+    t_all = time.perf_counter()
+    ctx = prepare(cfg, out, progress, backbone)
+    dirs = train_arms(ctx)
+    from ..generators.checkpoint import load_generator
+
+    gens = {key: load_generator(d / "generator.safetensors", ctx.backbone.device).gen for key, d in dirs.items()}
+    probe = DeltaProbe(ctx.backbone, cfg.train.probes, cfg.train.representation)
+    results_tasks: dict[str, dict] = {}
+    points, labels = [], []
+    fam = {e.task: e.family for e in ctx.train_set.entries}
+    for i, e in enumerate(ctx.train_set.entries):
+        points.append(ctx.train_set.example(i, 0).delta.numpy())
+        labels.append(f"teacher:{fam.get(e.task, e.family)}")
+    for task in ctx.heldout:
+        t0 = time.perf_counter()
+        arms = heldout_arms(ctx, gens, task)
+        ctx.stage("generate", t0)
+        t0 = time.perf_counter()
+        cos, oracle, deltas = delta_cosines(ctx, probe, task, arms)
+        ctx.stage("Δ of held-out arms", t0)
+        t0 = time.perf_counter()
+        scores = score(ctx, task, arms)
+        ctx.stage("evaluate", t0)
+        rows: dict[str, dict] = {}
+        for name, (row, _) in arms.items():
+            r = rows.setdefault(row, {"accuracies": [], "delta_cosines": [] if row != "base" else None, "arms": []})
+            r["accuracies"].append(scores[name]["accuracy"])
+            r["arms"].append(name)
+            if row != "base":
+                r["delta_cosines"].append(cos[name])
+        results_tasks[task] = {"kind": scores[BASE]["kind"], "n_items": scores[BASE]["n"], "rows": rows}
+        points.append(oracle.numpy())
+        labels.append(f"oracle:{task}")
+        for name, d in deltas.items():
+            row = arms[name][0]
+            if row in ("delta", "weight_only"):
+                points.append(d.numpy())
+                labels.append(f"{row}:{task}")
+    wall = time.perf_counter() - t_all
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    step_times = {arm: _median_step_seconds(ctx.out / "generators" / arm) for arm in ARMS}
+    results = {
+        "title": f"deltalora held-out experiment ({cfg.name})",
+        "command": command or f"deltalora run --config <{cfg.name}.yaml> --out {ctx.out}",
+        "backbone": ctx.backbone.name,
+        "train_tasks": ctx.train_set.tasks,
+        "heldout_tasks": ctx.heldout,
+        "rows": list(ROWS),
+        "row_labels": ROW_LABELS,
+        "tasks": results_tasks,
+        "timing": ctx.timing,
+        "notes": [
+            f"{len(ctx.train_set)} training teachers ({len(ctx.train_set.excluded)} mixed teachers with a held-out component excluded), "
+            f"{len(cfg.seeds)} generator seeds × {cfg.adapters_per_seed} generated adapters per held-out task and arm; "
+            f"{cfg.eval.limit or 'all'} eval items per task.",
+            f"Generator: {cfg.train.generator}, weight loss {cfg.train.weight_loss}, Δ loss {cfg.train.delta_loss} with λ → "
+            f"{cfg.train.lam.target} (warm-up {cfg.train.lam.warmup_steps}, ramp {cfg.train.lam.ramp_steps}), probes {cfg.train.probes}, "
+            f"repr {cfg.train.representation}, {cfg.train.steps} steps.",
+            f"Wall time of this call: {wall:.0f} s (stages resumed from an earlier call count only their remaining work).",
+            "Median step time: " + ", ".join(f"{a} {s:.2f} s" for a, s in step_times.items() if s is not None) + f"; peak RSS {peak_gib:.2f} GiB.",
+        ],
+        "step_seconds": step_times,
+        "peak_rss_gib": round(peak_gib, 2),
+        "wall_seconds": round(wall, 1),
+        "config": json.loads(cfg.model_dump_json()),
+    }
+    logs = {f"{arm} seed {s}": ctx.out / "generators" / arm / f"seed{s}" / "log.jsonl" for arm in ARMS for s in cfg.seeds}
+    tsne = {"points": np.stack(points), "labels": labels} if len(points) >= 4 else None
+    path = write_report(ctx.out, results, logs=logs, tsne=tsne)
+    _say(ctx, f"report: {path}")
+    return path
+
+
+def _median_step_seconds(arm_dir: Path) -> float | None:
+    """Median step time over an arm's logs, counting only steps that ran the Δ forward when any did."""
+    recs = []
+    for log in sorted(arm_dir.glob("seed*/log.jsonl")):
+        for line in log.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    with_delta = [r["step_seconds"] for r in recs if r.get("loss_delta") is not None]
+    times = with_delta or [r["step_seconds"] for r in recs]
+    return float(np.median(times)) if times else None
+
+
+__all__ = ["ROWS", "ROW_LABELS", "Context", "prepare", "run_experiment", "score", "train_arms"]

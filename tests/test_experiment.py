@@ -1,0 +1,164 @@
+"""The held-out experiment end to end on tiny-qwen2 (`deltalora run`), its arms, the ablation runner,
+`deltalora train` resuming after kill -9, and the shipped run configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from deltalora.errors import ConfigError
+from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
+from deltalora.experiment.ablate import run_ablation
+from deltalora.experiment.arms import average_merge, random_conditions
+from deltalora.generators.checkpoint import read_checkpoint_metadata
+from deltalora.lora import LoraWeights
+from deltalora.tasks import load_suite
+from deltalora.training import product_sq_norm
+from deltalora.zoo import load_zoo_config
+
+from tests.helpers import SPEC
+
+TINY = Path("tests/fixtures/run/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_qwen2):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = load_run_config(TINY)
+    report = run_experiment(cfg, out, progress=False, backbone=tiny_qwen2)
+    return cfg, out, report
+
+
+def test_run_reports_every_row_for_the_heldout_task(tiny_run):
+    cfg, out, report = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    assert res["heldout_tasks"] == ["pick"] and "pick" not in res["train_tasks"]
+    rows = res["tasks"]["pick"]["rows"]
+    assert set(rows) == {"base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"}
+    n_gen = len(cfg.seeds) * cfg.adapters_per_seed
+    assert [len(rows[r]["accuracies"]) for r in ("base", "average_merge", "weight_only", "delta", "delta_random_condition")] == [1, 1, n_gen, n_gen, n_gen]
+    assert len(rows["oracle"]["accuracies"]) == 2 * 2  # pick's 2 seeds x 2 tail checkpoints
+    assert all(0 <= a <= 1 for r in rows.values() for a in r["accuracies"])
+    assert all(-1 <= c <= 1 for name, r in rows.items() if name != "base" for c in r["delta_cosines"])
+    assert min(rows["oracle"]["delta_cosines"]) > 0.5  # each own teacher vs the mean of them
+    text = report.read_text()
+    for label in res["row_labels"].values():
+        assert label in text
+    assert (out / "figures" / "tsne.png").exists() and (out / "figures" / "loss.png").exists()
+
+
+def test_heldout_task_never_reaches_generator_training(tiny_run):
+    _, out, _ = tiny_run
+    for arm in ("weight_only", "delta"):
+        for seed in (0, 1):
+            meta = read_checkpoint_metadata(out / "generators" / arm / f"seed{seed}" / "generator.safetensors")
+            assert meta["extra"]["heldout"] == ["pick"]
+            assert meta["extra"]["train_ids"] and not any(i.startswith("pick") for i in meta["extra"]["train_ids"])
+    wo = [json.loads(x) for x in (out / "generators/weight_only/seed0/log.jsonl").read_text().splitlines()]
+    de = [json.loads(x) for x in (out / "generators/delta/seed0/log.jsonl").read_text().splitlines()]
+    assert all(r["loss_delta"] is None for r in wo) and any(r["loss_delta"] is not None for r in de)
+
+
+def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2):
+    cfg, out, _ = tiny_run
+    gen = (out / "generators/delta/seed1/generator.safetensors").read_bytes()
+    evals = sorted(p.name for p in (out / "eval").rglob("*.json"))
+    before = json.loads((out / "results.json").read_text())["tasks"]
+    run_experiment(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert (out / "generators/delta/seed1/generator.safetensors").read_bytes() == gen
+    assert sorted(p.name for p in (out / "eval").rglob("*.json")) == evals
+    assert json.loads((out / "results.json").read_text())["tasks"] == before
+
+
+def test_average_merge_is_the_mean_weight_update(tiny_qwen2):
+    layout = tiny_qwen2.layout(SPEC)
+    ts = [LoraWeights.random(layout, std=0.1, seed=s) for s in range(3)]
+    merged = average_merge(ts, tiny_qwen2)
+    assert merged.layout.spec.rank == 3 * SPEC.rank and merged.layout.scale == 1.0
+    for k in merged.A:
+        mean = sum(layout.scale * t.B[k] @ t.A[k] for t in ts) / 3
+        assert torch.allclose(merged.B[k] @ merged.A[k], mean, atol=1e-6)
+    assert product_sq_norm(LoraWeights.stack([merged])).item() > 0
+
+
+def test_random_conditions_have_the_real_row_norm():
+    like = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    r = random_conditions(like, 3, seed=0)
+    assert r.shape == (3, 5, 16) and torch.allclose(r.norm(dim=-1), torch.ones(3, 5), atol=1e-5)
+    assert torch.equal(r, random_conditions(like, 3, seed=0)) and not torch.equal(r, random_conditions(like, 3, seed=1))
+
+
+def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
+    cfg = load_ablation_config("tests/fixtures/run/ablate.yaml")
+    md = run_ablation(cfg, tmp_path / "ab", progress=False, backbone=tiny_qwen2)
+    rows = json.loads((tmp_path / "ab" / "ablation.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["centre", "lam=0", "probes=neutral24", "representation=mean", "delta_loss=cosine"]
+    assert all(-1 <= r["heldout_delta_cosine_mean"] <= 1 for r in rows)
+    assert rows[1]["final_train_delta_cosine"] is None  # λ = 0 never runs the probe forward
+    assert "probes=neutral24" in md.read_text()
+
+
+def test_run_config_errors(tmp_path):
+    base = yaml.safe_load(TINY.read_text())
+    for change, match in (({"heldout": [], "heldout_count": 0}, "exactly one of"), ({"heldout_count": 1}, "exactly one of"),
+                          ({"train": {**base["train"], "lam": {"target": 0.0}}}, "train.lam.target must be > 0")):
+        p = tmp_path / "bad.yaml"
+        p.write_text(yaml.safe_dump({**base, **change, "zoo": str(Path("tests/fixtures/zoo/tiny.yaml").resolve())}))
+        with pytest.raises(ConfigError, match=match):
+            load_run_config(p)
+
+
+def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):
+    cfg = load_run_config(TINY).model_copy(update={"heldout": ["nope"]})
+    with pytest.raises(ConfigError, match="no single-task teacher"):
+        run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_shipped_run_configs_validate(path):
+    if "ablate" in path:
+        cfg = load_ablation_config(path)
+        run = load_run_config(cfg.run)
+    else:
+        run = load_run_config(path)
+    zoo = load_zoo_config(run.zoo)
+    names = zoo.tasks or [s.name for s in load_suite(zoo.suite)]
+    assert isinstance(run, RunConfig) and set(run.heldout) <= set(names)
+
+
+def _train(cfg: Path, out: Path, run_dir: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "deltalora.cli", "train", "--config", str(cfg), "--arm", "delta", "--out", str(out), "--run-dir", str(run_dir)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_train_cli_resumes_after_kill_9(tmp_path):
+    base = yaml.safe_load(TINY.read_text())
+    base["zoo"] = str(Path("tests/fixtures/zoo/tiny.yaml").resolve())
+    base["train"].update(steps=120, save_every=7)
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    env = {**os.environ, "DELTALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    ref = _train(cfg, tmp_path / "ref", tmp_path / "run", env)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
+    victim = _train(cfg, tmp_path / "killed", tmp_path / "run", env)
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 40):
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "generator.safetensors").exists()
+    again = _train(cfg, tmp_path / "killed", tmp_path / "run", env)
+    assert again.wait(timeout=600) == 0, again.stderr.read().decode()[-2000:]
+    assert (tmp_path / "killed" / "generator.safetensors").read_bytes() == (tmp_path / "ref" / "generator.safetensors").read_bytes()
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert steps == list(range(120))
