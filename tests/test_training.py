@@ -104,6 +104,19 @@ def test_gradient_sanity_every_generator_parameter(tiny_qwen2, name, options):
     assert all(p.grad is None for p in tiny_qwen2.model.parameters())
 
 
+@pytest.mark.parametrize("rep", ["last_token", "mean", "layers:[1,-1]:concat"])
+def test_probe_delta_equals_the_cached_teacher_delta(tiny_qwen2, tmp_path, rep):
+    """L_Δ compares the differentiable Δ with Δ the extractor cached: both must compute the same thing."""
+    from deltalora.deltas import DeltaExtractor
+
+    w = LoraWeights.random(tiny_qwen2.layout(SPEC), num_adapters=3, std=0.1, seed=4)
+    ours = DeltaProbe(tiny_qwen2, "neutral24", rep)(w)
+    ref = DeltaExtractor(tiny_qwen2, "neutral24", rep, cache=tmp_path).lora_deltas(w)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
+    bf16 = DeltaProbe(tiny_qwen2, "neutral24", rep, dtype="bfloat16")(w)
+    assert bf16.dtype == torch.float32 and float(torch.nn.functional.cosine_similarity(bf16, ref, dim=-1).min()) > 0.9
+
+
 def test_zero_adapter_gives_zero_delta_and_cosine_loss(tiny_qwen2):
     probe = DeltaProbe(tiny_qwen2, "generic5", "last_token")
     zero = LoraWeights.zeros(tiny_qwen2.layout(SPEC), num_adapters=2)
@@ -170,6 +183,24 @@ def test_resume_equals_uninterrupted_run(world, tiny_qwen2, tmp_path):
     b = (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("step_seconds", "grad_norm")} for x in lines]  # noqa: E731
     assert strip(a) == strip(b)
+
+
+def test_tensorboard_scalars_when_installed(world, tiny_qwen2, tmp_path, monkeypatch):
+    """With TensorBoard installed the loop mirrors every float of a log record as a scalar (a stand-in writer here)."""
+    written = []
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step))
+
+        def close(self):
+            written.append(("closed", -1))
+
+    monkeypatch.setattr("deltalora.training.loop._tensorboard", lambda out: Writer())
+    train_generator(_cfg(steps=3), _train_set(world), tiny_qwen2, tmp_path / "tb", progress=False)
+    tags = {t for t, _ in written}
+    assert {"loss_weights", "lr", "lambda", "loss_delta", "delta_cosine"} <= tags and ("closed", -1) in written
+    assert {s for t, s in written if t == "loss_weights"} == {0, 1, 2}
 
 
 def test_resume_refuses_another_config(world, tiny_qwen2, tmp_path):
