@@ -162,3 +162,21 @@ def test_train_cli_resumes_after_kill_9(tmp_path):
     assert (tmp_path / "killed" / "generator.safetensors").read_bytes() == (tmp_path / "ref" / "generator.safetensors").read_bytes()
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
     assert steps == list(range(120))
+
+
+def test_torchrun_two_processes_train_one_generator(tmp_path):
+    """`torchrun --nproc-per-node 2 deltalora train ...` on CPU: gloo DDP, rank 0 prepares the zoo and writes the outputs."""
+    base = yaml.safe_load(TINY.read_text())
+    base["zoo"] = str(Path("tests/fixtures/zoo/tiny.yaml").resolve())
+    base["train"].update(steps=4)
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "DELTALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "deltalora.cli", "train", "--config", str(cfg),
+           "--out", str(tmp_path / "gen"), "--run-dir", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 4  # printed once, by rank 0
+    assert [json.loads(x)["step"] for x in (tmp_path / "gen" / "log.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    assert (tmp_path / "gen" / "generator.safetensors").exists()

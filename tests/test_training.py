@@ -172,6 +172,14 @@ def test_delta_training_logs_and_matches_teacher_deltas(world, tiny_qwen2, tmp_p
     assert again.resumed_from == 30 and again.generator.read_bytes() == before
 
 
+def test_hyperconv_trains_on_dnd_tokens_with_the_delta_loss(world, tiny_qwen2, tmp_path):
+    cfg = _cfg(generator="hyperconv", generator_options={}, weight_loss="tokens", steps=4)
+    res = train_generator(cfg, _train_set(world), tiny_qwen2, tmp_path / "hc", progress=False)
+    recs = [json.loads(x) for x in (tmp_path / "hc" / "log.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(r["loss_weights"] > 0 for r in recs) and recs[-1]["loss_delta"] is not None
+    assert load_generator(res.generator).name == "hyperconv"
+
+
 def test_resume_equals_uninterrupted_run(world, tiny_qwen2, tmp_path):
     ds = _train_set(world)
     full = train_generator(_cfg(), ds, tiny_qwen2, tmp_path / "full", progress=False)

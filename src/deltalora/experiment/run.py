@@ -186,9 +186,10 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
     todo = [n for n in arms if n not in results]
     # one evaluate_task call per LoRA layout (the average merge has a larger rank)
     groups: dict[tuple, list[str]] = {}
-    for n in todo:
+    for n in sorted(todo, key=lambda n: arms[n][1] is None):  # the base model (no adapter) joins the first group
         w = arms[n][1]
-        groups.setdefault(() if w is None else (w.layout.spec.rank,), []).append(n)
+        key = (w.layout.spec.rank,) if w is not None else next((k for k in groups), ())
+        groups.setdefault(key, []).append(n)
     for names in groups.values():
         _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items")
         res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows)
