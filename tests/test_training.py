@@ -117,6 +117,17 @@ def test_probe_delta_equals_the_cached_teacher_delta(tiny_qwen2, tmp_path, rep):
     assert bf16.dtype == torch.float32 and float(torch.nn.functional.cosine_similarity(bf16, ref, dim=-1).min()) > 0.9
 
 
+def test_probe_dtype_wider_than_the_backbone_is_refused():
+    from deltalora.backbones import load_backbone
+    from deltalora.config import RuntimeConfig
+    from deltalora.errors import ConfigError
+
+    bf16 = load_backbone("tiny-qwen2", RuntimeConfig(device="cpu", dtype="bfloat16"))
+    with pytest.raises(ConfigError, match="autocast cannot widen"):
+        DeltaProbe(bf16, "generic5", "last_token", dtype="float32")
+    assert DeltaProbe(bf16, "generic5", "last_token", dtype="bfloat16").base.dtype == torch.float32
+
+
 def test_zero_adapter_gives_zero_delta_and_cosine_loss(tiny_qwen2):
     probe = DeltaProbe(tiny_qwen2, "generic5", "last_token")
     zero = LoraWeights.zeros(tiny_qwen2.layout(SPEC), num_adapters=2)

@@ -15,6 +15,7 @@ import contextlib
 import torch
 
 from ..deltas import get_probe_set, parse_representation
+from ..errors import ConfigError
 from ..deltas.represent import encode_probes, mean_over_probes, probe_vectors, repeat_batch
 from ..lora import LoraWeights, inject
 
@@ -29,6 +30,13 @@ class DeltaProbe:
         self.probes = get_probe_set(probes)
         self.rep = parse_representation(representation)
         self.dtype = PROBE_DTYPES[dtype]
+        have = backbone.runtime.torch_dtype
+        if self.dtype != have and (self.dtype == torch.float32 or have != torch.float32):
+            # autocast only narrows: a float32 probe forward over bf16/fp16 weights would silently run narrow
+            raise ConfigError(
+                f"probe dtype {dtype} over a {str(have).removeprefix('torch.')} backbone: autocast cannot widen the weights; "
+                f"load the backbone with runtime dtype float32 (probes then run in {dtype}) or set probe_dtype to the backbone's dtype"
+            )
         for p in backbone.model.parameters():
             p.requires_grad_(False)
         self.enc = encode_probes(backbone.tokenizer, self.probes.texts, device=backbone.device)
