@@ -76,8 +76,8 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
             "heldout_accuracy_mean": float(np.mean(accs)) if accs else None,
             "seconds": round(time.perf_counter() - t0, 1),
         })
-        _say = print if progress else (lambda *_: None)
-        _say(f"[ablate] {name}: held-out Δ-cosine {rows[-1]['heldout_delta_cosine_mean']:.3f}")
+        if progress:
+            print(f"[ablate] {name}: held-out Δ-cosine {rows[-1]['heldout_delta_cosine_mean']:.3f}")
     lines = [
         f"# Ablation around `{Path(cfg.run).name}` (seed {cfg.seed})", "",
         f"Held-out tasks: {', '.join(ctx.heldout)}. Δ-cosine to the oracle is measured in the run's space "

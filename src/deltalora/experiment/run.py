@@ -151,7 +151,8 @@ def weights_hash(w: LoraWeights | None, salt: str = "") -> str:
     return h.hexdigest()[:32]
 
 
-def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str) -> dict[str, tuple[str, LoraWeights | None]]:
+def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str,
+                 merged: LoraWeights | None = None) -> dict[str, tuple[str, LoraWeights | None]]:
     """``{arm name: (row, weights)}`` for one held-out task (base, oracle teachers, generated, random, merge)."""
     cfg = ctx.cfg
     arms: dict[str, tuple[str, LoraWeights | None]] = {BASE: ("base", None)}
@@ -167,8 +168,8 @@ def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], tas
             rand = random_conditions(conds[0], cfg.adapters_per_seed, seed)
             for j, w in enumerate(generate(gens[("delta", seed)], rand)):
                 arms[f"delta_random_condition/s{seed}/g{j}"] = ("delta_random_condition", w)
-    if cfg.average_merge:
-        arms["average_merge"] = ("average_merge", average_merge([ctx.train_set.example(i, 0).weights for i in range(len(ctx.train_set))], ctx.backbone))
+    if merged is not None:
+        arms["average_merge"] = ("average_merge", merged)
     return arms
 
 
@@ -231,13 +232,14 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     probe = DeltaProbe(ctx.backbone, cfg.train.probes, cfg.train.representation)
     results_tasks: dict[str, dict] = {}
     points, labels = [], []
-    fam = {e.task: e.family for e in ctx.train_set.entries}
-    for i, e in enumerate(ctx.train_set.entries):
-        points.append(ctx.train_set.example(i, 0).delta.numpy())
-        labels.append(f"teacher:{fam.get(e.task, e.family)}")
+    train_examples = [ctx.train_set.example(i, 0) for i in range(len(ctx.train_set))]
+    for e, ex in zip(ctx.train_set.entries, train_examples):
+        points.append(ex.delta.numpy())
+        labels.append(f"teacher:{e.family}")
+    merged = average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None  # once, not per task
     for task in ctx.heldout:
         t0 = time.perf_counter()
-        arms = heldout_arms(ctx, gens, task)
+        arms = heldout_arms(ctx, gens, task, merged)
         ctx.stage("generate", t0)
         t0 = time.perf_counter()
         cos, oracle, deltas = delta_cosines(ctx, probe, task, arms)

@@ -39,7 +39,7 @@ from ..tasks import stable_seed
 from .config import TrainConfig
 from .delta import DeltaProbe, cosine, delta_loss
 from .losses import WeightLoss, head
-from .state import STATE_NAME, restore_state, save_state
+from .state import STATE_NAME, read_state, restore_state, save_state
 
 LOG_NAME = "log.jsonl"
 GENERATOR_NAME = "generator.safetensors"
@@ -166,10 +166,10 @@ def train_generator(
 
         model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
 
-    all_teachers = LoraWeights.stack([dataset.example(i, 0).weights for i in range(len(dataset))])
-    wloss = WeightLoss(cfg.weight_loss, all_teachers, cfg.token_weighting).to(device)
-    del all_teachers
-    teacher_deltas = torch.stack([dataset.example(i, 0).delta for i in range(len(dataset))])
+    examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
+    wloss = WeightLoss(cfg.weight_loss, LoraWeights.stack([e.weights for e in examples]), cfg.token_weighting).to(device)
+    teacher_deltas = torch.stack([e.delta for e in examples])
+    del examples
     delta_scale = max(float(teacher_deltas.square().sum(-1).mean()), 1e-12)
     probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
 
@@ -239,8 +239,6 @@ def train_generator(
         save_generator(gen, final, {**meta, "train_config": json.loads(cfg.model_dump_json()), "train_ids": dataset.ids,
                                     "heldout": dataset.heldout})
     if not record and state_path.exists():
-        from .state import read_state
-
         record = read_state(state_path)[0]["extra"].get("last", {})
     return TrainResult(generator=final, steps=steps_done, last=record, seconds=seconds, resumed_from=start, module=gen)
 

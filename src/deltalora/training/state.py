@@ -66,9 +66,11 @@ def restore_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, 
             "pass a new output directory (or delete it to start over)"
         )
     gen_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("gen.")}
-    missing, unexpected = gen.load_state_dict(gen_sd, strict=False)
-    if missing or unexpected:
-        raise TrainStateError(f"{path}: generator tensors do not match (missing {missing[:2]}, unexpected {unexpected[:2]}); delete it to restart")
+    try:
+        gen.load_state_dict(gen_sd, strict=True)
+    except RuntimeError as exc:  # missing / unexpected keys or shapes
+        first = " ".join(str(exc).split())[:200]
+        raise TrainStateError(f"{path}: generator tensors do not match ({first}); delete it to restart") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
