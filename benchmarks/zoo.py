@@ -39,7 +39,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="zoo directory (default runs/bench-zoo/<config stem>)")
     ap.add_argument("--limit", type=int, default=None, help="score at most this many eval items per task")
     ap.add_argument("--batch-rows", type=int, default=32)
+    ap.add_argument("--split", default="eval", choices=["eval", "condition"],
+                    help="score on this split; 'condition' screens tasks without touching the eval items")
     ap.add_argument("--shard", default=None, help="i/n: build and score only this shard of the jobs (zoo build --shard)")
+    ap.add_argument("--reuse", action="append", default=[], help="another zoo dir whose same-recipe jobs are copied (zoo build --reuse)")
     ap.add_argument("--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)")
     args = ap.parse_args()
 
@@ -53,7 +56,7 @@ def main() -> None:
     backbone = load_backbone(cfg.backbone, cfg.runtime)
 
     t0 = time.perf_counter()
-    entries = build_zoo(cfg, out, shard=shard, progress=True, backbone=backbone)
+    entries = build_zoo(cfg, out, shard=shard, progress=True, backbone=backbone, reuse=args.reuse)
     build_call_s = time.perf_counter() - t0
     train_s = {}
     for e in entries:  # one timing per job (all its checkpoints share it)
@@ -67,13 +70,13 @@ def main() -> None:
     for spec in chosen:
         teachers = sorted((e for e in entries if e.task == spec.name and e.step == last), key=lambda e: e.seed)
         key = hashlib.sha256(json.dumps([args.limit, [e.sha256 for e in teachers]]).encode()).hexdigest()[:16]
-        cache = out / "eval" / f"{spec.name}.json"
+        cache = out / "eval" / (f"{spec.name}.json" if args.split == "eval" else f"{spec.name}.{args.split}.json")
         if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
             res = json.loads(cache.read_text())["result"]
         else:
             task = build_task(spec, seed=cfg.split_seed)
             arms = {"base": None, **{f"s{e.seed}": load_adapter(out / e.path, arch=backbone.arch) for e in teachers}}
-            res = evaluate_task(backbone, task, arms, limit=args.limit, batch_rows=args.batch_rows)
+            res = evaluate_task(backbone, task, arms, split=args.split, limit=args.limit, batch_rows=args.batch_rows)
             atomic_write_bytes(cache, (json.dumps({"key": key, "result": res}, indent=1) + "\n").encode())
         base = res["arms"]["base"]
         teach = {k: v for k, v in res["arms"].items() if k != "base"}
@@ -110,6 +113,7 @@ def main() -> None:
         "seeds": cfg.seeds,
         "subset": cfg.subset,
         "limit": args.limit,
+        "split": args.split,
     }
     write_json(Path("results") / f"{name}.json",
                {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows})
@@ -123,7 +127,7 @@ def main() -> None:
         f"({len(cfg.seeds)} seed(s) x {len(cfg.tail_steps())} tail checkpoints, plus {len(cfg.mixed)} mixed pair(s)). "
         f"Teachers: r{cfg.teacher.lora.rank} on {','.join(cfg.teacher.lora.targets)}, {cfg.teacher.steps} steps x batch "
         f"{cfg.teacher.batch_size}, bf16 autocast {cfg.teacher.bf16_autocast}. Each seed's last checkpoint is scored "
-        f"on the eval split{'' if args.limit is None else f' (first {args.limit} items)'}.",
+        f"on the {args.split} split{'' if args.limit is None else f' (first {args.limit} items)'}.",
         "",
         f"**Median teacher gain: {summary['median_gain_points']:+.1f} points** (mean {summary['mean_gain_points']:+.1f}); "
         f"tasks where the mean teacher is worse than base: {summary['tasks_with_mean_teacher_worse_than_base'] or 'none'}; "

@@ -35,6 +35,25 @@ def test_choice_logprobs_match_unbatched_and_peft(tiny_qwen2):
     assert res[1] != res[0]  # the adapter changes the scores
 
 
+def test_shared_prompt_cache_scores_multi_token_choices_exactly(tiny_qwen2):
+    """Prompts of different lengths (left padding), choices of 1..4 tokens, sub-chunks smaller than an item's
+    choice list: every score equals the full ``prompt + choice`` forward, for the base and for an adapter."""
+    b = tiny_qwen2
+    prompts = [PROMPTS[0], "Short:", PROMPTS[1] + " (think)", "x", "Pick:"]
+    choices = [[" light blue sky", "no", "A"], [" a b c d", "e", " f g"], [" blue", " dark green grass"], ["y", " z z"]]
+    choices.append(["A", "y"])  # one-token choices only: no continuation forward
+    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,k,o,up")), std=0.1, seed=3)
+    ref = peft_reference(b.model, w)
+    lens = {len(b.tokenizer(c, add_special_tokens=False)["input_ids"]) for opts in choices for c in opts}
+    assert max(lens) >= 3 and min(lens) == 1  # the case this test is about
+    for batch_rows in (2, 3, 32):
+        res = choice_logprobs(b, prompts, choices, [w, None], batch_rows=batch_rows)
+        for i, (prompt, opts) in enumerate(zip(prompts, choices)):
+            for c, opt in enumerate(opts):
+                assert abs(res[1][i][c] - _manual_logprob(b.model, b.tokenizer, prompt, opt)) < 1e-4
+                assert abs(res[0][i][c] - _manual_logprob(ref, b.tokenizer, prompt, opt)) < 1e-4
+
+
 def test_greedy_generate_matches_peft_and_single_runs(tiny_qwen2):
     b = tiny_qwen2
     layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down"))

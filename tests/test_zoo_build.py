@@ -110,6 +110,51 @@ def test_shards_into_one_zoo_equal_the_full_build(built, cfg, tiny_qwen2, tmp_pa
     assert got == {e.id: e.sha256 for e in full}  # deterministic: same bytes whichever process trains a job
 
 
+def test_reuse_copies_same_recipe_jobs_and_retrains_the_rest(built, cfg, tiny_qwen2, tmp_path, monkeypatch):
+    src, src_entries = built
+    import deltalora.zoo.build as build_mod
+
+    trained = []
+    real = build_mod.train_teacher
+
+    def counting(backbone, pairs, tcfg, job_dir, **k):
+        trained.append(Path(job_dir).relative_to(tmp_path).as_posix())
+        return real(backbone, pairs, tcfg, job_dir, **k)
+
+    monkeypatch.setattr(build_mod, "train_teacher", counting)
+    other = cfg.model_copy(update={"seeds": [1, 2], "mixed": []})  # s1 jobs exist in src, s2 jobs do not
+    got = build_zoo(other, tmp_path / "z2", progress=False, backbone=tiny_qwen2, reuse=[src])
+    assert sorted(trained) == [f"z2/{t}/s2" for t in ("colours", "double", "pick")]
+    listed = {e.id: e for e in read_manifest(tmp_path / "z2", verify=True)}
+    assert set(listed) == {e.id for e in got} and len(listed) == 3 * 2 * 2
+    by_id = {e.id: e for e in src_entries}
+    for eid, e in listed.items():
+        if "/s1/" in eid:
+            assert e.sha256 == by_id[eid].sha256 and e.extra["reused_from"] == str(src)
+            assert e.extra["train_seconds"] == by_id[eid].extra["train_seconds"]
+        else:
+            assert "reused_from" not in e.extra
+    # a different recipe (learning rate) reuses nothing
+    trained.clear()
+    lr = cfg.model_copy(update={"seeds": [1], "mixed": [], "teacher": cfg.teacher.model_copy(update={"lr": cfg.teacher.lr * 2})})
+    build_zoo(lr, tmp_path / "z3", progress=False, backbone=tiny_qwen2, reuse=[src])
+    assert len(trained) == 3
+    # a tampered source adapter is not copied
+    victim = next(e for e in src_entries if e.id == "pick/s1/step4")
+    f = src / victim.path / "adapter_model.safetensors"
+    blob = f.read_bytes()
+    try:
+        f.write_bytes(blob[:-8] + bytes(8))
+        trained.clear()
+        build_zoo(cfg.model_copy(update={"tasks": ["pick"], "seeds": [1], "mixed": []}), tmp_path / "z4", progress=False,
+                  backbone=tiny_qwen2, reuse=[src])
+        assert trained == ["z4/pick/s1"]
+    finally:
+        f.write_bytes(blob)
+    with pytest.raises(ZooError, match="not a zoo directory"):
+        build_zoo(other, tmp_path / "z5", progress=False, backbone=tiny_qwen2, reuse=[tmp_path])
+
+
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys

@@ -40,6 +40,9 @@ def build_cmd(
     config: Path = typer.Option(..., "--config", help="Zoo config YAML (see configs/zoo/)."),
     out: Path = typer.Option(None, "--out", help="Zoo directory (default: runs/zoo/<config stem>)."),
     shard: str = typer.Option(None, "--shard", help="i/n: build every n-th job starting at i (0-based)."),
+    reuse: list[Path] = typer.Option(
+        None, "--reuse", help="Another zoo dir: copy its finished jobs that have the same recipe instead of training (repeatable)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Train one LoRA per (task, seed) and mixed pair, keep tail checkpoints, list them in manifest.jsonl (resumable)."""
@@ -53,7 +56,7 @@ def build_cmd(
         where = out if out is not None else Path("runs") / "zoo" / config.stem
         i_n = parse_shard(shard)
         t0 = time.perf_counter()
-        entries = build_zoo(cfg, where, shard=i_n, progress=not json_out)
+        entries = build_zoo(cfg, where, shard=i_n, progress=not json_out, reuse=reuse or ())
         s = _summary(entries)
         s.update(zoo=str(where), shard=f"{i_n[0]}/{i_n[1]}", seconds=round(time.perf_counter() - t0, 1))
         if json_out:

@@ -8,6 +8,7 @@ arm's adapter by :func:`deltalora.lora.inject` (row index -1 = base). Prompts ar
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -59,37 +60,75 @@ def choice_logprobs(
 ) -> list[list[list[float]]]:
     """Sum of log p(choice tokens | prompt) for every (arm, prompt, choice): result[arm][item][choice].
 
-    Choices are scored as continuations of the formatted prompt, right-padded so positions are exact.
+    Each (arm, prompt) runs once; its KV cache is shared by all of the item's choices, which run as
+    short continuations. Prompts are left-padded with explicit position ids, so every token sits at
+    the position it has in the unpadded ``prompt + choice`` sequence. The choice's first token is
+    scored from the prompt's last logits; a choice of one token needs no continuation forward at all
+    (binary yes/no tasks cost one prompt forward per item and arm). This is what makes multiple
+    choice cheap: the old layout ran the whole prompt once per choice.
     """
     tok, model = backbone.tokenizer, backbone.model
     stacked, arm_index = _stack_arms(arms)
     if stacked is not None:
         stacked = stacked.to(backbone.device)
-    seqs = []  # (arm, item, choice, ids, n_prompt)
-    for i, (prompt, opts) in enumerate(zip(prompts, choices, strict=True)):
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        for c, opt in enumerate(opts):
-            t = tok(opt, add_special_tokens=False)["input_ids"]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    choice_ids = []
+    for i, opts in enumerate(choices):
+        row = [tok(opt, add_special_tokens=False)["input_ids"] for opt in opts]
+        for opt, t in zip(opts, row):
             if not t:
                 raise ValueError(f"choice {opt!r} of item {i} tokenises to nothing")
-            for a in range(len(arms)):
-                seqs.append((a, i, c, p + t, len(p)))
+        choice_ids.append(row)
+    if len(prompt_ids) != len(choice_ids):
+        raise ValueError(f"{len(prompts)} prompts but {len(choices)} choice lists")
     out = [[[0.0] * len(opts) for opts in choices] for _ in arms]
-    pad = tok.pad_token_id
-    for start in range(0, len(seqs), batch_rows):
-        chunk = seqs[start : start + batch_rows]
-        n = max(len(s[3]) for s in chunk)
+    pad, dev = tok.pad_token_id, backbone.device
+    pairs = [(a, i) for a in range(len(arms)) for i in range(len(prompts))]
+    for start in range(0, len(pairs), batch_rows):
+        chunk = pairs[start : start + batch_rows]
+        lens = [len(prompt_ids[i]) for _, i in chunk]
+        n = max(lens)
         ids = torch.full((len(chunk), n), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for r, s in enumerate(chunk):
-            ids[r, : len(s[3])] = torch.tensor(s[3])
-            mask[r, : len(s[3])] = 1
-        ids, mask = ids.to(backbone.device), mask.to(backbone.device)
-        with _Routed(model, stacked, [arm_index[s[0]] for s in chunk]):
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        logp = F.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        for r, (a, i, c, seq, n_prompt) in enumerate(chunk):
-            out[a][i][c] = float(logp[r, n_prompt - 1 : len(seq) - 1].sum())
+        for r, (_, i) in enumerate(chunk):
+            ids[r, n - lens[r] :] = torch.tensor(prompt_ids[i])
+            mask[r, n - lens[r] :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # p(first choice token | prompt)
+        cache = res.past_key_values
+        conts = [(r, c) for r, (_, i) in enumerate(chunk) for c in range(len(choice_ids[i]))]
+        for s in range(0, len(conts), batch_rows):
+            sub = conts[s : s + batch_rows]
+            toks = [choice_ids[chunk[r][1]][c] for r, c in sub]
+            rows = torch.tensor([r for r, _ in sub], device=dev)
+            score = first[rows].gather(-1, torch.tensor([[t[0]] for t in toks], device=dev))[:, 0]
+            m = max(len(t) for t in toks) - 1  # tokens after the first, scored by a continuation forward
+            if m > 0:
+                cids = torch.full((len(sub), m + 1), pad, dtype=torch.long)
+                cmask = torch.zeros_like(cids)
+                for k, t in enumerate(toks):
+                    cids[k, : len(t)] = torch.tensor(t)
+                    cmask[k, : len(t)] = 1
+                cids, cmask = cids.to(dev), cmask.to(dev)
+                sub_cache = copy.deepcopy(cache)
+                sub_cache.batch_select_indices(rows)
+                cpos = torch.tensor([lens[r] for r, _ in sub], device=dev)[:, None] + torch.arange(m, device=dev)
+                with _Routed(model, stacked, [arm_index[chunk[r][0]] for r, _ in sub]):
+                    logits = model(
+                        input_ids=cids[:, :m],
+                        attention_mask=torch.cat([mask[rows], cmask[:, :m]], dim=1),
+                        position_ids=cpos,
+                        past_key_values=sub_cache,
+                        use_cache=False,
+                    ).logits.float()
+                rest = F.log_softmax(logits, dim=-1).gather(-1, cids[:, 1:, None])[..., 0]
+                score = score + (rest * cmask[:, 1:]).sum(-1)
+            for k, (r, c) in enumerate(sub):
+                a, i = chunk[r]
+                out[a][i][c] = float(score[k])
     return out
 
 

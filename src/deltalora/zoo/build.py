@@ -20,13 +20,14 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import RuntimeConfig, StrictModel, load_yaml
-from ..paths import atomic_write_bytes
+from ..paths import atomic_dir, atomic_write_bytes
 from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 from .train import TeacherTrainConfig, train_teacher
@@ -241,6 +242,65 @@ def _clear_scratch(job_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------- reuse
+
+
+def job_recipe(resolved: dict, job: ZooJob) -> dict:
+    """What one job's adapters depend on: the resolved config minus the job list, plus its tasks' specs."""
+    body = {k: v for k, v in resolved["config"].items() if k not in ("tasks", "seeds", "mixed")}
+    specs = {s["name"]: s for s in resolved["task_specs"]}
+    return {"config": body, "specs": [specs.get(n) for n in job.components], "steps": resolved["steps"]}
+
+
+class _ReuseSource:
+    """Another zoo whose finished jobs may be copied instead of retrained (``build_zoo(reuse=...)``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        cfg_path = self.root / CONFIG_NAME
+        if not cfg_path.is_file() or not (self.root / MANIFEST_NAME).is_file():
+            raise ZooError(f"--reuse {root}: not a zoo directory (needs {CONFIG_NAME} and {MANIFEST_NAME}); pass a zoo built by deltalora")
+        try:
+            self.resolved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise ZooError(f"{cfg_path}: not valid JSON; drop this --reuse or rebuild that zoo") from None
+        self.entries = {e.id: e for e in read_manifest(self.root)}
+
+    def entries_for(self, job: ZooJob, recipe: dict, steps: list[int]) -> list[ZooEntry] | None:
+        """The job's entries here if this zoo trained the same job with the same recipe, files intact; else None."""
+        if job_recipe(self.resolved, job) != recipe:
+            return None
+        found = [self.entries.get(job.entry_id(s)) for s in steps]
+        if any(e is None for e in found):
+            return None
+        for e in found:
+            f = self.root / e.path / "adapter_model.safetensors"
+            if not f.is_file() or file_sha256(f) != e.sha256:
+                return None
+        return found
+
+
+def _copy_job(src: _ReuseSource, entries: list[ZooEntry], out: Path, job_dir: Path, listed: dict) -> None:
+    """Copy a finished job's checkpoints from another zoo (hard links where the filesystem allows)."""
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    for e in entries:
+        if e.id in listed:
+            continue
+        dest = job_dir / Path(e.path).name
+        with atomic_dir(dest) as tmp:
+            shutil.rmtree(tmp)
+            shutil.copytree(src.root / e.path, tmp, copy_function=link_or_copy)
+        entry = e.model_copy(update={"path": dest.relative_to(out).as_posix(), "extra": {**e.extra, "reused_from": str(src.root)}})
+        append_entry(out, entry)
+        listed[e.id] = entry
+
+
 # ---------------------------------------------------------------------------------------- build
 
 
@@ -250,11 +310,15 @@ def build_zoo(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
     backbone=None,
+    reuse: Sequence[str | Path] = (),
 ) -> list[ZooEntry]:
     """Train this shard's missing jobs into ``out_dir``; returns the manifest entries of the shard's jobs.
 
     ``backbone`` (optional) is an already loaded backbone to train on; by default ``cfg.backbone`` is
-    loaded with ``cfg.runtime`` — only if some job still has to be trained.
+    loaded with ``cfg.runtime`` — only if some job still has to be trained. ``reuse`` names other zoos:
+    a job one of them finished with the same recipe (backbone, runtime, teacher config, subset, split
+    seed, the task specs, checkpoint steps — :func:`job_recipe`) and intact files is copied, not
+    retrained. Training is seeded by the job id, so the copy is the adapter this zoo would train.
     """
     from tqdm.auto import tqdm
 
@@ -266,6 +330,18 @@ def build_zoo(
     steps = cfg.tail_steps()
     listed = {e.id: e for e in read_manifest(out)} if (out / MANIFEST_NAME).is_file() else {}
     todo = [j for j in jobs if not all(j.entry_id(s) in listed for s in steps)]
+    if todo and reuse:
+        resolved = resolved_config(cfg)
+        sources = [_ReuseSource(r) for r in reuse]
+        left = []
+        for job in todo:
+            recipe = job_recipe(resolved, job)
+            hit = next(((src, e) for src in sources if (e := src.entries_for(job, recipe, steps))), None)
+            if hit is None:
+                left.append(job)
+            else:
+                _copy_job(hit[0], hit[1], out, out / job.task / f"s{job.seed}", listed)
+        todo = left
     if todo:
         _, needed = selected_specs(cfg)
         prefetch([s for s in needed if any(s.name in j.components for j in todo)])
@@ -335,6 +411,7 @@ __all__ = [
     "ZooJob",
     "build_zoo",
     "check_or_save_config",
+    "job_recipe",
     "load_zoo_config",
     "parse_shard",
     "plan_jobs",
