@@ -137,6 +137,20 @@ def test_zero_adapter_gives_zero_delta_and_cosine_loss(tiny_qwen2):
     assert delta_loss(x, -x, "cosine").item() == pytest.approx(2.0, abs=1e-6)
 
 
+def test_centered_cosine_ignores_the_shared_shift():
+    c = torch.tensor([10.0, 0.0, 0.0, 0.0])  # the direction every teacher shares
+    target = c + torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    shared_only = c.expand(2, 4) + 1e-3 * torch.tensor([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+    # the raw cosine calls "only the shared shift" a near-perfect match; the centred one sees the opposite sign
+    assert delta_loss(shared_only, target, "cosine").item() < 0.01
+    assert delta_loss(shared_only, target, "centered_cosine", center=c).item() == pytest.approx(2.0, abs=1e-4)
+    assert delta_loss(c + 3 * (target - c), target, "centered_cosine", center=c).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="center"):
+        delta_loss(target, target, "centered_cosine")
+    with pytest.raises(ValueError, match="centered_cosine"):
+        delta_loss(target, target, "huber")
+
+
 def _full_set(ds):
     from deltalora.generators.dataset import collate_teachers
 

@@ -62,14 +62,30 @@ class DeltaProbe:
         return self._v(weights.to(self.backbone.device)) - self.base
 
 
-def delta_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, scale: float = 1.0) -> torch.Tensor:
+DELTA_LOSSES = ("mse", "cosine", "centered_cosine")
+
+
+def delta_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, scale: float = 1.0, center: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_Δ over a [K, dim] batch: ``mse`` = mean ‖Δ_pred − Δ_teacher‖² / ``scale`` (pass the teachers' mean
-    ‖Δ‖², so 1.0 means "as far as predicting zero"), ``cosine`` = mean (1 − cos)."""
+    ‖Δ‖², so 1.0 means "as far as predicting zero"), ``cosine`` = mean (1 − cos), ``centered_cosine`` =
+    mean (1 − cos(Δ_pred − c, Δ_teacher − c)) with ``c`` the training teachers' mean Δ.
+
+    Every fine-tune on answer text moves the last hidden state along one shared direction; the centred
+    cosine ignores it and asks only for the task-specific part of the shift. (For MSE, centring changes
+    nothing: the centre cancels in the difference.)
+    """
     if kind == "mse":
         return (pred - target).square().sum(-1).mean() / scale
     if kind == "cosine":
         return (1.0 - torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)).mean()
-    raise ValueError(f"unknown delta loss {kind!r}; use mse or cosine")
+    if kind == "centered_cosine":
+        if center is None:
+            raise ValueError("centered_cosine needs center= (the training teachers' mean Δ)")
+        c = center.to(pred)
+        return (1.0 - torch.nn.functional.cosine_similarity(pred - c, target - c, dim=-1, eps=1e-8)).mean()
+    raise ValueError(f"unknown delta loss {kind!r}; use one of {', '.join(DELTA_LOSSES)}")
 
 
 def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,4 +93,4 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(pred.detach().float(), target.detach().float(), dim=-1, eps=1e-8)
 
 
-__all__ = ["DeltaProbe", "PROBE_DTYPES", "cosine", "delta_loss"]
+__all__ = ["DELTA_LOSSES", "DeltaProbe", "PROBE_DTYPES", "cosine", "delta_loss"]
