@@ -50,11 +50,11 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     assert all(0 <= a <= 1 for r in rows.values() for a in r["accuracies"])
     assert all(-1 <= c <= 1 for name, r in rows.items() if name != "base" for c in r["delta_cosines"])
     assert min(rows["oracle"]["delta_cosines"]) > 0.5  # each own teacher vs the mean of them
-    for name, r in rows.items():  # centred on the training teachers' mean Δ: one value per adapter, a cosine
+    for name, r in rows.items():  # the training teachers' mean Δ projected out: one value per adapter, a cosine
         if name != "base":
-            assert len(r["delta_cosines_centered"]) == len(r["accuracies"])
-            assert all(-1 <= c <= 1 for c in r["delta_cosines_centered"])
-    assert rows["delta"]["delta_cosines_centered"] != rows["delta"]["delta_cosines"]
+            assert len(r["delta_cosines_specific"]) == len(r["accuracies"])
+            assert all(-1 <= c <= 1 for c in r["delta_cosines_specific"])
+    assert rows["delta"]["delta_cosines_specific"] != rows["delta"]["delta_cosines"]
     text = report.read_text()
     for label in res["row_labels"].values():
         assert label in text

@@ -22,9 +22,9 @@ def make_results(delta_accs: list[float], delta_cos: float = 0.85, random_acc: f
             "oracle": [0.60], "delta_random_condition": [random_acc]}
     cos = {"base": None, "average_merge": [0.2, 0.3], "weight_only": [0.4, 0.4], "delta": [delta_cos] * len(delta_accs),
            "oracle": [1.0], "delta_random_condition": [0.1]}
-    ccos = {r: None if c is None else [x - 0.55 for x in c] for r, c in cos.items()}  # centred: lower
+    scos = {r: None if c is None else [x - 0.55 for x in c] for r, c in cos.items()}  # task-specific: lower
     task = {"kind": "mc", "n_items": 50,
-            "rows": {r: {"accuracies": accs[r], "delta_cosines": cos[r], "delta_cosines_centered": ccos[r]} for r in ROWS}}
+            "rows": {r: {"accuracies": accs[r], "delta_cosines": cos[r], "delta_cosines_specific": scos[r]} for r in ROWS}}
     return {"title": "deltalora held-out experiment (test)", "command": "deltalora run --config configs/quick.yaml",
             "backbone": "tiny-qwen2", "train_tasks": ["rg_chain_sum", "math"],
             "heldout_tasks": ["bb_navigate", "bb_date"], "rows": ROWS, "row_labels": LABELS,
@@ -89,10 +89,10 @@ def test_missing_oracle_renders_dash_and_not_measured(tmp_path):
     results = make_results([0.5])
     for task in results["tasks"].values():
         del task["rows"]["oracle"]
-        del task["rows"]["delta"]["delta_cosines_centered"]  # results written before the centred cosine existed
+        del task["rows"]["delta"]["delta_cosines_specific"]  # results written before the task-specific cosine existed
     summary = summarize(results)
     assert summary["targets"]["recovers_oracle_gain"] is None
-    assert summary["rows"]["oracle"] == {"accuracy": None, "delta_cosine": None, "delta_cosine_centered": None, "n_tasks": 0}
+    assert summary["rows"]["oracle"] == {"accuracy": None, "delta_cosine": None, "delta_cosine_specific": None, "n_tasks": 0}
     text = write_report(tmp_path, results, tsne={"points": np.zeros((3, 4)), "labels": ["a", "b", "c"]}).read_text()
     assert "| held-out task's own teacher (oracle) | — | — | — | — | — | — |" in text
     assert "| Δ-augmented generator | 50.0 ± 0.0 | 1 | +10.0 | — | 0.850 ± 0.000 | — |" in text

@@ -15,7 +15,9 @@ from deltalora.generators import build_generator
 from deltalora.generators.checkpoint import load_generator
 from deltalora.generators.dataset import TeacherDataset
 from deltalora.lora import LoraWeights
-from deltalora.training import DeltaProbe, LambdaSchedule, TrainConfig, WeightLoss, delta_loss, lr_at, product_sq_norm, train_generator
+from deltalora.training import (
+    DeltaProbe, LambdaSchedule, TrainConfig, WeightLoss, delta_loss, lr_at, product_sq_norm, remove_shared, train_generator,
+)
 from deltalora.training.loop import batch_positions
 from deltalora.training.state import TrainStateError
 
@@ -137,17 +139,21 @@ def test_zero_adapter_gives_zero_delta_and_cosine_loss(tiny_qwen2):
     assert delta_loss(x, -x, "cosine").item() == pytest.approx(2.0, abs=1e-6)
 
 
-def test_centered_cosine_ignores_the_shared_shift():
+def test_specific_cosine_ignores_the_shared_shift():
     c = torch.tensor([10.0, 0.0, 0.0, 0.0])  # the direction every teacher shares
     target = c + torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
     shared_only = c.expand(2, 4) + 1e-3 * torch.tensor([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
-    # the raw cosine calls "only the shared shift" a near-perfect match; the centred one sees the opposite sign
+    # the raw cosine calls "only the shared shift" a near-perfect match; the task-specific one sees the opposite sign
     assert delta_loss(shared_only, target, "cosine").item() < 0.01
-    assert delta_loss(shared_only, target, "centered_cosine", center=c).item() == pytest.approx(2.0, abs=1e-4)
-    assert delta_loss(c + 3 * (target - c), target, "centered_cosine", center=c).item() == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="center"):
-        delta_loss(target, target, "centered_cosine")
-    with pytest.raises(ValueError, match="centered_cosine"):
+    assert delta_loss(shared_only, target, "specific_cosine", shared=c).item() == pytest.approx(2.0, abs=1e-4)
+    # any amount of the shared shift, the same task-specific direction: a perfect match
+    assert delta_loss(0.1 * c + 3 * (target - c), target, "specific_cosine", shared=c).item() == pytest.approx(0.0, abs=1e-6)
+    # a zero shift carries nothing task-specific: cosine 0, never a match (a subtraction would have scored it)
+    assert delta_loss(torch.zeros(2, 4), target, "specific_cosine", shared=c).item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(remove_shared(target, c), target - c)
+    with pytest.raises(ValueError, match="shared"):
+        delta_loss(target, target, "specific_cosine")
+    with pytest.raises(ValueError, match="specific_cosine"):
         delta_loss(target, target, "huber")
 
 

@@ -96,7 +96,7 @@ def _task_means(results: Mapping) -> dict[str, dict[str, dict[str, float | None]
     for task in _heldout(results):
         rows = results["tasks"][task].get("rows") or {}
         out[task] = {r: {"accuracy": _mean(v.get("accuracies")), "delta_cosine": _mean(v.get("delta_cosines")),
-                         "delta_cosine_centered": _mean(v.get("delta_cosines_centered"))}
+                         "delta_cosine_specific": _mean(v.get("delta_cosines_specific"))}
                      for r, v in rows.items() if v}
     return out
 
@@ -155,8 +155,8 @@ def summarize(results: Mapping) -> dict[str, Any]:
     for row in _row_order(results):
         accs = [v[row]["accuracy"] for v in per_task.values() if v.get(row, {}).get("accuracy") is not None]
         coss = [v[row]["delta_cosine"] for v in per_task.values() if v.get(row, {}).get("delta_cosine") is not None]
-        ccos = [v[row]["delta_cosine_centered"] for v in per_task.values() if v.get(row, {}).get("delta_cosine_centered") is not None]
-        rows[row] = {"accuracy": _mean(accs), "delta_cosine": _mean(coss), "delta_cosine_centered": _mean(ccos), "n_tasks": len(accs)}
+        scos = [v[row]["delta_cosine_specific"] for v in per_task.values() if v.get(row, {}).get("delta_cosine_specific") is not None]
+        rows[row] = {"accuracy": _mean(accs), "delta_cosine": _mean(coss), "delta_cosine_specific": _mean(scos), "n_tasks": len(accs)}
     details = _targets(per_task)
     return {"heldout_tasks": list(per_task), "rows": rows,
             "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
@@ -278,11 +278,11 @@ def _task_section(task: str, entry: Mapping, order: Sequence[str], labels: Mappi
         rec = _recovered(m, base, oracle)
         body.append([labels.get(row, row), _pm(accs, 100, 1), str(len(accs)) if accs else DASH, _fmt(gain, "+.1f"),
                      _fmt(None if rec is None else rec * 100, ".1f"), _pm(r.get("delta_cosines"), 1, 3),
-                     _pm(r.get("delta_cosines_centered"), 1, 3)])
+                     _pm(r.get("delta_cosines_specific"), 1, 3)])
     kind = ", ".join(x for x in (entry.get("kind"), entry.get("n_items") and f"{entry['n_items']} items") if x)
     return [f"### {task}" + (f" ({kind})" if kind else ""), ""] + _table(
         ["row", "accuracy (%)", "n adapters", "gain over base (pts)", "% of oracle gain", "Δ-cosine to oracle",
-         "centred Δ-cosine"], body)
+         "task-specific Δ-cosine"], body)
 
 
 def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]) -> str:
@@ -298,8 +298,8 @@ def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None
     out += [f"- Backbone: `{results.get('backbone') or DASH}`",
             f"- Training tasks {listing('train_tasks')}", f"- Held-out tasks {listing('heldout_tasks')}", "",
             "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
-            "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the centred "
-            "Δ-cosine first subtracts the training teachers' mean Δ from both (the shift every fine-tune shares).", "",
+            "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the task-specific "
+            "Δ-cosine first projects the training teachers' mean Δ (the shift every fine-tune shares) out of both.", "",
             "## Held-out tasks", ""]
     for task in summary["heldout_tasks"]:
         out += _task_section(task, results["tasks"][task], order, labels)
@@ -307,9 +307,9 @@ def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None
     if missing or not summary["heldout_tasks"]:
         out += [f"No results for held-out tasks: {', '.join(missing) or 'any'}.", ""]
     out += ["## Summary over held-out tasks", ""] + _table(
-        ["row", "mean accuracy (%)", "mean Δ-cosine", "mean centred Δ-cosine", "tasks"],
+        ["row", "mean accuracy (%)", "mean Δ-cosine", "mean task-specific Δ-cosine", "tasks"],
         [[labels.get(r, r), _fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"), _fmt(s["delta_cosine"], ".3f"),
-          _fmt(s.get("delta_cosine_centered"), ".3f"), str(s["n_tasks"])] for r, s in summary["rows"].items()])
+          _fmt(s.get("delta_cosine_specific"), ".3f"), str(s["n_tasks"])] for r, s in summary["rows"].items()])
     out += ["## Targets", ""]
     for key, (letter, text) in TARGETS.items():
         d = summary["target_details"][key]

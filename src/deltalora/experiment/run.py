@@ -38,7 +38,7 @@ from ..lora import LoraWeights
 from ..paths import atomic_write_bytes
 from ..report import write_report
 from ..tasks import build_task
-from ..training import DeltaProbe, train_generator
+from ..training import DeltaProbe, remove_shared, train_generator
 from ..zoo import build_zoo, load_zoo_config, read_manifest
 from ..zoo.build import selected_specs
 from .arms import average_merge, generate, random_conditions
@@ -203,13 +203,12 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
 
 @torch.no_grad()
 def delta_cosines(
-    ctx: Context, probe: DeltaProbe, task: str, arms: dict[str, tuple[str, LoraWeights | None]], center: torch.Tensor
+    ctx: Context, probe: DeltaProbe, task: str, arms: dict[str, tuple[str, LoraWeights | None]], shared: torch.Tensor
 ) -> tuple[dict[str, float], dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
-    """Cosine of every adapter arm's Δ to the oracle Δ (the mean Δ of the task's own teachers), raw and centred.
-
-    The centred cosine subtracts ``center`` (the training teachers' mean Δ) from both sides first: every
-    fine-tune shares one direction of shift, and the raw cosine credits an adapter for it even when it
-    carries nothing of the held-out task.
+    """Cosine of every adapter arm's Δ to the oracle Δ (the mean Δ of the task's own teachers): raw, and
+    task-specific — with ``shared`` (the training teachers' mean Δ) projected out of both. Every fine-tune
+    shifts along one common direction, and the raw cosine credits an adapter for it even when it carries
+    nothing of the held-out task.
     """
     own = [ctx.heldout_set.example(i, 0).delta for i, e in enumerate(ctx.heldout_set.entries) if e.task == task and not e.mixed]
     oracle = torch.stack(own).mean(0)
@@ -224,10 +223,11 @@ def delta_cosines(
             chunk = group[i : i + k]
             d = probe(LoraWeights.stack([arms[n][1] for n in chunk])).cpu()
             deltas.update(zip(chunk, d))
-    oracle, center = oracle.cpu(), center.cpu()
+    oracle, shared = oracle.cpu(), shared.cpu()
     cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle, dim=0)) for n in names}
-    ccos = {n: float(torch.nn.functional.cosine_similarity(deltas[n] - center, oracle - center, dim=0)) for n in names}
-    return cos, ccos, oracle, deltas
+    o_spec = remove_shared(oracle, shared)
+    scos = {n: float(torch.nn.functional.cosine_similarity(remove_shared(deltas[n], shared), o_spec, dim=0, eps=1e-8)) for n in names}
+    return cos, scos, oracle, deltas
 
 
 def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, command: str | None = None, backbone=None) -> Path:
@@ -245,14 +245,14 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     for e, ex in zip(ctx.train_set.entries, train_examples):
         points.append(ex.delta.numpy())
         labels.append(f"teacher:{e.family}")
-    center = torch.stack([ex.delta for ex in train_examples]).mean(0)
+    shared = torch.stack([ex.delta for ex in train_examples]).mean(0)
     merged = average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None  # once, not per task
     for task in ctx.heldout:
         t0 = time.perf_counter()
         arms = heldout_arms(ctx, gens, task, merged)
         ctx.stage("generate", t0)
         t0 = time.perf_counter()
-        cos, ccos, oracle, deltas = delta_cosines(ctx, probe, task, arms, center)
+        cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, arms, shared)
         ctx.stage("Δ of held-out arms", t0)
         t0 = time.perf_counter()
         scores = score(ctx, task, arms)
@@ -260,12 +260,12 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         rows: dict[str, dict] = {}
         for name, (row, _) in arms.items():
             r = rows.setdefault(row, {"accuracies": [], "delta_cosines": [] if row != "base" else None,
-                                      "delta_cosines_centered": [] if row != "base" else None, "arms": []})
+                                      "delta_cosines_specific": [] if row != "base" else None, "arms": []})
             r["accuracies"].append(scores[name]["accuracy"])
             r["arms"].append(name)
             if row != "base":
                 r["delta_cosines"].append(cos[name])
-                r["delta_cosines_centered"].append(ccos[name])
+                r["delta_cosines_specific"].append(scos[name])
         results_tasks[task] = {"kind": scores[BASE]["kind"], "n_items": scores[BASE]["n"], "rows": rows}
         points.append(oracle.numpy())
         labels.append(f"oracle:{task}")

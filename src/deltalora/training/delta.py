@@ -62,29 +62,35 @@ class DeltaProbe:
         return self._v(weights.to(self.backbone.device)) - self.base
 
 
-DELTA_LOSSES = ("mse", "cosine", "centered_cosine")
+DELTA_LOSSES = ("mse", "cosine", "specific_cosine")
+
+
+def remove_shared(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``x`` with its component along ``shared`` projected out (rows of a [K, dim] batch, or one vector).
+
+    Every fine-tune on answer text moves the last hidden state along one common direction (the training
+    teachers' mean Δ); what is left is the task-specific part of the shift. A projection, not a
+    subtraction: a zero shift stays zero, so an adapter that does nothing cannot look task-like.
+    """
+    u = shared / shared.norm().clamp_min(1e-12)
+    return x - (x @ u)[..., None] * u
 
 
 def delta_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str, scale: float = 1.0, center: torch.Tensor | None = None
+    pred: torch.Tensor, target: torch.Tensor, kind: str, scale: float = 1.0, shared: torch.Tensor | None = None
 ) -> torch.Tensor:
     """L_Δ over a [K, dim] batch: ``mse`` = mean ‖Δ_pred − Δ_teacher‖² / ``scale`` (pass the teachers' mean
-    ‖Δ‖², so 1.0 means "as far as predicting zero"), ``cosine`` = mean (1 − cos), ``centered_cosine`` =
-    mean (1 − cos(Δ_pred − c, Δ_teacher − c)) with ``c`` the training teachers' mean Δ.
-
-    Every fine-tune on answer text moves the last hidden state along one shared direction; the centred
-    cosine ignores it and asks only for the task-specific part of the shift. (For MSE, centring changes
-    nothing: the centre cancels in the difference.)
-    """
+    ‖Δ‖², so 1.0 means "as far as predicting zero"), ``cosine`` = mean (1 − cos), ``specific_cosine`` =
+    mean (1 − cos) after projecting ``shared`` (the training teachers' mean Δ) out of both sides."""
     if kind == "mse":
         return (pred - target).square().sum(-1).mean() / scale
     if kind == "cosine":
         return (1.0 - torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)).mean()
-    if kind == "centered_cosine":
-        if center is None:
-            raise ValueError("centered_cosine needs center= (the training teachers' mean Δ)")
-        c = center.to(pred)
-        return (1.0 - torch.nn.functional.cosine_similarity(pred - c, target - c, dim=-1, eps=1e-8)).mean()
+    if kind == "specific_cosine":
+        if shared is None:
+            raise ValueError("specific_cosine needs shared= (the training teachers' mean Δ)")
+        c = shared.to(pred)
+        return (1.0 - torch.nn.functional.cosine_similarity(remove_shared(pred, c), remove_shared(target, c), dim=-1, eps=1e-8)).mean()
     raise ValueError(f"unknown delta loss {kind!r}; use one of {', '.join(DELTA_LOSSES)}")
 
 
@@ -93,4 +99,4 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(pred.detach().float(), target.detach().float(), dim=-1, eps=1e-8)
 
 
-__all__ = ["DELTA_LOSSES", "DeltaProbe", "PROBE_DTYPES", "cosine", "delta_loss"]
+__all__ = ["DELTA_LOSSES", "DeltaProbe", "PROBE_DTYPES", "cosine", "delta_loss", "remove_shared"]

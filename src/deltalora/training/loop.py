@@ -37,7 +37,7 @@ from ..generators.dataset import TeacherDataset, collate_teachers
 from ..lora import LoraWeights
 from ..tasks import stable_seed
 from .config import TrainConfig
-from .delta import DeltaProbe, cosine, delta_loss
+from .delta import DeltaProbe, cosine, delta_loss, remove_shared
 from .losses import WeightLoss, head
 from .state import STATE_NAME, read_state, restore_state, save_state
 
@@ -171,7 +171,7 @@ def train_generator(
     teacher_deltas = torch.stack([e.delta for e in examples])
     del examples
     delta_scale = max(float(teacher_deltas.square().sum(-1).mean()), 1e-12)
-    delta_center = teacher_deltas.mean(0).to(device)  # for the centred cosine loss and log
+    shared = teacher_deltas.mean(0).to(device)  # the shift every teacher shares (specific_cosine loss, log)
     probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
 
     log = (out / LOG_NAME).open("a", encoding="utf-8") if rank == 0 else None
@@ -195,22 +195,22 @@ def train_generator(
             lw = wloss(pred, batch.weights)
             lam = cfg.lam.at(step)
             loss = lw
-            ld = cos = ccos = pnorm = tnorm = None
+            ld = cos = scos = pnorm = tnorm = None
             if lam > 0 and n_delta > 0:
                 d_pred = probe(head(pred, n_delta))
                 d_t = batch.deltas[:n_delta]
-                ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale, center=delta_center)
+                ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale, shared=shared)
                 loss = lw + lam * ld_t
                 ld = float(ld_t.detach())
                 cos = float(cosine(d_pred, d_t).mean())
-                ccos = float(cosine(d_pred - delta_center, d_t - delta_center).mean())
+                scos = float(cosine(remove_shared(d_pred, shared), remove_shared(d_t, shared)).mean())
                 pnorm, tnorm = float(d_pred.detach().norm(dim=-1).mean()), float(d_t.norm(dim=-1).mean())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip))
             opt.step()
             vals = _mean_across({"loss": float(loss.detach()), "loss_weights": float(lw.detach()), "loss_delta": ld,
-                                 "delta_cosine": cos, "delta_cosine_centered": ccos,
+                                 "delta_cosine": cos, "delta_cosine_specific": scos,
                                  "delta_norm_pred": pnorm, "delta_norm_teacher": tnorm}, world)
             record = {"step": step, **vals, "lambda": lam, "lr": lr, "grad_norm": gnorm,
                       "epoch": positions[0][1], "step_seconds": round(time.perf_counter() - t0, 4)}
