@@ -383,6 +383,38 @@ def test_suite_validation_errors(tmp_path):
         load_suite(bad)
 
 
+def test_suite_selects_from_a_base_suite(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for f in ("short.jsonl", "mc.jsonl"):
+        (tmp_path / "sub" / f).write_text((FIXTURES / f).read_text())
+    (tmp_path / "sub" / "all.yaml").write_text(
+        "tasks:\n"
+        "  - {name: c1, family: code, kind: code, source: humaneval}\n"
+        "  - {name: u1, family: knowledge, kind: short, source: jsonl, args: {path: short.jsonl}, n_train: 1, n_condition: 1, n_eval: 1}\n"
+        "  - {name: u2, family: knowledge, kind: mc, source: jsonl, args: {path: mc.jsonl}, n_train: 0, n_condition: 1, n_eval: 1}\n"
+    )
+    sel = tmp_path / "sel.yaml"
+    sel.write_text("base: sub/all.yaml\nkeep: [u2, u1]\ntasks:\n  - {name: c2, family: code, kind: code, source: humaneval}\n")
+    specs = load_suite(sel)
+    assert [x.name for x in specs] == ["u1", "u2", "c2"]  # base order, then the suite's own tasks
+    assert specs[0].args["path"] == str((tmp_path / "sub" / "short.jsonl").resolve())  # relative to the base's folder
+    assert specs[0] == load_suite(tmp_path / "sub" / "all.yaml")[1]  # the very same spec, not a copy that can drift
+    sel.write_text("base: sub/all.yaml\n")
+    assert [x.name for x in load_suite(sel)] == ["c1", "u1", "u2"]
+    sel.write_text("base: sub/all.yaml\nkeep: [u1, nope]\n")
+    with pytest.raises(TaskError, match="nope"):
+        load_suite(sel)
+    sel.write_text("keep: [u1]\ntasks:\n  - {name: c2, family: code, kind: code, source: humaneval}\n")
+    with pytest.raises(ConfigError, match="keep needs base"):
+        load_suite(sel)
+    sel.write_text("base: sel.yaml\n")
+    with pytest.raises(TaskError, match="cycle"):
+        load_suite(sel)
+    sel.write_text("base: sub/all.yaml\ntasks:\n  - {name: c1, family: code, kind: code, source: humaneval}\n")
+    with pytest.raises(TaskError, match="unique"):
+        load_suite(sel)
+
+
 def test_cli_list_json_reads_no_data(deltalora_home):
     from deltalora.cli.tasks import app
 

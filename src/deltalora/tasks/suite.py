@@ -68,7 +68,15 @@ class TaskSpec(StrictModel):
 
 
 class SuiteConfig(StrictModel):
-    tasks: list[TaskSpec] = Field(min_length=1)
+    """A suite: its own ``tasks``, optionally after the ``keep`` selection of another suite YAML (``base``).
+
+    ``base`` + ``keep`` let a suite be a measured selection of a larger one (the default suite keeps the
+    candidates whose teachers beat the base model) without copying a single spec.
+    """
+
+    base: str | None = None  # another suite YAML, relative to this file's folder
+    keep: list[str] | None = None  # names taken from ``base``, in ``base``'s order; None = all of them
+    tasks: list[TaskSpec] = Field(default_factory=list)
 
     @field_validator("tasks")
     @classmethod
@@ -79,18 +87,43 @@ class SuiteConfig(StrictModel):
             raise ValueError(f"task names must be unique; repeated: {dups}")
         return v
 
+    @model_validator(mode="after")
+    def _shape(self) -> SuiteConfig:
+        if self.keep is not None and self.base is None:
+            raise ValueError("keep needs base (the suite it selects from)")
+        if self.base is None and not self.tasks:
+            raise ValueError("a suite needs tasks (or base: another suite to select from)")
+        return self
 
-def load_suite(path: str | Path | None = None) -> list[TaskSpec]:
+
+def load_suite(path: str | Path | None = None, _seen: tuple[Path, ...] = ()) -> list[TaskSpec]:
     """The task specs of a suite YAML (default: ``configs/tasks/default.yaml``); relative ``path`` args are
-    resolved against the YAML's folder."""
+    resolved against the YAML's folder, a ``base`` suite's against its own."""
     path = Path(path) if path is not None else DEFAULT_SUITE
+    if path.resolve() in _seen:
+        raise TaskError(f"{path}: suite includes itself through base; break the cycle")
     suite = load_yaml(path, SuiteConfig)
-    specs = []
+    specs: list[TaskSpec] = []
+    if suite.base is not None:
+        base_path = Path(suite.base).expanduser()
+        base_path = base_path if base_path.is_absolute() else path.parent / base_path
+        inherited = load_suite(base_path, _seen + (path.resolve(),))
+        if suite.keep is not None:
+            names = {s.name for s in inherited}
+            missing = [n for n in suite.keep if n not in names]
+            if missing:
+                raise TaskError(f"{path}: keep names {missing} that {base_path.name} does not have; fix the names")
+            inherited = [s for s in inherited if s.name in set(suite.keep)]
+        specs += inherited
     for spec in suite.tasks:
         p = spec.args.get("path")
         if isinstance(p, str) and not Path(p).expanduser().is_absolute():
             spec = spec.model_copy(update={"args": {**spec.args, "path": str((path.parent / p).resolve())}})
         specs.append(spec)
+    names = [s.name for s in specs]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise TaskError(f"{path}: task names must be unique; {dups} are both in tasks and in {suite.base}")
     return specs
 
 
