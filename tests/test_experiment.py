@@ -108,6 +108,7 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
     rows = json.loads((tmp_path / "ab" / "ablation.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["centre", "lam=0", "probes=neutral24", "representation=mean", "delta_loss=cosine"]
     assert all(-1 <= r["heldout_delta_cosine_mean"] <= 1 for r in rows)
+    assert all(-1 <= r["heldout_specific_cosine_mean"] <= 1 for r in rows)
     assert rows[1]["final_train_delta_cosine"] is None  # λ = 0 never runs the probe forward
     assert "probes=neutral24" in md.read_text()
 

@@ -1,0 +1,66 @@
+"""Write the default suite as the measured selection of the candidate tasks.
+
+    python benchmarks/select_suite.py --screen results/zoo_screen_condition.json
+
+Keeps every candidate whose seed-0 teacher beats the base model by at least ``--min-gain`` points on the
+screen (``benchmarks/zoo.py --split condition``: the condition split, so the choice never sees an eval item)
+and writes ``configs/tasks/default.yaml`` as ``base: candidates.yaml`` + ``keep: [...]``, with the measured
+gain of every task, kept or dropped, in its header. Refuses (and writes nothing) when the selection would
+have fewer than ``--min-tasks`` tasks or ``--min-families`` families.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from deltalora.paths import atomic_write_bytes
+from deltalora.tasks import load_suite
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--screen", default="results/zoo_screen_condition.json")
+    ap.add_argument("--candidates", default="configs/tasks/candidates.yaml")
+    ap.add_argument("--out", default="configs/tasks/default.yaml")
+    ap.add_argument("--min-gain", type=float, default=5.0, help="points the teacher must gain over base")
+    ap.add_argument("--min-tasks", type=int, default=24)
+    ap.add_argument("--min-families", type=int, default=5)
+    args = ap.parse_args()
+
+    screen = json.loads(Path(args.screen).read_text())
+    rows = {r["task"]: r for r in screen["rows"]}
+    candidates = load_suite(args.candidates)
+    unscreened = [s.name for s in candidates if s.name not in rows]
+    if unscreened:
+        sys.exit(f"{args.screen}: no screen result for {unscreened}; screen every candidate first")
+    keep = [s for s in candidates if rows[s.name]["gain_points"] >= args.min_gain and not rows[s.name]["worse_than_base"]]
+    families = sorted({s.family for s in keep})
+    if len(keep) < args.min_tasks or len(families) < args.min_families:
+        sys.exit(f"only {len(keep)} tasks in {len(families)} families reach +{args.min_gain:g} points; "
+                 f"need {args.min_tasks} in {args.min_families} — add candidates or change the teacher recipe")
+    s = screen["summary"]
+    lines = [
+        "# The default task suite: the candidates (candidates.yaml) on which a small LoRA measurably helps.",
+        f"# Written by `{' '.join(['python', 'benchmarks/select_suite.py'] + sys.argv[1:])}` from {args.screen}:",
+        f"# each candidate's seed-0 teacher ({s['backbone']}, r{s['teacher']['lora']['rank']}, {s['teacher']['steps']} steps) "
+        f"vs the base model on the first {s['limit']} items of the",
+        f"# {s['split']} split (never the eval split). Kept: gain >= +{args.min_gain:g} points and the teacher not below base.",
+        "#",
+        "# task                         family        base  teacher   gain",
+    ]
+    for c in candidates:
+        r = rows[c.name]
+        mark = "keep" if c in keep else "drop"
+        lines.append(f"# {mark} {c.name:<26} {c.family:<12} {r['base']:5.2f}  {r['teacher_mean']:6.2f}  {r['gain_points']:+6.1f}")
+    base = os.path.relpath(Path(args.candidates).resolve(), Path(args.out).resolve().parent)
+    lines += [f"base: {base}", "keep:"] + [f"  - {c.name}" for c in keep]
+    atomic_write_bytes(Path(args.out), ("\n".join(lines) + "\n").encode())
+    print(f"{args.out}: {len(keep)} of {len(candidates)} tasks in {len(families)} families ({', '.join(families)})")
+
+
+if __name__ == "__main__":
+    main()
