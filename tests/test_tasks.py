@@ -441,3 +441,29 @@ def test_build_is_warning_free_for_user_suite():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_task(load_suite(FIXTURES / "suite_small.yaml")[1])
+
+
+def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    screen = tmp_path / "screen.json"
+    rows = [{"task": "user_short", "gain_points": 12.0, "worse_than_base": [], "base": 0.1, "teacher_mean": 0.22},
+            {"task": "user_mc", "gain_points": 3.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.53}]
+    summary = {"backbone": "tiny-qwen2", "teacher": {"lora": {"rank": 2}, "steps": 4}, "limit": 50, "split": "condition"}
+    screen.write_text(json.dumps({"rows": rows, "summary": summary}))
+    out = tmp_path / "cfg" / "default.yaml"
+    cmd = [sys.executable, str(root / "benchmarks" / "select_suite.py"), "--screen", str(screen),
+           "--candidates", str(FIXTURES / "suite_small.yaml"), "--out", str(out)]
+    res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert [s.name for s in load_suite(out)] == ["user_short"]  # +3 points is not a measured win
+    assert "drop user_mc" in out.read_text()
+    out.unlink()
+    res = subprocess.run(cmd + ["--min-tasks", "2", "--min-families", "1"], capture_output=True, text=True)
+    assert res.returncode != 0 and "only 1 tasks" in res.stderr and not out.exists()
+    rows.pop()
+    screen.write_text(json.dumps({"rows": rows, "summary": summary}))
+    res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
+    assert res.returncode != 0 and "user_mc" in res.stderr and not out.exists()
