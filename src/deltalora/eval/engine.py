@@ -96,7 +96,8 @@ def choice_logprobs(
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
         with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
-            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # p(first choice token | prompt)
         cache = res.past_key_values
         conts = [(r, c) for r, (_, i) in enumerate(chunk) for c in range(len(choice_ids[i]))]
