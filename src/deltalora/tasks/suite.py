@@ -67,6 +67,10 @@ class TaskSpec(StrictModel):
         return {"train": self.n_train, "condition": self.n_condition, "eval": self.n_eval}
 
 
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class SuiteConfig(StrictModel):
     """A suite: its own ``tasks``, optionally after the ``keep`` selection of another suite YAML (``base``).
 
@@ -81,8 +85,7 @@ class SuiteConfig(StrictModel):
     @field_validator("tasks")
     @classmethod
     def _unique(cls, v: list[TaskSpec]) -> list[TaskSpec]:
-        names = [t.name for t in v]
-        dups = sorted({n for n in names if names.count(n) > 1})
+        dups = _repeated([t.name for t in v])
         if dups:
             raise ValueError(f"task names must be unique; repeated: {dups}")
         return v
@@ -120,8 +123,7 @@ def load_suite(path: str | Path | None = None, _seen: tuple[Path, ...] = ()) -> 
         if isinstance(p, str) and not Path(p).expanduser().is_absolute():
             spec = spec.model_copy(update={"args": {**spec.args, "path": str((path.parent / p).resolve())}})
         specs.append(spec)
-    names = [s.name for s in specs]
-    dups = sorted({n for n in names if names.count(n) > 1})
+    dups = _repeated([s.name for s in specs])
     if dups:
         raise TaskError(f"{path}: task names must be unique; {dups} are both in tasks and in {suite.base}")
     return specs
