@@ -74,3 +74,32 @@ def test_clustering_report_and_cli(tiny_qwen2, tmp_path, deltalora_home):
     assert out["adapters"] == 6 and out["families"] == {"x": 3, "y": 3}
     assert -1 <= out["silhouette_delta"] <= 1 and -1 <= out["silhouette_weights"] <= 1
     assert out["tsne_png"] and (tmp_path / "tsne.png").stat().st_size > 1000
+    assert "note" in out["by_task"]  # one training run per task: nothing to compare across runs
+
+
+def test_task_specific_subspace_and_by_task_silhouette():
+    rng = np.random.default_rng(0)
+    shared = np.zeros(16)
+    shared[0] = 100.0  # the direction every fine-tune shares dominates each Δ
+    centres = {t: rng.normal(size=16) * np.r_[0.0, np.ones(15)] for t in ("a", "b", "c", "d")}
+    fam = {"a": "f", "b": "f", "c": "g", "d": "g"}
+    rows, runs = [], []
+    for t, c in centres.items():
+        for seed in range(2):
+            for step in (10, 20):
+                noise = 0.3 if step == 20 else 3.0  # early checkpoints are noisy; only the last one per run counts
+                rows.append(shared * (1 + 0.1 * rng.normal()) + c + noise * rng.normal(size=16) * np.r_[0.0, np.ones(15)])
+                runs.append((t, f"{t}/s{seed}", step))
+    x = np.stack(rows)
+    fams = [fam[t] for t, _, _ in runs]
+    rep = clustering_report(x, fams, runs=runs)
+    # the shared direction hides task structure from a plain cosine; projecting it out reveals it
+    assert rep["silhouette_delta_specific"] > rep["silhouette_delta"] + 0.1
+    bt = rep["by_task"]
+    assert bt["adapters"] == 8 and bt["tasks"] == 4
+    last = [i for i, (_, _, step) in enumerate(runs) if step == 20]
+    tasks = [runs[i][0] for i in last]
+    assert bt["silhouette_delta"] == pytest.approx(silhouette(cosine_distances(x[last]), tasks))
+    assert bt["silhouette_delta_specific"] > 0.5
+    with pytest.raises(DeltaLoraError, match="runs has 3 entries"):
+        clustering_report(x, fams, runs=runs[:3])

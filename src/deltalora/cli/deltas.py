@@ -89,6 +89,7 @@ def analyze_cmd(
         from ..backbones import load_backbone
         from ..deltas import compute_deltas, sources_from_manifest
         from ..deltas.analyze import clustering_report
+        from ..zoo.manifest import read_manifest
 
         sources = sources_from_manifest(zoo)
         b = load_backbone(backbone, progress=not json_out)
@@ -97,7 +98,9 @@ def analyze_cmd(
         by_id = {s.id: s for s in sources}
         fams = [by_id[i].family for i in ids]
         dirs = None if no_weights else [by_id[i].path for i in ids]
-        result = clustering_report(deltas.numpy(), fams, dirs, b.arch, Path(out) if out else None)
+        entries = {e.id: e for e in read_manifest(Path(zoo))}
+        runs = [(entries[i].task, entries[i].id.rsplit("/", 1)[0], entries[i].step) for i in ids]
+        result = clustering_report(deltas.numpy(), fams, dirs, b.arch, Path(out) if out else None, runs=runs)
         return {"backbone": b.name, "probes": report.probes, "repr": report.representation, "broken": [r.id for r in report.broken], **result}
 
     result = run_guarded(go)
@@ -105,7 +108,15 @@ def analyze_cmd(
         emit_json(result)
         return
     typer.echo(f"{result['adapters']} adapters in {len(result['families'])} families: silhouette (cosine) of Δ {result['silhouette_delta']:.3f}"
-               + (f", of flattened weights {result['silhouette_weights']:.3f}" if "silhouette_weights" in result else ""))
+               + (f", of flattened weights {result['silhouette_weights']:.3f}" if "silhouette_weights" in result else "")
+               + f"; of task-specific Δ (mean Δ projected out) {result['silhouette_delta_specific']:.3f}")
+    bt = result["by_task"]
+    if "note" in bt:
+        typer.echo(f"by task: skipped, {bt['note']}")
+    else:
+        typer.echo(f"by task ({bt['adapters']} runs of {bt['tasks']} tasks, last checkpoints): Δ {bt['silhouette_delta']:.3f}, "
+                   f"task-specific Δ {bt['silhouette_delta_specific']:.3f}"
+                   + (f", flattened weights {bt['silhouette_weights']:.3f}" if "silhouette_weights" in bt else ""))
     if result.get("tsne_png"):
         typer.echo(f"t-SNE: {result['tsne_png']}")
     elif result.get("note"):

@@ -95,16 +95,61 @@ def tsne_png(points: dict[str, np.ndarray], labels: Sequence[str], out: Path, se
     return out
 
 
+def _specific(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` with the component along their mean projected out (the shift every fine-tune shares)."""
+    from ..training.delta import remove_shared
+
+    t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return remove_shared(t, t.mean(0)).numpy()
+
+
+def _by_task(deltas: np.ndarray, runs: Sequence[tuple[str, str, int]], flat: np.ndarray | None) -> dict:
+    """Silhouette by *task* over one adapter per training run (its last checkpoint), on tasks with ≥ 2 runs.
+
+    Checkpoints of one run are near-copies, so they would cluster by construction; distinct runs of a task
+    (other seed, other data subset) clustering together is the evidence that Δ carries the task's identity.
+    """
+    last: dict[str, int] = {}
+    for i, (_task, run, step) in enumerate(runs):
+        if run not in last or step > runs[last[run]][2]:
+            last[run] = i
+    per_task: dict[str, list[int]] = {}
+    for i in last.values():
+        per_task.setdefault(runs[i][0], []).append(i)
+    rows = sorted(i for idx in per_task.values() if len(idx) >= 2 for i in idx)
+    tasks = [runs[i][0] for i in rows]
+    if len(set(tasks)) < 2:
+        return {"note": "needs ≥ 2 tasks with ≥ 2 training runs each (e.g. 2 seeds)", "runs": len(last)}
+    out = {"adapters": len(rows), "tasks": len(set(tasks)),
+           "silhouette_delta": silhouette(cosine_distances(deltas[rows]), tasks),
+           "silhouette_delta_specific": silhouette(cosine_distances(_specific(deltas[rows])), tasks)}
+    if flat is not None:
+        out["silhouette_weights"] = silhouette(cosine_distances(flat[rows]), tasks)
+    return out
+
+
 def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs: Sequence[str | Path] | None = None,
-                      arch: Architecture | None = None, png: Path | None = None) -> dict:
-    """Silhouette (cosine) of Δ by family, and of flattened adapter weights when ``adapter_dirs`` are given."""
+                      arch: Architecture | None = None, png: Path | None = None,
+                      runs: Sequence[tuple[str, str, int]] | None = None) -> dict:
+    """Silhouette (cosine) of Δ by family, and of flattened adapter weights when ``adapter_dirs`` are given.
+
+    Also by family in the task-specific subspace (the mean Δ projected out of every row), and, when ``runs``
+    gives each adapter's (task, training run, step), by task over the last checkpoint of each run.
+    """
+    deltas = np.asarray(deltas)
     out = {"adapters": len(families), "families": {f: int(sum(1 for x in families if x == f)) for f in sorted(set(families))}}
     out["silhouette_delta"] = silhouette(cosine_distances(deltas), families)
-    panels = {"Δ (delta activations)": np.asarray(deltas)}
+    out["silhouette_delta_specific"] = silhouette(cosine_distances(_specific(deltas)), families)
+    panels = {"Δ (delta activations)": deltas}
+    flat = None
     if adapter_dirs is not None:
         flat = flattened_weights(adapter_dirs, arch)
         out["silhouette_weights"] = silhouette(cosine_distances(flat), families)
         panels["flattened LoRA weights"] = flat
+    if runs is not None:
+        if len(runs) != len(families):
+            raise DeltaLoraError(f"runs has {len(runs)} entries for {len(families)} adapters")
+        out["by_task"] = _by_task(deltas, list(runs), flat)
     if png is not None:
         written = tsne_png(panels, families, Path(png))
         out["tsne_png"] = str(written) if written else None
