@@ -60,7 +60,7 @@ def main() -> None:
     build_call_s = time.perf_counter() - t0
     train_s = {}
     for e in entries:  # one timing per job (all its checkpoints share it)
-        train_s[e.id.rsplit("/", 1)[0]] = e.extra.get("train_seconds", 0.0)
+        train_s[e.run] = e.extra.get("train_seconds", 0.0)
 
     last = max(cfg.tail_steps())
     chosen, _ = selected_specs(cfg)

@@ -99,7 +99,7 @@ def analyze_cmd(
         fams = [by_id[i].family for i in ids]
         dirs = None if no_weights else [by_id[i].path for i in ids]
         entries = {e.id: e for e in read_manifest(Path(zoo))}
-        runs = [(entries[i].task, entries[i].id.rsplit("/", 1)[0], entries[i].step) for i in ids]
+        runs = [(entries[i].task, entries[i].run, entries[i].step) for i in ids]
         result = clustering_report(deltas.numpy(), fams, dirs, b.arch, Path(out) if out else None, runs=runs)
         return {"backbone": b.name, "probes": report.probes, "repr": report.representation, "broken": [r.id for r in report.broken], **result}
 

@@ -42,6 +42,11 @@ class ZooEntry(StrictModel):
     def mixed(self) -> bool:
         return len(self.tasks) > 1
 
+    @property
+    def run(self) -> str:
+        """The training run this checkpoint comes from ("<task>/s<seed>"); its checkpoints share it."""
+        return f"{self.task}/s{self.seed}"
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
