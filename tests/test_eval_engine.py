@@ -68,3 +68,23 @@ def test_greedy_generate_matches_peft_and_single_runs(tiny_qwen2):
             g = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=b.tokenizer.pad_token_id)
         assert b.tokenizer.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == single
     assert batched[0] != batched[1]
+
+
+def test_batches_group_prompts_of_similar_length(tiny_qwen2):
+    """Rows are length-sorted before batching: interleaved long/short prompts pad only within their own group."""
+    b = tiny_qwen2
+    long_p, short_p = "word " * 40, "hi"
+    prompts = [long_p, short_p, long_p + "x", short_p + "y"]
+    seen = []
+    hook = b.model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        choice_logprobs(b, prompts, [["a", "b"]] * 4, [None], batch_rows=2)
+        prompt_batches = [s for s in seen if s[1] > 1]  # the continuation forwards are one token here
+        seen.clear()
+        greedy_generate(b, prompts, [None], max_new_tokens=1, batch_rows=2)
+    finally:
+        hook.remove()
+    n = [len(b.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    sorted_cost = 2 * max(n[1], n[3]) + 2 * max(n[0], n[2])  # two rows per batch, short pair and long pair
+    assert sum(r * t for r, t in prompt_batches) == sorted_cost
+    assert sum(r * t for r, t in seen) == sorted_cost
