@@ -57,6 +57,16 @@ class _Router:
                 raise InjectionError(f"rows must be 1-D (one adapter index per batch row), got shape {tuple(self.rows.shape)}")
             if self.rows.numel() and (int(self.rows.max()) >= self.k or int(self.rows.min()) < -1):
                 raise InjectionError(f"rows must be in [-1, {self.k - 1}] (-1 = base model)")
+        # Rows grouped by adapter, resolved once per inject: when every adapter serves several rows (an
+        # evaluator batch holds one or two arms), each group runs as one dense matmul pair, instead of gathering a
+        # private copy of A and B for every row (measured: that gather made an adapter's decode step ~3x the
+        # base model's on CPU).
+        self.groups: list[tuple[int, torch.Tensor | None]] | None = None
+        if self.rows is not None and self.rows.numel():
+            used = sorted({int(r) for r in self.rows.tolist()} - {-1})
+            if len(used) <= max(1, self.rows.numel() // 4):
+                whole = len(used) == 1 and bool((self.rows == used[0]).all())
+                self.groups = [(k, None if whole else torch.nonzero(self.rows == k)[:, 0]) for k in used]
 
     def check(self, n: int) -> None:
         if self.k is None:
@@ -84,6 +94,19 @@ def _lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
         h = torch.einsum("kti,kri->ktr", xk, A) * scale  # scale the rank-r intermediate, not the output
         d = torch.einsum("ktr,kor->kto", h, B)
         return d.reshape(*x.shape[:-1], B.shape[1])
+    if router.groups is not None:
+        out = None
+        for k, idx in router.groups:
+            if idx is None:  # every row uses adapter k
+                return (((xs @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)).reshape(*x.shape[:-1], B.shape[1])
+            idx = idx.to(x.device)
+            dk = ((xs.index_select(0, idx) @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
+            if out is None:
+                out = xs.new_zeros(n, xs.shape[1], B.shape[1])
+            out = out.index_copy(0, idx, dk)
+        if out is None:  # base rows only
+            out = xs.new_zeros(n, xs.shape[1], B.shape[1])
+        return out.reshape(*x.shape[:-1], B.shape[1])
     rows = router.rows.to(x.device)
     idx = rows.clamp(min=0)
     h = torch.einsum("nti,nri->ntr", xs, A.index_select(0, idx)) * scale
