@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,35 @@ def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2):
     assert (out / "generators/delta/seed1/generator.safetensors").read_bytes() == gen
     assert sorted(p.name for p in (out / "eval").rglob("*.json")) == evals
     assert json.loads((out / "results.json").read_text())["tasks"] == before
+
+
+def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):
+    """Held-out arms are scored a few per call and cached as each call ends: a kill mid-eval loses one call's work."""
+    from deltalora.experiment import run as run_module
+
+    cfg, out, _ = tiny_run
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "eval")
+    n_arms = sum(1 for _ in (out / "eval").rglob("*.json"))
+    assert n_arms > 2 * run_module.ARMS_PER_EVAL_CALL  # several calls' worth
+    real, calls = run_module.evaluate_task, []
+
+    def killed_on_second_call(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate_task", killed_on_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, copy, progress=False, backbone=tiny_qwen2)
+    kept = {p: p.read_bytes() for p in (copy / "eval").rglob("*.json")}
+    assert len(kept) == run_module.ARMS_PER_EVAL_CALL
+    monkeypatch.setattr(run_module, "evaluate_task", real)
+    run_experiment(cfg, copy, progress=False, backbone=tiny_qwen2)
+    assert sum(1 for _ in (copy / "eval").rglob("*.json")) == n_arms
+    assert all(p.read_bytes() == b for p, b in kept.items())  # reused, not rescored
 
 
 def test_average_merge_is_the_mean_weight_update(tiny_qwen2):

@@ -173,6 +173,9 @@ def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], tas
     return arms
 
 
+ARMS_PER_EVAL_CALL = 4
+
+
 def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None]]) -> dict[str, dict]:
     """Accuracy of every arm on the task's eval split; per-arm results cached under eval/<task>/ by content hash."""
     ev = ctx.cfg.eval
@@ -191,8 +194,12 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
         w = arms[n][1]
         key = (w.layout.spec.rank,) if w is not None else next((k for k in groups), ())
         groups.setdefault(key, []).append(n)
-    for names in groups.values():
-        _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items")
+    # a few arms per call, each call's results cached as it ends: a held-out task of the large preset has ~35
+    # arms (tens of minutes on CPU), and a kill must not lose them all. Batches are arm-major, so this costs
+    # nothing in batching.
+    calls = [names[i : i + ARMS_PER_EVAL_CALL] for names in groups.values() for i in range(0, len(names), ARMS_PER_EVAL_CALL)]
+    for names in calls:
+        _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items ({len(todo)} to score)")
         res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows)
         for n in names:
             r = {**res["arms"][n], "kind": res["kind"]}
