@@ -44,6 +44,11 @@ def _uses_reentrant_checkpointing(model: nn.Module) -> bool:
     return False
 
 
+# The routed path groups rows by adapter when adapters serve at least this many rows on average (below
+# that, one batched gather of per-row A/B beats a Python loop of tiny matmuls).
+GROUP_MIN_ROWS = 4
+
+
 class _Router:
     """Maps the batch rows seen by a hook to adapter indices, resolved once per forward batch size."""
 
@@ -64,7 +69,7 @@ class _Router:
         self.groups: list[tuple[int, torch.Tensor | None]] | None = None
         if self.rows is not None and self.rows.numel():
             used = sorted({int(r) for r in self.rows.tolist()} - {-1})
-            if len(used) <= max(1, self.rows.numel() // 4):
+            if len(used) <= max(1, self.rows.numel() // GROUP_MIN_ROWS):
                 whole = len(used) == 1 and bool((self.rows == used[0]).all())
                 self.groups = [(k, None if whole else torch.nonzero(self.rows == k)[:, 0]) for k in used]
 
