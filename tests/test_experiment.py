@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from deltalora.config import parse_overrides
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
@@ -151,6 +152,20 @@ def test_run_config_errors(tmp_path):
         p.write_text(yaml.safe_dump({**base, **change, "zoo": str(Path("tests/fixtures/zoo/tiny.yaml").resolve())}))
         with pytest.raises(ConfigError, match=match):
             load_run_config(p)
+
+
+def test_set_overrides_one_key_and_keeps_the_rest():
+    base = load_run_config(TINY)
+    cfg = load_run_config(TINY, parse_overrides(["train.delta_loss=specific_cosine", "seeds=[3]", "eval.limit=2"]))
+    assert (cfg.train.delta_loss, cfg.seeds, cfg.eval.limit) == ("specific_cosine", [3], 2)
+    assert cfg.train.model_copy(update={"delta_loss": base.train.delta_loss}) == base.train  # the rest of train kept
+    assert cfg.eval.batch_rows == base.eval.batch_rows
+    for bad, match in ((["train.delta_loss"], "KEY=VALUE"), (["train..lr=1"], "KEY=VALUE"), (["seeds=[1"], "not valid YAML"),
+                       (["seeds=1", "seeds.x=2"], "cannot also hold keys")):
+        with pytest.raises(ConfigError, match=match):
+            parse_overrides(bad)
+    with pytest.raises(ConfigError, match="tiny.yaml: invalid config"):
+        load_run_config(TINY, parse_overrides(["train.delta_loss=nope"]))
 
 
 def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):

@@ -154,6 +154,35 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on top, mappings merged key by key (so ``{"train": {"lr": 1}}`` keeps train's other keys)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.delta_loss=specific_cosine", "seeds=[0]"]`` → a nested dict; values are parsed as YAML."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {pair!r}: write KEY=VALUE with a dotted key, e.g. --set train.delta_loss=cosine")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML; quote it") from None
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {p} is set to a value elsewhere and cannot also hold keys")
+        node[parts[-1]] = parsed
+    return out
+
+
 def load_yaml(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
     """Read ``path`` as YAML and validate it strictly as ``model``; errors name the file and field."""
     path = Path(path)
@@ -169,7 +198,7 @@ def load_yaml(path: str | Path, model: type[M], overrides: dict | None = None) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys to values, got {type(raw).__name__}")
     if overrides:
-        raw = {**raw, **overrides}
+        raw = _merged(raw, overrides)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -192,5 +221,6 @@ __all__ = [
     "RuntimeConfig",
     "StrictModel",
     "load_yaml",
+    "parse_overrides",
     "model_validate_or_raise",
 ]

@@ -35,7 +35,7 @@ def demo(
     out: str = typer.Option("runs/demo", help="Run directory (report.md, results.json, figures/). Rerunning resumes."),
 ) -> None:
     """The main job on the embedded default backbone: `deltalora run` with the quick preset."""
-    run.run_cmd(config=Path(config), out=Path(out), quiet=False)
+    run.run_cmd(config=Path(config), out=Path(out), quiet=False, overrides=[])
 
 
 def main() -> None:  # pragma: no cover - entry point

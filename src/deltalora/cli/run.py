@@ -17,13 +17,15 @@ def run_cmd(
     config: Path = typer.Option(..., "--config", help="Run config (YAML), e.g. configs/quick.yaml."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<name>). Rerunning resumes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.delta_loss=specific_cosine (repeatable)."),
 ) -> None:
     """Zoo → teacher Δ → weight-only and Δ-augmented generators → held-out adapters → eval → report.md."""
 
     def go() -> Path:
+        from ..config import parse_overrides
         from ..experiment import load_run_config, run_experiment
 
-        cfg = load_run_config(config)
+        cfg = load_run_config(config, parse_overrides(overrides))
         dest = out or Path("runs") / cfg.name
         return run_experiment(cfg, dest, progress=not quiet, command="deltalora " + shlex.join(sys.argv[1:]))
 
