@@ -249,6 +249,44 @@ def test_resume_refuses_another_config(world, tiny_qwen2, tmp_path):
         train_generator(_cfg(lr=1e-2), ds, tiny_qwen2, tmp_path / "r", progress=False)
 
 
+def test_weight_only_state_ignores_delta_only_settings(world, tiny_qwen2, tmp_path):
+    """At λ = 0 the Δ loss, probes and representation are never read: a weight-only run resumes (or is reused)
+    under a Δ variant of its config, while a Δ-augmented run with another Δ loss is refused."""
+    ds = _train_set(world)
+    wo = dict(lam=LambdaSchedule(), steps=4)
+    first = train_generator(_cfg(**wo), ds, tiny_qwen2, tmp_path / "wo", progress=False, stop_after=2)
+    assert first.steps == 2
+    done = train_generator(_cfg(**wo, delta_loss="specific_cosine", delta_batch=1, probes="neutral24"), ds, tiny_qwen2,
+                           tmp_path / "wo", progress=False)
+    assert done.steps == 4
+    ref = train_generator(_cfg(**wo), ds, tiny_qwen2, tmp_path / "ref", progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(done.generator), load_file(ref.generator)  # (the metadata records each call's own config)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same run, whatever the Δ settings say
+    train_generator(_cfg(steps=4), ds, tiny_qwen2, tmp_path / "d", progress=False, stop_after=2)
+    with pytest.raises(TrainStateError, match="another config"):
+        train_generator(_cfg(steps=4, delta_loss="cosine"), ds, tiny_qwen2, tmp_path / "d", progress=False)
+
+
+def test_states_written_before_the_weight_only_fingerprint_change_still_resume(world, tiny_qwen2, tmp_path):
+    from deltalora.training.loop import fingerprint
+    from deltalora.training.state import read_state
+
+    ds = _train_set(world)
+    cfg = _cfg(lam=LambdaSchedule(), steps=4)
+    train_generator(cfg, ds, tiny_qwen2, tmp_path / "old", progress=False, stop_after=2)
+    header, _ = read_state(tmp_path / "old" / "trainer_state.safetensors")
+    assert header["fingerprint"] == fingerprint(cfg, ds, 1) != fingerprint(cfg, ds, 1, legacy=True)
+    # rewrite the state as an earlier version did (the full-config fingerprint), then resume
+    from safetensors.torch import save
+
+    header["fingerprint"] = fingerprint(cfg, ds, 1, legacy=True)
+    state = tmp_path / "old" / "trainer_state.safetensors"
+    state.write_bytes(save(read_state(state)[1], metadata={"header": json.dumps(header)}))
+    assert train_generator(cfg, ds, tiny_qwen2, tmp_path / "old", progress=False).steps == 4
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

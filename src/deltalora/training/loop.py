@@ -74,10 +74,23 @@ def batch_positions(cfg: TrainConfig, n: int, step: int) -> list[tuple[int, int]
     return out
 
 
-def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int) -> str:
-    """What makes a run directory's state reusable: the config, the teacher set, their Δ and the world size."""
+# Settings a run at λ = 0 never reads: a weight-only generator is the same whatever they say, so it is reusable
+# across Δ variants of a preset (e.g. ``deltalora run --set train.delta_loss=specific_cosine``).
+DELTA_ONLY_FIELDS = ("delta_batch", "delta_loss", "probes", "representation", "probe_dtype")
+
+
+def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: bool = False) -> str:
+    """What makes a run directory's state reusable: the config, the teacher set, their Δ and the world size.
+
+    Without the Δ loss (λ = 0) the Δ-only settings and the teachers' Δ spec are left out. ``legacy`` gives the
+    fingerprint that earlier versions wrote (everything included), which a resume still accepts.
+    """
+    spec = dataset.deltas_spec.__dict__
+    if not cfg.uses_delta and not legacy:
+        cfg = cfg.model_copy(update={k: TrainConfig.model_fields[k].default for k in DELTA_ONLY_FIELDS})
+        spec = None
     h = hashlib.sha256(cfg.model_dump_json().encode())
-    h.update(json.dumps([dataset.ids, dataset.heldout, dataset.deltas_spec.__dict__, world, dataset.seed]).encode())
+    h.update(json.dumps([dataset.ids, dataset.heldout, spec, world, dataset.seed]).encode())
     return h.hexdigest()
 
 
@@ -155,7 +168,7 @@ def train_generator(
     )
     start = 0
     if state_path.exists():
-        start = restore_state(state_path, gen, opt, fp)
+        start = restore_state(state_path, gen, opt, fp, also=fingerprint(cfg, dataset, world, legacy=True))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")

@@ -57,10 +57,12 @@ def read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def restore_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> int:
-    """Load generator, optimizer and RNG from ``path``; returns the step to continue from."""
+def restore_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str, also: str | None = None) -> int:
+    """Load generator, optimizer and RNG from ``path``; returns the step to continue from.
+
+    ``also`` is a second fingerprint accepted as the same run (an older version's fingerprint of it)."""
     header, tensors = read_state(path)
-    if header["fingerprint"] != fingerprint:
+    if header["fingerprint"] not in {fingerprint, also}:
         raise TrainStateError(
             f"{path}: this run directory was trained with another config or teacher set; "
             "pass a new output directory (or delete it to start over)"
