@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deltalora.config import LoraSpec
-from deltalora.deltas.analyze import clustering_report, cosine_distances, flattened_weights, gram_cosine_distances, silhouette
+from deltalora.deltas.analyze import clustering_report, cosine_distances, flattened_weights, silhouette
 from deltalora.errors import DeltaLoraError
 from deltalora.lora import LoraWeights, save_adapter
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
@@ -58,7 +58,7 @@ def test_clustering_report_and_cli(tiny_qwen2, tmp_path, deltalora_home):
     dirs = [tmp_path / "zoo" / f"{f}/{i}" for f in ("x", "y") for i in range(3)]
     flat = flattened_weights(dirs, tiny_qwen2.arch)
     assert flat.shape == (6, 2 * (2 * (64 + 64) + 2 * (64 + 32)))  # 2 layers × (q: r·(in+out) + v: r·(in+out))
-    np.testing.assert_allclose(gram_cosine_distances(flat, chunk=7), cosine_distances(flat), atol=1e-6)  # chunked Gram
+    np.testing.assert_allclose(cosine_distances(flat, chunk=7), cosine_distances(flat), atol=1e-6)  # chunked Gram
     rep = clustering_report(flat, fams, dirs, tiny_qwen2.arch)
     assert rep["silhouette_delta"] == pytest.approx(rep["silhouette_weights"]) and rep["silhouette_weights"] > 0.5
 

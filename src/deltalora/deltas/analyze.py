@@ -19,12 +19,20 @@ from ..lora import load_adapter
 from ..lora.layout import Architecture
 
 
-def cosine_distances(x: np.ndarray) -> np.ndarray:
-    """1 − cosine similarity of the rows of ``x`` (a zero row is at distance 1 from everything)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    d = 1.0 - unit @ unit.T
+def cosine_distances(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """1 − cosine similarity of the rows of ``x`` (a zero row is at distance 1 from everything).
+
+    The Gram matrix accumulates in float64 over column chunks, so wide float32 rows (flattened weights: 3.7 GB
+    for the default zoo) need no float64 copy: memory beyond ``x`` is N² + N·chunk.
+    """
+    n = x.shape[0]
+    gram = np.zeros((n, n))
+    for c in range(0, x.shape[1], chunk):
+        block = np.asarray(x[:, c : c + chunk], dtype=np.float64)
+        gram += block @ block.T
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
+    outer = np.outer(norms, norms)
+    d = 1.0 - np.divide(gram, outer, out=np.zeros_like(gram), where=outer > 0)
     np.fill_diagonal(d, 0.0)
     return np.clip(d, 0.0, 2.0)
 
@@ -68,22 +76,6 @@ def flattened_weights(adapter_dirs: Sequence[str | Path], arch: Architecture | N
             flat = np.empty((len(adapter_dirs), row.size), dtype=np.float32)
         flat[n] = row
     return flat if flat is not None else np.empty((0, 0), dtype=np.float32)
-
-
-def gram_cosine_distances(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """:func:`cosine_distances` of wide float32 rows (flattened weights) without a float64 copy of ``x``:
-    the Gram matrix accumulates in float64 over column chunks, so memory beyond ``x`` is N² + N·chunk."""
-    n = x.shape[0]
-    gram = np.zeros((n, n))
-    for c in range(0, x.shape[1], chunk):
-        block = x[:, c : c + chunk].astype(np.float64)
-        gram += block @ block.T
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
-    outer = np.outer(norms, norms)
-    cos = np.divide(gram, outer, out=np.zeros_like(gram), where=outer > 0)
-    d = 1.0 - cos
-    np.fill_diagonal(d, 0.0)
-    return np.clip(d, 0.0, 2.0)
 
 
 def tsne_png(points: dict[str, np.ndarray | tuple[str, np.ndarray]], labels: Sequence[str], out: Path, seed: int = 0) -> Path | None:
@@ -173,7 +165,7 @@ def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs:
     weight_d = None
     if adapter_dirs is not None:
         flat = flattened_weights(adapter_dirs, arch)
-        weight_d = gram_cosine_distances(flat)
+        weight_d = cosine_distances(flat)
         del flat  # only the N×N distances are needed from here on
         out["silhouette_weights"] = silhouette(weight_d, families)
         panels["flattened LoRA weights"] = ("precomputed", weight_d)
@@ -189,4 +181,4 @@ def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs:
     return out
 
 
-__all__ = ["clustering_report", "cosine_distances", "flattened_weights", "gram_cosine_distances", "silhouette", "tsne_png"]
+__all__ = ["clustering_report", "cosine_distances", "flattened_weights", "silhouette", "tsne_png"]
