@@ -262,8 +262,16 @@ def test_weight_only_state_ignores_delta_only_settings(world, tiny_qwen2, tmp_pa
     ref = train_generator(_cfg(**wo), ds, tiny_qwen2, tmp_path / "ref", progress=False)
     from safetensors.torch import load_file
 
-    a, b = load_file(done.generator), load_file(ref.generator)  # (the metadata records each call's own config)
+    a, b = load_file(done.generator), load_file(ref.generator)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same run, whatever the Δ settings say
+    from deltalora.generators.checkpoint import read_checkpoint_metadata
+
+    # ... and it records the same (effective) config, naming the settings it did not read
+    recorded = read_checkpoint_metadata(done.generator)["extra"]["train_config"]
+    assert recorded == read_checkpoint_metadata(ref.generator)["extra"]["train_config"]
+    assert recorded["delta_loss"] == "mse" and recorded["probes"] == "generic5"
+    assert recorded["unused_at_lambda_0"] == ["delta_batch", "delta_loss", "probes", "representation", "probe_dtype"]
+    assert json.loads((tmp_path / "wo" / "train_config.json").read_text()) == recorded
     train_generator(_cfg(steps=4), ds, tiny_qwen2, tmp_path / "d", progress=False, stop_after=2)
     with pytest.raises(TrainStateError, match="another config"):
         train_generator(_cfg(steps=4, delta_loss="cosine"), ds, tiny_qwen2, tmp_path / "d", progress=False)

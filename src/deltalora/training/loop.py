@@ -79,6 +79,23 @@ def batch_positions(cfg: TrainConfig, n: int, step: int) -> list[tuple[int, int]
 DELTA_ONLY_FIELDS = ("delta_batch", "delta_loss", "probes", "representation", "probe_dtype")
 
 
+def effective_config(cfg: TrainConfig) -> TrainConfig:
+    """The config as the run reads it: at λ = 0 the Δ-only settings are reset to their defaults, so every Δ variant
+    of a preset names (and records) the same weight-only run."""
+    if cfg.uses_delta:
+        return cfg
+    return cfg.model_copy(update={k: TrainConfig.model_fields[k].default for k in DELTA_ONLY_FIELDS})
+
+
+def recorded_config(cfg: TrainConfig) -> dict:
+    """What ``train_config.json`` and the generator checkpoint record: the effective config, plus, at λ = 0, which
+    settings were not read."""
+    out = json.loads(effective_config(cfg).model_dump_json())
+    if not cfg.uses_delta:
+        out["unused_at_lambda_0"] = list(DELTA_ONLY_FIELDS)
+    return out
+
+
 def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: bool = False) -> str:
     """What makes a run directory's state reusable: the config, the teacher set, their Δ and the world size.
 
@@ -87,7 +104,7 @@ def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: b
     """
     spec = dataset.deltas_spec.__dict__
     if not cfg.uses_delta and not legacy:
-        cfg = cfg.model_copy(update={k: TrainConfig.model_fields[k].default for k in DELTA_ONLY_FIELDS})
+        cfg = effective_config(cfg)
         spec = None
     h = hashlib.sha256(cfg.model_dump_json().encode())
     h.update(json.dumps([dataset.ids, dataset.heldout, spec, world, dataset.seed]).encode())
@@ -171,7 +188,7 @@ def train_generator(
         start = restore_state(state_path, gen, opt, fp, also=fingerprint(cfg, dataset, world, legacy=True))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2), encoding="utf-8")
+        (out / "train_config.json").write_text(json.dumps(recorded_config(cfg), indent=2), encoding="utf-8")
         _truncate_log(out / LOG_NAME, start)
     model = gen
     if world > 1:
@@ -252,11 +269,11 @@ def train_generator(
     seconds = time.perf_counter() - t_call
     steps_done = max(start, end)
     if steps_done >= cfg.steps and rank == 0 and not final.exists():
-        save_generator(gen, final, {**meta, "train_config": json.loads(cfg.model_dump_json()), "train_ids": dataset.ids,
+        save_generator(gen, final, {**meta, "train_config": recorded_config(cfg), "train_ids": dataset.ids,
                                     "heldout": dataset.heldout})
     if not record and state_path.exists():
         record = read_state(state_path)[0]["extra"].get("last", {})
     return TrainResult(generator=final, steps=steps_done, last=record, seconds=seconds, resumed_from=start, module=gen)
 
 
-__all__ = ["GENERATOR_NAME", "LOG_NAME", "TrainResult", "batch_positions", "fingerprint", "lr_at", "train_generator"]
+__all__ = ["GENERATOR_NAME", "LOG_NAME", "TrainResult", "batch_positions", "effective_config", "fingerprint", "lr_at", "recorded_config", "train_generator"]
