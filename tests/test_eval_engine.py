@@ -88,3 +88,58 @@ def test_batches_group_prompts_of_similar_length(tiny_qwen2):
     sorted_cost = 2 * max(n[1], n[3]) + 2 * max(n[0], n[2])  # two rows per batch, short pair and long pair
     assert sum(r * t for r, t in prompt_batches) == sorted_cost
     assert sum(r * t for r, t in seen) == sorted_cost
+
+
+SYSTEM = "<|im_start|>system\nYou are a careful assistant. Answer with one word.<|im_end|>\n<|im_start|>user\n"
+SHARED = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in ("Sky?", "What colour is grass in spring, usually?", "Hm", "Name a fruit that is red.")]
+
+
+def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2):
+    """Prompts that share a long prefix (a chat template's system turn): the prefix runs once per arm and batch,
+    and every score and every greedy continuation is still what the full, unbatched forward gives."""
+    from deltalora.eval.engine import MIN_SHARED_PREFIX, _shared_prefix
+
+    b = tiny_qwen2
+    tok = b.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in SHARED]
+    shared = _shared_prefix(ids)
+    assert shared >= MIN_SHARED_PREFIX and shared < min(map(len, ids))
+    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,k,v,down"))
+    w1, w2 = (LoraWeights.random(layout, std=0.2, seed=s) for s in (7, 8))
+    choices = [[" blue", " dark grey"], [" green", " brown earth"], ["a", " b c"], [" apple", " cherry"]]
+    refs = {0: b.model, 1: peft_reference(b.model, w1), 2: peft_reference(b.model, w2)}
+    seen = []
+    hook = b.model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        for batch_rows in (3, 5, 32):  # batches that hold one, two or three arms
+            seen.clear()
+            res = choice_logprobs(b, SHARED, choices, [None, w1, w2], batch_rows=batch_rows)
+            # batches are arm-major (12 rows: 3 arms x 4 prompts); each runs the prefix once per arm it holds
+            arms_per_batch = [len({r // 4 for r in range(k, min(k + batch_rows, 12))}) for k in range(0, 12, batch_rows)]
+            assert [r for r, t in seen if t == shared] == arms_per_batch
+            assert max(t for r, t in seen if t != shared) <= max(map(len, ids)) - shared  # the rest: own tokens only
+            for a, model in refs.items():
+                for i, (prompt, opts) in enumerate(zip(SHARED, choices)):
+                    for c, opt in enumerate(opts):
+                        assert abs(res[a][i][c] - _manual_logprob(model, tok, prompt, opt)) < 1e-4
+            texts = greedy_generate(b, SHARED, [None, w1, w2], max_new_tokens=5, batch_rows=batch_rows)
+            for a, model in refs.items():
+                for i, prompt in enumerate(SHARED):
+                    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+                    with torch.no_grad():
+                        g = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+                    assert texts[a][i] == tok.decode(g[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        hook.remove()
+    assert len({tuple(t) for t in texts}) == 3  # the adapters change the continuations
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from deltalora.eval.engine import MIN_SHARED_PREFIX, _shared_prefix
+
+    base = list(range(100, 100 + 2 * MIN_SHARED_PREFIX))
+    assert _shared_prefix([base, base + [1, 2]]) == len(base) - 1  # one prompt is the whole prefix
+    assert _shared_prefix([base + [1], base + [2]]) == len(base)
+    assert _shared_prefix([base[: MIN_SHARED_PREFIX - 1] + [1, 2, 3], base[: MIN_SHARED_PREFIX - 1] + [4, 5, 6]]) == 0  # too short to bother
+    assert _shared_prefix([[1] + base, [2] + base]) == 0
+    assert _shared_prefix([]) == 0

@@ -43,6 +43,38 @@ def _row_order(n_arms: int, prompt_lens: Sequence[int]) -> list[tuple[int, int]]
     return [(a, i) for a in range(n_arms) for i in by_len]
 
 
+# Below this many shared tokens a separate prefix forward saves less than its own call costs.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix(prompt_ids: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares (the chat template's system turn, a task's instructions),
+    leaving each prompt at least one token of its own; 0 when that is under ``MIN_SHARED_PREFIX``.
+
+    The prefix runs once per arm of a batch instead of once per row: on the default suite's eval split it is
+    13–69 % of a prompt (e.g. 53 of 76 tokens for word-sequence reversal), and prompt forwards are most of an
+    evaluation's cost on CPU.
+    """
+    if not prompt_ids:
+        return 0
+    first, limit = prompt_ids[0], min(len(p) for p in prompt_ids) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompt_ids):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _prefix_rows(model, prefix: Sequence[int], stacked, arm_index: Sequence[int], chunk_arms: Sequence[int], device):
+    """The KV cache of ``prefix`` for every row of a batch: one forward row per distinct arm, then each batch row
+    takes its arm's copy (``chunk_arms`` = the arm of each batch row)."""
+    arms = list(dict.fromkeys(chunk_arms))
+    ids = torch.tensor([list(prefix)] * len(arms), device=device)
+    with _Routed(model, stacked, [arm_index[a] for a in arms]):
+        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_select_indices(torch.tensor([arms.index(a) for a in chunk_arms], device=device))
+    return cache
+
+
 class _Routed:
     """Context: inject the stacked adapters with an explicit row → adapter map (or nothing)."""
 
@@ -59,6 +91,18 @@ class _Routed:
         if self.ctx is not None:
             return self.ctx.__exit__(*exc)
         return False
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, their mask, and position ids that start at ``offset`` (the shared prefix's length) on
+    every row's first real token."""
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, r in enumerate(rows):
+        ids[k, n - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[k, n - len(r) :] = 1
+    return ids, mask, offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
@@ -95,20 +139,20 @@ def choice_logprobs(
     out = [[[0.0] * len(opts) for opts in choices] for _ in arms]
     pad, dev = tok.pad_token_id, backbone.device
     pairs = _row_order(len(arms), [len(p) for p in prompt_ids])
+    shared = _shared_prefix(prompt_ids)
     for start in range(0, len(pairs), batch_rows):
         chunk = pairs[start : start + batch_rows]
         lens = [len(prompt_ids[i]) for _, i in chunk]
-        n = max(lens)
-        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, (_, i) in enumerate(chunk):
-            ids[r, n - lens[r] :] = torch.tensor(prompt_ids[i])
-            mask[r, n - lens[r] :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = _left_padded([prompt_ids[i][shared:] for _, i in chunk], pad, shared)
         ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        past = None
+        if shared:
+            past = _prefix_rows(model, prompt_ids[0][:shared], stacked, arm_index, [a for a, _ in chunk], dev)
+            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
         with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
             # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
-            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True,
+                        logits_to_keep=1)
         first = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # p(first choice token | prompt)
         cache = res.past_key_values
         conts = [(r, c) for r, (_, i) in enumerate(chunk) for c in range(len(choice_ids[i]))]
@@ -157,26 +201,33 @@ def greedy_generate(
     stacked, arm_index = _stack_arms(arms)
     if stacked is not None:
         stacked = stacked.to(backbone.device)
-    jobs = _row_order(len(arms), [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts])
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    jobs = _row_order(len(arms), [len(p) for p in prompt_ids])
+    shared = _shared_prefix(prompt_ids)
     out = [[""] * len(prompts) for _ in arms]
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        for start in range(0, len(jobs), batch_rows):
-            chunk = jobs[start : start + batch_rows]
-            enc = tok([prompts[i] for _, i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(backbone.device)
-            with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
-                gen = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
-                )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            for r, (a, i) in enumerate(chunk):
-                out[a][i] = tok.decode(new[r], skip_special_tokens=True)
-    finally:
-        tok.padding_side = side
+    dev = backbone.device
+    for start in range(0, len(jobs), batch_rows):
+        chunk = jobs[start : start + batch_rows]
+        ids, mask, _ = _left_padded([prompt_ids[i][shared:] for _, i in chunk], tok.pad_token_id)
+        past = None
+        if shared:
+            # [shared prefix | padding | own tokens]: the prefix comes from its per-arm cache, the padding is
+            # masked, and generate derives positions from the mask, so every token keeps its unpadded position
+            past = _prefix_rows(model, prompt_ids[0][:shared], stacked, arm_index, [a for a, _ in chunk], dev)
+            ids = torch.cat([torch.tensor([prompt_ids[0][:shared]] * len(chunk)), ids], dim=1)
+            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], dim=1)
+        ids, mask = ids.to(dev), mask.to(dev)
+        with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=past,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = gen[:, ids.shape[1] :]
+        for r, (a, i) in enumerate(chunk):
+            out[a][i] = tok.decode(new[r], skip_special_tokens=True)
     return out
