@@ -38,47 +38,41 @@ def eval_cmd(
         if backend not in ("native", "lm-eval"):
             raise ConfigError(f"--backend {backend!r}: use native or lm-eval")
         if backend == "lm-eval":
-            return lm_eval_go()
-        if lm_eval_include is not None or num_fewshot is not None:
-            raise ConfigError("--lm-eval-include and --num-fewshot belong to --backend lm-eval")
-        if (task is None) == (data is None):
-            raise ConfigError("pass exactly one of --task NAME or --data FILE")
-        t = task_from_file(data) if data is not None else build_task(get_spec(load_suite(suite), task), seed=seed)
+            from ..eval.lm_eval_backend import _import_lm_eval, evaluate_lm_eval
+
+            if data is not None or task is None:
+                raise ConfigError("--backend lm-eval scores lm-eval tasks: pass --task NAME[,NAME...] (not --data)")
+            _import_lm_eval()  # a missing extra is reported before the backbone loads
+            names = [t.strip() for t in task.split(",") if t.strip()]
+
+            def run(b, arms):
+                return evaluate_lm_eval(b, arms, names, include_path=lm_eval_include, limit=limit, batch_size=batch_rows,
+                                        num_fewshot=num_fewshot)
+        else:
+            if lm_eval_include is not None or num_fewshot is not None:
+                raise ConfigError("--lm-eval-include and --num-fewshot belong to --backend lm-eval")
+            if (task is None) == (data is None):
+                raise ConfigError("pass exactly one of --task NAME or --data FILE")
+            t = task_from_file(data) if data is not None else build_task(get_spec(load_suite(suite), task), seed=seed)
+
+            def run(b, arms):
+                return evaluate_task(b, t, arms, split=split if data is None else "eval", limit=limit, batch_rows=batch_rows)
+
         runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "runtime options")
         b = load_backbone(backbone, runtime, progress=not json_out)
-        arms = load_arms(b, adapter)
-        res = evaluate_task(b, t, arms, split=split if data is None else "eval", limit=limit, batch_rows=batch_rows)
+        res = run(b, load_arms(b, adapter))
         res["backbone"] = backbone
         if json_out:
             emit_json(res)
-            return
-        typer.echo(f"{res['task']} ({res['kind']}, split {res['split']}), {res['seconds']} s")
-        for name, r in res["arms"].items():
-            typer.echo(f"  {r['accuracy'] * 100:6.2f} ± {r['stderr'] * 100:5.2f}  (n={r['n']})  {name}")
-
-    def lm_eval_go():
-        from ..backbones import load_backbone
-        from ..config import RuntimeConfig, model_validate_or_raise
-        from ..errors import ConfigError
-        from ..eval import load_arms
-        from ..eval.lm_eval_backend import _import_lm_eval, evaluate_lm_eval
-
-        if data is not None or task is None:
-            raise ConfigError("--backend lm-eval scores lm-eval tasks: pass --task NAME[,NAME...] (not --data)")
-        _import_lm_eval()  # a missing extra is reported before the backbone loads
-        runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "runtime options")
-        b = load_backbone(backbone, runtime, progress=not json_out)
-        names = [t.strip() for t in task.split(",") if t.strip()]
-        res = evaluate_lm_eval(b, load_arms(b, adapter), names, include_path=lm_eval_include, limit=limit,
-                               batch_size=batch_rows, num_fewshot=num_fewshot)
-        res["backbone"] = backbone
-        if json_out:
-            emit_json(res)
-            return
-        typer.echo(f"lm-eval {res['lm_eval_version']}, {res['seconds']} s")
-        for name, per_task in res["arms"].items():
-            for t, metrics in per_task.items():
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
-                typer.echo(f"  {name:<20} {t}: {shown}  (n={res['n'].get(t)})")
+        elif backend == "lm-eval":
+            typer.echo(f"lm-eval {res['lm_eval_version']}, {res['seconds']} s")
+            for name, per_task in res["arms"].items():
+                for tn, metrics in per_task.items():
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
+                    typer.echo(f"  {name:<20} {tn}: {shown}  (n={res['n'].get(tn)})")
+        else:
+            typer.echo(f"{res['task']} ({res['kind']}, split {res['split']}), {res['seconds']} s")
+            for name, r in res["arms"].items():
+                typer.echo(f"  {r['accuracy'] * 100:6.2f} ± {r['stderr'] * 100:5.2f}  (n={r['n']})  {name}")
 
     run_guarded(go)
