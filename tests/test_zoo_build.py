@@ -82,6 +82,27 @@ def test_build_writes_distinct_verified_adapters(built, tiny_qwen2):
     assert json.loads((out / "zoo_config.json").read_text())["config"]["subset"] == 6
 
 
+def test_shared_init_starts_every_job_of_a_seed_from_one_lora_init(built, cfg, tiny_qwen2, tmp_path):
+    """teacher.shared_init: the jobs of one zoo seed share their A init (ΔW comparable across tasks), seeds differ.
+    At a learning rate of 1e-9 the saved A is the init (AdamW moves a weight by about lr per step)."""
+    teacher = cfg.teacher.model_copy(update={"shared_init": True, "lr": 1e-9})
+    shared = build_zoo(cfg.model_copy(update={"teacher": teacher}), tmp_path / "z", progress=False, backbone=tiny_qwen2)
+    last = max(e.step for e in shared)
+    a = {}
+    for e in shared:
+        if e.step == last:
+            w = load_adapter(tmp_path / "z" / e.path, arch=tiny_qwen2.arch)
+            a.setdefault(e.seed, []).append(torch.cat([t.flatten() for t in w.A.values()]))
+    assert len(a) == 2 and all(len(v) >= 3 for v in a.values())  # tasks and a mixed pair per seed
+    for v in a.values():
+        assert all(torch.allclose(x, v[0], atol=1e-6) for x in v)
+    assert not torch.allclose(a[0][0], a[1][0], atol=1e-3)
+    saved = json.loads((tmp_path / "z" / "zoo_config.json").read_text())["config"]["teacher"]
+    assert saved["shared_init"] is True
+    # off (the default), the key stays out of the saved config, as in every zoo built before the option existed
+    assert "shared_init" not in json.loads((built[0] / "zoo_config.json").read_text())["config"]["teacher"]
+
+
 def test_rebuild_is_a_no_op(built, cfg, tiny_qwen2, monkeypatch):
     out, entries = built
     import deltalora.zoo.build as build_mod

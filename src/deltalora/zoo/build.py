@@ -181,6 +181,8 @@ def resolved_config(cfg: ZooConfig) -> dict:
     body = cfg.model_dump(mode="json", exclude={"suite"})
     if cfg.tasks is None:
         body["tasks"] = None
+    if not cfg.teacher.shared_init:  # the default, as every zoo built before the option was: same config as they saved
+        del body["teacher"]["shared_init"]
     return {"config": body, "task_specs": specs, "steps": cfg.tail_steps()}
 
 
@@ -375,6 +377,7 @@ def build_zoo(
             cfg.teacher,
             job_dir,
             seed=stable_seed("zoo-teacher", job.id) % (1 << 63),
+            init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63) if cfg.teacher.shared_init else None,
             metadata={"task": job.task, "zoo_job": job.id},
             progress=report if progress else None,
         )

@@ -36,6 +36,10 @@ class TeacherTrainConfig(StrictModel):
     checkpoints: int = Field(3, ge=1)  # how many checkpoints to keep along the tail
     checkpoint_every: int = Field(20, ge=1)  # spacing of the tail checkpoints, in steps
     bf16_autocast: bool = False
+    # Start every job of one zoo seed from the same LoRA init (A drawn from the zoo seed, not the job), as DnD's
+    # teachers share theirs: then ΔW of different tasks are comparable, and a generator's weight loss has a signal.
+    # Off by default (and then left out of the zoo's resolved config, so zoos built before it stay valid).
+    shared_init: bool = False
 
 
 @dataclass
@@ -96,12 +100,15 @@ def train_teacher(
     seed: int = 0,
     metadata: dict[str, str] | None = None,
     progress=None,
+    init_seed: int | None = None,
 ) -> list[Checkpoint]:
-    """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``."""
+    """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``.
+
+    ``seed`` orders the data and, unless ``init_seed`` is given, draws the LoRA init."""
     if not pairs:
         raise ValueError("train_teacher needs at least one (prompt, target) pair")
     layout = backbone.layout(cfg.lora)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed if init_seed is None else init_seed)
     init = peft_init(layout, gen).to(backbone.device)
     params = [t.requires_grad_(True) for t in init.tensors()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
