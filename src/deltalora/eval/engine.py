@@ -51,9 +51,9 @@ def _shared_prefix(prompt_ids: Sequence[Sequence[int]]) -> int:
     """How many leading tokens every prompt shares (the chat template's system turn, a task's instructions),
     leaving each prompt at least one token of its own; 0 when that is under ``MIN_SHARED_PREFIX``.
 
-    The prefix runs once per arm of a batch instead of once per row: on the default suite's eval split it is
-    13–69 % of a prompt (e.g. 53 of 76 tokens for word-sequence reversal), and prompt forwards are most of an
-    evaluation's cost on CPU.
+    The prefix runs once per arm of a batch instead of once per row: on ten tasks of the default suite's eval
+    split it is 13–69 % of a prompt (e.g. 53 of 76 tokens for word-sequence reversal), and prompt forwards are
+    most of an evaluation's cost on CPU.
     """
     if not prompt_ids:
         return 0

@@ -64,8 +64,9 @@ class _Router:
                 raise InjectionError(f"rows must be in [-1, {self.k - 1}] (-1 = base model)")
         # Rows grouped by adapter, resolved once per inject: when every adapter serves several rows (an
         # evaluator batch holds one or two arms), each group runs as one dense matmul pair, instead of gathering a
-        # private copy of A and B for every row (results/eval_speed.md: decoding 32 rows under one adapter costs
-        # +25 % over the base model with the gather, +8 % grouped).
+        # private copy of A and B for every row (decoding 32 rows under one adapter, quiet machine, 2026-11-27:
+        # +25 % over the base model with the gather, +8 % grouped; the rerun in results/eval_speed.md put both
+        # within that day's run-to-run noise, see README).
         self.groups: list[tuple[int, torch.Tensor | None]] | None = None
         if self.rows is not None and self.rows.numel():
             used = sorted({int(r) for r in self.rows.tolist()} - {-1})
