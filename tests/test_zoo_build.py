@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -209,7 +210,10 @@ _KILLER = textwrap.dedent(
 def test_resume_after_kill_9(built, tmp_path, mode, n, deltalora_home):
     _, full = built
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _KILLER, str(CONFIG), str(out), mode, str(n)], capture_output=True)
+    # the killed build runs at this process's thread count: CPU reductions (bf16 autocast) are bit-exact only at
+    # a fixed thread count, and conftest sets torch's count regardless of OMP_NUM_THREADS
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(CONFIG), str(out), mode, str(n)], capture_output=True, env=env)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     partial = read_manifest(out, verify=True)  # whatever is listed is complete and verified
     assert 0 < len(partial) < len(full)
