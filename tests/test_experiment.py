@@ -19,6 +19,7 @@ import yaml
 from deltalora.config import parse_overrides
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
+from deltalora.experiment.config import zoo_config
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.arms import average_merge, random_conditions
 from deltalora.generators.checkpoint import read_checkpoint_metadata
@@ -166,6 +167,33 @@ def test_set_overrides_one_key_and_keeps_the_rest():
             parse_overrides(bad)
     with pytest.raises(ConfigError, match="tiny.yaml: invalid config"):
         load_run_config(TINY, parse_overrides(["train.delta_loss=nope"]))
+
+
+def test_zoo_set_changes_the_zoo_config_and_nothing_else():
+    base = load_run_config(TINY)
+    cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.shared_init=true", "zoo_set.teacher.steps=2"]))
+    zb, zs = zoo_config(base), zoo_config(cfg)
+    assert (zb.teacher.shared_init, zs.teacher.shared_init, zs.teacher.steps) == (False, True, 2)
+    assert zs.model_copy(update={"teacher": zb.teacher}) == zb
+    assert cfg.model_copy(update={"zoo_set": {}}) == base
+    with pytest.raises(ConfigError, match=r"zoo_set does not fit the zoo config: .*tiny.yaml: invalid config: teacher.nope"):
+        load_run_config(TINY, parse_overrides(["zoo_set.teacher.nope=1"]))
+
+
+def test_run_builds_its_zoo_with_zoo_set(tmp_path, tiny_qwen2, monkeypatch):
+    import deltalora.experiment.run as run_module
+
+    seen = []
+
+    def stop(zoo_cfg, *a, **k):
+        seen.append(zoo_cfg)
+        raise RuntimeError("stop after the zoo config")
+
+    monkeypatch.setattr(run_module, "build_zoo", stop)
+    cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.shared_init=true"]))
+    with pytest.raises(RuntimeError, match="stop after"):
+        run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
+    assert [z.teacher.shared_init for z in seen] == [True]
 
 
 def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):

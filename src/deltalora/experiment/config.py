@@ -13,7 +13,9 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, load_yaml
+from ..errors import ConfigError
 from ..training import LambdaSchedule, TrainConfig
+from ..zoo import load_zoo_config
 
 
 class EvalConfig(StrictModel):
@@ -26,6 +28,9 @@ class RunConfig(StrictModel):
     name: str = "run"
     zoo: str  # zoo YAML (deltalora zoo build --config); relative to this file
     zoo_dir: str | None = None  # build/reuse the zoo here (default: <out>/zoo)
+    # keys of the zoo config to change for this run, nested as in the zoo YAML, e.g. {teacher: {shared_init: true}}
+    # (`--set zoo_set.teacher.shared_init=true`): a variant of a zoo without a second, near-identical YAML
+    zoo_set: dict = Field(default_factory=dict)
     heldout: list[str] = Field(default_factory=list)  # tasks never seen in training; or heldout_count of them
     heldout_count: int = Field(0, ge=0)
     heldout_seed: int = 0
@@ -83,7 +88,18 @@ def _resolve(path: Path, value: str | None) -> str | None:
 def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     path = Path(path)
     cfg = load_yaml(path, RunConfig, overrides)
-    return cfg.model_copy(update={"zoo": _resolve(path, cfg.zoo), "zoo_dir": _resolve(path, cfg.zoo_dir)})
+    cfg = cfg.model_copy(update={"zoo": _resolve(path, cfg.zoo), "zoo_dir": _resolve(path, cfg.zoo_dir)})
+    if cfg.zoo_set:  # a wrong zoo_set key fails here, not after the backbone has loaded
+        try:
+            zoo_config(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: zoo_set does not fit the zoo config: {exc}") from None
+    return cfg
+
+
+def zoo_config(cfg: RunConfig):
+    """The run's zoo config: the zoo YAML with ``zoo_set`` applied."""
+    return load_zoo_config(cfg.zoo, cfg.zoo_set or None)
 
 
 def load_ablation_config(path: str | Path) -> AblationConfig:
@@ -92,4 +108,4 @@ def load_ablation_config(path: str | Path) -> AblationConfig:
     return cfg.model_copy(update={"run": _resolve(path, cfg.run)})
 
 
-__all__ = ["AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "load_ablation_config", "load_run_config"]
+__all__ = ["AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "load_ablation_config", "load_run_config", "zoo_config"]

@@ -39,10 +39,10 @@ from ..paths import atomic_write_bytes
 from ..report import write_report
 from ..tasks import build_task
 from ..training import DeltaProbe, remove_shared, train_generator
-from ..zoo import build_zoo, load_zoo_config, read_manifest
+from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs
 from .arms import average_merge, generate, random_conditions
-from .config import RunConfig
+from .config import RunConfig, zoo_config
 
 ARMS = ("weight_only", "delta")
 ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
@@ -87,7 +87,7 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
-    zoo_cfg = load_zoo_config(cfg.zoo)
+    zoo_cfg = zoo_config(cfg)
     t0 = time.perf_counter()
     backbone = backbone or load_backbone(zoo_cfg.backbone, zoo_cfg.runtime, progress=progress)
     timing["load backbone"] = round(time.perf_counter() - t0, 2)
