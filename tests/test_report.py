@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deltalora.errors import ConfigError
-from deltalora.report import summarize, write_report
+from deltalora.report import rerender, summarize, write_report
 
 ROWS = ["base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"]
 LABELS = {"base": "base model", "average_merge": "mean of training teachers",
@@ -63,10 +63,13 @@ def test_report_tables_targets_figures(tmp_path, logs):
     assert row == "| Δ-augmented generator | 50.0 ± 10.0 | 2 | +10.0 | 50.0 | 0.850 ± 0.000 | 0.300 ± 0.000 |"
     assert "| base model | 40.0 ± 0.0 | 1 | +0.0 | 0.0 | — | — |" in text
     assert "| Δ-augmented generator | 50.0 | 0.850 | 0.300 | 2 |" in text  # summary table
-    assert target_line(text, "a").startswith("- ✅")
+    # Δ-augmented 50 ± 10 over 2 adapters vs weight-only 45: +5 points with a standard error of 7.1 is noise
+    assert target_line(text, "a") == ("- ❌ **(a)** Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine: "
+                                      "accuracy 50.0 vs 45.0 (difference +5.0 ± 7.1 (s.e.), within 2 standard errors), "
+                                      "Δ-cosine 0.850 vs 0.400 (difference +0.450 ± 0.000 (s.e.))")
     assert target_line(text, "b").startswith("- ❌") and "50.0 %" in target_line(text, "b")
     assert target_line(text, "c").startswith("- ✅")
-    assert target_line(text, "d").startswith("- ✅")
+    assert target_line(text, "d").startswith("- ❌") and "+8.0 ± 7.1 (s.e.), within 2 standard errors" in target_line(text, "d")
     assert "| **total** | **42.5** |" in text and "- synthetic" in text
     for name in ("accuracy", "loss", "delta_cosine", "tsne"):
         assert f"![{name}](figures/{name}.png)" in text
@@ -83,6 +86,28 @@ def test_targets_flip_with_the_data(tmp_path):
         assert target_line(text, letter).startswith("- ❌"), letter
     assert "_loss.png skipped: no training logs given._" in text
     assert "_tsne.png skipped: no t-SNE input given._" in text
+
+
+@pytest.mark.parametrize("delta_accs, beyond", [
+    ([0.49, 0.50, 0.51], True),   # +5 points, s.e. 0.4: a real difference
+    ([0.30, 0.50, 0.70], False),  # same mean, s.e. 8.2: noise
+    ([0.50], True),               # one adapter each: no spread to estimate, the sign decides
+])
+def test_comparison_targets_need_a_difference_beyond_noise(delta_accs, beyond):
+    results = make_results(delta_accs, random_acc=0.45)
+    for task in results["tasks"].values():
+        task["rows"]["weight_only"]["accuracies"] = [0.45] * (len(delta_accs) if len(delta_accs) > 1 else 1)
+    summary = summarize(results)
+    assert summary["targets"]["delta_beats_weight_only"] is beyond
+    assert summary["targets"]["random_conditions_hurt"] is beyond
+    detail = summary["target_details"]["random_conditions_hurt"]["detail"]
+    assert ("within 2 standard errors" in detail) is (not beyond) and "difference +5.0" in detail
+
+
+def test_comparison_target_fails_when_worse_even_without_spread():
+    results = make_results([0.40, 0.40], random_acc=0.45)
+    summary = summarize(results)
+    assert summary["targets"]["delta_beats_weight_only"] is False and summary["targets"]["random_conditions_hurt"] is False
 
 
 def test_missing_oracle_renders_dash_and_not_measured(tmp_path):
@@ -119,3 +144,28 @@ def test_log_keeps_last_step_and_skips_torn_line(logs):
 
     curves = _read_log(logs["weight_only seed 0"])
     assert list(curves) == [1, 2, 3] and curves[2]["loss_weights"] == 1.5
+
+
+def test_rerender_reproduces_the_report_from_disk(tmp_path, logs):
+    run = tmp_path / "run"
+    for (arm, seed), src in zip([("weight_only", 0), ("delta", 0)], logs.values()):
+        (run / "generators" / arm / f"seed{seed}").mkdir(parents=True)
+        (run / "generators" / arm / f"seed{seed}" / "log.jsonl").write_bytes(src.read_bytes())
+    tsne = {"points": np.random.default_rng(1).normal(size=(8, 5)), "labels": ["teacher:math"] * 4 + ["oracle:x"] * 4}
+    disk_logs = {"delta seed 0": run / "generators/delta/seed0/log.jsonl",
+                 "weight_only seed 0": run / "generators/weight_only/seed0/log.jsonl"}
+    first = write_report(run, make_results([0.4, 0.6]), logs=disk_logs, tsne=tsne).read_text()
+    (run / "report.md").write_text("stale")
+    assert rerender(run).read_text() == first
+    assert (run / "figures" / "tsne.png").read_bytes().startswith(b"\x89PNG")
+    (run / "tsne_input.npz").unlink()  # a run from before the t-SNE input was saved: its figure is kept
+    assert rerender(run).read_text() == first and (run / "figures" / "tsne.png").is_file()
+
+
+def test_rerender_without_results_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"results.json.*deltalora run"):
+        rerender(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        rerender(tmp_path)
+    assert not (tmp_path / "report.md").exists()

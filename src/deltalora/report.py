@@ -24,6 +24,7 @@ from .paths import atomic_write_bytes
 DASH = "—"
 RECOVERY_TARGET = 0.8  # share of the oracle's gain over base the Δ-augmented generator should recover
 COSINE_TARGET = 0.8  # mean Δ-cosine to the oracle teacher the Δ-augmented generator should reach
+NOISE_SE = 2.0  # a "beats" / "loses" target holds only when the mean difference exceeds this many standard errors
 TARGETS = {
     "delta_beats_weight_only": ("a", "Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine"),
     "recovers_oracle_gain": ("b", f"Δ-augmented recovers ≥ {RECOVERY_TARGET * 100:.0f} % of the oracle's gain over base"),
@@ -109,22 +110,60 @@ def _paired(per_task: Mapping, rows: Sequence[str], metric: str) -> dict[str, fl
     return {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in rows}
 
 
+def _var_of_mean(values: Sequence[float]) -> float:
+    """Squared standard error of the mean of ``values`` over adapters (sample variance / n); 0 for one adapter."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.var(ddof=1) / a.size) if a.size > 1 else 0.0
+
+
+def _difference(results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str) -> dict[str, float] | None:
+    """Across-task mean of row ``hi`` minus row ``lo`` on ``metric`` and its standard error over adapters.
+
+    Over the held-out tasks where both rows have the metric; each task's two row means are independent
+    (different adapters), so the difference's variance is the sum of both means' squared standard errors,
+    and the across-task mean divides the summed variances by the squared task count.
+    """
+    key = {"accuracy": "accuracies", "delta_cosine": "delta_cosines"}[metric]
+    tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in (hi, lo))]
+    if not tasks:
+        return None
+    values = {t: {x: results["tasks"][t]["rows"][x][key] for x in (hi, lo)} for t in tasks}
+    var = sum(_var_of_mean(v[hi]) + _var_of_mean(v[lo]) for v in values.values())
+    return {hi: float(np.mean([per_task[t][hi][metric] for t in tasks])),
+            lo: float(np.mean([per_task[t][lo][metric] for t in tasks])),
+            "diff": float(np.mean([per_task[t][hi][metric] - per_task[t][lo][metric] for t in tasks])),
+            "se": math.sqrt(var) / len(tasks)}
+
+
+def _beyond_noise(d: Mapping[str, float]) -> bool:
+    return d["diff"] > NOISE_SE * d["se"] and d["diff"] > 0
+
+
+def _diff_text(d: Mapping[str, float], scale: float, spec: str) -> str:
+    verdict = "" if _beyond_noise(d) else f", within {NOISE_SE:g} standard errors"
+    return f"difference {d['diff'] * scale:+{spec}} ± {d['se'] * scale:{spec}} (s.e.){verdict}"
+
+
 def _not_measured(rows: Sequence[str], metric: str) -> str:
     return f"not measured (needs {metric} of rows {', '.join(rows)} on a common held-out task)"
 
 
-def _targets(per_task: Mapping) -> dict[str, dict[str, Any]]:
-    """Each target's verdict (True/False/None) and a one-line detail with the numbers behind it."""
+def _targets(results: Mapping, per_task: Mapping) -> dict[str, dict[str, Any]]:
+    """Each target's verdict (True/False/None) and a one-line detail with the numbers behind it.
+
+    The comparisons (a) and (d) hold only beyond noise: the mean difference must exceed ``NOISE_SE`` standard
+    errors, estimated from the spread over adapters (seeds × generated adapters) on each task.
+    """
     t: dict[str, dict[str, Any]] = {}
-    acc = _paired(per_task, ["delta", "weight_only"], "accuracy")
-    cos = _paired(per_task, ["delta", "weight_only"], "delta_cosine")
+    acc = _difference(results, per_task, "delta", "weight_only", "accuracy")
+    cos = _difference(results, per_task, "delta", "weight_only", "delta_cosine")
     if acc is None or cos is None:
         t["delta_beats_weight_only"] = {"ok": None, "detail": _not_measured(["delta", "weight_only"], "accuracy and Δ-cosine")}
     else:
         t["delta_beats_weight_only"] = {
-            "ok": acc["delta"] > acc["weight_only"] and cos["delta"] > cos["weight_only"],
-            "detail": f"accuracy {acc['delta'] * 100:.1f} vs {acc['weight_only'] * 100:.1f}, "
-                      f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f}"}
+            "ok": _beyond_noise(acc) and _beyond_noise(cos),
+            "detail": f"accuracy {acc['delta'] * 100:.1f} vs {acc['weight_only'] * 100:.1f} ({_diff_text(acc, 100, '.1f')}), "
+                      f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f} ({_diff_text(cos, 1, '.3f')})"}
     m = _paired(per_task, ["base", "delta", "oracle"], "accuracy")
     rec = None if m is None else _recovered(m["delta"], m["base"], m["oracle"])
     if m is None:
@@ -139,11 +178,12 @@ def _targets(per_task: Mapping) -> dict[str, dict[str, Any]]:
     c = _paired(per_task, ["delta"], "delta_cosine")
     t["delta_cosine_to_oracle"] = ({"ok": None, "detail": _not_measured(["delta"], "Δ-cosine")} if c is None else
                                    {"ok": c["delta"] >= COSINE_TARGET, "detail": f"{c['delta']:.3f}"})
-    r = _paired(per_task, ["delta", "delta_random_condition"], "accuracy")
+    r = _difference(results, per_task, "delta", "delta_random_condition", "accuracy")
     t["random_conditions_hurt"] = (
         {"ok": None, "detail": _not_measured(["delta", "delta_random_condition"], "accuracy")} if r is None else
-        {"ok": r["delta_random_condition"] < r["delta"],
-         "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f}"})
+        {"ok": _beyond_noise(r),
+         "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
+                   f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f')})"})
     return t
 
 
@@ -157,7 +197,7 @@ def summarize(results: Mapping) -> dict[str, Any]:
         coss = [v[row]["delta_cosine"] for v in per_task.values() if v.get(row, {}).get("delta_cosine") is not None]
         scos = [v[row]["delta_cosine_specific"] for v in per_task.values() if v.get(row, {}).get("delta_cosine_specific") is not None]
         rows[row] = {"accuracy": _mean(accs), "delta_cosine": _mean(coss), "delta_cosine_specific": _mean(scos), "n_tasks": len(accs)}
-    details = _targets(per_task)
+    details = _targets(results, per_task)
     return {"heldout_tasks": list(per_task), "rows": rows,
             "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
 
@@ -310,7 +350,10 @@ def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None
         ["row", "mean accuracy (%)", "mean Δ-cosine", "mean task-specific Δ-cosine", "tasks"],
         [[labels.get(r, r), _fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"), _fmt(s["delta_cosine"], ".3f"),
           _fmt(s.get("delta_cosine_specific"), ".3f"), str(s["n_tasks"])] for r, s in summary["rows"].items()])
-    out += ["## Targets", ""]
+    out += ["## Targets", "",
+            f"(a) and (d) hold only when the difference exceeds {NOISE_SE:g} standard errors of the mean over adapters "
+            "(seeds × generated adapters per task). Every row is scored on the same eval items, so item sampling is "
+            "not part of that error: a difference that passes is real for these items, not necessarily for the task.", ""]
     for key, (letter, text) in TARGETS.items():
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
@@ -333,15 +376,26 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"results holds a {type(x).__name__}, which JSON cannot store")
 
 
+TSNE_INPUT = "tsne_input.npz"  # the t-SNE's points and labels, kept so the report can be re-rendered
+
+
 def write_report(out_dir: str | Path, results: dict, logs: Mapping[str, str | Path] | None = None,
-                 tsne: Mapping[str, Any] | None = None) -> Path:
-    """Writes out_dir/results.json, out_dir/report.md and out_dir/figures/*.png; returns the report path."""
+                 tsne: Mapping[str, Any] | None = None, keep: Sequence[str] = ()) -> Path:
+    """Writes out_dir/results.json, out_dir/report.md and out_dir/figures/*.png; returns the report path.
+
+    A figure whose input is absent is skipped and its stale PNG removed, unless its name is in ``keep``
+    and the PNG exists (a re-render that lacks the input keeps the figure the run drew).
+    """
     summary = summarize(results)
     curves = {name: _read_log(p) for name, p in (logs or {}).items()}  # bad inputs fail before anything is written
     points = None if tsne is None else _tsne_input(tsne)
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=2, default=_jsonable).encode())
+    if points is not None:
+        buf = io.BytesIO()
+        np.savez(buf, points=points[0], labels=np.asarray(points[1], dtype=str))
+        atomic_write_bytes(out_dir / TSNE_INPUT, buf.getvalue())
     figures = {
         "accuracy": _accuracy_png(results, results.get("row_labels") or {}, fig_dir / "accuracy.png"),
         "loss": _curves_png(curves, [("loss_weights", "L_weights", True), ("loss_delta", "L_Δ", False)],
@@ -351,10 +405,36 @@ def write_report(out_dir: str | Path, results: dict, logs: Mapping[str, str | Pa
     }
     for name, reason in figures.items():
         if reason is not None:
-            (fig_dir / f"{name}.png").unlink(missing_ok=True)  # a stale figure from an earlier run would mislead
+            if name in keep and (fig_dir / f"{name}.png").is_file():
+                figures[name] = None
+            else:
+                (fig_dir / f"{name}.png").unlink(missing_ok=True)  # a stale figure from an earlier run would mislead
     report = out_dir / "report.md"
     atomic_write_bytes(report, _render(results, summary, figures).encode())
     return report
 
 
-__all__ = ["summarize", "write_report"]
+def rerender(out_dir: str | Path) -> Path:
+    """Re-render a finished run's report.md and figures from its results.json, generator logs and t-SNE input.
+
+    Nothing is recomputed, so the report keeps the timing and notes of the call that wrote results.json; a
+    run written before the t-SNE input was saved keeps its tsne.png.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no results.json; run `deltalora run` into {out_dir} first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); rerun `deltalora run` into {out_dir} to rewrite it") from None
+    logs = {f"{p.parent.parent.name} seed {p.parent.name.removeprefix('seed')}": p
+            for p in sorted(out_dir.glob("generators/*/seed*/log.jsonl"))}
+    tsne = None
+    if (out_dir / TSNE_INPUT).is_file():
+        with np.load(out_dir / TSNE_INPUT, allow_pickle=False) as z:
+            tsne = {"points": z["points"], "labels": [str(x) for x in z["labels"]]}
+    return write_report(out_dir, results, logs=logs, tsne=tsne, keep=("tsne",))
+
+
+__all__ = ["rerender", "summarize", "write_report"]

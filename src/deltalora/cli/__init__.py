@@ -27,6 +27,7 @@ app.command("generate")(generate.generate_cmd)
 app.command("run")(run.run_cmd)
 app.command("train")(run.train_cmd)
 app.command("ablate")(run.ablate_cmd)
+app.command("report")(run.report_cmd)
 
 
 @app.command()

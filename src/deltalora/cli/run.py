@@ -1,5 +1,5 @@
-"""``deltalora run`` (the held-out experiment), ``deltalora train`` (one generator; torchrun-ready) and
-``deltalora ablate`` (the one-factor-at-a-time sweep)."""
+"""``deltalora run`` (the held-out experiment), ``deltalora train`` (one generator; torchrun-ready),
+``deltalora ablate`` (the one-factor-at-a-time sweep) and ``deltalora report`` (re-render a finished run's report)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def run_cmd(
         cfg = load_run_config(config, parse_overrides(overrides))
         dest = out or Path("runs") / cfg.name
         return run_experiment(cfg, dest, progress=not quiet, command="deltalora " + shlex.join(sys.argv[1:]))
+
+    typer.echo(f"report: {run_guarded(go)}")
+
+
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory that `deltalora run` finished (holds results.json)."),
+) -> None:
+    """Re-render report.md and its figures from a finished run's results.json and logs; recomputes nothing."""
+
+    def go() -> Path:
+        from ..report import rerender
+
+        return rerender(run_dir)
 
     typer.echo(f"report: {run_guarded(go)}")
 
