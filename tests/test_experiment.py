@@ -95,6 +95,7 @@ def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_p
     copy = tmp_path / "tiny"
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "eval")
+    ledger = json.loads((copy / "timing.json").read_text())
     n_arms = sum(1 for _ in (out / "eval").rglob("*.json"))
     assert n_arms > 2 * run_module.ARMS_PER_EVAL_CALL  # several calls' worth
     real, calls = run_module.evaluate_task, []
@@ -114,6 +115,21 @@ def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_p
     run_experiment(cfg, copy, progress=False, backbone=tiny_qwen2)
     assert sum(1 for _ in (copy / "eval").rglob("*.json")) == n_arms
     assert all(p.read_bytes() == b for p, b in kept.items())  # reused, not rescored
+    # the report times the work of every call into the run directory, the killed call's finished eval call included
+    res = json.loads((copy / "results.json").read_text())
+    after = json.loads((copy / "timing.json").read_text())
+    assert res["timing_all_calls"] == after and after["calls"] == ledger["calls"] + 2
+    assert after["stages"]["evaluate"] > ledger["stages"]["evaluate"] + res["timing"]["evaluate"]
+    assert f"Resumed: {after['calls']} calls" in (copy / "report.md").read_text()
+
+
+def test_a_corrupt_timing_ledger_is_a_one_line_error(tiny_run, tiny_qwen2, tmp_path):
+    cfg, out, _ = tiny_run
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "timing.json").write_text("{\"calls\": 2")
+    with pytest.raises(ConfigError, match=r"timing.json: not a timing ledger .*delete it"):
+        run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["timing.json"]  # nothing built, nothing overwritten
 
 
 def test_average_merge_is_the_mean_weight_update(tiny_qwen2):

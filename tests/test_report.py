@@ -169,3 +169,16 @@ def test_rerender_without_results_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         rerender(tmp_path)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_timing_of_a_resumed_run_shows_this_call_and_all_calls(tmp_path):
+    results = make_results([0.5])
+    results["timing"] = {"load backbone": 2.0, "evaluate": 10.0}
+    results["timing_all_calls"] = {"calls": 3, "stages": {"load backbone": 6.0, "zoo build": 100.0, "evaluate": 40.0}}
+    text = write_report(tmp_path, results).read_text()
+    assert "Resumed: 3 calls wrote into this run directory" in text
+    assert "| zoo build | — | 100.0 |" in text and "| evaluate | 10.0 | 40.0 |" in text
+    assert "| **total** | **12.0** | **146.0** |" in text
+    results["timing_all_calls"] = {"calls": 1, "stages": results["timing"]}  # a single call: one column
+    text = write_report(tmp_path, results).read_text()
+    assert "Resumed" not in text and "| **total** | **12.0** |" in text

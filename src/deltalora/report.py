@@ -325,6 +325,22 @@ def _task_section(task: str, entry: Mapping, order: Sequence[str], labels: Mappi
          "task-specific Δ-cosine"], body)
 
 
+def _timing_table(call: Mapping[str, float], all_calls: Mapping[str, Any] | None) -> list[str]:
+    """Seconds per stage of the call that wrote the report and, for a run resumed over several calls, summed over all."""
+    total = lambda d: f"**{sum(float(v) for v in d.values()):.1f}**"  # noqa: E731
+    if not all_calls or int(all_calls.get("calls", 1)) <= 1:
+        if not call:
+            return ["Not recorded.", ""]
+        return _table(["stage", "seconds"], [[k, f"{float(v):.1f}"] for k, v in call.items()] + [["**total**", total(call)]])
+    stages = all_calls.get("stages") or {}
+    names = list(stages) + [k for k in call if k not in stages]
+    n = int(all_calls["calls"])
+    return ([f"Resumed: {n} calls wrote into this run directory. A stage that a kill cut short is not counted.", ""]
+            + _table(["stage", "this call (s)", f"all {n} calls (s)"],
+                     [[k, _fmt(call.get(k), ".1f"), _fmt(stages.get(k), ".1f")] for k in names]
+                     + [["**total**", total(call), total(stages)]]))
+
+
 def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]) -> str:
     labels, order = results.get("row_labels") or {}, _row_order(results)
 
@@ -358,10 +374,7 @@ def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
         out.append(f"- {mark} **({letter})** {text}: {d['detail']}")
-    timing = results.get("timing") or {}
-    out += ["", "## Timing", ""]
-    out += _table(["stage", "seconds"], [[k, f"{float(v):.1f}"] for k, v in timing.items()]
-                  + [["**total**", f"**{sum(float(v) for v in timing.values()):.1f}**"]]) if timing else ["Not recorded.", ""]
+    out += ["", "## Timing", ""] + _timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     out += ["## Figures", ""]

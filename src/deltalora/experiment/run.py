@@ -12,7 +12,8 @@ conditions. Accuracy is over ``seeds × adapters_per_seed`` generated adapters (
 
 Everything lands in the output directory: ``zoo/`` (unless ``zoo_dir``), ``deltas/`` (Δ cache),
 ``generators/<arm>/seed<N>/`` (training dirs), ``eval/<task>/<arm hash>.json`` (per-arm scores, reused
-by a rerun), ``results.json``, ``report.md``, ``figures/``.
+by a rerun), ``timing.json`` (seconds per stage summed over every call), ``results.json``, ``report.md``,
+``figures/``, ``tsne_input.npz``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hashlib
 import json
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,34 @@ ROW_LABELS = {
 }
 
 
+class StageClock:
+    """Seconds per stage for this call, and summed over every call into one run directory (``timing.json``).
+
+    A resumed run's report would otherwise time only the work its last call did. The sum is written after
+    every stage, so a kill loses only the stage it cut short; that stage's work is not counted.
+    """
+
+    def __init__(self, out: Path):
+        self.path = out / "timing.json"
+        self.call: dict[str, float] = {}
+        self.total: dict[str, float] = {}
+        self.calls = 1
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+                self.total = {str(k): float(v) for k, v in saved["stages"].items()}
+                self.calls = int(saved["calls"]) + 1
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(f"{self.path}: not a timing ledger ({type(exc).__name__}: {exc}); delete it "
+                                  "(only the report's all-calls timing is lost) and rerun") from None
+
+    def add(self, name: str, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        self.call[name] = round(self.call.get(name, 0.0) + dt, 2)
+        self.total[name] = round(self.total.get(name, 0.0) + dt, 2)
+        atomic_write_bytes(self.path, json.dumps({"calls": self.calls, "stages": self.total}, indent=1).encode())
+
+
 @dataclass
 class Context:
     """What every stage of one run shares."""
@@ -70,11 +99,11 @@ class Context:
     train_set: TeacherDataset
     heldout_set: TeacherDataset
     cache: DeltaCache
-    timing: dict[str, float] = field(default_factory=dict)
+    clock: StageClock
     progress: bool = True
 
     def stage(self, name: str, t0: float) -> None:
-        self.timing[name] = round(self.timing.get(name, 0.0) + time.perf_counter() - t0, 2)
+        self.clock.add(name, t0)
 
 
 def _say(ctx_or_flag, msg: str) -> None:
@@ -86,16 +115,16 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     """Backbone, zoo, teacher Δ, conditions and the two task-level splits (all reused when already there)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timing: dict[str, float] = {}
+    clock = StageClock(out)
     zoo_cfg = zoo_config(cfg)
     t0 = time.perf_counter()
     backbone = backbone or load_backbone(zoo_cfg.backbone, zoo_cfg.runtime, progress=progress)
-    timing["load backbone"] = round(time.perf_counter() - t0, 2)
+    clock.add("load backbone", t0)
     zoo_dir = Path(cfg.zoo_dir) if cfg.zoo_dir else out / "zoo"
     t0 = time.perf_counter()
     _say(progress, f"[zoo] building / reusing {zoo_dir}")
     build_zoo(zoo_cfg, zoo_dir, progress=progress, backbone=backbone)
-    timing["zoo build"] = round(time.perf_counter() - t0, 2)
+    clock.add("zoo build", t0)
     entries = read_manifest(zoo_dir)
     heldout = sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
     singles = {e.task for e in entries if not e.mixed}
@@ -110,7 +139,7 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
                             batch_adapters=cfg.delta_batch_adapters, progress=progress)
     if report.broken:
         raise ConfigError(f"{len(report.broken)} zoo adapters have non-finite Δ (first: {report.broken[0].id}); retrain or drop them from {zoo_dir}")
-    timing["teacher Δ"] = round(time.perf_counter() - t0, 2)
+    clock.add("teacher Δ", t0)
 
     t0 = time.perf_counter()
     _, needed = selected_specs(zoo_cfg)
@@ -121,8 +150,8 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     common = dict(heldout=heldout, cache=cache, arch=backbone.arch)
     train_set = TeacherDataset(zoo_dir, conditioner, spec, split="train", **common)
     heldout_set = TeacherDataset(zoo_dir, conditioner, spec, split="heldout", **common)
-    timing["conditions"] = round(time.perf_counter() - t0, 2)
-    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, timing, progress)
+    clock.add("conditions", t0)
+    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, clock, progress)
 
 
 def train_arms(ctx: Context) -> dict[tuple[str, int], Path]:
@@ -200,11 +229,13 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
     calls = [names[i : i + ARMS_PER_EVAL_CALL] for names in groups.values() for i in range(0, len(names), ARMS_PER_EVAL_CALL)]
     for names in calls:
         _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items ({len(todo)} to score)")
+        t0 = time.perf_counter()
         res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows)
         for n in names:
             r = {**res["arms"][n], "kind": res["kind"]}
             atomic_write_bytes(folder / f"{hashes[n]}.json", json.dumps(r).encode())
             results[n] = r
+        ctx.stage("evaluate", t0)
     return results
 
 
@@ -261,9 +292,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         t0 = time.perf_counter()
         cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, arms, shared)
         ctx.stage("Δ of held-out arms", t0)
-        t0 = time.perf_counter()
-        scores = score(ctx, task, arms)
-        ctx.stage("evaluate", t0)
+        scores = score(ctx, task, arms)  # times its own eval calls, each as it ends
         rows: dict[str, dict] = {}
         for name, (row, _) in arms.items():
             r = rows.setdefault(row, {"accuracies": [], "delta_cosines": [] if row != "base" else None,
@@ -293,7 +322,8 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         "rows": list(ROWS),
         "row_labels": ROW_LABELS,
         "tasks": results_tasks,
-        "timing": ctx.timing,
+        "timing": ctx.clock.call,
+        "timing_all_calls": {"calls": ctx.clock.calls, "stages": ctx.clock.total},
         "notes": [
             f"{len(ctx.train_set)} training teachers ({len(ctx.train_set.excluded)} mixed teachers with a held-out component excluded), "
             f"{len(cfg.seeds)} generator seeds × {cfg.adapters_per_seed} generated adapters per held-out task and arm; "
