@@ -26,6 +26,7 @@ from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights
 from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
+from deltalora.training.logs import read_log, tail_mean
 from deltalora.zoo import load_zoo_config
 
 from tests.helpers import SPEC
@@ -157,7 +158,11 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
     assert [r["variant"] for r in rows] == ["centre", "lam=0", "probes=neutral24", "representation=mean", "delta_loss=cosine"]
     assert all(-1 <= r["heldout_delta_cosine_mean"] <= 1 for r in rows)
     assert all(-1 <= r["heldout_specific_cosine_mean"] <= 1 for r in rows)
-    assert rows[1]["final_train_delta_cosine"] is None  # λ = 0 never runs the probe forward
+    assert rows[1]["tail_train_delta_cosine"] is None  # λ = 0 never runs the probe forward
+    for r in rows:  # the tail mean and the training time come from the variant's own log
+        curves = read_log(tmp_path / "ab" / r["variant"] / "log.jsonl")
+        assert r["train_seconds"] == round(sum(c["step_seconds"] for c in curves.values()), 1) > 0
+        assert r["tail_loss_weights"] == tail_mean(curves, "loss_weights")
     assert "probes=neutral24" in md.read_text()
 
 

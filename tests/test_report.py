@@ -140,9 +140,9 @@ def test_results_missing_key(tmp_path, key):
 
 
 def test_log_keeps_last_step_and_skips_torn_line(logs):
-    from deltalora.report import _read_log
+    from deltalora.training.logs import read_log
 
-    curves = _read_log(logs["weight_only seed 0"])
+    curves = read_log(logs["weight_only seed 0"])
     assert list(curves) == [1, 2, 3] and curves[2]["loss_weights"] == 1.5
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .paths import atomic_write_bytes
+from .training.logs import LogCurves, read_log
 
 DASH = "—"
 RECOVERY_TARGET = 0.8  # share of the oracle's gain over base the Δ-augmented generator should recover
@@ -31,7 +32,6 @@ TARGETS = {
     "delta_cosine_to_oracle": ("c", f"Δ-augmented mean Δ-cosine to oracle ≥ {COSINE_TARGET}"),
     "random_conditions_hurt": ("d", "Δ-augmented loses accuracy with random conditions"),
 }
-LogCurves = dict[int, dict[str, Any]]  # step -> that step's last log record
 
 
 def _mean_std(values: Sequence[float] | None) -> tuple[float, float] | None:
@@ -200,22 +200,6 @@ def summarize(results: Mapping) -> dict[str, Any]:
     details = _targets(results, per_task)
     return {"heldout_tasks": list(per_task), "rows": rows,
             "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
-
-
-def _read_log(path: str | Path) -> LogCurves:
-    """A JSONL training log as step -> record, the last occurrence of a step winning; unparsable lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training log {path} does not exist")
-    curves: LogCurves = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line after a kill, or noise
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            curves[rec["step"]] = rec
-    return dict(sorted(curves.items()))
 
 
 def _series(curves: LogCurves, key: str) -> tuple[list[int], list[float]]:
@@ -400,7 +384,7 @@ def write_report(out_dir: str | Path, results: dict, logs: Mapping[str, str | Pa
     and the PNG exists (a re-render that lacks the input keeps the figure the run drew).
     """
     summary = summarize(results)
-    curves = {name: _read_log(p) for name, p in (logs or {}).items()}  # bad inputs fail before anything is written
+    curves = {name: read_log(p) for name, p in (logs or {}).items()}  # bad inputs fail before anything is written
     points = None if tsne is None else _tsne_input(tsne)
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"

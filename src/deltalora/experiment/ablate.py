@@ -17,6 +17,7 @@ from ..generators.checkpoint import load_generator
 from ..generators.dataset import DeltaSpec, TeacherDataset
 from ..paths import atomic_write_bytes
 from ..training import DeltaProbe, LambdaSchedule, train_generator
+from ..training.logs import read_log, tail_mean, values
 from .arms import generate
 from .config import AblationConfig, load_run_config
 from .run import Context, delta_cosines, prepare, score
@@ -69,11 +70,11 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
             specific += list(scos.values())
             if cfg.evaluate:
                 accs += [r["accuracy"] for r in score(ctx, task, arms).values()]
-        recs = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines() if x.strip()]
-        last = recs[-1] if recs else {}
+        curves = read_log(out / name / "log.jsonl")
         rows.append({
             "variant": name, "factor": factor, "value": value,
-            "final_loss_weights": last.get("loss_weights"), "final_train_delta_cosine": last.get("delta_cosine"),
+            "tail_loss_weights": tail_mean(curves, "loss_weights"), "tail_train_delta_cosine": tail_mean(curves, "delta_cosine"),
+            "train_seconds": round(sum(values(curves, "step_seconds")), 1),
             "heldout_delta_cosine_mean": float(np.mean(cosines)), "heldout_delta_cosine_std": float(np.std(cosines)),
             "heldout_specific_cosine_mean": float(np.mean(specific)), "heldout_specific_cosine_std": float(np.std(specific)),
             "heldout_accuracy_mean": float(np.mean(accs)) if accs else None,
@@ -86,16 +87,19 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
         f"Held-out tasks: {', '.join(ctx.heldout)}. Δ-cosine to the oracle is measured in the run's space "
         f"({run_cfg.train.probes}, {run_cfg.train.representation}) for every variant; the task-specific one after "
         "projecting the training teachers' mean Δ out of both.", "",
-        "| variant | factor | final L_weights | final train Δ-cos | held-out Δ-cos to oracle | held-out task-specific Δ-cos "
-        "| held-out accuracy | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "L_weights and the training Δ-cosine are means over the last 10 % of the steps (one step's value is one batch's); "
+        "training s sums the logged step times; seconds is this call's wall time for the variant.", "",
+        "| variant | factor | L_weights | train Δ-cos | held-out Δ-cos to oracle | held-out task-specific Δ-cos "
+        "| held-out accuracy | training s | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, p=4: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
     for r in rows:
         acc = "—" if r["heldout_accuracy_mean"] is None else f"{100 * r['heldout_accuracy_mean']:.1f}"
-        lines.append(f"| {r['variant']} | {r['factor']} | {fmt(r['final_loss_weights'])} | {fmt(r['final_train_delta_cosine'], 3)} | "
+        lines.append(f"| {r['variant']} | {r['factor']} | {fmt(r['tail_loss_weights'])} | {fmt(r['tail_train_delta_cosine'], 3)} | "
                      f"{r['heldout_delta_cosine_mean']:.3f} ± {r['heldout_delta_cosine_std']:.3f} | "
-                     f"{r['heldout_specific_cosine_mean']:.3f} ± {r['heldout_specific_cosine_std']:.3f} | {acc} | {r['seconds']} |")
+                     f"{r['heldout_specific_cosine_mean']:.3f} ± {r['heldout_specific_cosine_std']:.3f} | {acc} | "
+                     f"{r['train_seconds']} | {r['seconds']} |")
     atomic_write_bytes(out / "ablation.json", json.dumps({"config": json.loads(cfg.model_dump_json()), "rows": rows}, indent=2).encode())
     atomic_write_bytes(out / "ablation.md", ("\n".join(lines) + "\n").encode())
     return out / "ablation.md"

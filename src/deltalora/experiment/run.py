@@ -40,6 +40,7 @@ from ..paths import atomic_write_bytes
 from ..report import write_report
 from ..tasks import build_task
 from ..training import DeltaProbe, remove_shared, train_generator
+from ..training.logs import read_log
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs
 from .arms import average_merge, generate, random_conditions
@@ -348,13 +349,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
 
 def _median_step_seconds(arm_dir: Path) -> float | None:
     """Median step time over an arm's logs, counting only steps that ran the Δ forward when any did."""
-    recs = []
-    for log in sorted(arm_dir.glob("seed*/log.jsonl")):
-        for line in log.read_text().splitlines():
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+    recs = [r for log in sorted(arm_dir.glob("seed*/log.jsonl")) for r in read_log(log).values()]
     with_delta = [r["step_seconds"] for r in recs if r.get("loss_delta") is not None]
     times = with_delta or [r["step_seconds"] for r in recs]
     return float(np.median(times)) if times else None
