@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .paths import atomic_write_bytes
-from .training.logs import LogCurves, read_log
+from .training.logs import LogCurves, read_log, series
 
 DASH = "—"
 RECOVERY_TARGET = 0.8  # share of the oracle's gain over base the Δ-augmented generator should recover
@@ -202,13 +202,6 @@ def summarize(results: Mapping) -> dict[str, Any]:
             "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
 
 
-def _series(curves: LogCurves, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of ``key``, skipping steps where it is null or not a finite number."""
-    pts = [(s, float(r[key])) for s, r in curves.items()
-           if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
 def _figure(ncols: int = 1, width: float = 6.0):
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
@@ -249,15 +242,15 @@ def _curves_png(logs: Mapping[str, LogCurves], panels: Sequence[tuple[str, str, 
     """One panel per (log key, y label, log scale), one line per log; a skip reason when no panel has data."""
     if not logs:
         return "no training logs given"
-    data = [{name: _series(c, key) for name, c in logs.items()} for key, _, _ in panels]
+    data = [{name: series(c, key) for name, c in logs.items()} for key, _, _ in panels]
     if not any(xs for panel in data for xs, _ in panel.values()):
         return f"the logs record no {' or '.join(k for k, _, _ in panels)} values"
     fig, axes = _figure(len(panels))
-    for ax, (key, ylabel, logy), series in zip(axes, panels, data):
-        for name, (xs, ys) in series.items():
+    for ax, (key, ylabel, logy), lines in zip(axes, panels, data):
+        for name, (xs, ys) in lines.items():
             if xs:
                 ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
-        if not any(xs for xs, _ in series.values()):
+        if not any(xs for xs, _ in lines.values()):
             ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.set_yscale("log" if logy else "linear")

@@ -33,9 +33,15 @@ def read_log(path: str | Path) -> LogCurves:
     return dict(sorted(curves.items()))
 
 
+def series(curves: LogCurves, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key``, skipping steps where it is null (before the Δ loss starts, say) or not finite."""
+    pts = [(s, float(r[key])) for s, r in curves.items() if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def values(curves: LogCurves, key: str) -> list[float]:
-    """``key`` of every step where it is a finite number (None before the Δ loss starts, for instance)."""
-    return [float(r[key]) for r in curves.values() if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    """``key`` of every step where it is a finite number."""
+    return series(curves, key)[1]
 
 
 def tail_mean(curves: LogCurves, key: str, frac: float = 0.1) -> float | None:
@@ -47,4 +53,4 @@ def tail_mean(curves: LogCurves, key: str, frac: float = 0.1) -> float | None:
     return float(np.mean(vals[-max(1, round(len(vals) * frac)):])) if vals else None
 
 
-__all__ = ["LogCurves", "read_log", "tail_mean", "values"]
+__all__ = ["LogCurves", "read_log", "series", "tail_mean", "values"]
