@@ -281,3 +281,16 @@ def test_torchrun_two_processes_train_one_generator(tmp_path):
     assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 4  # printed once, by rank 0
     assert [json.loads(x)["step"] for x in (tmp_path / "gen" / "log.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     assert (tmp_path / "gen" / "generator.safetensors").exists()
+
+
+def test_train_cli_set_overrides_the_run_config(tmp_path, deltalora_home):
+    from typer.testing import CliRunner
+
+    from deltalora.cli import app
+
+    args = ["train", "--config", str(TINY), "--arm", "weight_only", "--out", str(tmp_path / "g"), "--run-dir", str(tmp_path / "run")]
+    res = CliRunner().invoke(app, args + ["--set", "train.steps=3"])
+    assert res.exit_code == 0, res.output
+    assert sorted(read_log(tmp_path / "g" / "log.jsonl")) == [0, 1, 2]  # the preset's step count replaced
+    res = CliRunner().invoke(app, args + ["--set", "train.nope=1"])
+    assert res.exit_code != 0 and "nope" in res.output

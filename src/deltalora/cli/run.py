@@ -64,6 +64,7 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Training directory (log.jsonl, trainer state, generator.safetensors)."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the zoo / Δ cache live (default: runs/<name>)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final log record as JSON."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.steps=600 (repeatable)."),
 ) -> None:
     """Train one generator. Under `torchrun --nproc-per-node N deltalora train ...` it runs DDP (generator only)."""
 
@@ -77,7 +78,9 @@ def train_cmd(
 
         if arm not in ARMS:
             raise ConfigError(f"--arm {arm!r}: use one of {', '.join(ARMS)}")
-        cfg = load_run_config(config)
+        from ..config import parse_overrides
+
+        cfg = load_run_config(config, parse_overrides(overrides))
         _init_distributed()
         rank = dist.get_rank() if dist.is_initialized() else 0
         dest = run_dir or Path("runs") / cfg.name
