@@ -127,12 +127,10 @@ def _difference(results: Mapping, per_task: Mapping, hi: str, lo: str, metric: s
     tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in (hi, lo))]
     if not tasks:
         return None
-    values = {t: {x: results["tasks"][t]["rows"][x][key] for x in (hi, lo)} for t in tasks}
-    var = sum(_var_of_mean(v[hi]) + _var_of_mean(v[lo]) for v in values.values())
-    return {hi: float(np.mean([per_task[t][hi][metric] for t in tasks])),
-            lo: float(np.mean([per_task[t][lo][metric] for t in tasks])),
-            "diff": float(np.mean([per_task[t][hi][metric] - per_task[t][lo][metric] for t in tasks])),
-            "se": math.sqrt(var) / len(tasks)}
+    rows = [results["tasks"][t]["rows"] for t in tasks]
+    var = sum(_var_of_mean(r[hi][key]) + _var_of_mean(r[lo][key]) for r in rows)
+    means = {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in (hi, lo)}
+    return {**means, "diff": means[hi] - means[lo], "se": math.sqrt(var) / len(tasks)}
 
 
 def _beyond_noise(d: Mapping[str, float]) -> bool:
