@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from deltalora.backbones.precision import cpu_info
+
 
 def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     for _ in range(warmup):
@@ -25,13 +27,40 @@ def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
 
 
 def machine() -> dict:
+    cpu = cpu_info()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu": cpu["model"],
+        "cpu_capability": cpu["capability"],
+        "amx_bf16": cpu["amx_bf16"],
+        "avx512_bf16": cpu["avx512_bf16"],
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def measured_gemm_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """FLOP/s of an n x n @ n x n matmul in ``dtype`` on this machine (at torch's thread count): the best of
+    ``repeats`` timed runs after one warm-up. A measured roofline for throughput benchmarks, in place of a
+    hard-coded peak that is right for one CPU only."""
+    if repeats < 1 or n < 1:
+        raise ValueError(f"measured_gemm_peak: need n >= 1 and repeats >= 1, got n={n}, repeats={repeats}")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    best = float("inf")
+    with torch.no_grad():
+        a @ b  # warm-up: kernel selection, page faults
+        sync()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 def command_line() -> str:

@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/qwen2.5-1.5b-dnd.yaml", help="run preset (configs/*.yaml)")
     ap.add_argument("--backbone", default="qwen2.5-coder-1.5b-instruct",
                     help="backbone in place of the zoo YAML's (a hub id there; the packaged weights here)")
-    ap.add_argument("--dtype", default="float32", help="backbone dtype (the zoo YAML's bf16 is a GPU setting)")
+    ap.add_argument("--dtype", default="float32", help="backbone weights dtype (the teachers here are synthetic, so the zoo YAML's teacher.precision does not apply)")
     ap.add_argument("--encoder", default=None, help="condition encoder in place of the preset's (tiny-encoder for the self-check)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--teachers", type=int, default=6)

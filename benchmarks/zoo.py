@@ -30,7 +30,7 @@ from deltalora.lora import load_adapter  # noqa: E402
 from deltalora.paths import atomic_write_bytes  # noqa: E402
 from deltalora.tasks import build_task  # noqa: E402
 from deltalora.zoo import build_zoo, load_zoo_config, parse_shard  # noqa: E402
-from deltalora.zoo.build import selected_specs  # noqa: E402
+from deltalora.zoo.build import selected_specs, zoo_precision  # noqa: E402
 
 
 def main() -> None:
@@ -110,6 +110,7 @@ def main() -> None:
         "build_call_seconds_this_run": round(build_call_s, 1),
         "eval_seconds_total": round(sum(r["eval_seconds"] for r in rows), 1),
         "teacher": cfg.teacher.model_dump(mode="json"),
+        "teacher_precision": zoo_precision(cfg).name,
         "seeds": cfg.seeds,
         "subset": cfg.subset,
         "limit": args.limit,
@@ -126,7 +127,8 @@ def main() -> None:
         f"{len(rows)} tasks, {len(jobs)} training runs, {len(entries)} adapters "
         f"({len(cfg.seeds)} seed(s) x {len(cfg.tail_steps())} tail checkpoints, plus {len(cfg.mixed)} mixed pair(s)). "
         f"Teachers: r{cfg.teacher.lora.rank} on {','.join(cfg.teacher.lora.targets)}, {cfg.teacher.steps} steps x batch "
-        f"{cfg.teacher.batch_size}, bf16 autocast {cfg.teacher.bf16_autocast}. Each seed's last checkpoint is scored "
+        f"{cfg.teacher.batch_size}, precision {summary['teacher_precision']} (teacher.precision {cfg.teacher.precision}: "
+        f"{zoo_precision(cfg).reason}). Each seed's last checkpoint is scored "
         f"on the {args.split} split{'' if args.limit is None else f' (first {args.limit} items)'}.",
         "",
         f"**Median teacher gain: {summary['median_gain_points']:+.1f} points** (mean {summary['mean_gain_points']:+.1f}); "

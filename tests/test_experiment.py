@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from deltalora.backbones import cpu_info
 from deltalora.config import parse_overrides
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
@@ -28,6 +29,7 @@ from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
 from deltalora.training.logs import read_log, tail_mean
 from deltalora.zoo import load_zoo_config
+from deltalora.zoo.build import resolved_config, zoo_precision
 
 from tests.helpers import SPEC
 
@@ -62,6 +64,11 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     text = report.read_text()
     for label in res["row_labels"].values():
         assert label in text
+    # where it ran and what the teachers trained in: recorded, and named in the report
+    machine, want = res["machine"], zoo_precision(zoo_config(cfg))
+    assert machine["teacher_precision"] == want.name and machine["teacher_precision_reason"] == want.reason
+    assert machine["cpu"] == cpu_info() and machine["device"] == "cpu"
+    assert f"- Machine: {machine['description']}; teachers trained in {want.name}" in text.splitlines()
     assert (out / "figures" / "tsne.png").exists() and (out / "figures" / "loss.png").exists()
 
 
@@ -200,6 +207,15 @@ def test_zoo_set_changes_the_zoo_config_and_nothing_else():
     assert cfg.model_copy(update={"zoo_set": {}}) == base
     with pytest.raises(ConfigError, match=r"zoo_set does not fit the zoo config: .*tiny.yaml: invalid config: teacher.nope"):
         load_run_config(TINY, parse_overrides(["zoo_set.teacher.nope=1"]))
+
+
+def test_zoo_set_overrides_the_teacher_precision():
+    cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.precision=fp32"]))
+    zoo = zoo_config(cfg)
+    assert zoo.teacher.precision == "float32"
+    assert resolved_config(zoo)["config"]["teacher"]["precision"] == "float32"
+    with pytest.raises(ConfigError, match=r"zoo_set does not fit the zoo config: .*teacher.precision.*not one of"):
+        load_run_config(TINY, parse_overrides(["zoo_set.teacher.precision=fp64"]))
 
 
 def test_run_builds_its_zoo_with_zoo_set(tmp_path, tiny_qwen2, monkeypatch):

@@ -162,6 +162,17 @@ def test_rerender_reproduces_the_report_from_disk(tmp_path, logs):
     assert rerender(run).read_text() == first and (run / "figures" / "tsne.png").is_file()
 
 
+def test_machine_line_only_when_the_run_recorded_it(tmp_path):
+    old = write_report(tmp_path / "old", make_results([0.5, 0.52])).read_text()
+    assert "Machine" not in old  # a results.json from before the block renders as it always did
+    res = make_results([0.5, 0.52])
+    res["machine"] = {"description": "Some CPU (AVX2), torch 2.13.0+cpu, 2 threads", "teacher_precision": "float32"}
+    new = write_report(tmp_path / "new", res).read_text().splitlines()
+    i = new.index("- Backbone: `tiny-qwen2`")
+    assert new[i + 1] == "- Machine: Some CPU (AVX2), torch 2.13.0+cpu, 2 threads; teachers trained in float32"
+    assert [x for x in new if not x.startswith("- Machine:")] == old.splitlines()
+
+
 def test_rerender_without_results_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"results.json.*deltalora run"):
         rerender(tmp_path)

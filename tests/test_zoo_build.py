@@ -254,6 +254,145 @@ def test_cli_build_and_list(tmp_path, deltalora_home):
     assert not (tmp_path / "never").exists()
 
 
+def test_cli_build_set_overrides_the_teacher_precision(tmp_path, deltalora_home):
+    runner = CliRunner()
+    cfg = tmp_path / "one.yaml"
+    text = CONFIG.read_text().replace("suite: suite.yaml", f"suite: {FIX / 'suite.yaml'}")
+    cfg.write_text(text.replace("mixed: [[colours, double]]", "mixed: []\ntasks: [double]\nseeds: [0]").replace("seeds: [0, 1]\n", ""))
+    out = tmp_path / "fp32"
+    r = runner.invoke(app, ["zoo", "build", "--config", str(cfg), "--out", str(out), "--json", "--set", "teacher.precision=fp32"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "zoo_config.json").read_text())["config"]["teacher"]["precision"] == "float32"
+    assert {e.extra["precision"] for e in read_manifest(out)} == {"float32"}
+    r = runner.invoke(app, ["zoo", "build", "--config", str(cfg), "--out", str(tmp_path / "never"), "--set", "teacher.precision=fp64"])
+    assert r.exit_code != 0 and "teacher.precision" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------------------------------- precision
+
+
+def _one_task(cfg, precision: str, seeds=(0, 1)):
+    return cfg.model_copy(update={"tasks": ["double"], "seeds": list(seeds), "mixed": [],
+                                  "teacher": cfg.teacher.model_copy(update={"precision": precision})})
+
+
+@pytest.fixture(scope="module")
+def bf16_zoo(tiny_qwen2, tmp_path_factory, cfg):
+    """Half of a two-job zoo (shard 0/2: double/s0), trained in bfloat16 — set explicitly, the same fingerprint as
+    an ``auto`` that resolves to it; the other shard is still to be built."""
+    out = tmp_path_factory.mktemp("zoo") / "bf16"
+    return out, build_zoo(_one_task(cfg, "bfloat16"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2)
+
+
+@pytest.fixture
+def auto_means(monkeypatch):
+    """``auto_means("float32")``: a fresh process in which ``precision: auto`` resolves to that dtype."""
+    import deltalora.backbones.precision as prec
+
+    def set_to(name: str) -> None:
+        monkeypatch.setattr(prec, "_DECIDED", {})
+        monkeypatch.setattr(prec, "_decide_auto", lambda device: prec.PrecisionDecision(getattr(torch, name), f"mocked {name}"))
+
+    return set_to
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """The job dirs train_teacher is called for (it still trains)."""
+    import deltalora.zoo.build as build_mod
+
+    calls = []
+    real = build_mod.train_teacher
+
+    def counting(backbone, pairs, tcfg, job_dir, **k):
+        calls.append((Path(job_dir).parent.name + "/" + Path(job_dir).name, k["precision"]))
+        return real(backbone, pairs, tcfg, job_dir, **k)
+
+    monkeypatch.setattr(build_mod, "train_teacher", counting)
+    return calls
+
+
+def test_zoo_records_the_effective_precision_never_auto(cfg, tiny_qwen2, tmp_path, auto_means, trained):
+    auto_means("bfloat16")
+    out = tmp_path / "z"
+    entries = build_zoo(_one_task(cfg, "auto", seeds=(0,)), out, progress=False, backbone=tiny_qwen2)
+    saved = json.loads((out / "zoo_config.json").read_text())["config"]["teacher"]
+    assert saved["precision"] == "bfloat16" and "bf16_autocast" not in saved
+    assert trained == [("double/s0", torch.bfloat16)]
+    from deltalora.backbones import cpu_info
+
+    for e in entries:
+        assert e.extra["precision"] == "bfloat16" and e.extra["cpu"] == cpu_info()
+
+
+def test_bf16_zoo_refuses_fp32_extension(bf16_zoo, cfg, tiny_qwen2, tmp_path, auto_means, trained):
+    import shutil
+
+    src, _ = bf16_zoo
+    out = tmp_path / "z"
+    shutil.copytree(src, out)
+    auto_means("float32")  # e.g. the rest of the zoo built on an AVX2-only machine
+    for setting in ("auto", "float32"):
+        with pytest.raises(ZooError, match=r"different config \(differs in config\.teacher\.precision\); it trained in bfloat16, "
+                                           rf"teacher.precision {setting} is float32 here: set teacher.precision=bfloat16") as err:
+            build_zoo(_one_task(cfg, setting), out, shard=(1, 2), progress=False, backbone=tiny_qwen2)
+        assert "\n" not in str(err.value)
+    assert trained == []
+    build_zoo(_one_task(cfg, "bf16"), out, shard=(1, 2), progress=False, backbone=tiny_qwen2)  # explicit bf16 extends it
+    assert trained == [("double/s1", torch.bfloat16)]
+    auto_means("bfloat16")
+    got = build_zoo(_one_task(cfg, "auto"), out, progress=False, backbone=tiny_qwen2)  # and auto = bf16 accepts the result
+    assert [e.id for e in got] == [f"double/s{s}/step{t}" for s in (0, 1) for t in (2, 4)] and len(trained) == 1
+
+
+@pytest.mark.parametrize("flag,dtype", [(True, "bfloat16"), (False, "float32")])
+def test_old_saved_config_with_bf16_autocast_matches_its_effective_precision(bf16_zoo, cfg, tiny_qwen2, tmp_path,
+                                                                            auto_means, trained, flag, dtype):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(bf16_zoo[0], out)
+    path = out / "zoo_config.json"
+    saved = json.loads(path.read_text())  # as a zoo built before teacher.precision saved it
+    teacher = saved["config"]["teacher"]
+    del teacher["precision"]
+    teacher["bf16_autocast"] = flag
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    old_bytes = path.read_bytes()
+    other = "float32" if dtype == "bfloat16" else "bfloat16"
+    auto_means(other)
+    with pytest.raises(ZooError, match=rf"differs in config\.teacher\.precision\); it trained in {dtype}"):
+        build_zoo(_one_task(cfg, "auto"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2)
+    auto_means(dtype)
+    got = build_zoo(_one_task(cfg, "auto"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2)  # the finished shard is accepted
+    assert [e.id for e in got] == [e.id for e in bf16_zoo[1]] and trained == []
+    assert path.read_bytes() == old_bytes  # read, never rewritten
+
+
+def test_reuse_copies_only_jobs_of_the_same_effective_precision(bf16_zoo, cfg, tiny_qwen2, tmp_path, auto_means, trained):
+    import shutil
+
+    src, src_entries = bf16_zoo
+    auto_means("float32")
+    build_zoo(_one_task(cfg, "auto", seeds=(0,)), tmp_path / "fp32", progress=False, backbone=tiny_qwen2, reuse=[src])
+    assert trained == [("double/s0", torch.float32)]  # a bf16 job is not an fp32 one: retrained
+    assert {e.extra["precision"] for e in read_manifest(tmp_path / "fp32")} == {"float32"}
+    trained.clear()
+    auto_means("bfloat16")
+    got = build_zoo(_one_task(cfg, "auto", seeds=(0,)), tmp_path / "bf16", progress=False, backbone=tiny_qwen2, reuse=[src])
+    assert trained == [] and [e.sha256 for e in got] == [e.sha256 for e in src_entries]
+    assert all(e.extra["reused_from"] == str(src) and e.extra["precision"] == "bfloat16" for e in got)
+    # a source zoo from before teacher.precision (bf16_autocast: true) is reused by a build that trains in bf16
+    old = tmp_path / "old-src"
+    shutil.copytree(src, old)
+    saved = json.loads((old / "zoo_config.json").read_text())
+    saved["config"]["teacher"]["bf16_autocast"] = saved["config"]["teacher"].pop("precision") == "bfloat16"
+    (old / "zoo_config.json").write_text(json.dumps(saved))
+    got = build_zoo(_one_task(cfg, "auto", seeds=(0,)), tmp_path / "from-old", progress=False, backbone=tiny_qwen2, reuse=[old])
+    assert trained == [] and all(e.extra["reused_from"] == str(old) for e in got)
+
+
 # ------------------------------------------------------------------------------------------- DnD import
 
 
@@ -319,3 +458,4 @@ def test_shipped_zoo_configs_are_valid(path):
     jobs = plan_jobs(cfg)  # every named task and mixed component exists in the suite
     assert jobs and len(cfg.tail_steps()) == cfg.teacher.checkpoints
     assert len({j.family for j in jobs if not j.mixed}) >= 5  # the benchmark claims coverage of every family
+    assert cfg.teacher.precision == "auto" and "bf16_autocast" not in path.read_text()  # chosen per machine

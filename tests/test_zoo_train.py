@@ -1,8 +1,15 @@
-import torch
+from pathlib import Path
 
+import pytest
+import torch
+from pydantic import ValidationError
+
+from deltalora.backbones.precision import PrecisionDecision
 from deltalora.config import LoraSpec
+from deltalora.errors import ConfigError
 from deltalora.lora import load_adapter
-from deltalora.zoo.train import TeacherTrainConfig, collate, tokenize_pairs, train_teacher
+from deltalora.zoo import load_zoo_config
+from deltalora.zoo.train import TeacherTrainConfig, collate, teacher_precision, tokenize_pairs, train_teacher
 
 PAIRS = [(f"<|im_start|>user\nColour of item {i}?<|im_end|>\n<|im_start|>assistant\n", "blue") for i in range(16)]
 CFG = TeacherTrainConfig(
@@ -44,7 +51,59 @@ def test_teacher_training_is_deterministic(tiny_qwen2, tmp_path):
     assert read(a) == read(b) and read(a) != read(c)
 
 
-def test_bf16_autocast_runs(tiny_qwen2, tmp_path):
-    cfg = CFG.model_copy(update={"steps": 3, "checkpoints": 1, "bf16_autocast": True})
-    (ck,) = train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "bf", seed=0)
-    assert load_adapter(ck.path).A  # saved adapter stays fp32 and valid
+def _adapter_bytes(tiny_qwen2, tmp_path, name, **update):
+    cfg = CFG.model_copy(update={"steps": 3, "checkpoints": 1, **update})
+    (ck,) = train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / name, seed=0)
+    w = load_adapter(ck.path)
+    assert all(t.dtype == torch.float32 for t in w.tensors())  # the saved adapter stays fp32 whatever it trained in
+    return (ck.path / "adapter_model.safetensors").read_bytes()
+
+
+def test_teacher_trains_in_the_resolved_precision(tiny_qwen2, tmp_path, monkeypatch):
+    import deltalora.backbones.precision as prec
+
+    fp32 = _adapter_bytes(tiny_qwen2, tmp_path, "fp32", precision="float32")
+    bf16 = _adapter_bytes(tiny_qwen2, tmp_path, "bf16", precision="bf16")
+    assert fp32 != bf16  # bf16 autocast really changes the computation
+    for want, ref in (("float32", fp32), ("bfloat16", bf16)):  # auto trains in whatever the resolver decides
+        monkeypatch.setattr(prec, "_DECIDED", {})
+        monkeypatch.setattr(prec, "_decide_auto", lambda device, w=want: PrecisionDecision(getattr(torch, w), "mocked"))
+        assert _adapter_bytes(tiny_qwen2, tmp_path, f"auto-{want}", precision="auto") == ref
+
+
+def test_teacher_precision_only_narrows(monkeypatch):
+    import deltalora.backbones.precision as prec
+
+    monkeypatch.setattr(prec, "_DECIDED", {})
+    monkeypatch.setattr(prec, "_decide_auto", lambda device: PrecisionDecision(torch.float32, "mocked"))
+    cpu = torch.device("cpu")
+    assert teacher_precision("bf16", cpu, torch.float32).dtype == torch.bfloat16
+    assert teacher_precision("auto", cpu, torch.float32).dtype == torch.float32
+    assert teacher_precision("auto", cpu, torch.bfloat16).dtype == torch.bfloat16  # bf16 weights: nothing to cast
+    with pytest.raises(ConfigError, match="only narrows.*runtime dtype float32"):
+        teacher_precision("float32", cpu, torch.bfloat16)
+
+
+def test_precision_setting_and_its_deprecated_spelling(tmp_path):
+    assert TeacherTrainConfig().precision == "auto"
+    assert TeacherTrainConfig(precision="fp32").precision == "float32"
+    assert TeacherTrainConfig(precision="BF16").precision == "bfloat16"
+    assert TeacherTrainConfig(bf16_autocast=True).precision == "bfloat16"
+    assert TeacherTrainConfig(bf16_autocast=False).precision == "float32"
+    assert "bf16_autocast" not in TeacherTrainConfig(bf16_autocast=True).model_dump()
+    with pytest.raises(ValidationError, match="not one of auto"):
+        TeacherTrainConfig(precision="fp64")
+    # in a YAML: one line naming the file and both keys
+    zoo = Path(__file__).parent / "fixtures" / "zoo"
+    text = (zoo / "tiny.yaml").read_text().replace("suite: suite.yaml", f"suite: {zoo / 'suite.yaml'}")
+    old = tmp_path / "old.yaml"
+    old.write_text(text + "  bf16_autocast: true\n")
+    assert load_zoo_config(old).teacher.precision == "bfloat16"
+    both = tmp_path / "both.yaml"
+    both.write_text(text + "  bf16_autocast: true\n  precision: auto\n")
+    with pytest.raises(ConfigError) as err:
+        load_zoo_config(both)
+    msg = str(err.value)
+    assert str(both) in msg and "precision" in msg and "bf16_autocast" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="bf16_autocast"):
+        load_zoo_config(old, {"teacher": {"precision": "float32"}})  # an override on an old YAML names the clash

@@ -326,8 +326,11 @@ def _render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None
     out = [f"# {results.get('title') or 'deltalora held-out experiment'}", ""]
     if results.get("command"):
         out += ["Reproduce:", "", "```", str(results["command"]), "```", ""]
-    out += [f"- Backbone: `{results.get('backbone') or DASH}`",
-            f"- Training tasks {listing('train_tasks')}", f"- Held-out tasks {listing('heldout_tasks')}", "",
+    machine = results.get("machine")  # absent in runs written before it was recorded: their report is unchanged
+    out += [f"- Backbone: `{results.get('backbone') or DASH}`"]
+    if isinstance(machine, Mapping):
+        out += [f"- Machine: {machine.get('description') or DASH}; teachers trained in {machine.get('teacher_precision') or DASH}"]
+    out += [f"- Training tasks {listing('train_tasks')}", f"- Held-out tasks {listing('heldout_tasks')}", "",
             "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
             "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the task-specific "
             "Δ-cosine first projects the training teachers' mean Δ (the shift every fine-tune shares) out of both.", "",

@@ -44,15 +44,19 @@ def build_cmd(
         None, "--reuse", help="Another zoo dir: copy its finished jobs that have the same recipe instead of training (repeatable)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set teacher.precision=float32 (repeatable)."
+    ),
 ) -> None:
     """Train one LoRA per (task, seed) and mixed pair, keep tail checkpoints, list them in manifest.jsonl (resumable)."""
 
     def go():
         import time
 
+        from ..config import parse_overrides
         from ..zoo import build_zoo, load_zoo_config, parse_shard
 
-        cfg = load_zoo_config(config)
+        cfg = load_zoo_config(config, parse_overrides(overrides))
         where = out if out is not None else Path("runs") / "zoo" / config.stem
         i_n = parse_shard(shard)
         t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones import load_backbone
+from ..backbones import cpu_info, describe_machine, load_backbone
 from ..conditions import Conditioner, load_encoder, pools_from_tasks
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, compute_deltas, sources_from_manifest
@@ -42,7 +42,7 @@ from ..tasks import build_task
 from ..training import DeltaProbe, remove_shared, train_generator
 from ..training.logs import read_log
 from ..zoo import build_zoo, read_manifest
-from ..zoo.build import selected_specs
+from ..zoo.build import selected_specs, zoo_precision
 from .arms import average_merge, generate, random_conditions
 from .config import RunConfig, zoo_config
 
@@ -102,6 +102,7 @@ class Context:
     cache: DeltaCache
     clock: StageClock
     progress: bool = True
+    machine: dict | None = None  # where this call ran and the teachers' effective precision (results.json)
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
@@ -152,7 +153,12 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     train_set = TeacherDataset(zoo_dir, conditioner, spec, split="train", **common)
     heldout_set = TeacherDataset(zoo_dir, conditioner, spec, split="heldout", **common)
     clock.add("conditions", t0)
-    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, clock, progress)
+    teacher = zoo_precision(zoo_cfg)  # the zoo's saved config matched it, so its teachers trained in this
+    info = cpu_info()
+    machine = {"description": describe_machine(info), "cpu": info, "device": str(backbone.device),
+               "teacher_precision": teacher.name, "teacher_precision_reason": teacher.reason}
+    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, clock, progress,
+                   machine)
 
 
 def train_arms(ctx: Context) -> dict[tuple[str, int], Path]:
@@ -339,6 +345,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         "peak_rss_gib": round(peak_gib, 2),
         "wall_seconds": round(wall, 1),
         "config": json.loads(cfg.model_dump_json()),
+        "machine": ctx.machine,
     }
     logs = {f"{arm} seed {s}": ctx.out / "generators" / arm / f"seed{s}" / "log.jsonl" for arm in ARMS for s in cfg.seeds}
     tsne = {"points": np.stack(points), "labels": labels} if len(points) >= 4 else None

@@ -23,14 +23,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from pydantic import Field, field_validator, model_validator
 
-from ..config import RuntimeConfig, StrictModel, load_yaml
+from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
 from ..paths import atomic_dir, atomic_write_bytes
 from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
-from .train import TeacherTrainConfig, train_teacher
+from .train import TeacherTrainConfig, teacher_precision, train_teacher
+
+if TYPE_CHECKING:
+    from ..backbones.precision import PrecisionDecision
 
 CONFIG_NAME = "zoo_config.json"
 
@@ -165,11 +170,38 @@ def _file_digest(p: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
+def zoo_precision(cfg: ZooConfig) -> PrecisionDecision:
+    """The dtype this zoo's teachers train in on this machine (``teacher.precision`` resolved on ``runtime``)."""
+    return teacher_precision(cfg.teacher.precision, cfg.runtime.torch_device, cfg.runtime.torch_dtype)
+
+
+def _legacy_precision(saved: dict) -> dict:
+    """A saved resolved config as this version writes it: ``teacher.bf16_autocast`` (zoos built before
+    ``teacher.precision``) becomes the effective ``teacher.precision`` it trained in.
+
+    Why normalise the old key rather than keep writing it: the fingerprint should name the dtype
+    ("bfloat16"), not a switch whose meaning depends on the weights' dtype; old files are read, never
+    rewritten, so an old zoo keeps matching (bf16_autocast true == an ``auto`` that resolves to bfloat16
+    on fp32 weights) and stays readable by the version that built it.
+    """
+    teacher = (saved.get("config") or {}).get("teacher") if isinstance(saved, dict) else None
+    if not isinstance(teacher, dict) or "bf16_autocast" not in teacher or "precision" in teacher:
+        return saved
+    teacher = dict(teacher)
+    flag = teacher.pop("bf16_autocast")
+    weights = DTYPES.get(str((saved["config"].get("runtime") or {}).get("dtype", "float32")), torch.float32)
+    narrow = torch.bfloat16 if flag is True else torch.float32
+    teacher["precision"] = str(narrow if narrow.itemsize < weights.itemsize else weights).removeprefix("torch.")
+    return {**saved, "config": {**saved["config"], "teacher": teacher}}
+
+
 def resolved_config(cfg: ZooConfig) -> dict:
     """What the zoo's content depends on: the config (suite location aside) and the specs it reads.
 
     The suite's *path* is left out so that the same zoo can be built from another checkout or machine;
     the selected task specs (with user-file paths replaced by file name + sha256) stand in for it.
+    ``teacher.precision`` is the *effective* dtype on this machine (``auto`` resolved), so a zoo trained in
+    bfloat16 is never extended, nor its jobs reused, by a build that would train in float32.
     """
     _, needed = selected_specs(cfg)
     specs = []
@@ -181,6 +213,7 @@ def resolved_config(cfg: ZooConfig) -> dict:
     body = cfg.model_dump(mode="json", exclude={"suite"})
     if cfg.tasks is None:
         body["tasks"] = None
+    body["teacher"]["precision"] = zoo_precision(cfg).name
     if not cfg.teacher.shared_init:  # the default, as every zoo built before the option was: same config as they saved
         del body["teacher"]["shared_init"]
     return {"config": body, "task_specs": specs, "steps": cfg.tail_steps()}
@@ -201,14 +234,19 @@ def check_or_save_config(cfg: ZooConfig, out_dir: Path) -> dict:
     path = Path(out_dir) / CONFIG_NAME
     if path.is_file():
         try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved = _legacy_precision(json.loads(path.read_text(encoding="utf-8")))
         except json.JSONDecodeError:
             raise ZooError(f"{path}: not valid JSON; delete the zoo directory or use a new --out") from None
         if saved != resolved:
             diff = _diff_keys(saved, resolved)
+            hint = ""
+            was = ((saved.get("config") or {}).get("teacher") or {}).get("precision") if isinstance(saved, dict) else None
+            if "config.teacher.precision" in diff and isinstance(was, str):
+                hint = (f"; it trained in {was}, teacher.precision {cfg.teacher.precision} is {resolved['config']['teacher']['precision']} "
+                        f"here: set teacher.precision={was} to extend it")
             raise ZooError(
                 f"{out_dir}: this zoo was built with a different config (differs in {', '.join(diff[:4])}"
-                f"{' ...' if len(diff) > 4 else ''}); use a new --out or delete it"
+                f"{' ...' if len(diff) > 4 else ''}){hint}; use a new --out or delete it"
             )
         return resolved
     if (Path(out_dir) / MANIFEST_NAME).is_file() and read_manifest(out_dir):
@@ -263,7 +301,7 @@ class _ReuseSource:
         if not cfg_path.is_file() or not (self.root / MANIFEST_NAME).is_file():
             raise ZooError(f"--reuse {root}: not a zoo directory (needs {CONFIG_NAME} and {MANIFEST_NAME}); pass a zoo built by deltalora")
         try:
-            self.resolved = json.loads(cfg_path.read_text(encoding="utf-8"))
+            self.resolved = _legacy_precision(json.loads(cfg_path.read_text(encoding="utf-8")))
         except json.JSONDecodeError:
             raise ZooError(f"{cfg_path}: not valid JSON; drop this --reuse or rebuild that zoo") from None
         self.entries = {e.id: e for e in read_manifest(self.root)}
@@ -332,6 +370,7 @@ def build_zoo(
     steps = cfg.tail_steps()
     listed = {e.id: e for e in read_manifest(out)} if (out / MANIFEST_NAME).is_file() else {}
     todo = [j for j in jobs if not all(j.entry_id(s) in listed for s in steps)]
+    precision = zoo_precision(cfg)  # what check_or_save_config fingerprinted
     if todo and reuse:
         resolved = resolved_config(cfg)
         sources = [_ReuseSource(r) for r in reuse]
@@ -352,6 +391,11 @@ def build_zoo(
 
             backbone = load_backbone(cfg.backbone, cfg.runtime, progress=progress)
         specs = {s.name: s for s in needed}
+        from ..backbones.precision import cpu_info
+
+        machine = cpu_info()
+        if progress:
+            print(f"[zoo] teachers train in {precision.name} ({precision.reason})", flush=True)
     bar = tqdm(total=len(jobs), desc=f"zoo {shard[0]}/{shard[1]}", unit="job", disable=not progress)
     bar.update(len(jobs) - len(todo))
     for job in todo:
@@ -378,6 +422,7 @@ def build_zoo(
             job_dir,
             seed=stable_seed("zoo-teacher", job.id) % (1 << 63),
             init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63) if cfg.teacher.shared_init else None,
+            precision=precision.dtype,
             metadata={"task": job.task, "zoo_job": job.id},
             progress=report if progress else None,
         )
@@ -399,7 +444,8 @@ def build_zoo(
                 sha256=file_sha256(c.path / "adapter_model.safetensors"),
                 train_loss=c.train_loss,
                 backbone=cfg.backbone,
-                extra={"train_seconds": round(seconds, 2), "n_train_items": n_items, "device": str(backbone.device)},
+                extra={"train_seconds": round(seconds, 2), "n_train_items": n_items, "device": str(backbone.device),
+                       "precision": precision.name, "cpu": machine},
             )
             append_entry(out, entry)
             listed[eid] = entry
@@ -421,4 +467,5 @@ __all__ = [
     "resolved_config",
     "sample_train",
     "shard_jobs",
+    "zoo_precision",
 ]

@@ -15,13 +15,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ..config import LoraSpec, StrictModel
+from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, inject, save_adapter
+
+if TYPE_CHECKING:
+    from ..backbones.precision import PrecisionDecision
+
+# deltalora.backbones.precision is imported where it is used: importing the backbones package loads transformers,
+# which ``import deltalora.zoo`` (zoo list, manifests) does not otherwise need.
 
 
 class TeacherTrainConfig(StrictModel):
@@ -35,11 +43,55 @@ class TeacherTrainConfig(StrictModel):
     max_length: int = Field(256, ge=8)
     checkpoints: int = Field(3, ge=1)  # how many checkpoints to keep along the tail
     checkpoint_every: int = Field(20, ge=1)  # spacing of the tail checkpoints, in steps
-    bf16_autocast: bool = False
+    # Precision of the teacher forward/backward (autocast over the weights; the saved adapters are float32):
+    # auto (bfloat16 where the device does bf16 natively or measurably faster, else float32 —
+    # deltalora.backbones.precision), float32 / fp32, bfloat16 / bf16. The zoo's fingerprint records the
+    # effective dtype, never "auto". Deprecated spelling, still read from old YAMLs: bf16_autocast: true | false
+    # (= precision: bfloat16 | float32); giving both is an error.
+    precision: str = "auto"
     # Start every job of one zoo seed from the same LoRA init (A drawn from the zoo seed, not the job), as DnD's
     # teachers share theirs: then ΔW of different tasks are comparable, and a generator's weight loss has a signal.
     # Off by default (and then left out of the zoo's resolved config, so zoos built before it stay valid).
     shared_init: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_bf16_autocast(cls, data):
+        if isinstance(data, dict) and "bf16_autocast" in data:
+            data = dict(data)
+            flag = data.pop("bf16_autocast")
+            if "precision" in data:
+                raise ValueError(
+                    "gives both precision and bf16_autocast (its deprecated spelling); keep precision and drop bf16_autocast"
+                )
+            if not isinstance(flag, bool):
+                raise ValueError(f"bf16_autocast (deprecated) must be true or false, got {flag!r}; better write precision: auto")
+            data["precision"] = "bfloat16" if flag else "float32"
+        return data
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        from ..backbones.precision import canonical_precision
+
+        return canonical_precision(v)
+
+
+def teacher_precision(setting: str, device: torch.device | str, weights_dtype: torch.dtype) -> PrecisionDecision:
+    """The dtype teacher training computes in: ``setting`` resolved on ``device`` (autocast), or the weights'
+    own dtype when that is already as narrow (autocast only narrows). An explicit float32 over narrower
+    weights cannot be honoured and is refused."""
+    from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name
+
+    d = decide_precision(setting, device)
+    if d.dtype.itemsize < weights_dtype.itemsize:
+        return d
+    if d.dtype != weights_dtype and canonical_precision(setting) != "auto":
+        raise ConfigError(
+            f"teacher.precision {setting} over {dtype_name(weights_dtype)} weights: autocast only narrows the weights' dtype; "
+            f"load the backbone with runtime dtype float32 or set teacher.precision: auto"
+        )
+    return PrecisionDecision(weights_dtype, f"the weights are already {dtype_name(weights_dtype)}")
 
 
 @dataclass
@@ -101,12 +153,21 @@ def train_teacher(
     metadata: dict[str, str] | None = None,
     progress=None,
     init_seed: int | None = None,
+    precision: torch.dtype | None = None,
 ) -> list[Checkpoint]:
     """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``.
 
-    ``seed`` orders the data and, unless ``init_seed`` is given, draws the LoRA init."""
+    ``seed`` orders the data and, unless ``init_seed`` is given, draws the LoRA init. ``precision`` is the
+    dtype to compute in (the zoo passes the one it fingerprinted); by default :func:`teacher_precision` of
+    ``cfg.precision`` on the backbone's device."""
     if not pairs:
         raise ValueError("train_teacher needs at least one (prompt, target) pair")
+    weights_dtype = next(backbone.model.parameters()).dtype
+    if precision is None:
+        precision = teacher_precision(cfg.precision, backbone.device, weights_dtype).dtype
+    elif precision.itemsize > weights_dtype.itemsize:
+        raise ValueError(f"precision {precision} is wider than the {weights_dtype} weights; autocast only narrows")
+    narrow = precision.itemsize < weights_dtype.itemsize
     layout = backbone.layout(cfg.lora)
     gen = torch.Generator().manual_seed(seed if init_seed is None else init_seed)
     init = peft_init(layout, gen).to(backbone.device)
@@ -137,9 +198,7 @@ def train_teacher(
                 rng.shuffle(order)
             batch.append(data[order.pop()])
         ids, mask, predict = (t.to(backbone.device) for t in collate(batch, pad))
-        with inject(model, init), torch.autocast(
-            backbone.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_autocast
-        ):
+        with inject(model, init), torch.autocast(backbone.device.type, dtype=precision, enabled=narrow):
             loss = completion_loss(model, ids, mask, predict)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
