@@ -1,143 +1,166 @@
-"""Evaluator throughput: routed adapters in greedy decoding, and the shared prompt prefix on real tasks.
+"""Evaluator speed: whole ``evaluate_task`` calls, this checkout against an earlier revision, in one run.
 
-    python benchmarks/eval_speed.py --backbone qwen2.5-coder-0.5b-instruct --rows 32 --new-tokens 17 --repeats 3
+    python benchmarks/eval_speed.py --baseline db94229 --items 32 --adapters 3
 
-The evaluator scores an arm's rows through ``inject(..., rows=...)``. Two routed layouts are timed on the
-same batch: rows grouped by adapter (one dense matmul pair per adapter, the default whenever adapters
-serve >= GROUP_MIN_ROWS rows each) and a per-row gather of A and B (what the router does for many adapters
-over few rows). Reports the prompt forward (one new token) and the per-token decode time, medians of
-``--repeats``.
-
-Then, on the first ``--items`` eval items of each ``--prefix-tasks`` task (chat-formatted, base + one adapter),
-``evaluate_task`` with the shared prompt prefix run once per arm and batch (the default) against every row
-running its whole prompt; the predictions of both must be identical. Writes results/eval_speed.{md,json}.
+Two worker processes on the same machine: one imports ``deltalora`` from a temporary ``git worktree`` of
+``--baseline`` (the evaluator before the change being measured), the other from this checkout. Each task is
+scored by both, alternately (baseline first, then this checkout, ``--repeats`` times), with the same arms: the
+base model plus ``--adapters`` random LoRA adapters (r8 on all 7 projections, A and B ~ N(0, ``--std``), seeded,
+so both workers build identical ones). Reported per task: the median wall time of each, the speed-up, and
+whether every arm's predictions are identical (fp32: they must be). Writes results/eval_speed.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-from _util import command_line, machine, median_time, write_json
-from deltalora.backbones import load_backbone
-from deltalora.config import LoraSpec, RuntimeConfig
-from deltalora.eval import engine, evaluate_task, greedy_generate
-from deltalora.lora import LoraWeights
-from deltalora.lora import injection
-from deltalora.tasks import build_task, format_prompt, get_spec, load_suite
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_TASKS = ("rg_word_sequence_reversal,bb_object_counting,rg_family_relationships,bb_plural,rg_spell_backward,"
+                 "bb_navigate,bb_winowhy,bb_date_understanding")
+
+
+def worker(args) -> None:
+    """Serve ``{"task": name}`` requests on stdin with ``evaluate_task`` from the ``deltalora`` on sys.path."""
+    import torch
+
+    from deltalora.backbones import load_backbone
+    from deltalora.config import LoraSpec, RuntimeConfig
+    from deltalora.eval import evaluate_task
+    from deltalora.lora import LoraWeights
+    from deltalora.tasks import build_task, get_spec, load_suite
+
+    torch.set_num_threads(args.threads)
+    b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype=args.dtype), progress=False)
+    layout = b.layout(LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down"))
+    arms = {"base": None, **{f"adapter{s}": LoraWeights.random(layout, std=args.std, seed=s) for s in range(args.adapters)}}
+    specs = load_suite(None)
+    tasks = {}
+    import deltalora
+
+    print(json.dumps({"ready": True, "package": deltalora.__file__}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        name = req["task"]
+        if name not in tasks:
+            tasks[name] = build_task(get_spec(specs, name))
+        t0 = time.perf_counter()
+        res = evaluate_task(b, tasks[name], arms, limit=args.items, batch_rows=args.batch_rows, keep_predictions=True)
+        seconds = time.perf_counter() - t0
+        print(json.dumps({"seconds": seconds, "kind": res["kind"],
+                          "arms": {a: {"accuracy": r["accuracy"], "predictions": r["predictions"]} for a, r in res["arms"].items()}}),
+              flush=True)
+
+
+class Worker:
+    def __init__(self, src: Path, args):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backbone", args.backbone, "--device", args.device,
+               "--dtype", args.dtype, "--items", str(args.items), "--adapters", str(args.adapters), "--std", str(args.std),
+               "--batch-rows", str(args.batch_rows), "--threads", str(args.threads)]
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        ready = json.loads(self.proc.stdout.readline())
+        if not Path(ready["package"]).resolve().is_relative_to(src.resolve()):
+            raise SystemExit(f"worker for {src} imported deltalora from {ready['package']}")
+
+    def run(self, task: str) -> dict:
+        self.proc.stdin.write(json.dumps({"task": task}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker died on {task}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default="db94229", help="git revision whose evaluator is the 'before'")
     ap.add_argument("--backbone", default="qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--rows", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=17)
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--targets", default="q,k,v,o,gate,up,down")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--prefix-tasks", default="rg_word_sequence_reversal,rg_family_relationships,bb_navigate")
+    ap.add_argument("--tasks", default=DEFAULT_TASKS)
     ap.add_argument("--items", type=int, default=32)
-    ap.add_argument("--prefix-repeats", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--adapters", type=int, default=3)
+    ap.add_argument("--std", type=float, default=0.01)
+    ap.add_argument("--batch-rows", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
 
-    b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype=args.dtype))
-    layout = b.layout(LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
-    w = LoraWeights.random(layout, std=0.02, seed=0)
-    prompts = [f"Write a long story about the number {i}; never stop early." for i in range(args.rows)]
-    default_min = injection.GROUP_MIN_ROWS
+    sys.path.insert(0, str(ROOT / "src"))
+    from _util import command_line, machine, write_json
 
-    def run(arm, new, per_row=False):
-        injection.GROUP_MIN_ROWS = 10**9 if per_row else default_min
+    rev = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    with tempfile.TemporaryDirectory(prefix="eval-speed-") as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
         try:
-            return greedy_generate(b, prompts, [arm], max_new_tokens=new, batch_rows=args.rows)[0]
+            before, after = Worker(tree / "src", args), Worker(ROOT / "src", args)
+            rows = []
+            for name in filter(None, args.tasks.split(",")):
+                secs = {"before": [], "after": []}
+                res = {}
+                for _ in range(args.repeats):
+                    for label, w in (("before", before), ("after", after)):
+                        res[label] = w.run(name)
+                        secs[label].append(res[label]["seconds"])
+                identical = all(res["before"]["arms"][a]["predictions"] == res["after"]["arms"][a]["predictions"]
+                                for a in res["before"]["arms"])
+                t0, t1 = statistics.median(secs["before"]), statistics.median(secs["after"])
+                row = {"task": name, "kind": res["after"]["kind"], "before_s": t0, "after_s": t1, "speedup": t0 / t1,
+                       "identical": identical, "seconds": secs,
+                       "accuracy": {a: r["accuracy"] for a, r in res["after"]["arms"].items()}}
+                print(f"{name:<28} {row['kind']:<5} {t0:7.1f} s -> {t1:7.1f} s  {t0 / t1:.2f}x  identical={identical}", flush=True)
+                rows.append(row)
+            before.close()
+            after.close()
         finally:
-            injection.GROUP_MIN_ROWS = default_min
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
-    rows = []
-    for label, arm, per_row in (("base model", None, False), ("adapter, grouped rows", w, False),
-                                ("adapter, per-row gather", w, True)):
-        texts = run(arm, args.new_tokens, per_row)
-        steps = min(args.new_tokens, max(len(b.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts))
-        t1, _ = median_time(lambda: run(arm, 1, per_row), args.repeats)
-        tn, _ = median_time(lambda: run(arm, args.new_tokens, per_row), args.repeats)
-        per_tok = (tn - t1) / max(1, steps - 1)
-        rows.append({"path": label, "prompt_forward_s": t1, "generate_s": tn, "tokens": steps, "decode_s_per_token": per_tok})
-        print(f"{label:<26} prompt {t1:.2f} s, {steps} tokens in {tn:.2f} s, {per_tok:.3f} s/token", flush=True)
-
-    prefix_rows = prefix_benchmark(b, w, args)
-    res = {"command": command_line(), "machine": machine(), "backbone": args.backbone, "dtype": args.dtype,
-           "rows": args.rows, "lora": {"rank": args.rank, "targets": args.targets}, "results": rows,
-           "shared_prefix": prefix_rows}
+    total0, total1 = sum(r["before_s"] for r in rows), sum(r["after_s"] for r in rows)
+    mach = machine()
+    res = {"command": command_line(), "machine": mach, "baseline": rev, "after": head + (" + uncommitted changes" if dirty else ""),
+           "backbone": args.backbone, "dtype": args.dtype, "items": args.items, "arms": 1 + args.adapters, "tasks": rows,
+           "total_before_s": total0, "total_after_s": total1}
     write_json(args.out / "eval_speed.json", res)
     md = [
-        f"# Evaluator throughput: greedy decoding of {args.rows} rows ({args.backbone}, {args.dtype})",
+        f"# Evaluator speed: whole `evaluate_task` calls, {rev} vs {res['after']} ({args.backbone}, {args.dtype})",
         "",
         f"Command: `{command_line()}`  ",
-        f"Machine: {machine()}",
+        f"Machine: {mach['cpu']} (capability {mach['cpu_capability']}, amx_bf16 {mach['amx_bf16']}), "
+        f"{mach['cpu_count']} cores, torch {mach['torch']}, {mach['torch_threads']} threads, precision {args.dtype}.",
         "",
-        f"LoRA r{args.rank} on {args.targets}; medians of {args.repeats}. Decode time per token = (time for "
-        "N tokens − time for 1) / (N − 1).",
+        f"Each call scores {args.items} eval items under {1 + args.adapters} arms (base + {args.adapters} random r8 adapters, "
+        f"σ = {args.std}), batch_rows {args.batch_rows}. *before* = the evaluator at {rev}, *after* = this checkout; both in one "
+        f"run, alternating per task, medians of {args.repeats}. *identical* = every arm's predictions are the same.",
         "",
-        "| path | prompt forward (s) | tokens | decode (s/token) | vs base |",
-        "|---|---:|---:|---:|---:|",
+        "| task | kind | before (s) | after (s) | speed-up | identical |",
+        "|---|---|---:|---:|---:|---|",
     ]
-    base = rows[0]["decode_s_per_token"]
     for r in rows:
-        md.append(f"| {r['path']} | {r['prompt_forward_s']:.2f} | {r['tokens']} | {r['decode_s_per_token']:.3f} | "
-                  f"{r['decode_s_per_token'] / base:.2f}× |")
-    md += [
-        "",
-        f"## Shared prompt prefix, `evaluate_task` on {args.items} eval items, base + one adapter",
-        "",
-        "The prompt tokens every item shares (the chat template's system turn, the task's instructions) run once",
-        "per arm and batch instead of once per row. Wall time of the whole call (prompt forwards and decoding),",
-        f"medians of {args.prefix_repeats} interleaved runs; *identical* = both paths give the same prediction for every item and arm.",
-        "",
-        "| task | kind | prompt tokens (mean) | shared prefix | whole prompt per row (s) | shared prefix (s) | speed-up | identical |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in prefix_rows:
-        md.append(f"| {r['task']} | {r['kind']} | {r['prompt_tokens']:.1f} | {r['shared_prefix']} | {r['unshared_s']:.2f} | "
-                  f"{r['shared_s']:.2f} | {r['unshared_s'] / r['shared_s']:.2f}× | {'yes' if r['identical'] else 'NO'} |")
+        md.append(f"| {r['task']} | {r['kind']} | {r['before_s']:.1f} | {r['after_s']:.1f} | {r['speedup']:.2f}× | "
+                  f"{'yes' if r['identical'] else 'NO'} |")
+    md.append(f"| **all** | | {total0:.1f} | {total1:.1f} | {total0 / total1:.2f}× | "
+              f"{'yes' if all(r['identical'] for r in rows) else 'NO'} |")
     (args.out / "eval_speed.md").write_text("\n".join(md) + "\n")
-
-
-def prefix_benchmark(b, w, args) -> list[dict]:
-    specs = load_suite(None)
-    default_min = engine.MIN_SHARED_PREFIX
-    out = []
-    for name in filter(None, args.prefix_tasks.split(",")):
-        task = build_task(get_spec(specs, name))
-        items = task.split("eval")[: args.items]
-        ids = [b.tokenizer(format_prompt(b.tokenizer, task, it), add_special_tokens=False)["input_ids"] for it in items]
-
-        def run(shared: bool) -> dict:
-            engine.MIN_SHARED_PREFIX = default_min if shared else 10**9
-            try:
-                return evaluate_task(b, task, {"base": None, "adapter": w}, limit=args.items, batch_rows=args.rows,
-                                     keep_predictions=True)
-            finally:
-                engine.MIN_SHARED_PREFIX = default_min
-
-        preds, secs = {}, {False: [], True: []}
-        for _ in range(args.prefix_repeats):
-            for flag in (False, True):  # interleaved, so a load change on the machine hits both paths alike
-                t0 = time.perf_counter()
-                preds[flag] = run(flag)["arms"]
-                secs[flag].append(time.perf_counter() - t0)
-        identical = all(preds[False][a]["predictions"] == preds[True][a]["predictions"] for a in preds[False])
-        t_off, t_on = statistics.median(secs[False]), statistics.median(secs[True])
-        row = {"task": name, "kind": task.kind, "items": len(items), "prompt_tokens": sum(map(len, ids)) / len(ids),
-               "shared_prefix": engine._shared_prefix(ids), "unshared_s": t_off, "shared_s": t_on, "identical": identical}
-        print(f"{name:<28} prefix {row['shared_prefix']}/{row['prompt_tokens']:.0f} tokens: {t_off:.2f} s -> {t_on:.2f} s "
-              f"({t_off / t_on:.2f}x), identical={identical}", flush=True)
-        out.append(row)
-    return out
 
 
 if __name__ == "__main__":

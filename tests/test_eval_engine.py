@@ -143,3 +143,29 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert _shared_prefix([base[: MIN_SHARED_PREFIX - 1] + [1, 2, 3], base[: MIN_SHARED_PREFIX - 1] + [4, 5, 6]]) == 0  # too short to bother
     assert _shared_prefix([[1] + base, [2] + base]) == 0
     assert _shared_prefix([]) == 0
+
+
+def test_pooled_decoding_equals_generate_when_rows_stop_at_different_steps(tiny_qwen2):
+    """Rows leave the decode pool at EOS and later prefill batches join it (a pool smaller than the rows, batches
+    of different prompt lengths, several arms): every continuation is still what ``model.generate`` gives."""
+    from deltalora.eval.engine import hf_greedy_generate
+
+    b = tiny_qwen2
+    tok = b.tokenizer
+    prompts = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in
+               ("Sky?", "Grass?", "A long question about the colour of the sea at night?", "Hm", "Why?", "x y z", "Name it.")]
+    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=11)
+    free = hf_greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4)
+    # make a token that some rows emit mid-way the EOS, so that rows finish after 1..8 tokens
+    counts = {}
+    for text in free[0] + free[1]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for t in set(ids[1:6]):
+            counts[t] = counts.get(t, 0) + 1
+    stop = max(counts, key=counts.get)
+    ref = hf_greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4, eos_token_id=stop)
+    lengths = {len(tok(t, add_special_tokens=False)["input_ids"]) for arm in ref for t in arm}
+    assert len(lengths) >= 3, lengths  # rows really stop at different steps
+    for decode_rows in (4, 6, 64):  # refills while rows are live, and one pool for everything
+        assert greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4, decode_rows=decode_rows,
+                               eos_token_id=stop) == ref

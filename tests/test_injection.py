@@ -223,3 +223,36 @@ def test_layout_mismatch_is_refused(tiny_qwen2, tiny_llama):
     with pytest.raises(InjectionError, match="expected Linear"):
         with inject(tiny_qwen2.model, w):
             pass
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad-in-place", "autograd"])
+def test_runs_of_rows_match_single_adapter_runs(tiny_qwen2, grad):
+    """An evaluator's arm-major batch (runs of rows per adapter, base rows among them) takes the slice path: with no
+    autograd it adds into the frozen linear's output in place; either way every row gets exactly its adapter."""
+    from deltalora.lora.injection import _Router
+
+    b = tiny_qwen2
+    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,up,down"))
+    singles = [LoraWeights.random(layout, std=0.05, seed=s) for s in range(3)]
+    stacked = LoraWeights.stack(singles)
+    rows = [2, 2, 2, 2, -1, -1, -1, -1, 0, 0, 0, 0]
+    assert _Router(3, torch.tensor(rows)).runs == [(2, 0, 4), (-1, 4, 8), (0, 8, 12)]  # the path under test
+    assert _Router(3, torch.tensor([0, 1] * 6)).runs is None  # interleaved rows: too many runs, gather instead
+    batch = encode(b.tokenizer, TEXTS[:2] * 6)
+    with torch.no_grad():
+        base, _ = hidden(b.model, batch)
+        refs = [hidden(b.model, batch, w)[0] for w in singles]
+    if grad:
+        for t in stacked.tensors():
+            t.requires_grad_(True)
+    with torch.set_grad_enabled(grad):
+        routed, _ = hidden(b.model, batch, stacked, rows=torch.tensor(rows))
+    for i, k in enumerate(rows):
+        if k < 0:
+            assert torch.equal(routed[i], base[i])
+        else:
+            torch.testing.assert_close(routed[i], refs[k][i], atol=1e-5, rtol=1e-5)
+    if grad:
+        routed.float().pow(2).mean().backward()
+        g = next(iter(stacked.A.values())).grad
+        assert [bool(g[k].abs().sum() > 0) for k in range(3)] == [True, False, True]

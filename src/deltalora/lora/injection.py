@@ -68,7 +68,14 @@ class _Router:
         # +25 % over the base model with the gather, +8 % grouped; the rerun in results/eval_speed.md put both
         # within that day's run-to-run noise, see README).
         self.groups: list[tuple[int, torch.Tensor | None]] | None = None
+        # Runs of consecutive rows that share an adapter (the evaluator's arm-major batches): each run is a slice of
+        # the batch, so it needs no gather of rows and no scatter of results, only its own matmul pair.
+        self.runs: list[tuple[int, int, int]] | None = None
         if self.rows is not None and self.rows.numel():
+            bounds = [0] + (torch.nonzero(self.rows[1:] != self.rows[:-1])[:, 0] + 1).tolist() + [self.rows.numel()]
+            runs = [(int(self.rows[lo]), lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            if len(runs) <= max(1, self.rows.numel() // GROUP_MIN_ROWS):
+                self.runs = runs
             used = sorted({int(r) for r in self.rows.tolist()} - {-1})
             if len(used) <= max(1, self.rows.numel() // GROUP_MIN_ROWS):
                 whole = len(used) == 1 and bool((self.rows == used[0]).all())
@@ -122,6 +129,23 @@ def _lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
     return d.reshape(*x.shape[:-1], B.shape[1])
 
 
+def _add_runs(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
+              runs: list[tuple[int, int, int]]) -> torch.Tensor:
+    """``output`` plus ``scale · (x Aₖᵀ) Bₖᵀ`` on each run of rows ``[lo, hi)`` routed to adapter k (k = -1: none).
+
+    Without autograd the runs are added into ``output`` in place (the frozen linear's fresh result), so an
+    evaluator batch pays for the LoRA matmuls and nothing else; with autograd the result is a new tensor."""
+    A, B = A.to(x.dtype), B.to(x.dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad or output.requires_grad):
+        parts = [output[lo:hi] if k < 0 else output[lo:hi] + ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
+                 for k, lo, hi in runs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    for k, lo, hi in runs:
+        if k >= 0:
+            output[lo:hi] += ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
+    return output
+
+
 @contextlib.contextmanager
 def inject(
     model: nn.Module,
@@ -162,6 +186,8 @@ def inject(
             def hook(mod, args, output, A=A, B=B):
                 x = args[0]
                 router.check(x.shape[0])
+                if router.runs is not None:
+                    return _add_runs(output, x, A, B, scale, router.runs)
                 return output + _lora_delta(x, A, B, scale, router)
 
             handles.append(module.register_forward_hook(hook))
