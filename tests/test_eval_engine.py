@@ -95,7 +95,7 @@ SHARED = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in ("Sky?", "
 
 
 def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2):
-    """Prompts that share a long prefix (a chat template's system turn): the prefix runs once per arm and batch,
+    """Prompts that share a long prefix (a chat template's system turn): the prefix runs once per arm and call,
     and every score and every greedy continuation is still what the full, unbatched forward gives."""
     from deltalora.eval.engine import MIN_SHARED_PREFIX, _shared_prefix
 
@@ -114,9 +114,15 @@ def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2)
         for batch_rows in (3, 5, 32):  # batches that hold one, two or three arms
             seen.clear()
             res = choice_logprobs(b, SHARED, choices, [None, w1, w2], batch_rows=batch_rows)
-            # batches are arm-major (12 rows: 3 arms x 4 prompts); each runs the prefix once per arm it holds
-            arms_per_batch = [len({r // 4 for r in range(k, min(k + batch_rows, 12))}) for k in range(0, 12, batch_rows)]
-            assert [r for r, t in seen if t == shared] == arms_per_batch
+            # batches are arm-major (12 rows: 3 arms x 4 prompts); the prefix runs once per arm and call, in the
+            # first batch that holds the arm, and later batches reuse its cache
+            first_seen, new_arms = set(), []
+            for k in range(0, 12, batch_rows):
+                arms = {r // 4 for r in range(k, min(k + batch_rows, 12))} - first_seen
+                first_seen |= arms
+                if arms:
+                    new_arms.append(len(arms))
+            assert [r for r, t in seen if t == shared] == new_arms and sum(new_arms) == 3
             assert max(t for r, t in seen if t != shared) <= max(map(len, ids)) - shared  # the rest: own tokens only
             for a, model in refs.items():
                 for i, (prompt, opts) in enumerate(zip(SHARED, choices)):

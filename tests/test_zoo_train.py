@@ -107,3 +107,31 @@ def test_precision_setting_and_its_deprecated_spelling(tmp_path):
     assert str(both) in msg and "precision" in msg and "bf16_autocast" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="bf16_autocast"):
         load_zoo_config(old, {"teacher": {"precision": "float32"}})  # an override on an old YAML names the clash
+
+
+def test_linears_cast_once_per_job_train_exactly_as_autocast_does(tiny_qwen2, tmp_path, monkeypatch):
+    """bf16 teachers hold the frozen linears in bf16 for the job instead of autocast casting them in every call: the
+    adapters are byte-identical to plain autocast over the fp32 weights, and the backbone gets its fp32 tensors back."""
+    import contextlib
+
+    import deltalora.zoo.train as zt
+
+    before = {k: v.clone() for k, v in tiny_qwen2.model.state_dict().items()}
+    seen = []
+    real = zt.narrowed_linears
+
+    def spy(model, dtype):
+        seen.append(dtype)
+        return real(model, dtype)
+
+    monkeypatch.setattr(zt, "narrowed_linears", spy)
+    once = _adapter_bytes(tiny_qwen2, tmp_path, "once", precision="bf16")
+    assert seen == [torch.bfloat16]
+    monkeypatch.setattr(zt, "narrowed_linears", lambda model, dtype: contextlib.nullcontext())
+    assert _adapter_bytes(tiny_qwen2, tmp_path, "every-call", precision="bf16") == once
+    after = tiny_qwen2.model.state_dict()
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(RuntimeError, match="boom"), real(tiny_qwen2.model, torch.bfloat16):
+        assert tiny_qwen2.model.lm_head.weight.dtype == torch.bfloat16
+        raise RuntimeError("boom")
+    assert tiny_qwen2.model.lm_head.weight.dtype == torch.float32

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from ..lora import LoraWeights, inject
 
@@ -64,15 +65,28 @@ def _shared_prefix(prompt_ids: Sequence[Sequence[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def _prefix_rows(model, prefix: Sequence[int], stacked, arm_index: Sequence[int], chunk_arms: Sequence[int], device):
-    """The KV cache of ``prefix`` for every row of a batch: one forward row per distinct arm, then each batch row
-    takes its arm's copy (``chunk_arms`` = the arm of each batch row)."""
-    arms = list(dict.fromkeys(chunk_arms))
-    ids = torch.tensor([list(prefix)] * len(arms), device=device)
-    with _Routed(model, stacked, [arm_index[a] for a in arms]):
-        cache = model.get_decoder()(input_ids=ids, use_cache=True).past_key_values  # the cache only: no LM head
-    cache.batch_select_indices(torch.tensor([arms.index(a) for a in chunk_arms], device=device))
-    return cache
+class _PrefixCache:
+    """The KV cache of the prompt prefix all items share, per arm, computed once per call and reused by every batch.
+
+    The first batch that holds an arm runs the prefix for it (one row per new arm); later batches copy the rows."""
+
+    def __init__(self, model, prefix: Sequence[int], stacked, arm_index: Sequence[int], device):
+        self.model, self.prefix, self.stacked, self.arm_index, self.device = model, list(prefix), stacked, arm_index, device
+        self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # arm -> per layer (keys, values), one row
+
+    def rows(self, chunk_arms: Sequence[int]):
+        """A cache for a batch whose row r belongs to arm ``chunk_arms[r]``."""
+        new = [a for a in dict.fromkeys(chunk_arms) if a not in self.kv]
+        if new:
+            ids = torch.tensor([self.prefix] * len(new), device=self.device)
+            with _Routed(self.model, self.stacked, [self.arm_index[a] for a in new]):
+                cache = self.model.get_decoder()(input_ids=ids, use_cache=True).past_key_values  # no LM head needed
+            for j, a in enumerate(new):
+                self.kv[a] = [(layer.keys[j : j + 1], layer.values[j : j + 1]) for layer in cache.layers]
+        out = DynamicCache()
+        for i in range(len(self.kv[chunk_arms[0]])):
+            out.update(torch.cat([self.kv[a][i][0] for a in chunk_arms]), torch.cat([self.kv[a][i][1] for a in chunk_arms]), i)
+        return out
 
 
 def _last_logits(model, **inputs) -> tuple[torch.Tensor, object]:
@@ -150,6 +164,7 @@ def choice_logprobs(
     pad, dev = tok.pad_token_id, backbone.device
     pairs = _row_order(len(arms), [len(p) for p in prompt_ids])
     shared = _shared_prefix(prompt_ids)
+    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
     for start in range(0, len(pairs), batch_rows):
         chunk = pairs[start : start + batch_rows]
         lens = [len(prompt_ids[i]) for _, i in chunk]
@@ -157,7 +172,7 @@ def choice_logprobs(
         ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
         past = None
         if shared:
-            past = _prefix_rows(model, prompt_ids[0][:shared], stacked, arm_index, [a for a, _ in chunk], dev)
+            past = prefix.rows([a for a, _ in chunk])
             mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
         with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
             # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
@@ -274,6 +289,7 @@ def greedy_generate(
     prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     jobs = _row_order(len(arms), [len(p) for p in prompt_ids])
     shared = _shared_prefix(prompt_ids)
+    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
     out = [[""] * len(prompts) for _ in arms]
     dev, eos = backbone.device, tok.eos_token_id if eos_token_id is None else eos_token_id
     limit = max(decode_rows or DECODE_ROWS, batch_rows)
@@ -284,7 +300,7 @@ def greedy_generate(
         ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
         past = None
         if shared:
-            past = _prefix_rows(model, prompt_ids[0][:shared], stacked, arm_index, [a for a, _ in chunk], dev)
+            past = prefix.rows([a for a, _ in chunk])
             mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
         with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
             last, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past)
@@ -341,6 +357,7 @@ def hf_greedy_generate(
     prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     jobs = _row_order(len(arms), [len(p) for p in prompt_ids])
     shared = _shared_prefix(prompt_ids)
+    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
     out = [[""] * len(prompts) for _ in arms]
     dev = backbone.device
     for start in range(0, len(jobs), batch_rows):
@@ -350,7 +367,7 @@ def hf_greedy_generate(
         if shared:
             # [shared prefix | padding | own tokens]: the prefix comes from its per-arm cache, the padding is
             # masked, and generate derives positions from the mask, so every token keeps its unpadded position
-            past = _prefix_rows(model, prompt_ids[0][:shared], stacked, arm_index, [a for a, _ in chunk], dev)
+            past = prefix.rows([a for a, _ in chunk])
             ids = torch.cat([torch.tensor([prompt_ids[0][:shared]] * len(chunk)), ids], dim=1)
             mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype), mask], dim=1)
         ids, mask = ids.to(dev), mask.to(dev)
