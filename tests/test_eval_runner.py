@@ -92,3 +92,30 @@ def test_arms_with_different_layouts_are_refused(tiny_qwen2, tmp_path):
     save_adapter(LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=8, targets="q,v"))), tmp_path / "b")
     with pytest.raises(TaskError, match="different layouts"):
         load_arms(tiny_qwen2, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_bf16_evaluation_runs_under_autocast_and_leaves_the_weights_fp32(tiny_qwen2):
+    """precision=bfloat16 scores with bf16 linears (cast once for the call) and says so; the default stays float32,
+    and afterwards the backbone holds exactly the fp32 tensors it had."""
+    b = tiny_qwen2
+    before = {k: v.clone() for k, v in b.model.state_dict().items()}
+    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=5)
+    short = _task("short", [TaskItem(prompt=q, answer="x") for q in QUESTIONS])
+    mc = _task("mc", [mc_item(q, ["yes", "no", "maybe"], i % 3) for i, q in enumerate(QUESTIONS)])
+    seen = []
+    hook = b.model.lm_head.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+    try:
+        for task in (short, mc):
+            seen.clear()
+            fp32 = evaluate_task(b, task, {"base": None, "a": w}, keep_predictions=True)
+            assert fp32["precision"] == "float32" and {d for d in seen} == {(torch.float32, torch.float32)}
+            seen.clear()
+            bf16 = evaluate_task(b, task, {"base": None, "a": w}, keep_predictions=True, precision="bf16")
+            assert bf16["precision"] == "bfloat16" and {d for d in seen} == {(torch.bfloat16, torch.bfloat16)}
+            assert set(bf16["arms"]) == {"base", "a"} and all(r["n"] == 4 for r in bf16["arms"].values())
+    finally:
+        hook.remove()
+    after = b.model.state_dict()
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(ValueError, match="precision"):
+        evaluate_task(b, short, {"base": None}, precision="fp8")

@@ -310,3 +310,14 @@ def test_train_cli_set_overrides_the_run_config(tmp_path, deltalora_home):
     assert sorted(read_log(tmp_path / "g" / "log.jsonl")) == [0, 1, 2]  # the preset's step count replaced
     res = CliRunner().invoke(app, args + ["--set", "train.nope=1"])
     assert res.exit_code != 0 and "nope" in res.output
+
+
+def test_eval_precision_is_validated_and_canonical():
+    from pydantic import ValidationError
+
+    from deltalora.experiment.config import EvalConfig
+
+    assert EvalConfig().precision == "float32"
+    assert EvalConfig(precision="bf16").precision == "bfloat16"
+    with pytest.raises(ValidationError, match="precision"):
+        EvalConfig(precision="fp8")

@@ -16,6 +16,7 @@ Each decision is made once per process and logged once (logger ``deltalora.preci
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +237,32 @@ def resolve_precision(setting: str, device: torch.device | str) -> torch.dtype:
     return decide_precision(setting, device).dtype
 
 
+@contextlib.contextmanager
+def narrowed_linears(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """For the block, every linear layer of the frozen ``model`` holds its weight and bias in ``dtype``.
+
+    Under autocast to ``dtype`` these are exactly the tensors autocast would make on every call (frozen weights are
+    not in its cast cache): cast once per job instead of in every forward, with bit-identical results (tested in tests/test_zoo_train.py). The
+    original tensors are put back afterwards, also on error. ``dtype=None`` changes nothing."""
+    if dtype is None:
+        yield
+        return
+    saved = []
+    try:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                for p in (m.weight, m.bias):
+                    if p is not None and p.dtype.is_floating_point and p.dtype.itemsize > dtype.itemsize:
+                        saved.append((p, p.data))
+                        p.data = p.data.to(dtype)
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
 __all__ = [
+    "narrowed_linears",
     "BF16_MIN_SPEEDUP",
     "PRECISION_SETTINGS",
     "PrecisionDecision",

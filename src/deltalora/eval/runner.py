@@ -12,6 +12,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
+from ..backbones.precision import dtype_name, narrowed_linears, resolve_precision
 from ..lora import LoraWeights, load_adapter
 from ..tasks import Task, TaskError, format_prompt, read_dnd_json, read_jsonl
 from .engine import choice_logprobs, greedy_generate
@@ -44,8 +47,14 @@ def evaluate_task(
     batch_rows: int = 32,
     max_new_tokens: int | None = None,
     keep_predictions: bool = False,
+    precision: str = "float32",
 ) -> dict:
-    """``{"task", "kind", "split", "arms": {name: {"accuracy", "stderr", "n", ...}}, "seconds"}``."""
+    """``{"task", "kind", "split", "precision", "arms": {name: {"accuracy", "stderr", "n", ...}}, "seconds"}``.
+
+    ``precision`` (``float32`` | ``bfloat16`` | ``auto``, resolved by :func:`deltalora.backbones.decide_precision`)
+    narrower than the weights runs every forward under autocast, with the linears cast once for the call: faster
+    where the hardware has native bf16, at the cost of some predictions (``benchmarks/eval_speed.py --precision``
+    measures the agreement with float32 per task). Compare rows only within one precision."""
     if task.kind == "code":
         raise TaskError(f"task {task.name}: code tasks need an execution scorer, which deltalora does not have yet")
     items = task.split(split)[: limit or None]
@@ -55,7 +64,21 @@ def evaluate_task(
     weights = [arms[n] for n in names]
     prompts = [format_prompt(backbone.tokenizer, task, it) for it in items]
     t0 = time.perf_counter()
-    result: dict = {"task": task.name, "kind": task.kind, "split": split, "arms": {}}
+    wide = next(backbone.model.parameters()).dtype
+    dtype = resolve_precision(precision, backbone.device)
+    narrow = dtype.itemsize < wide.itemsize
+    result: dict = {"task": task.name, "kind": task.kind, "split": split, "precision": dtype_name(dtype if narrow else wide),
+                    "arms": {}}
+    with narrowed_linears(backbone.model, dtype if narrow else None), torch.autocast(
+        backbone.device.type, dtype=dtype, enabled=narrow
+    ):
+        _score(backbone, task, items, prompts, names, weights, result, batch_rows, max_new_tokens, keep_predictions)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _score(backbone, task: Task, items, prompts, names, weights, result: dict, batch_rows: int,
+           max_new_tokens: int | None, keep_predictions: bool) -> None:
     if task.kind == "mc":
         lp = choice_logprobs(backbone, prompts, [it.choices for it in items], weights, batch_rows=batch_rows)
         for a, name in enumerate(names):
@@ -73,8 +96,6 @@ def evaluate_task(
             if keep_predictions:
                 result["arms"][name]["predictions"] = texts[a]
         result["max_new_tokens"] = new
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
 
 
 def load_arms(backbone, adapter_dirs: list[str | Path], include_base: bool = True) -> dict[str, LoraWeights | None]:

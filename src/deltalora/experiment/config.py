@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from ..backbones.precision import canonical_precision
 from ..config import StrictModel, load_yaml
 from ..errors import ConfigError
 from ..training import LambdaSchedule, TrainConfig
@@ -22,6 +23,15 @@ class EvalConfig(StrictModel):
     split: str = "eval"
     limit: int | None = Field(50, ge=1)  # eval items per held-out task (None = the whole split)
     batch_rows: int = Field(32, ge=1)
+    # float32 (the default: every number in results/ so far) | bfloat16 | auto. Narrower than the weights runs the
+    # evaluator under autocast: faster on CPUs with native bf16, some predictions change (benchmarks/eval_speed.py
+    # --precision bfloat16 measures how many). Cached scores are keyed by it.
+    precision: str = "float32"
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        return canonical_precision(v)
 
 
 class RunConfig(StrictModel):

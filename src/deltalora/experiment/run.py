@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones import cpu_info, describe_machine, load_backbone
+from ..backbones import cpu_info, decide_precision, describe_machine, load_backbone
 from ..conditions import Conditioner, load_encoder, pools_from_tasks
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, compute_deltas, sources_from_manifest
@@ -216,6 +216,8 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
     """Accuracy of every arm on the task's eval split; per-arm results cached under eval/<task>/ by content hash."""
     ev = ctx.cfg.eval
     salt = f"{task}|{ev.split}|{ev.limit}|{ctx.backbone.weights_id}"
+    if ev.precision != "float32":  # float32 scores keep the keys they were cached under before the option existed
+        salt += f"|{decide_precision(ev.precision, ctx.backbone.device).name}"
     folder = ctx.out / "eval" / task
     hashes = {name: weights_hash(w, salt) for name, (_, w) in arms.items()}
     results = {}
@@ -237,7 +239,8 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
     for names in calls:
         _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items ({len(todo)} to score)")
         t0 = time.perf_counter()
-        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows)
+        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows,
+                            precision=ev.precision)
         for n in names:
             r = {**res["arms"][n], "kind": res["kind"]}
             atomic_write_bytes(folder / f"{hashes[n]}.json", json.dumps(r).encode())

@@ -9,11 +9,10 @@ consecutive checkpoints of one run.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,29 +93,6 @@ def teacher_precision(setting: str, device: torch.device | str, weights_dtype: t
         )
     return PrecisionDecision(weights_dtype, f"the weights are already {dtype_name(weights_dtype)}")
 
-
-@contextlib.contextmanager
-def narrowed_linears(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
-    """For the block, every linear layer of the frozen ``model`` holds its weight and bias in ``dtype``.
-
-    Under autocast to ``dtype`` these are exactly the tensors autocast would make on every call (frozen weights are
-    not in its cast cache): cast once per job instead of in every forward, with bit-identical results (tested). The
-    original tensors are put back afterwards, also on error. ``dtype=None`` changes nothing."""
-    if dtype is None:
-        yield
-        return
-    saved = []
-    try:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                for p in (m.weight, m.bias):
-                    if p is not None and p.dtype.is_floating_point and p.dtype.itemsize > dtype.itemsize:
-                        saved.append((p, p.data))
-                        p.data = p.data.to(dtype)
-        yield
-    finally:
-        for p, data in saved:
-            p.data = data
 
 
 @dataclass
@@ -215,6 +191,8 @@ def train_teacher(
     losses: list[float] = []
     saved: list[Checkpoint] = []
     model = backbone.model
+    from ..backbones.precision import narrowed_linears
+
     with narrowed_linears(model, precision if narrow else None):
         for step in range(1, cfg.steps + 1):
             batch = []
