@@ -129,6 +129,20 @@ def _lora_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
     return d.reshape(*x.shape[:-1], B.shape[1])
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _add_blocks_in_place(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+    """The adapter-major layout without autograd (Δ extraction): block k of the rows gets ``scale · (x Aₖᵀ) Bₖᵀ``
+    added into the frozen linear's output by one fused batched multiply-add, with no [K, T, out] temporary."""
+    k = A.shape[0]
+    h = torch.bmm(x.reshape(k, -1, x.shape[-1]), A.to(x.dtype).transpose(1, 2)) * scale  # scale the rank-r intermediate
+    out = output.view(k, -1, output.shape[-1])
+    out.baddbmm_(h, B.to(x.dtype).transpose(1, 2))
+    return output
+
+
 def _add_runs(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
               runs: list[tuple[int, int, int]]) -> torch.Tensor:
     """``output`` plus ``scale · (x Aₖᵀ) Bₖᵀ`` on each run of rows ``[lo, hi)`` routed to adapter k (k = -1: none).
@@ -136,7 +150,7 @@ def _add_runs(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.T
     Without autograd the runs are added into ``output`` in place (the frozen linear's fresh result), so an
     evaluator batch pays for the LoRA matmuls and nothing else; with autograd the result is a new tensor."""
     A, B = A.to(x.dtype), B.to(x.dtype)
-    if torch.is_grad_enabled() and (x.requires_grad or A.requires_grad or B.requires_grad or output.requires_grad):
+    if _needs_grad(output, x, A, B):
         parts = [output[lo:hi] if k < 0 else output[lo:hi] + ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
                  for k, lo, hi in runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -188,6 +202,8 @@ def inject(
                 router.check(x.shape[0])
                 if router.runs is not None:
                     return _add_runs(output, x, A, B, scale, router.runs)
+                if A.dim() == 3 and router.rows is None and not _needs_grad(output, x, A, B):
+                    return _add_blocks_in_place(output, x, A, B, scale)
                 return output + _lora_delta(x, A, B, scale, router)
 
             handles.append(module.register_forward_hook(hook))
