@@ -81,6 +81,15 @@ def test_adapter_major_blocks_and_explicit_rows(tiny_qwen2):
     torch.testing.assert_close(routed[3], ref1[3], atol=1e-5, rtol=1e-5)
 
 
+def assert_each_row_has_its_adapter(routed, rows, base, refs):
+    """Row i equals the single-adapter run of adapter rows[i], and a base row (-1) the base model bit for bit."""
+    for i, k in enumerate(rows):
+        if k < 0:
+            assert torch.equal(routed[i], base[i])
+        else:
+            torch.testing.assert_close(routed[i], refs[k][i], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "rows",
     [[1, 1, 1, -1, 0, 0, 1, -1], [1] * 8, [-1] * 8, [0, 0, 0, 0, -1, -1, -1, -1]],
@@ -100,11 +109,7 @@ def test_rows_grouped_by_adapter_match_single_adapter_runs(tiny_qwen2, rows):
     for t in stacked.tensors():
         t.requires_grad_(True)
     routed, _ = hidden(b.model, batch, stacked, rows=torch.tensor(rows))
-    for i, k in enumerate(rows):
-        if k < 0:
-            assert torch.equal(routed[i], base[i])
-        else:
-            torch.testing.assert_close(routed[i], refs[k][i], atol=1e-5, rtol=1e-5)
+    assert_each_row_has_its_adapter(routed, rows, base, refs)
     if any(k >= 0 for k in rows):
         routed.float().pow(2).mean().backward()
         g = next(iter(stacked.B.values())).grad
@@ -247,11 +252,7 @@ def test_runs_of_rows_match_single_adapter_runs(tiny_qwen2, grad):
             t.requires_grad_(True)
     with torch.set_grad_enabled(grad):
         routed, _ = hidden(b.model, batch, stacked, rows=torch.tensor(rows))
-    for i, k in enumerate(rows):
-        if k < 0:
-            assert torch.equal(routed[i], base[i])
-        else:
-            torch.testing.assert_close(routed[i], refs[k][i], atol=1e-5, rtol=1e-5)
+    assert_each_row_has_its_adapter(routed, rows, base, refs)
     if grad:
         routed.float().pow(2).mean().backward()
         g = next(iter(stacked.A.values())).grad

@@ -129,6 +129,37 @@ def _left_padded(rows: Sequence[Sequence[int]], pad: int, offset: int = 0) -> tu
     return ids, mask, offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+class _Plan:
+    """What every scorer derives from (prompts, arms) first: the stacked adapters, each prompt's ids, the rows in
+    batch order (arm-major, length-sorted), the shared prefix length and the per-arm cache of that prefix."""
+
+    def __init__(self, backbone, prompts: Sequence[str], arms: Sequence[Arm]):
+        tok, model = backbone.tokenizer, backbone.model
+        self.stacked, self.arm_index = _stack_arms(arms)
+        if self.stacked is not None:
+            self.stacked = self.stacked.to(backbone.device)
+        self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        self.rows = _row_order(len(arms), [len(p) for p in self.prompt_ids])
+        self.shared = _shared_prefix(self.prompt_ids)
+        self.prefix = (_PrefixCache(model, self.prompt_ids[0][: self.shared], self.stacked, self.arm_index, backbone.device)
+                       if self.shared else None)
+
+    def prefill(self, backbone, chunk: Sequence[tuple[int, int]]):
+        """Run a batch of (arm, item) rows' prompts: the last position's logits, the KV cache, the attention mask
+        (prefix columns included) and the position ids of the own tokens."""
+        model, dev, shared = backbone.model, backbone.device, self.shared
+        ids, mask, pos = _left_padded([self.prompt_ids[i][shared:] for _, i in chunk], backbone.tokenizer.pad_token_id, shared)
+        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        past = None
+        if shared:
+            past = self.prefix.rows([a for a, _ in chunk])
+            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
+        with _Routed(model, self.stacked, [self.arm_index[a] for a, _ in chunk]):
+            # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
+            last, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past)
+        return last, cache, mask, pos
+
+
 @torch.no_grad()
 def choice_logprobs(
     backbone,
@@ -147,10 +178,8 @@ def choice_logprobs(
     choice cheap: the old layout ran the whole prompt once per choice.
     """
     tok, model = backbone.tokenizer, backbone.model
-    stacked, arm_index = _stack_arms(arms)
-    if stacked is not None:
-        stacked = stacked.to(backbone.device)
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    plan = _Plan(backbone, prompts, arms)
+    stacked, arm_index, prompt_ids = plan.stacked, plan.arm_index, plan.prompt_ids
     choice_ids = []
     for i, opts in enumerate(choices):
         row = [tok(opt, add_special_tokens=False)["input_ids"] for opt in opts]
@@ -162,21 +191,11 @@ def choice_logprobs(
         raise ValueError(f"{len(prompts)} prompts but {len(choices)} choice lists")
     out = [[[0.0] * len(opts) for opts in choices] for _ in arms]
     pad, dev = tok.pad_token_id, backbone.device
-    pairs = _row_order(len(arms), [len(p) for p in prompt_ids])
-    shared = _shared_prefix(prompt_ids)
-    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
+    pairs = plan.rows
     for start in range(0, len(pairs), batch_rows):
         chunk = pairs[start : start + batch_rows]
         lens = [len(prompt_ids[i]) for _, i in chunk]
-        ids, mask, pos = _left_padded([prompt_ids[i][shared:] for _, i in chunk], pad, shared)
-        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-        past = None
-        if shared:
-            past = prefix.rows([a for a, _ in chunk])
-            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
-        with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
-            # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
-            last, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past)
+        last, cache, mask, _ = plan.prefill(backbone, chunk)
         first = F.log_softmax(last.float(), dim=-1)  # p(first choice token | prompt)
         conts = [(r, c) for r, (_, i) in enumerate(chunk) for c in range(len(choice_ids[i]))]
         for s in range(0, len(conts), batch_rows):
@@ -283,27 +302,16 @@ def greedy_generate(
     what ``model.generate`` gives it alone (greedy, the same EOS): :func:`hf_greedy_generate` is that reference.
     """
     tok, model = backbone.tokenizer, backbone.model
-    stacked, arm_index = _stack_arms(arms)
-    if stacked is not None:
-        stacked = stacked.to(backbone.device)
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    jobs = _row_order(len(arms), [len(p) for p in prompt_ids])
-    shared = _shared_prefix(prompt_ids)
-    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
+    plan = _Plan(backbone, prompts, arms)
+    stacked, arm_index = plan.stacked, plan.arm_index
+    jobs = plan.rows
     out = [[""] * len(prompts) for _ in arms]
-    dev, eos = backbone.device, tok.eos_token_id if eos_token_id is None else eos_token_id
+    eos = tok.eos_token_id if eos_token_id is None else eos_token_id
     limit = max(decode_rows or DECODE_ROWS, batch_rows)
     chunks = [jobs[s : s + batch_rows] for s in range(0, len(jobs), batch_rows)]
 
     def prefill(chunk: list[tuple[int, int]]) -> _Pool:
-        ids, mask, pos = _left_padded([prompt_ids[i][shared:] for _, i in chunk], tok.pad_token_id, shared)
-        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-        past = None
-        if shared:
-            past = prefix.rows([a for a, _ in chunk])
-            mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
-        with _Routed(model, stacked, [arm_index[a] for a, _ in chunk]):
-            last, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past)
+        last, cache, mask, pos = plan.prefill(backbone, chunk)
         return _Pool(cache, mask, pos[:, -1] + 1, last.argmax(-1), list(chunk))
 
     def finish(pool: _Pool, r: int) -> None:
@@ -349,15 +357,11 @@ def hf_greedy_generate(
 ) -> list[list[str]]:
     """The reference for :func:`greedy_generate`: each batch through ``model.generate`` until its slowest row ends.
 
-    Kept as the oracle the tests and ``benchmarks/eval_speed.py`` compare the pooled decoder with."""
+    Kept as the oracle the tests compare the pooled decoder with."""
     tok, model = backbone.tokenizer, backbone.model
-    stacked, arm_index = _stack_arms(arms)
-    if stacked is not None:
-        stacked = stacked.to(backbone.device)
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    jobs = _row_order(len(arms), [len(p) for p in prompt_ids])
-    shared = _shared_prefix(prompt_ids)
-    prefix = _PrefixCache(model, prompt_ids[0][:shared], stacked, arm_index, backbone.device) if shared else None
+    plan = _Plan(backbone, prompts, arms)
+    stacked, arm_index, prompt_ids, shared, prefix = plan.stacked, plan.arm_index, plan.prompt_ids, plan.shared, plan.prefix
+    jobs = plan.rows
     out = [[""] * len(prompts) for _ in arms]
     dev = backbone.device
     for start in range(0, len(jobs), batch_rows):
