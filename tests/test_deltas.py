@@ -41,6 +41,7 @@ from deltalora.deltas import (
 from deltalora.deltas.extract import DeltaResult, DeltaSource
 from deltalora.errors import ConfigError
 from deltalora.lora import LoraWeights, save_adapter
+from deltalora.sharding import ShardError
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
 
 from .helpers import peft_reference
@@ -453,9 +454,10 @@ def test_shards_are_disjoint_and_cover():
     ids = [s.id for p in parts for s in p]
     assert sorted(ids) == sorted(s.id for s in srcs) and len(set(ids)) == len(ids)
     assert [s.id for s in parts[0]] == ["id00", "id03", "id09"]
-    assert parse_shard("1/4") == (1, 4) and parse_shard(None) is None
+    assert parse_shard("1/4") == (1, 4) and parse_shard(None) == (0, 1)
+    assert select_shard(srcs, parse_shard(None)) == select_shard(srcs, None) == sorted(srcs, key=lambda s: s.id)
     for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
-        with pytest.raises(DeltaError, match="--shard"):
+        with pytest.raises(ShardError, match="--shard"):
             parse_shard(bad)
     with pytest.raises(DeltaError, match="given twice"):
         sources_from_adapters(["/a/b", "/a/b/"])

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, load_adapter
+from deltalora.sharding import ShardError
 from deltalora.zoo import (
     MANIFEST_NAME,
     ZooError,
@@ -61,7 +62,7 @@ def test_shards_are_disjoint_and_cover_the_plan(cfg):
     assert sorted(ids) == sorted(j.id for j in jobs) and len(set(ids)) == len(ids)
     assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
     for bad in ("3/3", "x/2", "1", "-1/2", "0/0"):
-        with pytest.raises(ZooError):
+        with pytest.raises(ShardError, match="--shard"):
             parse_shard(bad)
 
 

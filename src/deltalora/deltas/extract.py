@@ -30,6 +30,7 @@ from ..backbones import Backbone
 from ..errors import DeltaLoraError
 from ..lora import LoraWeights, inject, load_adapter
 from ..lora.layout import Architecture
+from ..sharding import parse_shard, take_shard
 from .cache import DeltaCache, DeltaCacheError, adapter_content_hash, cache_key
 from .probes import ProbeSet, get_probe_set
 from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
@@ -85,26 +86,9 @@ def _unique(sources: list[DeltaSource]) -> list[DeltaSource]:
     return sources
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` (0 ≤ i < n) -> (i, n); None stays None."""
-    if text is None:
-        return None
-    try:
-        i, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        i, n = -1, 0
-    if not (n >= 1 and 0 <= i < n):
-        raise DeltaError(f"--shard {text!r} is not i/n with 0 <= i < n; e.g. --shard 0/2 and --shard 1/2 for two workers")
-    return i, n
-
-
 def select_shard(sources: Sequence[DeltaSource], shard: tuple[int, int] | None) -> list[DeltaSource]:
     """Sources sorted by id; with shard (i, n) every n-th starting at i — disjoint and covering over i."""
-    ordered = sorted(sources, key=lambda s: s.id)
-    if shard is None:
-        return ordered
-    i, n = shard
-    return ordered[i::n]
+    return take_shard(sorted(sources, key=lambda s: s.id), shard)
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
 from ..paths import atomic_dir, atomic_write_bytes
+from ..sharding import parse_shard, take_shard
 from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 from .train import TeacherTrainConfig, teacher_precision, train_teacher
@@ -132,24 +133,9 @@ def plan_jobs(cfg: ZooConfig) -> list[ZooJob]:
     return jobs
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ZooError(f"--shard {text!r}: expected i/n with integers, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise ZooError(f"--shard {text!r}: need 0 <= i < n")
-    return i, n
-
-
 def shard_jobs(jobs: list[ZooJob], shard: tuple[int, int]) -> list[ZooJob]:
-    i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise ZooError(f"shard {i}/{n}: need 0 <= i < n")
-    return jobs[i::n]
+    """This worker's jobs, in plan order (see :mod:`deltalora.sharding`)."""
+    return take_shard(jobs, shard)
 
 
 def sample_train(task, cfg: ZooConfig, seed: int) -> list[TaskItem]:
