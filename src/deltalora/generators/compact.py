@@ -50,6 +50,7 @@ from torch import nn
 from ..config import StrictModel, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights
+from ..lora import peft_a_init as _draw_peft_a
 from .registry import register_generator
 
 
@@ -133,8 +134,7 @@ def peft_a_init(layout: LoraLayout, module: str, seed: int) -> torch.Tensor:
     slots = [s for s in layout.slots if s.module == module]
     s0 = slots[0]
     g = torch.Generator(device="cpu").manual_seed(seed * len(MODULE_ORDER) + MODULE_ORDER.index(module))
-    bound = 1.0 / math.sqrt(s0.in_features)  # kaiming_uniform_(a=√5) on [r, in]
-    return (torch.rand(len(slots), *s0.a_shape, generator=g, device="cpu") * 2 - 1) * bound
+    return _draw_peft_a((len(slots), *s0.a_shape), s0.in_features, g)
 
 
 class CompactGenerator(nn.Module):

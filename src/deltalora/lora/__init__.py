@@ -3,12 +3,13 @@
 from .adapter_io import inspect_adapter, load_adapter, save_adapter
 from .injection import InjectionError, inject
 from .layout import Architecture, LoraLayout, Slot, derive_layout
-from .weights import LoraWeights
+from .weights import LoraWeights, peft_a_init
 
 __all__ = [
     "Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
     "inject",
     "inspect_adapter",
+    "peft_a_init",
     "load_adapter",
     "save_adapter",
 ]

@@ -7,12 +7,20 @@ with a leading batch dimension (``A``: [K, r, in], ``B``: [K, out, r]). They may
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .layout import LoraLayout
+
+
+def peft_a_init(shape: Sequence[int], in_features: int, generator: torch.Generator) -> torch.Tensor:
+    """PEFT's default LoRA-A init, nn.Linear's ``kaiming_uniform_(a=√5)`` on ``[..., r, in]``: uniform on ±1/√in,
+    drawn from ``generator`` (CPU). The one place the zoo's teachers and the generators' fixed A are drawn."""
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(tuple(shape), generator=generator) * 2 - 1) * bound
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import LoraSpec, StrictModel
 from ..errors import ConfigError
-from ..lora import LoraLayout, LoraWeights, inject, save_adapter
+from ..lora import LoraLayout, LoraWeights, inject, peft_a_init, save_adapter
 
 if TYPE_CHECKING:
     from ..backbones.precision import PrecisionDecision
@@ -105,8 +105,7 @@ def peft_init(layout: LoraLayout, generator: torch.Generator) -> LoraWeights:
     """PEFT's default init: A ~ kaiming-uniform(a=√5) (nn.Linear's), B = 0, so ΔW = 0 at step 0."""
     A, B = {}, {}
     for s in layout.slots:
-        bound = 1.0 / math.sqrt(s.in_features)  # kaiming_uniform_(a=sqrt(5)) on [r, in]
-        A[s.key] = (torch.rand(s.a_shape, generator=generator) * 2 - 1) * bound
+        A[s.key] = peft_a_init(s.a_shape, s.in_features, generator)
         B[s.key] = torch.zeros(s.b_shape)
     return LoraWeights(layout, A, B)
 
