@@ -67,7 +67,7 @@ from deltalora.training.loop import LOG_NAME  # noqa: E402
 from deltalora.zoo import ZooEntry, append_entry, file_sha256, load_zoo_config  # noqa: E402
 from deltalora.zoo.train import peft_init  # noqa: E402
 
-DNDS_LORA_PARAMS = 18_464_768  # r16, all 7 projections, 28 layers of Qwen2.5-1.5B (../shared/ENVIRONMENT.md)
+DNDS_LORA_PARAMS = 18_464_768  # DnD teachers: r16 on all 7 projections of Qwen2.5-1.5B = 28 layers x 16 x 41,216 (sum of in+out)
 # Median |Δ| / |v(B)| of the real demo-zoo teachers (qwen2.5-coder-0.5b-instruct, r8 all 7, 10-20 steps, generic5,
 # last token, fp32): 58.5 / 160.3, results/delta_precision.json ("summary"."rel_delta_fp32_median").
 REAL_TEACHER_REL_DELTA = 0.365

@@ -242,8 +242,9 @@ def narrowed_linears(model: torch.nn.Module, dtype: torch.dtype | None) -> Itera
     """For the block, every linear layer of the frozen ``model`` holds its weight and bias in ``dtype``.
 
     Under autocast to ``dtype`` these are exactly the tensors autocast would make on every call (frozen weights are
-    not in its cast cache): cast once per job instead of in every forward, with bit-identical results (tested in tests/test_zoo_train.py). The
-    original tensors are put back afterwards, also on error. ``dtype=None`` changes nothing."""
+    not in its cast cache): cast once per job instead of in every forward, with bit-identical results (tested in
+    tests/test_zoo_train.py). The original tensors are put back afterwards, also on error. ``dtype=None`` changes
+    nothing."""
     if dtype is None:
         yield
         return
@@ -262,7 +263,6 @@ def narrowed_linears(model: torch.nn.Module, dtype: torch.dtype | None) -> Itera
 
 
 __all__ = [
-    "narrowed_linears",
     "BF16_MIN_SPEEDUP",
     "PRECISION_SETTINGS",
     "PrecisionDecision",
@@ -272,6 +272,7 @@ __all__ = [
     "decide_precision",
     "describe_machine",
     "dtype_name",
+    "narrowed_linears",
     "probe_cache_path",
     "reset_precision_memo",
     "resolve_precision",

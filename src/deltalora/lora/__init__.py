@@ -9,7 +9,7 @@ __all__ = [
     "Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
     "inject",
     "inspect_adapter",
-    "peft_a_init",
     "load_adapter",
+    "peft_a_init",
     "save_adapter",
 ]

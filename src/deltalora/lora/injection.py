@@ -62,20 +62,18 @@ class _Router:
                 raise InjectionError(f"rows must be 1-D (one adapter index per batch row), got shape {tuple(self.rows.shape)}")
             if self.rows.numel() and (int(self.rows.max()) >= self.k or int(self.rows.min()) < -1):
                 raise InjectionError(f"rows must be in [-1, {self.k - 1}] (-1 = base model)")
-        # Rows grouped by adapter, resolved once per inject: when every adapter serves several rows (an
-        # evaluator batch holds one or two arms), each group runs as one dense matmul pair, instead of gathering a
-        # private copy of A and B for every row (decoding 32 rows under one adapter, quiet machine, 2026-11-27:
-        # +25 % over the base model with the gather, +8 % grouped; the rerun in results/eval_speed.md put both
-        # within that day's run-to-run noise, see README).
-        self.groups: list[tuple[int, torch.Tensor | None]] | None = None
         # Runs of consecutive rows that share an adapter (the evaluator's arm-major batches): each run is a slice of
         # the batch, so it needs no gather of rows and no scatter of results, only its own matmul pair.
         self.runs: list[tuple[int, int, int]] | None = None
+        # Otherwise rows grouped by adapter, when every adapter serves several rows: each group runs as one dense
+        # matmul pair (gathered rows, scattered results) instead of a private copy of A and B for every row.
+        self.groups: list[tuple[int, torch.Tensor | None]] | None = None
         if self.rows is not None and self.rows.numel():
             bounds = [0] + (torch.nonzero(self.rows[1:] != self.rows[:-1])[:, 0] + 1).tolist() + [self.rows.numel()]
             runs = [(int(self.rows[lo]), lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
             if len(runs) <= max(1, self.rows.numel() // GROUP_MIN_ROWS):
                 self.runs = runs
+        if self.rows is not None and self.rows.numel() and self.runs is None:
             used = sorted({int(r) for r in self.rows.tolist()} - {-1})
             if len(used) <= max(1, self.rows.numel() // GROUP_MIN_ROWS):
                 whole = len(used) == 1 and bool((self.rows == used[0]).all())
