@@ -36,7 +36,7 @@ from _util import command_line, machine, write_json  # noqa: E402
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.config import RuntimeConfig  # noqa: E402
 from deltalora.lora import LoraWeights, load_adapter  # noqa: E402
-from deltalora.training import DeltaProbe  # noqa: E402
+from deltalora.deltas import DeltaProbe  # noqa: E402
 from deltalora.zoo import read_manifest  # noqa: E402
 from deltalora.zoo.manifest import adapter_dir  # noqa: E402
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from _util import command_line, machine, measured_gemm_peak, write_json
+from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas import DeltaCache, compute_deltas, get_probe_set, sources_from_adapters
@@ -65,7 +66,7 @@ def main() -> None:
     load_avg = os.getloadavg()
     b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype="float32"))
     probes = get_probe_set(args.probes)
-    layout = b.layout(LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
+    layout = derive_layout(b.arch, LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
     work = Path(tempfile.mkdtemp(prefix="delta-bench-"))
     try:
         ws = LoraWeights.random(layout, num_adapters=args.adapters, std=args.std, seed=0)

@@ -36,12 +36,12 @@ def worker(args) -> None:
     from deltalora.backbones import load_backbone
     from deltalora.config import LoraSpec, RuntimeConfig
     from deltalora.eval import evaluate_task
-    from deltalora.lora import LoraWeights
+    from deltalora.lora import LoraWeights, derive_layout
     from deltalora.tasks import build_task, get_spec, load_suite
 
     torch.set_num_threads(args.threads)
     b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype=args.dtype), progress=False)
-    layout = b.layout(LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down"))
+    layout = derive_layout(b.arch, LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down"))
     arms = {"base": None, **{f"adapter{s}": LoraWeights.random(layout, std=args.std, seed=s) for s in range(args.adapters)}}
     specs = load_suite(None)
     tasks = {}

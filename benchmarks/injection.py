@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from _util import command_line, machine, median_time, write_json
+from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas.probes import get_probe_set
@@ -36,7 +37,7 @@ def main() -> None:
 
     PROBES = list(get_probe_set(args.probes).texts)
     b = load_backbone(args.backbone, RuntimeConfig(device=args.device, dtype=args.dtype))
-    layout = b.layout(LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
+    layout = derive_layout(b.arch, LoraSpec(rank=args.rank, alpha=2 * args.rank, targets=args.targets))
     adapters = LoraWeights.random(layout, num_adapters=args.k, std=0.02, seed=0).to(b.device)
     singles = [adapters.select(i) for i in range(args.k)]
     b.tokenizer.padding_side = "left"

@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import command_line, machine, write_json  # noqa: E402
 
+from deltalora.lora import derive_layout  # noqa: E402
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.backbones import packaged  # noqa: E402
 from deltalora.backbones.registry import get_spec, is_registered  # noqa: E402
@@ -57,12 +58,12 @@ from deltalora.config import RuntimeConfig  # noqa: E402
 from deltalora.deltas import DeltaCache, compute_deltas, get_probe_set, sources_from_manifest  # noqa: E402
 from deltalora.deltas.represent import encode_probes  # noqa: E402
 from deltalora.experiment import load_run_config  # noqa: E402
-from deltalora.generators.dataset import DeltaSpec, TeacherDataset  # noqa: E402
+from deltalora.deltas import DeltaProbe, DeltaSpec  # noqa: E402
 from deltalora.generators.registry import num_parameters  # noqa: E402
 from deltalora.lora import LoraWeights, save_adapter  # noqa: E402
 from deltalora.tasks import build_task, load_suite  # noqa: E402
 from deltalora.tasks.suite import get_spec as get_task_spec  # noqa: E402
-from deltalora.training import DeltaProbe, LambdaSchedule, train_generator  # noqa: E402
+from deltalora.training import LambdaSchedule, TeacherDataset, train_generator  # noqa: E402
 from deltalora.training.loop import LOG_NAME  # noqa: E402
 from deltalora.zoo import ZooEntry, append_entry, file_sha256, load_zoo_config  # noqa: E402
 from deltalora.zoo.train import peft_init  # noqa: E402
@@ -149,7 +150,7 @@ def main() -> None:
     backbone = load_backbone(args.backbone, RuntimeConfig(device="cpu", dtype=args.dtype))
     load_call_s = time.perf_counter() - t0
     rss["after backbone load"] = peak_rss_gib()
-    layout = backbone.layout(lora_spec)
+    layout = derive_layout(backbone.arch, lora_spec)
     print(f"[smoke] {args.backbone}: loaded in {load_call_s:.1f} s (fetch included: {not was_cached}); "
           f"LoRA r{lora_spec.rank} α{lora_spec.alpha:g} on {','.join(lora_spec.targets)}: {layout.num_params:,} params", flush=True)
 

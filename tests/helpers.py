@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from peft import get_peft_model, set_peft_model_state_dict
 
+from deltalora.lora import derive_layout
 from deltalora.conditions import Conditioner, ConditionPool, load_encoder
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas import DeltaCache, compute_deltas, sources_from_manifest
-from deltalora.generators.dataset import DeltaSpec
+from deltalora.deltas import DeltaSpec
 from deltalora.lora import LoraWeights, save_adapter
 from deltalora.tasks import TaskSpec, build_task, stable_seed
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
@@ -46,7 +47,7 @@ SPEC = LoraSpec(rank=2, alpha=4, targets="q,v")
 
 def add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC) -> ZooEntry:
     path = f"{task}/s{seed}"
-    w = LoraWeights.random(backbone.layout(spec), std=0.05, seed=stable_seed(task, seed) % 1000)
+    w = LoraWeights.random(derive_layout(backbone.arch, spec), std=0.05, seed=stable_seed(task, seed) % 1000)
     save_adapter(w, zoo / path)
     e = ZooEntry(id=path, task=task, family=family, tasks=tuple(parts), seed=seed, path=path,
                  sha256=file_sha256(zoo / path / "adapter_model.safetensors"), backbone=backbone.name)

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.errors import AdapterError
@@ -31,7 +32,7 @@ SPECS = {
 
 
 def saved(backbone, tmp_path, spec=SPECS["r8-qv"], seed=0, name="adapter") -> tuple[LoraWeights, Path]:
-    weights = LoraWeights.random(backbone.layout(spec), std=0.05, seed=seed)
+    weights = LoraWeights.random(derive_layout(backbone.arch, spec), std=0.05, seed=seed)
     return weights, save_adapter(weights, tmp_path / name, base_model_name_or_path=backbone.name)
 
 
@@ -60,7 +61,7 @@ def test_round_trip_bit_exact(name, spec_id, request, tmp_path):
 
 
 def test_save_writes_peft_config_and_metadata(tiny_qwen2, tmp_path):
-    weights = LoraWeights.random(tiny_qwen2.layout(SPECS["r4-all7-layer1"]), seed=1)
+    weights = LoraWeights.random(derive_layout(tiny_qwen2.arch, SPECS["r4-all7-layer1"]), seed=1)
     out = save_adapter(weights, tmp_path / "a", base_model_name_or_path="tiny-qwen2", metadata={"run": "r1"})
     cfg = json.loads((out / CONFIG_NAME).read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
@@ -73,7 +74,7 @@ def test_save_writes_peft_config_and_metadata(tiny_qwen2, tmp_path):
 
 
 def test_save_keeps_dtype_and_loads_as_asked(tiny_llama, tmp_path):
-    weights = LoraWeights.random(tiny_llama.layout(SPECS["r8-qv"]), seed=2, dtype=torch.bfloat16)
+    weights = LoraWeights.random(derive_layout(tiny_llama.arch, SPECS["r8-qv"]), seed=2, dtype=torch.bfloat16)
     out = save_adapter(weights, tmp_path / "bf16")
     assert_same(load_adapter(out, dtype=None), weights)
     assert_same(load_adapter(out), weights.to(torch.float32))
@@ -81,7 +82,7 @@ def test_save_keeps_dtype_and_loads_as_asked(tiny_llama, tmp_path):
 
 
 def test_save_refuses_batches_and_is_atomic(tiny_qwen2, tmp_path, monkeypatch):
-    layout = tiny_qwen2.layout(SPECS["r8-qv"])
+    layout = derive_layout(tiny_qwen2.arch, SPECS["r8-qv"])
     batch = LoraWeights.random(layout, num_adapters=2, seed=0)
     with pytest.raises(ValueError, match="single adapter"):
         save_adapter(batch, tmp_path / "b")
@@ -94,7 +95,7 @@ def test_save_refuses_batches_and_is_atomic(tiny_qwen2, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io, "save_file", crash)
+    monkeypatch.setattr(io, "safetensors_bytes", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         save_adapter(batch.select(0), out)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -379,7 +380,7 @@ def test_inspect_collects_all_nan_slots(tiny_llama, tmp_path):
     info = inspect_adapter(out, tiny_llama.arch)
     assert info["valid"] is False and len(info["problems"]) == 1
     assert "0.up_proj (A)" in info["problems"][0] and "1.k_proj (B)" in info["problems"][0]
-    assert info["rank"] == 4 and info["num_params"] == tiny_llama.layout(SPECS["r4-all7"]).num_params
+    assert info["rank"] == 4 and info["num_params"] == derive_layout(tiny_llama.arch, SPECS["r4-all7"]).num_params
     assert info["norms"]["up_proj"]["A_fro"] is None and info["norms"]["q_proj"]["A_fro"] > 0
     json.dumps(info, allow_nan=False)
 
@@ -436,9 +437,9 @@ def test_saved_bytes_are_deterministic(tiny_qwen2, tmp_path):
         "import sys\n"
         "from deltalora.backbones import load_backbone\n"
         "from deltalora.config import LoraSpec\n"
-        "from deltalora.lora import LoraWeights, save_adapter\n"
+        "from deltalora.lora import LoraWeights, derive_layout, save_adapter\n"
         "b = load_backbone('tiny-qwen2')\n"
-        "w = LoraWeights.random(b.layout(LoraSpec(rank=4, targets='q,v')), seed=0)\n"
+        "w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, targets='q,v')), seed=0)\n"
         "save_adapter(w, sys.argv[1], metadata={'a': '1', 'b': '2', 'c': '3', 'd': '4'})\n"
     )
     outs = []

@@ -33,7 +33,7 @@ from deltalora.backbones.tiny import build_tiny
 from deltalora.cli import app
 from deltalora.config import RuntimeConfig
 from deltalora.errors import BackboneError
-from deltalora.lora.layout import Architecture
+from deltalora.backbones import Architecture
 
 FAKE = "fake-gguf-qwen2"
 # Join order is the declared package order, deliberately not alphabetical.

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from deltalora.backbones import architecture_of
 from deltalora.cli import app
-from deltalora.cli.generator import generator_sizes
 from deltalora.config import LoraSpec
 from deltalora.errors import ConfigError
 from deltalora.generators import build_generator, generator_names, num_parameters
 from deltalora.generators.checkpoint import meta_parameters
 from deltalora.generators.compact import CompactGenerator
+from deltalora.generators.sizes import generator_sizes
 from deltalora.lora import LoraWeights, derive_layout, inject
 from deltalora.lora.adapter_io import peft_lora_config
 
@@ -53,7 +53,7 @@ def lm_loss(b, ids):
 @pytest.mark.parametrize("spec_id", list(SPECS))
 def test_output_shapes_follow_the_layout(name, spec_id, request):
     b = request.getfixturevalue(name)
-    layout = b.layout(SPECS[spec_id])
+    layout = derive_layout(b.arch, SPECS[spec_id])
     gen = make(layout)
     w = gen(cond(k=3))
     assert isinstance(w, LoraWeights) and w.num_adapters == 3 and w.layout is layout
@@ -67,7 +67,7 @@ def test_output_shapes_follow_the_layout(name, spec_id, request):
 
 def test_delta_w_is_zero_at_init_and_logits_are_the_base_models(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(SPECS["r8-all7"])
+    layout = derive_layout(b.arch, SPECS["r8-all7"])
     gen = make(layout)
     w = gen(cond(k=2))
     for s in layout.slots:
@@ -88,7 +88,7 @@ def test_base_a_follows_peft_init_distribution(tiny_llama):
     """A at init is uniform on ±1/√in per slot — PEFT's kaiming_uniform_(a=√5) on lora_A — and seeded by base_a_seed."""
     b = tiny_llama
     spec = LoraSpec(rank=16, alpha=16, targets=ALL7)
-    layout = b.layout(spec)
+    layout = derive_layout(b.arch, spec)
     w = make(layout)(cond(k=1)).select(0)
     peft_model = get_peft_model(copy.deepcopy(b.model), peft_lora_config(spec))
     peft_a = {n: p.detach() for n, p in peft_model.named_parameters() if "lora_A" in n}
@@ -113,7 +113,7 @@ def test_base_a_follows_peft_init_distribution(tiny_llama):
 
 
 def test_deterministic_given_the_seed(tiny_qwen2):
-    layout = tiny_qwen2.layout(SPECS["r4-qv"])
+    layout = derive_layout(tiny_qwen2.arch, SPECS["r4-qv"])
     s1, s2, s3 = (make(layout, seed=s).state_dict() for s in (0, 0, 1))
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert any(not torch.equal(s1[k], s3[k]) for k in s1)
@@ -123,7 +123,7 @@ def test_deterministic_given_the_seed(tiny_qwen2):
 def test_gradients_reach_every_parameter(tiny_qwen2, options):
     """Step 0: the B path learns (as PEFT's B); after two steps every parameter gets a non-zero gradient."""
     b = tiny_qwen2
-    gen = make(b.layout(SPECS["r4-qv"]), **options)
+    gen = make(derive_layout(b.arch, SPECS["r4-qv"]), **options)
     opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
     c = cond(k=1)
     tok = b.tokenizer
@@ -146,7 +146,7 @@ def test_gradients_reach_every_parameter(tiny_qwen2, options):
 
 
 def test_options_are_validated(tiny_qwen2):
-    layout = tiny_qwen2.layout(SPECS["r4-qv"])
+    layout = derive_layout(tiny_qwen2.arch, SPECS["r4-qv"])
     for bad in (
         {"trunk_width": 0},
         {"trunk_width": True},

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from deltalora.lora import derive_layout
 from deltalora.conditions import Conditioner
 from deltalora.config import LoraSpec
-from deltalora.deltas import DeltaCache, compute_deltas, sources_from_manifest
-from deltalora.generators.dataset import (
+from deltalora.deltas import DeltaCache, DeltaSpec, compute_deltas, sources_from_manifest
+from deltalora.training.data import (
     DatasetError,
-    DeltaSpec,
     TeacherDataset,
     choose_heldout,
     collate_teachers,
@@ -77,7 +77,7 @@ def test_split_entries_and_choose_heldout(world):
 def test_shapes_dtypes_and_collate(world, tiny_qwen2):
     ds = _ds(world, heldout=["c"])
     assert (ds.delta_dim, ds.cond_dim, ds.n_prompts) == (tiny_qwen2.arch.hidden_size, 32, N_PROMPTS)
-    layout = tiny_qwen2.layout(SPEC)
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
     ex = ds[0]
     assert ex.condition.shape == (N_PROMPTS, 32) and ex.condition.dtype == torch.float32
     assert ex.delta.shape == (tiny_qwen2.arch.hidden_size,) and ex.delta.dtype == torch.float32
@@ -95,6 +95,16 @@ def test_shapes_dtypes_and_collate(world, tiny_qwen2):
     lazy = _ds(world, heldout=["c"], preload=False)
     for s in layout.slots:
         torch.testing.assert_close(lazy[1].weights.A[s.key], ds[1].weights.A[s.key])
+
+
+def test_teacher_deltas_and_their_mean_come_from_the_split_only(world):
+    """The shared direction (training teachers' mean Δ) is over the training split: held-out Δ never enter it."""
+    train, held = _ds(world, heldout=["c"]), _ds(world, split="heldout", heldout=["c"])
+    assert train.deltas.shape == (len(train), train.delta_dim) and train.deltas.dtype == torch.float32
+    assert torch.equal(train.deltas, torch.stack([train[i].delta for i in range(len(train))]))
+    assert torch.allclose(train.mean_delta(), train.deltas.sum(0) / len(train), atol=1e-7)
+    everything = torch.cat([train.deltas, held.deltas]).mean(0)
+    assert not torch.allclose(train.mean_delta(), everything)
 
 
 def test_conditions_resampled_per_epoch_and_deterministic(world):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas import (
@@ -50,7 +51,7 @@ ALL7 = "q,k,v,o,gate,up,down"
 
 
 def _layout(backbone, rank=4, targets=ALL7):
-    return backbone.layout(LoraSpec(rank=rank, alpha=2 * rank, targets=targets))
+    return derive_layout(backbone.arch, LoraSpec(rank=rank, alpha=2 * rank, targets=targets))
 
 
 def _adapters(backbone, root: Path, n=3, std=0.1, seed=1, rank=4, targets=ALL7) -> list[Path]:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas.analyze import clustering_report, cosine_distances, flattened_weights, silhouette
 from deltalora.errors import DeltaLoraError
@@ -39,7 +40,7 @@ def test_sklearn_agrees_when_installed():
 
 
 def _zoo(backbone, root):
-    lay = backbone.layout(LoraSpec(rank=2, alpha=4, targets="q,v"))
+    lay = derive_layout(backbone.arch, LoraSpec(rank=2, alpha=4, targets="q,v"))
     fams = []
     for f, seed in (("x", 1), ("y", 2)):
         centre = LoraWeights.random(lay, std=0.2, seed=seed)

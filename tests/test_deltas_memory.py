@@ -21,6 +21,7 @@ import sys
 import pytest
 import torch
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, ProbeSet, compute_deltas, sources_from_adapters
 from deltalora.lora import LoraWeights, save_adapter
@@ -49,7 +50,7 @@ def test_rss_stays_flat_over_hundreds_of_adapters(tiny_qwen2, tmp_path):
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * page
 
-    layout = tiny_qwen2.layout(LoraSpec(rank=16, alpha=32, targets="q,k,v,o,gate,up,down"))
+    layout = derive_layout(tiny_qwen2.arch, LoraSpec(rank=16, alpha=32, targets="q,k,v,o,gate,up,down"))
     adapter_bytes = sum(s.num_params for s in layout.slots) * 4  # fp32 A and B of one adapter
     assert adapter_bytes == 128 * 1024
     dirs = []

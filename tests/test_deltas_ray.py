@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, DeltaError, compute_deltas, sources_from_adapters
 from deltalora.lora import LoraWeights, save_adapter
@@ -26,7 +27,7 @@ def ray_session():
 
 
 def _zoo(backbone, root, n=6):
-    layout = backbone.layout(LoraSpec(rank=4, alpha=8, targets="q,k,v,o,gate,up,down"))
+    layout = derive_layout(backbone.arch, LoraSpec(rank=4, alpha=8, targets="q,k,v,o,gate,up,down"))
     ws = LoraWeights.random(layout, num_adapters=n, std=0.1, seed=7)
     dirs = [save_adapter(ws.select(i), root / f"a{i}") for i in range(n)]
     bad = ws.select(0)

@@ -1,6 +1,7 @@
 import torch
 import torch.nn.functional as F
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.eval import choice_logprobs, greedy_generate
 from deltalora.lora import LoraWeights
@@ -22,7 +23,7 @@ def _manual_logprob(model, tok, prompt, choice):
 
 def test_choice_logprobs_match_unbatched_and_peft(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down"))
     w1, w2 = (LoraWeights.random(layout, std=0.1, seed=s) for s in (1, 2))
     res = choice_logprobs(b, PROMPTS, CHOICES, [None, w1, w2], batch_rows=5)
     ref1 = peft_reference(b.model, w1)
@@ -42,7 +43,7 @@ def test_shared_prompt_cache_scores_multi_token_choices_exactly(tiny_qwen2):
     prompts = [PROMPTS[0], "Short:", PROMPTS[1] + " (think)", "x", "Pick:"]
     choices = [[" light blue sky", "no", "A"], [" a b c d", "e", " f g"], [" blue", " dark green grass"], ["y", " z z"]]
     choices.append(["A", "y"])  # one-token choices only: no continuation forward
-    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,k,o,up")), std=0.1, seed=3)
+    w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,k,o,up")), std=0.1, seed=3)
     ref = peft_reference(b.model, w)
     lens = {len(b.tokenizer(c, add_special_tokens=False)["input_ids"]) for opts in choices for c in opts}
     assert max(lens) >= 3 and min(lens) == 1  # the case this test is about
@@ -56,7 +57,7 @@ def test_shared_prompt_cache_scores_multi_token_choices_exactly(tiny_qwen2):
 
 def test_greedy_generate_matches_peft_and_single_runs(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down"))
     w = LoraWeights.random(layout, std=0.2, seed=5)
     batched = greedy_generate(b, PROMPTS, [None, w], max_new_tokens=6, batch_rows=3)
     ref = peft_reference(b.model, w)
@@ -104,7 +105,7 @@ def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in SHARED]
     shared = _shared_prefix(ids)
     assert shared >= MIN_SHARED_PREFIX and shared < min(map(len, ids))
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,k,v,down"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,k,v,down"))
     w1, w2 = (LoraWeights.random(layout, std=0.2, seed=s) for s in (7, 8))
     choices = [[" blue", " dark grey"], [" green", " brown earth"], ["a", " b c"], [" apple", " cherry"]]
     refs = {0: b.model, 1: peft_reference(b.model, w1), 2: peft_reference(b.model, w2)}
@@ -160,7 +161,7 @@ def test_pooled_decoding_equals_generate_when_rows_stop_at_different_steps(tiny_
     tok = b.tokenizer
     prompts = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in
                ("Sky?", "Grass?", "A long question about the colour of the sea at night?", "Hm", "Why?", "x y z", "Name it.")]
-    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=11)
+    w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=11)
     free = hf_greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4)
     # make a token that some rows emit mid-way the EOS, so that rows finish after 1..8 tokens
     counts = {}

@@ -4,6 +4,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.eval import evaluate_task, load_arms
@@ -30,7 +31,7 @@ def _greedy(model, tok, prompt, n=5):
 def test_short_answer_accuracy_is_exact_on_a_known_case(tiny_qwen2):
     """Gold answers are the models' own greedy outputs (computed independently) for 3 of 4 items."""
     b = tiny_qwen2
-    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=5)
+    w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=5)
     ref = peft_reference(b.model, w)
     probe = _task("short", [TaskItem(prompt=q, answer="x") for q in QUESTIONS])
     prompts = [format_prompt(b.tokenizer, probe, it) for it in probe.eval]
@@ -65,7 +66,7 @@ def test_mc_accuracy_follows_loglikelihood(tiny_qwen2):
 def test_eval_cli_on_data_file_with_adapter(tiny_qwen2, tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"prompt": q, "choices": ["yes", "no"], "answer": "yes"}) + "\n" for q in QUESTIONS))
-    w = LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=4, targets="q,v")), std=0.1)
+    w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), std=0.1)
     save_adapter(w, tmp_path / "ad")
     r = CliRunner().invoke(app, ["eval", "--backbone", "tiny-qwen2", "--data", str(data), "--adapter", str(tmp_path / "ad"), "--json"])
     assert r.exit_code == 0, r.output
@@ -88,8 +89,8 @@ def test_code_tasks_are_refused_clearly(tiny_qwen2):
 
 
 def test_arms_with_different_layouts_are_refused(tiny_qwen2, tmp_path):
-    save_adapter(LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=4, targets="q,v"))), tmp_path / "a")
-    save_adapter(LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=8, targets="q,v"))), tmp_path / "b")
+    save_adapter(LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v"))), tmp_path / "a")
+    save_adapter(LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=8, targets="q,v"))), tmp_path / "b")
     with pytest.raises(TaskError, match="different layouts"):
         load_arms(tiny_qwen2, [tmp_path / "a", tmp_path / "b"])
 
@@ -99,7 +100,7 @@ def test_bf16_evaluation_runs_under_autocast_and_leaves_the_weights_fp32(tiny_qw
     and afterwards the backbone holds exactly the fp32 tensors it had."""
     b = tiny_qwen2
     before = {k: v.clone() for k, v in b.model.state_dict().items()}
-    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=5)
+    w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=5)
     short = _task("short", [TaskItem(prompt=q, answer="x") for q in QUESTIONS])
     mc = _task("mc", [mc_item(q, ["yes", "no", "maybe"], i % 3) for i, q in enumerate(QUESTIONS)])
     seen = []

@@ -14,10 +14,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.errors import ConfigError, DeltaLoraError
-from deltalora.generate import (
+from deltalora.generators.inference import (
     condition_items,
     condition_texts,
     encode_condition,
@@ -64,7 +65,7 @@ def trained_like(gen: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def ckpt(tiny_qwen2, tmp_path) -> Path:
     torch.manual_seed(0)
-    gen = trained_like(build_generator("compact", tiny_qwen2.layout(SPEC), ENC_DIM, N_PROMPTS, head_hidden=8, trunk_width=16))
+    gen = trained_like(build_generator("compact", derive_layout(tiny_qwen2.arch, SPEC), ENC_DIM, N_PROMPTS, head_hidden=8, trunk_width=16))
     return save_generator(gen, tmp_path / "gen.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "run": "unit"})
 
 
@@ -80,7 +81,7 @@ def prompts(tmp_path) -> Path:
 
 @pytest.mark.parametrize("options", [{}, {"learn_base_a": True, "pooling": "mean"}])
 def test_checkpoint_round_trip(tiny_qwen2, tmp_path, options):
-    layout = tiny_qwen2.layout(SPEC)
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
     torch.manual_seed(0)
     gen = trained_like(build_generator("compact", layout, ENC_DIM, N_PROMPTS, **options))
     path = save_generator(gen, tmp_path / "g.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "steps": 10})
@@ -105,7 +106,7 @@ def test_checkpoint_round_trip(tiny_qwen2, tmp_path, options):
 
 def test_checkpoint_round_trip_hyperconv(tiny_qwen2, tmp_path):
     """Also for a generator with non-persistent buffers (hyperconv's tokenizer mask): they are rebuilt, not loaded."""
-    layout = tiny_qwen2.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    layout = derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, alpha=8, targets="q,v"))
     torch.manual_seed(0)
     gen = build_generator("hyperconv", layout, ENC_DIM, 4)
     path = save_generator(gen, tmp_path / "h.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER})
@@ -189,7 +190,7 @@ def test_missing_corrupt_and_foreign_files_are_refused(ckpt, tmp_path, tiny_qwen
 
 
 def test_save_needs_backbone_and_encoder(tiny_qwen2, tmp_path):
-    gen = build_generator("compact", tiny_qwen2.layout(SPEC), ENC_DIM, N_PROMPTS)
+    gen = build_generator("compact", derive_layout(tiny_qwen2.arch, SPEC), ENC_DIM, N_PROMPTS)
     with pytest.raises(ValueError, match="encoder"):
         save_generator(gen, tmp_path / "g.safetensors", {"backbone": "tiny-qwen2"})
     with pytest.raises(ValueError, match="condition_form"):
@@ -269,7 +270,7 @@ def test_generate_refuses_a_foreign_out_dir_and_a_wrong_encoder(ckpt, prompts, t
     with pytest.raises(ConfigError, match="holds other files"):
         generate_adapter(ckpt, prompts, busy)
     assert (busy / "notes.txt").read_text() == "keep me"
-    gen = build_generator("compact", tiny_qwen2.layout(SPEC), 384, N_PROMPTS)  # trained for a 384-d encoder...
+    gen = build_generator("compact", derive_layout(tiny_qwen2.arch, SPEC), 384, N_PROMPTS)  # trained for a 384-d encoder...
     wrong = save_generator(gen, tmp_path / "wrong.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER})  # ...saved as tiny's
     with pytest.raises(ConfigError, match="use the encoder the generator was trained with"):
         generate_adapter(wrong, prompts, tmp_path / "w", runtime=RuntimeConfig(device="cpu"))

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.lora import InjectionError, LoraWeights, inject
 
@@ -34,7 +35,7 @@ def hidden(model, batch, weights=None, rows=None):
 )
 def test_equals_stock_peft(name, spec, request):
     b = request.getfixturevalue(name)
-    weights = LoraWeights.random(b.layout(spec), std=0.05, seed=1)
+    weights = LoraWeights.random(derive_layout(b.arch, spec), std=0.05, seed=1)
     batch = encode(b.tokenizer, TEXTS)
     ref = peft_reference(b.model, weights)
     with torch.no_grad():
@@ -48,7 +49,7 @@ def test_equals_stock_peft(name, spec, request):
 
 def test_batch_of_k_equals_k_single_runs(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=8, alpha=16, targets=ALL7))
+    layout = derive_layout(b.arch, LoraSpec(rank=8, alpha=16, targets=ALL7))
     singles = [LoraWeights.random(layout, std=0.05, seed=s) for s in range(3)]
     stacked = LoraWeights.stack(singles)
     batch = encode(b.tokenizer, TEXTS)
@@ -62,7 +63,7 @@ def test_batch_of_k_equals_k_single_runs(tiny_qwen2):
 
 def test_adapter_major_blocks_and_explicit_rows(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,up"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,up"))
     singles = [LoraWeights.random(layout, std=0.05, seed=s) for s in range(2)]
     stacked = LoraWeights.stack(singles)
     batch = encode(b.tokenizer, TEXTS[:2] * 2)  # rows: t0 t1 t0 t1
@@ -99,7 +100,7 @@ def test_rows_grouped_by_adapter_match_single_adapter_runs(tiny_qwen2, rows):
     """Few adapters over many rows (an evaluator batch) take the grouped path: each row still gets exactly
     its adapter, base rows stay bit-identical to the base model, and gradients reach the routed tensors."""
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,up"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,up"))
     singles = [LoraWeights.random(layout, std=0.05, seed=s) for s in range(3)]
     stacked = LoraWeights.stack(singles)
     batch = encode(b.tokenizer, TEXTS[:2] * 4)
@@ -119,7 +120,7 @@ def test_rows_grouped_by_adapter_match_single_adapter_runs(tiny_qwen2, rows):
 
 def test_zero_b_reproduces_base_exactly(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=8, alpha=16, targets=ALL7))
+    layout = derive_layout(b.arch, LoraSpec(rank=8, alpha=16, targets=ALL7))
     w = LoraWeights.random(layout, num_adapters=3, seed=0)
     for k in w.B:
         w.B[k] = torch.zeros_like(w.B[k])
@@ -149,7 +150,7 @@ def lora_hooks(model):
 
 def test_every_tensor_gets_nonzero_gradient(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets=ALL7))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets=ALL7))
     w = LoraWeights.random(layout, num_adapters=3, std=0.05, seed=2)
     for t in w.tensors():
         t.requires_grad_(True)
@@ -164,7 +165,7 @@ def test_every_tensor_gets_nonzero_gradient(tiny_qwen2):
 def test_gradients_reach_a_generator(tiny_qwen2):
     """LoRA tensors computed from parameters (as a generator's output) pass gradients back to them."""
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v"))
     torch.manual_seed(0)
     cond = torch.randn(2, 16)
     heads = torch.nn.ModuleDict(
@@ -185,7 +186,7 @@ def test_gradients_reach_a_generator(tiny_qwen2):
 
 def test_gradient_checkpointing_gives_same_gradients(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets=ALL7))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets=ALL7))
     w = LoraWeights.random(layout, num_adapters=3, std=0.05, seed=3)
     for t in w.tensors():
         t.requires_grad_(True)
@@ -210,7 +211,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_qwen2):
 
 def test_hooks_removed_even_on_error(tiny_qwen2):
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v"))
     w = LoraWeights.random(layout, num_adapters=2, seed=0)
     batch = encode(b.tokenizer, TEXTS)  # 3 rows cannot be split over 2 adapters
     with pytest.raises(InjectionError, match="cannot be split"):
@@ -224,7 +225,7 @@ def test_hooks_removed_even_on_error(tiny_qwen2):
 
 
 def test_layout_mismatch_is_refused(tiny_qwen2, tiny_llama):
-    w = LoraWeights.random(tiny_llama.layout(LoraSpec(rank=4, targets="up")))
+    w = LoraWeights.random(derive_layout(tiny_llama.arch, LoraSpec(rank=4, targets="up")))
     with pytest.raises(InjectionError, match="expected Linear"):
         with inject(tiny_qwen2.model, w):
             pass
@@ -237,7 +238,7 @@ def test_runs_of_rows_match_single_adapter_runs(tiny_qwen2, grad):
     from deltalora.lora.injection import _Router
 
     b = tiny_qwen2
-    layout = b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,up,down"))
+    layout = derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,up,down"))
     singles = [LoraWeights.random(layout, std=0.05, seed=s) for s in range(3)]
     stacked = LoraWeights.stack(singles)
     rows = [2, 2, 2, 2, -1, -1, -1, -1, 0, 0, 0, 0]

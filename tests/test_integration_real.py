@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, inject
@@ -27,7 +28,7 @@ def test_architecture_matches_registry(real):
 
 
 def test_injection_equals_peft_and_batches(real):
-    layout = real.layout(LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down"))
+    layout = derive_layout(real.arch, LoraSpec(rank=8, alpha=16, targets="q,k,v,o,gate,up,down"))
     singles = [LoraWeights.random(layout, std=0.02, seed=s) for s in range(2)]
     batch = encode(real.tokenizer, PROMPTS[:2])
     decoder = real.model.model  # hidden states only: the LM head is not needed here
@@ -50,7 +51,7 @@ def test_injection_equals_peft_and_batches(real):
 
 
 def test_gradients_on_real_weights(real):
-    layout = real.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    layout = derive_layout(real.arch, LoraSpec(rank=4, alpha=8, targets="q,v"))
     w = LoraWeights.random(layout, num_adapters=2, std=0.02, seed=0)
     for t in w.tensors():
         t.requires_grad_(True)

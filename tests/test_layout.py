@@ -30,7 +30,7 @@ def test_coder_05b_r8_count():
 def test_layout_matches_real_modules(backbone, targets, rank, request):
     """Derived shapes and paths equal the nn.Linear modules of an instantiated model."""
     b = request.getfixturevalue(backbone.replace("-", "_"))
-    layout = b.layout(LoraSpec(rank=rank, alpha=2 * rank, targets=targets))
+    layout = derive_layout(b.arch, LoraSpec(rank=rank, alpha=2 * rank, targets=targets))
     modules = dict(b.model.named_modules())
     n_targets = len(targets.split(","))
     assert len(layout.slots) == b.config.num_hidden_layers * n_targets

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.errors import ConfigError
 from deltalora.eval import choice_logprobs
@@ -43,7 +44,7 @@ def _task_dir(tmp_path):
 
 def test_lm_eval_backend_matches_the_native_scores_for_base_and_adapter(tiny_qwen2, tmp_path):
     b = tiny_qwen2
-    w = LoraWeights.random(b.layout(LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.3, seed=4)
+    w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.3, seed=4)
     tasks = _task_dir(tmp_path)
     res = evaluate_lm_eval(b, {"base": None, "adapter": w}, ["deltalora_tiny_mc"], include_path=tasks, batch_size=2,
                            keep_samples=True)
@@ -77,7 +78,7 @@ def test_eval_cli_lm_eval_backend_with_an_adapter_dir(tiny_qwen2, tmp_path):
     from deltalora.cli import app
     from deltalora.lora import save_adapter
 
-    w = LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=4, targets="q,v")), std=0.3, seed=2)
+    w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), std=0.3, seed=2)
     save_adapter(w, tmp_path / "ad")
     tasks = _task_dir(tmp_path)
     args = ["eval", "--backend", "lm-eval", "--backbone", "tiny-qwen2", "--task", "deltalora_tiny_mc",

@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from deltalora.lora import derive_layout
 from deltalora.generators import build_generator
 from deltalora.generators.checkpoint import load_generator
-from deltalora.generators.dataset import TeacherDataset
+from deltalora.deltas import DeltaProbe, remove_shared
 from deltalora.lora import LoraWeights
 from deltalora.training import (
-    DeltaProbe, LambdaSchedule, TrainConfig, WeightLoss, delta_loss, lr_at, product_sq_norm, remove_shared, train_generator,
+    LambdaSchedule, TeacherDataset, TrainConfig, WeightLoss, delta_loss, lr_at, product_sq_norm, train_generator,
 )
 from deltalora.training.loop import batch_positions
 from deltalora.training.state import TrainStateError
@@ -74,7 +75,7 @@ def test_batch_order_is_a_seeded_stream_of_epoch_permutations():
 
 
 def test_product_loss_equals_explicit_delta_w(tiny_qwen2):
-    layout = tiny_qwen2.layout(SPEC)
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
     w1 = LoraWeights.random(layout, num_adapters=2, std=0.1, seed=1)
     w2 = LoraWeights.random(layout, num_adapters=2, std=0.1, seed=2)
     s = layout.scale
@@ -87,7 +88,7 @@ def test_product_loss_equals_explicit_delta_w(tiny_qwen2):
 def test_gradient_sanity_every_generator_parameter(tiny_qwen2, name, options):
     """Perturbing the generator output changes Δ_pred; L_Δ.backward() reaches every generator parameter."""
     torch.manual_seed(0)
-    layout = tiny_qwen2.layout(SPEC)
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
     gen = build_generator(name, layout, cond_dim=16, n_prompts=N_PROMPTS, **options)
     with torch.no_grad():  # leave the zero-initialised output layers (ΔW = 0 at init: no gradient to A yet)
         for p in gen.parameters():
@@ -111,7 +112,7 @@ def test_probe_delta_equals_the_cached_teacher_delta(tiny_qwen2, tmp_path, rep):
     """L_Δ compares the differentiable Δ with Δ the extractor cached: both must compute the same thing."""
     from deltalora.deltas import DeltaExtractor
 
-    w = LoraWeights.random(tiny_qwen2.layout(SPEC), num_adapters=3, std=0.1, seed=4)
+    w = LoraWeights.random(derive_layout(tiny_qwen2.arch, SPEC), num_adapters=3, std=0.1, seed=4)
     ours = DeltaProbe(tiny_qwen2, "neutral24", rep)(w)
     ref = DeltaExtractor(tiny_qwen2, "neutral24", rep, cache=tmp_path).lora_deltas(w)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
@@ -132,7 +133,7 @@ def test_probe_dtype_wider_than_the_backbone_is_refused():
 
 def test_zero_adapter_gives_zero_delta_and_cosine_loss(tiny_qwen2):
     probe = DeltaProbe(tiny_qwen2, "generic5", "last_token")
-    zero = LoraWeights.zeros(tiny_qwen2.layout(SPEC), num_adapters=2)
+    zero = LoraWeights.zeros(derive_layout(tiny_qwen2.arch, SPEC), num_adapters=2)
     assert probe(zero).abs().max() < 1e-5
     x = torch.randn(3, 8)
     assert delta_loss(x, 2 * x, "cosine").item() == pytest.approx(0.0, abs=1e-6)
@@ -158,7 +159,7 @@ def test_specific_cosine_ignores_the_shared_shift():
 
 
 def _full_set(ds):
-    from deltalora.generators.dataset import collate_teachers
+    from deltalora.training.data import collate_teachers
 
     return collate_teachers([ds.example(i, 0) for i in range(len(ds))])
 

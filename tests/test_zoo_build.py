@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, load_adapter
@@ -407,7 +408,7 @@ def _dnd_file(path: Path, w: LoraWeights) -> None:
 
 
 def test_dnd_import(tiny_qwen2, tmp_path):
-    layout = tiny_qwen2.layout(LoraSpec(rank=4, alpha=8, targets="q,k,v,o,gate,up,down"))
+    layout = derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, alpha=8, targets="q,k,v,o,gate,up,down"))
     root = tmp_path / "data" / "common"
     weights = {}
     for ds in ("ARC-c", "OBQA"):
@@ -433,7 +434,7 @@ def test_dnd_import(tiny_qwen2, tmp_path):
 
 
 def test_dnd_import_refuses_bad_input(tiny_qwen2, tmp_path):
-    layout = tiny_qwen2.layout(LoraSpec(rank=4, alpha=8, targets="q,v"))
+    layout = derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, alpha=8, targets="q,v"))
     w = LoraWeights.random(layout, std=0.05, seed=0)
     d = tmp_path / "ds"
     d.mkdir()

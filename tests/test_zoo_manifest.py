@@ -1,5 +1,6 @@
 import pytest
 
+from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, save_adapter
 from deltalora.zoo import ZooEntry, ZooError, append_entry, file_sha256, read_manifest
@@ -7,7 +8,7 @@ from deltalora.zoo import ZooEntry, ZooError, append_entry, file_sha256, read_ma
 
 def _entry(zoo, tiny_qwen2, i, task="t"):
     path = f"{task}/s{i}"
-    w = LoraWeights.random(tiny_qwen2.layout(LoraSpec(rank=4, targets="q,v")), seed=i)
+    w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), seed=i)
     save_adapter(w, zoo / path)
     return ZooEntry(id=path, task=task, family="math", seed=i, path=path,
                     sha256=file_sha256(zoo / path / "adapter_model.safetensors"))

@@ -114,7 +114,7 @@ def test_linears_cast_once_per_job_train_exactly_as_autocast_does(tiny_qwen2, tm
     adapters are byte-identical to plain autocast over the fp32 weights, and the backbone gets its fp32 tensors back."""
     import contextlib
 
-    import deltalora.backbones.precision as zt
+    import deltalora.zoo.train as zt  # where the teacher trainer looks narrowed_linears up
 
     before = {k: v.clone() for k, v in tiny_qwen2.model.state_dict().items()}
     seen = []

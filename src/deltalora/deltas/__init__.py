@@ -1,5 +1,7 @@
-"""Delta activations: probe sets, representations, batched teacher Δ extraction and its content-addressed cache."""
+"""Delta activations: probe sets, representations, the LoRA Δ forward (batched teacher extraction without
+gradients, :class:`DeltaProbe` with them), the Δ spec that keys the content-addressed cache, and Δ-space analysis."""
 
+from .analyze import remove_shared
 from .cache import DELTA_CODE_VERSION, DeltaCache, DeltaCacheError, adapter_content_hash, cache_key, default_cache_dir
 from .extract import (
     BrokenSource,
@@ -17,10 +19,18 @@ from .extract import (
     sources_from_manifest,
     sources_from_models,
 )
+from .forward import PROBE_DTYPES, DeltaProbe, lora_activations
 from .probes import ProbeError, ProbeSet, get_probe_set, load_probe_file, probe_set_names, register_probe_set
 from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
+from .spec import DeltaSpec, lora_content
 
 __all__ = [
+    "PROBE_DTYPES",
+    "DeltaProbe",
+    "DeltaSpec",
+    "lora_activations",
+    "lora_content",
+    "remove_shared",
     "DELTA_CODE_VERSION",
     "BrokenSource",
     "DeltaCache",

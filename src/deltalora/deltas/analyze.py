@@ -16,7 +16,18 @@ import torch
 
 from ..errors import DeltaLoraError
 from ..lora import load_adapter
-from ..lora.layout import Architecture
+from ..backbones.architecture import Architecture
+
+
+def remove_shared(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """``x`` with its component along ``shared`` projected out (rows of a [K, dim] batch, or one vector).
+
+    Every fine-tune on answer text moves the last hidden state along one common direction (the training
+    teachers' mean Δ); what is left is the task-specific part of the shift. A projection, not a
+    subtraction: a zero shift stays zero, so an adapter that does nothing cannot look task-like.
+    """
+    u = shared / shared.norm().clamp_min(1e-12)
+    return x - (x @ u)[..., None] * u
 
 
 def cosine_distances(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
@@ -118,8 +129,6 @@ def tsne_png(points: dict[str, np.ndarray | tuple[str, np.ndarray]], labels: Seq
 
 def _specific(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` with the component along their mean projected out (the shift every fine-tune shares)."""
-    from ..training.delta import remove_shared
-
     t = torch.as_tensor(np.asarray(x, dtype=np.float64))
     return remove_shared(t, t.mean(0)).numpy()
 
@@ -181,4 +190,4 @@ def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs:
     return out
 
 
-__all__ = ["clustering_report", "cosine_distances", "flattened_weights", "silhouette", "tsne_png"]
+__all__ = ["clustering_report", "cosine_distances", "flattened_weights", "remove_shared", "silhouette", "tsne_png"]

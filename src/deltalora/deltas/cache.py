@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from ..errors import DeltaLoraError
-from ..paths import atomic_write_bytes, home, locked_append
+from ..paths import home, locked_append
+from ..store import StoredTensor, TensorStore
 
 # Bump when a change to the extraction code changes Δ values (tokenisation, pooling, arithmetic).
 DELTA_CODE_VERSION = "1"
@@ -74,46 +71,20 @@ def cache_key(*, backbone: str, probes: str, representation: str, content: str, 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-@dataclass
-class CachedDelta:
-    key: str
-    tensor: torch.Tensor
-    metadata: dict[str, str]
+CachedDelta = StoredTensor  # what DeltaCache.get returns: key, tensor ([dim] float32), metadata
 
 
-class DeltaCache:
+class DeltaCache(TensorStore):
+    """Δ vectors (tensor ``"delta"``) and base activations (``"v"``) in a :class:`TensorStore`, plus ``index.jsonl``."""
+
     def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        super().__init__(root if root is not None else default_cache_dir())
 
-    def path(self, key: str) -> Path:
-        return self.root / "objects" / key[:2] / f"{key}.safetensors"
-
-    def has(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def get(self, key: str, name: str = "delta") -> CachedDelta | None:
-        """The cached tensor for ``key``, or None. A damaged file counts as a miss (it will be rewritten)."""
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            raw = p.read_bytes()
-            tensors = st_load(raw)
-            n = int.from_bytes(raw[:8], "little")
-            meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}
-        except (OSError, SafetensorError, ValueError):
-            return None
-        if name not in tensors or meta.get("key") != key:
-            return None
-        return CachedDelta(key, tensors[name], meta)
+    def get(self, key: str, name: str = "delta") -> StoredTensor | None:
+        return super().get(key, name)
 
     def put(self, key: str, tensor: torch.Tensor, metadata: dict[str, str], name: str = "delta") -> Path:
-        """Write ``tensor`` (stored float32) atomically; metadata values must be strings."""
-        meta = {"format": "pt", **{k: str(v) for k, v in metadata.items()}, "key": key}
-        data = st_save({name: tensor.detach().to("cpu", torch.float32).contiguous()}, metadata=meta)
-        p = self.path(key)
-        atomic_write_bytes(p, data)
-        return p
+        return super().put(key, tensor, metadata, name)
 
     # ---------------------------------------------------------------------------------------- index
 

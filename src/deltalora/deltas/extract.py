@@ -27,13 +27,17 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..backbones.loader import weights_id_of_dir
+from ..zoo.manifest import adapter_dir, read_manifest
 from ..errors import DeltaLoraError
-from ..lora import LoraWeights, inject, load_adapter
-from ..lora.layout import Architecture
+from ..lora import LoraWeights, load_adapter
+from ..backbones.architecture import Architecture
 from ..sharding import parse_shard, take_shard
-from .cache import DeltaCache, DeltaCacheError, adapter_content_hash, cache_key
+from .cache import DeltaCache, DeltaCacheError
+from .forward import lora_activations
 from .probes import ProbeSet, get_probe_set
-from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
+from .represent import Representation, encode_probes, parse_representation
+from .spec import DeltaSpec, lora_content
 
 log = logging.getLogger("deltalora.deltas")
 
@@ -72,8 +76,6 @@ def sources_from_models(dirs: Iterable[str | Path]) -> list[DeltaSource]:
 
 def sources_from_manifest(manifest: str | Path) -> list[DeltaSource]:
     """Every entry of a zoo manifest (a ``manifest.jsonl`` or its zoo directory), with its family."""
-    from ..zoo.manifest import adapter_dir, read_manifest
-
     return _unique([DeltaSource(id=e.id, path=adapter_dir(Path(manifest), e), kind="lora", family=e.family) for e in read_manifest(Path(manifest))])
 
 
@@ -163,14 +165,6 @@ def warn_if_broken(res: DeltaResult) -> None:
 # ------------------------------------------------------------------------------------------ extractor
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _layout_signature(w: LoraWeights) -> tuple:
-    return tuple(s.key for s in w.layout.slots), w.layout.spec.rank, float(w.layout.scale)
-
-
 class DeltaExtractor:
     """Δ of adapters and models against one loaded backbone, for one probe set and representation."""
 
@@ -189,20 +183,15 @@ class DeltaExtractor:
         self.rep = parse_representation(representation)
         self.cache = cache if isinstance(cache, DeltaCache) else DeltaCache(cache)
         self.k = batch_adapters
-        self.dtype = _dtype_name(backbone.runtime.torch_dtype)
+        self.spec = DeltaSpec.for_backbone(backbone, self.probes, self.rep)
+        self.dtype = self.spec.dtype
         self.enc = encode_probes(backbone.tokenizer, self.probes.texts, device=backbone.device)
         self._base: torch.Tensor | None = None
 
     # -------------------------------------------------------------------------------------- keys
 
     def key(self, content: str) -> str:
-        return cache_key(
-            backbone=self.backbone.weights_id,
-            probes=self.probes.sha256,
-            representation=self.rep.spec,
-            content=content,
-            dtype=self.dtype,
-        )
+        return self.spec.key_for(content)
 
     @property
     def base_key(self) -> str:
@@ -210,14 +199,7 @@ class DeltaExtractor:
 
     def identity(self) -> dict[str, str]:
         """What produced a Δ (stored beside it in the file's metadata and in the index)."""
-        return {
-            "backbone": self.backbone.name,
-            "backbone_weights_id": self.backbone.weights_id,
-            "probes": self.probes.name,
-            "probes_sha256": self.probes.sha256,
-            "repr": self.rep.spec,
-            "dtype": self.dtype,
-        }
+        return self.spec.identity()
 
     def _meta(self, **extra) -> dict[str, str]:
         return {**self.identity(), **{k: "" if v is None else str(v) for k, v in extra.items()}}
@@ -228,7 +210,7 @@ class DeltaExtractor:
     def activation(self, model: torch.nn.Module | None = None) -> torch.Tensor:
         """v(M) of a causal LM (default: the backbone), float32 [dim]; no LoRA injected."""
         model = self.backbone.model if model is None else model
-        return mean_over_probes(probe_vectors(model.model, self.enc, self.rep), len(self.probes))[0]
+        return lora_activations(model, self.enc, self.rep, None, len(self.probes))[0]
 
     def base_activation(self) -> torch.Tensor:
         """v(B), computed once and cached under (backbone weights, probes, representation, dtype)."""
@@ -246,11 +228,8 @@ class DeltaExtractor:
         """Δ of each adapter of a batched ``LoraWeights`` ([K, dim], float32), all K in one forward."""
         if weights.num_adapters is None:
             weights = LoraWeights.stack([weights])
-        k = weights.num_adapters
-        weights = weights.to(self.backbone.device)
-        with inject(self.backbone.model, weights):
-            vectors = probe_vectors(self.backbone.model.model, repeat_batch(self.enc, k), self.rep)
-        return mean_over_probes(vectors, len(self.probes)) - self.base_activation()
+        v = lora_activations(self.backbone.model, self.enc, self.rep, weights.to(self.backbone.device), len(self.probes))
+        return v - self.base_activation()
 
     # -------------------------------------------------------------------------------------- jobs
 
@@ -328,7 +307,7 @@ class DeltaExtractor:
             except DeltaLoraError as exc:
                 yield DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key, error=str(exc))
                 continue
-            sig = _layout_signature(weights)
+            sig = weights.layout.signature
             pending[sig].append((src, key, weights))
             del weights
             if len(pending[sig]) >= self.k:
@@ -375,12 +354,10 @@ class DeltaExtractor:
     def _content_id(self, src: DeltaSource) -> str:
         if src.kind == "lora":
             try:
-                return "lora:" + adapter_content_hash(src.path)
+                return lora_content(src.path)
             except DeltaCacheError as exc:
                 raise BrokenSource(str(exc)) from None
         if src.kind == "model":
-            from ..backbones.loader import weights_id_of_dir
-
             if not (src.path / "config.json").is_file():
                 raise BrokenSource(f"{src.path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
             return "model:" + weights_id_of_dir(src.path)

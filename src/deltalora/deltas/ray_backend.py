@@ -33,6 +33,9 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..backbones import load_backbone
+from ..backbones.registry import is_registered
+from ..config import RuntimeConfig
 from ..errors import DeltaLoraError
 from .cache import DeltaCache
 from .extract import DeltaError, DeltaExtractor, DeltaReport, DeltaResult, DeltaSource, _progress, parse_shard, select_shard, warn_if_broken
@@ -84,9 +87,6 @@ class DeltaActor:
         batch_adapters: int,
         threads: int,
     ):
-        from ..backbones import load_backbone
-        from ..config import RuntimeConfig
-
         torch.set_num_threads(threads)
         loaded = load_backbone(backbone, RuntimeConfig(**runtime), fetch_missing=False, progress=False)
         if loaded.weights_id != weights_id:
@@ -107,8 +107,6 @@ class DeltaActor:
 
 def _loadable_name(backbone: Backbone) -> str:
     """What an actor passes to ``load_backbone``: the registered name or HF id as given, a local directory made absolute."""
-    from ..backbones.registry import is_registered
-
     if not is_registered(backbone.name) and Path(backbone.name).exists():
         return os.path.abspath(backbone.name)
     return backbone.name

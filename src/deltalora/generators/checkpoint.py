@@ -28,14 +28,15 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from .. import __version__
 from ..config import LoraSpec, validation_message
 from ..errors import ConfigError, DeltaLoraError
-from ..lora import Architecture, LoraLayout, derive_layout
-from ..paths import atomic_write_bytes
+from ..backbones import Architecture
+from ..conditions import FORMS
+from ..lora import LoraLayout, derive_layout
+from ..paths import atomic_write_bytes, safetensors_bytes
 from .registry import build_generator, generator_names, num_parameters
 
 META_KEY = "deltalora_generator"
@@ -108,17 +109,11 @@ def meta_parameters() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- save
 
 
-def _condition_forms() -> tuple[str, ...]:
-    from ..conditions import FORMS
-
-    return tuple(FORMS)
-
-
 def checkpoint_metadata(
     gen: nn.Module, layout: LoraLayout, backbone: str, encoder: str, condition_form: str = "prompts", extra: Mapping[str, Any] | None = None
 ) -> dict:
-    if condition_form not in _condition_forms():
-        raise ValueError(f"condition_form {condition_form!r} is not one of {_condition_forms()}")
+    if condition_form not in tuple(FORMS):
+        raise ValueError(f"condition_form {condition_form!r} is not one of {tuple(FORMS)}")
     if layout.arch is None:
         raise ValueError("a generator checkpoint needs the backbone architecture; derive the layout from the backbone")
     return {
@@ -133,14 +128,6 @@ def checkpoint_metadata(
         "num_parameters": num_parameters(gen),
         "extra": dict(extra or {}),
     }
-
-
-def _canonical_header(data: bytes) -> bytes:
-    """The same bytes for the same content: safetensors writes its metadata map in hash-map order."""
-    n = int.from_bytes(data[:8], "little")
-    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def save_generator(gen: nn.Module, path: str | Path, meta: Mapping[str, Any], layout: LoraLayout | None = None) -> Path:
@@ -166,7 +153,7 @@ def save_generator(gen: nn.Module, path: str | Path, meta: Mapping[str, Any], la
     header = checkpoint_metadata(gen, layout, backbone, encoder, form, meta)
     text = json.dumps(header, sort_keys=True)  # raises for values that are not JSON-able
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in gen.state_dict().items()}
-    data = _canonical_header(st_save(state, metadata={"format": "pt", META_KEY: text}))
+    data = safetensors_bytes(state, {"format": "pt", META_KEY: text})
     path = Path(path)
     atomic_write_bytes(path, data)
     return path
@@ -242,7 +229,7 @@ def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
     backbone = _field(path, meta, "backbone", dict, "an object with name and architecture")
     _field(path, backbone, "name", str, "a backbone name")
     _field(path, meta, "encoder", str, "an encoder name")
-    forms = _condition_forms()
+    forms = tuple(FORMS)
     if meta.get("condition_form") not in forms:
         raise GeneratorCheckpointError(path, f"condition_form is {meta.get('condition_form')!r}, expected one of {', '.join(forms)}", RESAVE)
     _field(path, meta, "extra", dict, "an object")

@@ -47,7 +47,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import StrictModel, model_validate_or_raise
+from ..config import MODULE_ORDER, StrictModel, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights
 from ..lora import peft_a_init as _draw_peft_a
@@ -129,8 +129,6 @@ def peft_a_init(layout: LoraLayout, module: str, seed: int) -> torch.Tensor:
     Drawn from its own CPU generator (seeded by ``seed`` and the module's position in the canonical
     order), so it is the same on every rebuild whatever the global RNG state — a checkpoint need not store it.
     """
-    from ..config import MODULE_ORDER
-
     slots = [s for s in layout.slots if s.module == module]
     s0 = slots[0]
     g = torch.Generator(device="cpu").manual_seed(seed * len(MODULE_ORDER) + MODULE_ORDER.index(module))

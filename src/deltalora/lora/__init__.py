@@ -2,11 +2,11 @@
 
 from .adapter_io import inspect_adapter, load_adapter, save_adapter
 from .injection import InjectionError, inject
-from .layout import Architecture, LoraLayout, Slot, derive_layout
+from .layout import LoraLayout, Slot, derive_layout
 from .weights import LoraWeights, peft_a_init
 
 __all__ = [
-    "Architecture", "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
+    "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
     "inject",
     "inspect_adapter",
     "load_adapter",

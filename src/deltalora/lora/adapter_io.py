@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import MODULE_ORDER, LoraSpec, validation_message
 from ..errors import AdapterError, ConfigError
-from ..paths import atomic_dir
-from .layout import MODULE_PARENT, PEFT_PREFIX, Architecture, LoraLayout, Slot, derive_layout, module_path
+from ..paths import atomic_dir, safetensors_bytes
+from ..backbones.architecture import MODULE_PARENT, Architecture, module_path
+from .layout import PEFT_PREFIX, LoraLayout, Slot, derive_layout
 from .weights import LoraWeights
 
 CONFIG_NAME = "adapter_config.json"
@@ -131,25 +132,8 @@ def save_adapter(
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         config.save_pretrained(str(tmp))
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=meta)
-        canonicalize_safetensors_header(tmp / WEIGHTS_NAME)
+        (tmp / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, meta))
     return out
-
-
-def canonicalize_safetensors_header(path: Path) -> None:
-    """Rewrite a safetensors header as sorted, compact JSON, so equal content gives equal bytes.
-
-    safetensors serialises its ``__metadata__`` map in hash-map order, which differs between runs;
-    a content-addressed cache keyed on adapter bytes needs one byte layout per content. Tensor
-    offsets are relative to the end of the header, so only the header is rewritten (padded with
-    spaces to a multiple of 8, as safetensors does).
-    """
-    raw = Path(path).read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + n])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    Path(path).write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
 
 
 # --------------------------------------------------------------------------------------------- scan

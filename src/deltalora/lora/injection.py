@@ -134,10 +134,11 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 def _add_blocks_in_place(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
     """The adapter-major layout without autograd (Δ extraction): block k of the rows gets ``scale · (x Aₖᵀ) Bₖᵀ``
     added into the frozen linear's output by one fused batched multiply-add, with no [K, T, out] temporary."""
-    k = A.shape[0]
-    h = torch.bmm(x.reshape(k, -1, x.shape[-1]), A.to(x.dtype).transpose(1, 2)) * scale  # scale the rank-r intermediate
-    out = output.view(k, -1, output.shape[-1])
-    out.baddbmm_(h, B.to(x.dtype).transpose(1, 2))
+    k, dt = A.shape[0], output.dtype
+    # in place, so in the output's dtype: under autocast the frozen linear's output and its input can differ
+    with torch.autocast(device_type=output.device.type, enabled=False):
+        h = torch.bmm(x.reshape(k, -1, x.shape[-1]).to(dt), A.to(dt).transpose(1, 2)) * scale  # scale the rank-r part
+        output.view(k, -1, output.shape[-1]).baddbmm_(h, B.to(dt).transpose(1, 2))
     return output
 
 
@@ -152,9 +153,11 @@ def _add_runs(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.T
         parts = [output[lo:hi] if k < 0 else output[lo:hi] + ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
                  for k, lo, hi in runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-    for k, lo, hi in runs:
-        if k >= 0:
-            output[lo:hi] += ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
+    dt = output.dtype
+    with torch.autocast(device_type=output.device.type, enabled=False):  # in place: the output's dtype, as above
+        for k, lo, hi in runs:
+            if k >= 0:
+                output[lo:hi] += ((x[lo:hi].to(dt) @ A[k].to(dt).transpose(0, 1)) * scale) @ B[k].to(dt).transpose(0, 1)
     return output
 
 

@@ -95,7 +95,7 @@ class LoraWeights:
         for w in adapters:
             if w.num_adapters is not None:
                 raise ValueError("stack takes single adapters, not batches")
-            if [s.key for s in w.layout.slots] != [s.key for s in layout.slots] or w.layout.scale != layout.scale:
+            if w.layout.signature != layout.signature:
                 raise ValueError("stack needs adapters of one layout (same slots, rank and scale)")
         A = {s.key: torch.stack([w.A[s.key] for w in adapters]) for s in layout.slots}
         B = {s.key: torch.stack([w.B[s.key] for w in adapters]) for s in layout.slots}

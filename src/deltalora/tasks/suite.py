@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from ..config import StrictModel, load_yaml
 from .items import Kind, Task, TaskError
 from .registry import get_source
+from .sources.bigbench import fetch_bigbench
 from .splits import dedupe, split_items, stable_seed
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[3] / "configs" / "tasks" / "default.yaml"
@@ -173,8 +174,6 @@ def build_task(spec: TaskSpec, seed: int = 0) -> Task:
 
 def prefetch(specs: list[TaskSpec]) -> None:
     """Download/extract what the specs need up front (all BIG-bench tasks in one archive pass)."""
-    from .sources.bigbench import fetch_bigbench
-
     bb = [s.args["task"] for s in specs if s.source == "bigbench"]
     if bb:
         fetch_bigbench(bb)

@@ -47,7 +47,7 @@ class TrainConfig(StrictModel):
 
     weight_loss: Literal["tokens", "slots", "product"] = "product"
     token_weighting: bool = True  # tokens loss only: DnD's per-token criterion weights from the teachers' spread
-    delta_loss: Literal["mse", "cosine", "specific_cosine"] = "mse"  # see training.delta.delta_loss
+    delta_loss: Literal["mse", "cosine", "specific_cosine"] = "mse"  # see training.losses.delta_loss
     lam: LambdaSchedule = LambdaSchedule()
 
     probes: str = "generic5"

@@ -31,14 +31,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..deltas import DeltaProbe, remove_shared
 from ..generators import build_generator
 from ..generators.checkpoint import save_generator
-from ..generators.dataset import TeacherDataset, collate_teachers
 from ..lora import LoraWeights
 from ..tasks import stable_seed
 from .config import TrainConfig
-from .delta import DeltaProbe, cosine, delta_loss, remove_shared
-from .losses import WeightLoss, head
+from .data import TeacherDataset, collate_teachers
+from .losses import WeightLoss, cosine, delta_loss, head
 from .state import STATE_NAME, read_state, restore_state, save_state
 
 LOG_NAME = "log.jsonl"
@@ -198,10 +198,9 @@ def train_generator(
 
     examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
     wloss = WeightLoss(cfg.weight_loss, LoraWeights.stack([e.weights for e in examples]), cfg.token_weighting).to(device)
-    teacher_deltas = torch.stack([e.delta for e in examples])
     del examples
-    delta_scale = max(float(teacher_deltas.square().sum(-1).mean()), 1e-12)
-    shared = teacher_deltas.mean(0).to(device)  # the shift every teacher shares (specific_cosine loss, log)
+    delta_scale = max(float(dataset.deltas.square().sum(-1).mean()), 1e-12)
+    shared = dataset.mean_delta().to(device)  # the shift every teacher shares (specific_cosine loss, log)
     probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
 
     log = (out / LOG_NAME).open("a", encoding="utf-8") if rank == 0 else None

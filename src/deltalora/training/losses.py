@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..generators.tokenizer import LoraTokenizer, criterion_weights, weighted_token_mse
+from ..deltas.analyze import remove_shared
 from ..lora import LoraWeights
 
 
@@ -86,4 +87,31 @@ def head(weights: LoraWeights, m: int) -> LoraWeights:
     return LoraWeights(weights.layout, {k: v[:m] for k, v in weights.A.items()}, {k: v[:m] for k, v in weights.B.items()})
 
 
-__all__ = ["WeightLoss", "head", "product_sq_norm", "slot_sq_norm"]
+
+DELTA_LOSSES = ("mse", "cosine", "specific_cosine")
+
+
+def delta_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, scale: float = 1.0, shared: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_Δ over a [K, dim] batch: ``mse`` = mean ‖Δ_pred − Δ_teacher‖² / ``scale`` (pass the teachers' mean
+    ‖Δ‖², so 1.0 means "as far as predicting zero"), ``cosine`` = mean (1 − cos), ``specific_cosine`` =
+    mean (1 − cos) after projecting ``shared`` (the training teachers' mean Δ) out of both sides."""
+    if kind == "mse":
+        return (pred - target).square().sum(-1).mean() / scale
+    if kind == "cosine":
+        return (1.0 - torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)).mean()
+    if kind == "specific_cosine":
+        if shared is None:
+            raise ValueError("specific_cosine needs shared= (the training teachers' mean Δ)")
+        c = shared.to(pred)
+        return (1.0 - torch.nn.functional.cosine_similarity(remove_shared(pred, c), remove_shared(target, c), dim=-1, eps=1e-8)).mean()
+    raise ValueError(f"unknown delta loss {kind!r}; use one of {', '.join(DELTA_LOSSES)}")
+
+
+def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row cosine similarity of two [K, dim] batches (no gradient)."""
+    return torch.nn.functional.cosine_similarity(pred.detach().float(), target.detach().float(), dim=-1, eps=1e-8)
+
+
+__all__ = ["DELTA_LOSSES", "WeightLoss", "cosine", "delta_loss", "head", "product_sq_norm", "slot_sq_norm"]

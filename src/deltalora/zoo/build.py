@@ -23,20 +23,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
+from ..backbones import load_backbone
+from ..backbones.precision import PrecisionDecision, cpu_info
 from ..paths import atomic_dir, atomic_write_bytes
 from ..sharding import parse_shard, take_shard
 from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 from .train import TeacherTrainConfig, teacher_precision, train_teacher
-
-if TYPE_CHECKING:
-    from ..backbones.precision import PrecisionDecision
 
 CONFIG_NAME = "zoo_config.json"
 
@@ -373,12 +371,8 @@ def build_zoo(
         _, needed = selected_specs(cfg)
         prefetch([s for s in needed if any(s.name in j.components for j in todo)])
         if backbone is None:
-            from ..backbones import load_backbone
-
             backbone = load_backbone(cfg.backbone, cfg.runtime, progress=progress)
         specs = {s.name: s for s in needed}
-        from ..backbones.precision import cpu_info
-
         machine = cpu_info()
         if progress:
             print(f"[zoo] teachers train in {precision.name} ({precision.reason})", flush=True)

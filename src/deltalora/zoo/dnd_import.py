@@ -32,7 +32,8 @@ from safetensors.torch import load_file
 
 from ..config import MODULE_ORDER, LoraSpec
 from ..lora import LoraLayout, LoraWeights, Slot, derive_layout, load_adapter, save_adapter
-from ..lora.layout import Architecture, module_path
+from ..backbones.architecture import Architecture, module_path
+from ..backbones.loader import architecture_of
 from ..paths import atomic_write_bytes
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 
@@ -204,8 +205,6 @@ def import_dnd(
 
     arch = None
     if backbone:
-        from ..backbones.loader import architecture_of
-
         arch = architecture_of(backbone)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
+from ..lora import derive_layout
 from ..config import LoraSpec, StrictModel
+from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name, narrowed_linears
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, inject, peft_a_init, save_adapter
 
@@ -71,8 +73,6 @@ class TeacherTrainConfig(StrictModel):
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:
-        from ..backbones.precision import canonical_precision
-
         return canonical_precision(v)
 
 
@@ -80,8 +80,6 @@ def teacher_precision(setting: str, device: torch.device | str, weights_dtype: t
     """The dtype teacher training computes in: ``setting`` resolved on ``device`` (autocast), or the weights'
     own dtype when that is already as narrow (autocast only narrows). An explicit float32 over narrower
     weights cannot be honoured and is refused."""
-    from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name
-
     d = decide_precision(setting, device)
     if d.dtype.itemsize < weights_dtype.itemsize:
         return d
@@ -167,7 +165,7 @@ def train_teacher(
     elif precision.itemsize > weights_dtype.itemsize:
         raise ValueError(f"precision {precision} is wider than the {weights_dtype} weights; autocast only narrows")
     narrow = precision.itemsize < weights_dtype.itemsize
-    layout = backbone.layout(cfg.lora)
+    layout = derive_layout(backbone.arch, cfg.lora)
     gen = torch.Generator().manual_seed(seed if init_seed is None else init_seed)
     init = peft_init(layout, gen).to(backbone.device)
     params = [t.requires_grad_(True) for t in init.tensors()]
@@ -189,8 +187,6 @@ def train_teacher(
     losses: list[float] = []
     saved: list[Checkpoint] = []
     model = backbone.model
-    from ..backbones.precision import narrowed_linears
-
     with narrowed_linears(model, precision if narrow else None):
         for step in range(1, cfg.steps + 1):
             batch = []

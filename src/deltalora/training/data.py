@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..conditions import Conditioner
-from ..deltas.cache import DeltaCache, adapter_content_hash, cache_key
+from ..deltas import DeltaCache, DeltaSpec
 from ..errors import DeltaLoraError
 from ..lora import LoraWeights, load_adapter
-from ..lora.layout import Architecture
+from ..backbones.architecture import Architecture
 from ..tasks import stable_seed
 from ..zoo.manifest import ZooEntry, adapter_dir, read_manifest
 
@@ -77,50 +77,6 @@ def split_entries(entries: Sequence[ZooEntry], heldout: Iterable[str]) -> dict[s
     return out
 
 
-@dataclass(frozen=True)
-class DeltaSpec:
-    """Which cached Δ supervise: backbone weights, probe set, representation and dtype (the Δ cache key minus the adapter)."""
-
-    backbone: str  # the name given to `deltalora deltas compute --backbone`
-    weights_id: str
-    probes: str  # the name (or file) given to --probes
-    probes_sha256: str
-    representation: str
-    dtype: str = "float32"
-
-    @classmethod
-    def for_backbone(cls, backbone, probes="generic5", representation="last_token") -> DeltaSpec:
-        """The spec :class:`deltalora.deltas.DeltaExtractor` uses for ``backbone`` (a loaded :class:`Backbone`)."""
-        from ..deltas import ProbeSet, get_probe_set, parse_representation
-
-        ps = probes if isinstance(probes, ProbeSet) else get_probe_set(probes)
-        rep = parse_representation(representation)
-        return cls(
-            backbone=backbone.name,
-            weights_id=backbone.weights_id,
-            probes=ps.name,
-            probes_sha256=ps.sha256,
-            representation=rep.spec,
-            dtype=str(backbone.runtime.torch_dtype).removeprefix("torch."),
-        )
-
-    def key(self, adapter: str | Path) -> str:
-        """The Δ cache key of the adapter directory ``adapter`` (content-addressed, as the extractor computes it)."""
-        return cache_key(
-            backbone=self.weights_id,
-            probes=self.probes_sha256,
-            representation=self.representation,
-            content="lora:" + adapter_content_hash(adapter),
-            dtype=self.dtype,
-        )
-
-    def command(self, zoo: str | Path, cache: Path) -> str:
-        return (
-            f"deltalora deltas compute --backbone {self.backbone} --zoo {zoo} --probes {self.probes} "
-            f"--repr '{self.representation}' --dtype {self.dtype} --cache {cache}"
-        )
-
-
 @dataclass
 class TeacherExample:
     id: str
@@ -161,10 +117,6 @@ def collate_teachers(examples: Sequence[TeacherExample]) -> TeacherBatch:
         conditions=torch.stack([e.condition for e in examples]),
         deltas=torch.stack([e.delta for e in examples]),
     )
-
-
-def _layout_signature(w: LoraWeights) -> tuple:
-    return tuple((s.key, s.a_shape, s.b_shape) for s in w.layout.slots), float(w.layout.scale)
 
 
 class TeacherDataset(Dataset):
@@ -258,8 +210,8 @@ class TeacherDataset(Dataset):
         for i in range(len(self.entries)):
             w = self._load(i)
             if sig is None:
-                sig, self.layout = _layout_signature(w), w.layout
-            elif _layout_signature(w) != sig:
+                sig, self.layout = w.layout.signature, w.layout
+            elif w.layout.signature != sig:
                 raise DatasetError(
                     f"{self._dirs[i]}: LoRA layout (slots, rank or scale) differs from {self._dirs[0]}'s; "
                     "a generator is trained on teachers of one layout — drop the odd teacher or build the zoo with one LoRA config"
@@ -269,6 +221,16 @@ class TeacherDataset(Dataset):
         return kept if preload else None
 
     # ------------------------------------------------------------------------------------ access
+
+    @property
+    def deltas(self) -> torch.Tensor:
+        """[N, dim] float32: the cached Δ of the split's teachers, in dataset order."""
+        return torch.stack(self._deltas)
+
+    def mean_delta(self) -> torch.Tensor:
+        """The training teachers' mean Δ: the shift every fine-tune on answer text shares, which the
+        ``specific_cosine`` loss and the task-specific Δ-cosine project out (:func:`deltalora.deltas.remove_shared`)."""
+        return self.deltas.mean(0)
 
     @property
     def delta_dim(self) -> int:
@@ -317,8 +279,7 @@ class TeacherDataset(Dataset):
 
 __all__ = [
     "DatasetError",
-    "DeltaSpec",
-    "TeacherBatch",
+        "TeacherBatch",
     "TeacherDataset",
     "TeacherExample",
     "choose_heldout",

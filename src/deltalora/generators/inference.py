@@ -25,41 +25,34 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import RuntimeConfig
-from .errors import ConfigError
-from .generators.checkpoint import LoadedGenerator, load_generator
-from .lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME, save_adapter
+from .. import __version__
+from ..conditions import ConditionPool, load_encoder, read_prompt_file, sample_indices
+from ..config import RuntimeConfig
+from ..errors import ConfigError
+from ..lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME, save_adapter
+from .checkpoint import LoadedGenerator, load_generator
 
 # ------------------------------------------------------------------------- conditions (one place)
 
 
 def condition_items(path: str | Path) -> list:
     """Validated items of a prompt file (raises a one-line :class:`~deltalora.tasks.TaskError`)."""
-    from .conditions import read_prompt_file
-
     return read_prompt_file(path)
 
 
 def condition_texts(items: Sequence, form: str, source: str) -> list[str]:
     """The texts the encoder sees for ``items`` in condition ``form`` (``prompts`` / ``prompt_answer``)."""
-    from .conditions import ConditionPool
-
     return ConditionPool(Path(source).stem, tuple(items), source).texts(form)
 
 
 def sample_condition(texts: Sequence[str], n_prompts: int, seed: int) -> list[str]:
     """``n_prompts`` of ``texts``, a pure function of the arguments (distinct when there are enough)."""
-    from .conditions import sample_indices
-
     return [texts[i] for i in sample_indices(len(texts), n_prompts, seed)]
 
 
 @functools.lru_cache(maxsize=4)
 def load_condition_encoder(name: str, runtime: RuntimeConfig):
     """The frozen sentence encoder ``name`` (loaded once per process and runtime)."""
-    from .conditions import load_encoder
-
     return load_encoder(name, runtime)
 
 
