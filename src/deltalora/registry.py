@@ -28,6 +28,13 @@ class Registry(dict[str, Any]):
 
         return deco
 
+    def lookup(self, name: str, error: type[Exception], hint: str) -> Any:
+        """The entry under ``name``, or ``error("unknown <kind> 'name'; <hint>")`` (one line, for the user)."""
+        try:
+            return self[name]
+        except KeyError:
+            raise error(f"unknown {self.kind} {name!r}; {hint}") from None
+
     def copy(self) -> Registry:
         new = Registry(self.kind)
         new.update(self)

@@ -64,13 +64,8 @@ def backbone_names() -> list[str]:
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
-        spec = _REGISTRY[name]()
-    except KeyError:
-        raise BackboneError(
-            f"unknown backbone {name!r}; run `deltalora models list` for the registered names, "
-            "or pass a local model directory or an HF model id"
-        ) from None
+    hint = "run `deltalora models list` for the registered names, or pass a local model directory or an HF model id"
+    spec = _REGISTRY.lookup(name, BackboneError, hint)()
     assert spec.name == name, (spec.name, name)
     return spec
 

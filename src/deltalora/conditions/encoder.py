@@ -103,12 +103,8 @@ def is_registered(name: str) -> bool:
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:
-    try:
-        spec = _REGISTRY[name]()
-    except KeyError:
-        raise EncoderError(
-            f"unknown encoder {name!r}; use one of {', '.join(encoder_names())}, a local model directory or an HF id"
-        ) from None
+    hint = f"use one of {', '.join(encoder_names())}, a local model directory or an HF id"
+    spec = _REGISTRY.lookup(name, EncoderError, hint)()
     assert spec.name == name, (spec.name, name)
     return spec
 

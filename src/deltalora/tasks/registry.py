@@ -57,7 +57,4 @@ def source_names() -> list[str]:
 
 
 def get_source(name: str) -> TaskSource:
-    try:
-        return _SOURCES[name]
-    except KeyError:
-        raise TaskError(f"unknown task source {name!r}; use one of {', '.join(source_names())}") from None
+    return _SOURCES.lookup(name, TaskError, f"use one of {', '.join(source_names())}")
