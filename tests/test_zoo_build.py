@@ -20,6 +20,9 @@ from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, load_adapter
 from deltalora.sharding import ShardError
 from deltalora.zoo import (
+    TeacherTrainConfig,
+    read_init,
+    zoo_init_kind,
     MANIFEST_NAME,
     ZooError,
     build_zoo,
@@ -85,25 +88,93 @@ def test_build_writes_distinct_verified_adapters(built, tiny_qwen2):
     assert json.loads((out / "zoo_config.json").read_text())["config"]["subset"] == 6
 
 
-def test_shared_init_starts_every_job_of_a_seed_from_one_lora_init(built, cfg, tiny_qwen2, tmp_path):
-    """teacher.shared_init: the jobs of one zoo seed share their A init (ΔW comparable across tasks), seeds differ.
-    At a learning rate of 1e-9 the saved A is the init (AdamW moves a weight by about lr per step)."""
-    teacher = cfg.teacher.model_copy(update={"shared_init": True, "lr": 1e-9})
-    shared = build_zoo(cfg.model_copy(update={"teacher": teacher}), tmp_path / "z", progress=False, backbone=tiny_qwen2)
-    last = max(e.step for e in shared)
-    a = {}
-    for e in shared:
+def _tail_a(zoo: Path, entries, arch) -> dict:
+    """Flattened A of each job's last checkpoint, by entry id."""
+    last = max(e.step for e in entries)
+    out = {}
+    for e in entries:
         if e.step == last:
-            w = load_adapter(tmp_path / "z" / e.path, arch=tiny_qwen2.arch)
-            a.setdefault(e.seed, []).append(torch.cat([t.flatten() for t in w.A.values()]))
-    assert len(a) == 2 and all(len(v) >= 3 for v in a.values())  # tasks and a mixed pair per seed
-    for v in a.values():
+            w = load_adapter(zoo / e.path, arch=arch)
+            out[e.id] = (e.seed, torch.cat([w.A[k].flatten() for k in sorted(w.A)]))
+    return out
+
+
+def test_canonical_init_is_one_for_the_whole_zoo(cfg, tiny_qwen2, tmp_path):
+    """The default: every job — all tasks, both seeds, the mixed pair — starts from the one init stored in the zoo.
+    At a learning rate of 1e-9 the saved A is the init (AdamW moves a weight by about lr per step)."""
+    assert cfg.teacher.init == "canonical"
+    tiny_lr = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"lr": 1e-9})})
+    entries = build_zoo(tiny_lr, tmp_path / "z", progress=False, backbone=tiny_qwen2)
+    init = read_init(tmp_path / "z", tiny_qwen2.arch)
+    assert init is not None and all(float(t.abs().max()) == 0 for t in init.B.values())
+    rec = json.loads((tmp_path / "z" / "zoo_config.json").read_text())["init"]
+    assert rec["path"] == "init" and len(rec["sha256"]) == 64 and zoo_init_kind(tmp_path / "z") == "canonical"
+    ref = torch.cat([init.A[k].flatten() for k in sorted(init.A)])
+    a = _tail_a(tmp_path / "z", entries, tiny_qwen2.arch)
+    assert {seed for seed, _ in a.values()} == {0, 1} and any("+" in i for i in a)
+    assert all(torch.allclose(x, ref, atol=1e-6) for _, x in a.values())
+    assert all(e.extra["init"] == "canonical" and e.extra["init_sha256"] == rec["sha256"] for e in entries)
+    # a changed init file is refused, by readers and by the next build
+    f = tmp_path / "z" / "init" / "adapter_model.safetensors"
+    blob = f.read_bytes()
+    f.write_bytes(blob[:-8] + bytes(b ^ 0x40 for b in blob[-8:]))
+    with pytest.raises(ZooError, match="sha256 differs"):
+        read_init(tmp_path / "z")
+    with pytest.raises(ZooError, match="sha256 differs"):
+        build_zoo(tiny_lr, tmp_path / "z", progress=False, backbone=tiny_qwen2)
+
+
+def test_per_seed_init_and_its_old_spelling(cfg, tiny_qwen2, tmp_path):
+    """teacher.init: per_seed (old spelling shared_init: true): the jobs of one seed share their A, seeds differ."""
+    spelled = TeacherTrainConfig.model_validate({**cfg.teacher.model_dump(exclude={"init", "init_seed"}), "shared_init": True})
+    assert spelled.init == "per_seed"
+    with pytest.raises(ValueError, match="both init and shared_init"):
+        TeacherTrainConfig.model_validate({"init": "canonical", "shared_init": False})
+    teacher = spelled.model_copy(update={"lr": 1e-9})
+    z = tmp_path / "z"
+    a = _tail_a(z, build_zoo(cfg.model_copy(update={"teacher": teacher}), z, progress=False, backbone=tiny_qwen2), tiny_qwen2.arch)
+    by_seed = {}
+    for seed, x in a.values():
+        by_seed.setdefault(seed, []).append(x)
+    assert len(by_seed) == 2 and all(len(v) >= 3 for v in by_seed.values())  # tasks and a mixed pair per seed
+    for v in by_seed.values():
         assert all(torch.allclose(x, v[0], atol=1e-6) for x in v)
-    assert not torch.allclose(a[0][0], a[1][0], atol=1e-3)
-    saved = json.loads((tmp_path / "z" / "zoo_config.json").read_text())["config"]["teacher"]
-    assert saved["shared_init"] is True
-    # off (the default), the key stays out of the saved config, as in every zoo built before the option existed
-    assert "shared_init" not in json.loads((built[0] / "zoo_config.json").read_text())["config"]["teacher"]
+    assert not torch.allclose(by_seed[0][0], by_seed[1][0], atol=1e-3)
+    assert read_init(z) is None and zoo_init_kind(z) == "per_seed" and not (z / "init").exists()
+    assert "init_seed" not in json.loads((z / "zoo_config.json").read_text())["config"]["teacher"]
+
+
+def test_a_zoo_from_before_the_init_option_still_builds_and_says_its_kind(cfg, tiny_qwen2, tmp_path):
+    """Old zoo configs have no teacher.init (and maybe shared_init): read as per_job / per_seed; extending one
+    needs that kind, and the refusal says so."""
+    per_job = cfg.model_copy(update={"tasks": ["pick"], "seeds": [0], "mixed": [],
+                                     "teacher": cfg.teacher.model_copy(update={"init": "per_job"})})
+    z = tmp_path / "old"
+    build_zoo(per_job, z, progress=False, backbone=tiny_qwen2)
+    saved = json.loads((z / "zoo_config.json").read_text())
+    del saved["config"]["teacher"]["init"]  # as a zoo built before the option was saved
+    (z / "zoo_config.json").write_text(json.dumps(saved))
+    assert zoo_init_kind(z) == "per_job" and read_init(z) is None
+    assert len(build_zoo(per_job, z, progress=False, backbone=tiny_qwen2)) == 2  # a no-op resume, not a refusal
+    canonical = per_job.model_copy(update={"teacher": cfg.teacher})
+    with pytest.raises(ZooError, match="it is a per_job zoo.*teacher.init=per_job"):
+        build_zoo(canonical, z, progress=False, backbone=tiny_qwen2)
+
+
+def test_adding_tasks_with_reuse_keeps_the_canonical_init(cfg, tiny_qwen2, tmp_path):
+    """A bigger zoo built with --reuse of a canonical zoo takes that zoo's init (not a fresh draw, even from
+    another init_seed), so old and new teachers share one coordinate system; the finished jobs are copied."""
+    small = cfg.model_copy(update={"tasks": ["pick"], "seeds": [0], "mixed": []})
+    build_zoo(small, tmp_path / "small", progress=False, backbone=tiny_qwen2)
+    bigger = cfg.model_copy(update={"tasks": ["pick", "double"], "seeds": [0], "mixed": [],
+                                    "teacher": cfg.teacher.model_copy(update={"init_seed": 7})})
+    got = build_zoo(bigger, tmp_path / "big", progress=False, backbone=tiny_qwen2, reuse=[tmp_path / "small"])
+    rec = lambda z: json.loads((tmp_path / z / "zoo_config.json").read_text())["init"]["sha256"]  # noqa: E731
+    assert rec("big") == rec("small")
+    assert {e.id for e in got if "reused_from" in e.extra} == {"pick/s0/step2", "pick/s0/step4"}
+    # without --reuse, init_seed 7 draws a different init — and then nothing of the small zoo is reusable
+    alone = build_zoo(bigger.model_copy(update={"tasks": ["pick"]}), tmp_path / "alone", progress=False, backbone=tiny_qwen2)
+    assert rec("alone") != rec("small") and not any("reused_from" in e.extra for e in alone)
 
 
 def test_rebuild_is_a_no_op(built, cfg, tiny_qwen2, monkeypatch):

@@ -8,7 +8,8 @@ written, so a killed job leaves unlisted directories that the rerun overwrites (
 are written atomically); a job whose entries are all listed is skipped (resume).
 
 The resolved config is saved beside the manifest (``zoo_config.json``); building into a zoo whose
-saved config differs is refused.
+saved config differs is refused. A canonical zoo (``teacher.init: canonical``, the default) starts every job
+from one LoRA init stored in the zoo (:mod:`deltalora.zoo.canonical`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
-from ..backbones import load_backbone
+from ..backbones import architecture_of, load_backbone
 from ..backbones.precision import PrecisionDecision, cpu_info
 from ..paths import atomic_dir, atomic_write_bytes
 from ..sharding import parse_shard, take_shard
 from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
+from .canonical import ensure_init
 from .train import TeacherTrainConfig, teacher_precision, train_teacher
 
 CONFIG_NAME = "zoo_config.json"
@@ -159,6 +161,17 @@ def zoo_precision(cfg: ZooConfig) -> PrecisionDecision:
     return teacher_precision(cfg.teacher.precision, cfg.runtime.torch_device, cfg.runtime.torch_dtype)
 
 
+def _legacy_init(saved: dict) -> dict:
+    """A saved resolved config from before ``teacher.init``: ``shared_init: true`` was ``per_seed``, its absence
+    ``per_job`` (every job drew its own A)."""
+    teacher = (saved.get("config") or {}).get("teacher") if isinstance(saved, dict) else None
+    if not isinstance(teacher, dict) or "init" in teacher:
+        return saved
+    teacher = dict(teacher)
+    teacher["init"] = "per_seed" if teacher.pop("shared_init", False) else "per_job"
+    return {**saved, "config": {**saved["config"], "teacher": teacher}}
+
+
 def _legacy_precision(saved: dict) -> dict:
     """A saved resolved config as this version writes it: ``teacher.bf16_autocast`` (zoos built before
     ``teacher.precision``) becomes the effective ``teacher.precision`` it trained in.
@@ -198,8 +211,8 @@ def resolved_config(cfg: ZooConfig) -> dict:
     if cfg.tasks is None:
         body["tasks"] = None
     body["teacher"]["precision"] = zoo_precision(cfg).name
-    if not cfg.teacher.shared_init:  # the default, as every zoo built before the option was: same config as they saved
-        del body["teacher"]["shared_init"]
+    if cfg.teacher.init != "canonical":  # the seed of the one init means nothing otherwise (nor did old zoos save it)
+        del body["teacher"]["init_seed"]
     return {"config": body, "task_specs": specs, "steps": cfg.tail_steps()}
 
 
@@ -218,9 +231,10 @@ def check_or_save_config(cfg: ZooConfig, out_dir: Path) -> dict:
     path = Path(out_dir) / CONFIG_NAME
     if path.is_file():
         try:
-            saved = _legacy_precision(json.loads(path.read_text(encoding="utf-8")))
+            saved = _legacy_init(_legacy_precision(json.loads(path.read_text(encoding="utf-8"))))
         except json.JSONDecodeError:
             raise ZooError(f"{path}: not valid JSON; delete the zoo directory or use a new --out") from None
+        saved = {k: v for k, v in saved.items() if k != "init"}  # the canonical init's record, checked on its own
         if saved != resolved:
             diff = _diff_keys(saved, resolved)
             hint = ""
@@ -228,6 +242,9 @@ def check_or_save_config(cfg: ZooConfig, out_dir: Path) -> dict:
             if "config.teacher.precision" in diff and isinstance(was, str):
                 hint = (f"; it trained in {was}, teacher.precision {cfg.teacher.precision} is {resolved['config']['teacher']['precision']} "
                         f"here: set teacher.precision={was} to extend it")
+            kind = ((saved.get("config") or {}).get("teacher") or {}).get("init")
+            if "config.teacher.init" in diff and isinstance(kind, str):
+                hint += f"; it is a {kind} zoo (teachers' LoRA init): set teacher.init={kind} to extend it"
             raise ZooError(
                 f"{out_dir}: this zoo was built with a different config (differs in {', '.join(diff[:4])}"
                 f"{' ...' if len(diff) > 4 else ''}){hint}; use a new --out or delete it"
@@ -273,7 +290,10 @@ def job_recipe(resolved: dict, job: ZooJob) -> dict:
     """What one job's adapters depend on: the resolved config minus the job list, plus its tasks' specs."""
     body = {k: v for k, v in resolved["config"].items() if k not in ("tasks", "seeds", "mixed")}
     specs = {s["name"]: s for s in resolved["task_specs"]}
-    return {"config": body, "specs": [specs.get(n) for n in job.components], "steps": resolved["steps"]}
+    init = (resolved.get("init") or {}).get("sha256")  # canonical zoos: the same init file, not just the same seed
+    if init is not None:  # the file is the init's identity; the seed it was drawn from (or not: --reuse) is not
+        body = {**body, "teacher": {k: v for k, v in body["teacher"].items() if k != "init_seed"}}
+    return {"config": body, "specs": [specs.get(n) for n in job.components], "steps": resolved["steps"], "init": init}
 
 
 class _ReuseSource:
@@ -285,7 +305,7 @@ class _ReuseSource:
         if not cfg_path.is_file() or not (self.root / MANIFEST_NAME).is_file():
             raise ZooError(f"--reuse {root}: not a zoo directory (needs {CONFIG_NAME} and {MANIFEST_NAME}); pass a zoo built by deltalora")
         try:
-            self.resolved = _legacy_precision(json.loads(cfg_path.read_text(encoding="utf-8")))
+            self.resolved = _legacy_init(_legacy_precision(json.loads(cfg_path.read_text(encoding="utf-8"))))
         except json.JSONDecodeError:
             raise ZooError(f"{cfg_path}: not valid JSON; drop this --reuse or rebuild that zoo") from None
         self.entries = {e.id: e for e in read_manifest(self.root)}
@@ -349,14 +369,19 @@ def build_zoo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = shard_jobs(plan_jobs(cfg), shard)
-    check_or_save_config(cfg, out)
+    resolved = check_or_save_config(cfg, out)
+    init, init_sha = None, None
+    if cfg.teacher.init == "canonical":
+        arch = backbone.arch if backbone is not None else architecture_of(cfg.backbone)
+        init = ensure_init(out, cfg.teacher, arch, [Path(r) for r in reuse])
+        init_sha = file_sha256(out / "init" / "adapter_model.safetensors")
+        resolved = {**resolved, "init": {"path": "init", "sha256": init_sha}}
     repair_manifest_tail(out)
     steps = cfg.tail_steps()
     listed = {e.id: e for e in read_manifest(out)} if (out / MANIFEST_NAME).is_file() else {}
     todo = [j for j in jobs if not all(j.entry_id(s) in listed for s in steps)]
     precision = zoo_precision(cfg)  # what check_or_save_config fingerprinted
     if todo and reuse:
-        resolved = resolved_config(cfg)
         sources = [_ReuseSource(r) for r in reuse]
         left = []
         for job in todo:
@@ -401,7 +426,8 @@ def build_zoo(
             cfg.teacher,
             job_dir,
             seed=stable_seed("zoo-teacher", job.id) % (1 << 63),
-            init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63) if cfg.teacher.shared_init else None,
+            init=init,
+            init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63) if cfg.teacher.init == "per_seed" else None,
             precision=precision.dtype,
             metadata={"task": job.task, "zoo_job": job.id},
             progress=report if progress else None,
@@ -425,7 +451,8 @@ def build_zoo(
                 train_loss=c.train_loss,
                 backbone=cfg.backbone,
                 extra={"train_seconds": round(seconds, 2), "n_train_items": n_items, "device": str(backbone.device),
-                       "precision": precision.name, "cpu": machine},
+                       "precision": precision.name, "cpu": machine, "init": cfg.teacher.init,
+                       **({"init_sha256": init_sha} if init_sha else {})},
             )
             append_entry(out, entry)
             listed[eid] = entry

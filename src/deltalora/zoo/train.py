@@ -14,23 +14,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from ..lora import derive_layout
 from ..config import LoraSpec, StrictModel
 from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name, narrowed_linears
 from ..errors import ConfigError
-from ..lora import LoraLayout, LoraWeights, inject, peft_a_init, save_adapter
-
-if TYPE_CHECKING:
-    from ..backbones.precision import PrecisionDecision
-
-# deltalora.backbones.precision is imported where it is used: importing the backbones package loads transformers,
-# which ``import deltalora.zoo`` (zoo list, manifests) does not otherwise need.
+from ..lora import LoraLayout, LoraWeights, derive_layout, inject, peft_a_init, save_adapter
 
 
 class TeacherTrainConfig(StrictModel):
@@ -50,10 +43,27 @@ class TeacherTrainConfig(StrictModel):
     # effective dtype, never "auto". Deprecated spelling, still read from old YAMLs: bf16_autocast: true | false
     # (= precision: bfloat16 | float32); giving both is an error.
     precision: str = "auto"
-    # Start every job of one zoo seed from the same LoRA init (A drawn from the zoo seed, not the job), as DnD's
-    # teachers share theirs: then ΔW of different tasks are comparable, and a generator's weight loss has a signal.
-    # Off by default (and then left out of the zoo's resolved config, so zoos built before it stay valid).
-    shared_init: bool = False
+    # Where the teachers' LoRA A start. canonical (default): one init for the whole zoo — every task, seed and
+    # mixed teacher — drawn once from init_seed and stored in the zoo (init/, hashed in zoo_config.json); a job's
+    # seed changes only its data order. Then ΔW of different tasks share one coordinate system and a generator's
+    # weight loss has a signal (two seeds of one task: ΔW cosine 0.47 from one init, 0.01-0.02 from two).
+    # per_seed: one init per zoo seed (drawn from the seed; spelled shared_init: true before). per_job: every job
+    # draws its own (zoos built before this option; shared_init: false).
+    init: Literal["canonical", "per_seed", "per_job"] = "canonical"
+    init_seed: int = Field(0, ge=0)  # canonical only: what the zoo's one init is drawn from
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_shared_init(cls, data):
+        if isinstance(data, dict) and "shared_init" in data:
+            data = dict(data)
+            flag = data.pop("shared_init")
+            if "init" in data:
+                raise ValueError("gives both init and shared_init (its old spelling); keep init and drop shared_init")
+            if not isinstance(flag, bool):
+                raise ValueError(f"shared_init (old spelling) must be true or false, got {flag!r}; better write init: canonical")
+            data["init"] = "per_seed" if flag else "per_job"
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -151,10 +161,12 @@ def train_teacher(
     progress=None,
     init_seed: int | None = None,
     precision: torch.dtype | None = None,
+    init: LoraWeights | None = None,
 ) -> list[Checkpoint]:
     """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``.
 
-    ``seed`` orders the data and, unless ``init_seed`` is given, draws the LoRA init. ``precision`` is the
+    ``seed`` orders the data and, unless ``init`` (a starting adapter: the zoo's canonical init) or ``init_seed``
+    is given, draws the LoRA init. ``precision`` is the
     dtype to compute in (the zoo passes the one it fingerprinted); by default :func:`teacher_precision` of
     ``cfg.precision`` on the backbone's device."""
     if not pairs:
@@ -166,8 +178,11 @@ def train_teacher(
         raise ValueError(f"precision {precision} is wider than the {weights_dtype} weights; autocast only narrows")
     narrow = precision.itemsize < weights_dtype.itemsize
     layout = derive_layout(backbone.arch, cfg.lora)
-    gen = torch.Generator().manual_seed(seed if init_seed is None else init_seed)
-    init = peft_init(layout, gen).to(backbone.device)
+    if init is None:
+        init = peft_init(layout, torch.Generator().manual_seed(seed if init_seed is None else init_seed))
+    elif init.layout.signature != layout.signature or init.num_adapters is not None:
+        raise ValueError("init must be one adapter of the teacher's LoRA layout (cfg.lora on this backbone)")
+    init = _detached_cpu(init).to(backbone.device)  # a fresh copy: training changes it in place
     params = [t.requires_grad_(True) for t in init.tensors()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
