@@ -24,7 +24,7 @@ from deltalora.experiment.config import zoo_config
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.arms import average_merge, random_conditions
 from deltalora.generators.checkpoint import read_checkpoint_metadata
-from deltalora.lora import LoraWeights
+from deltalora.lora import LoraWeights, derive_layout
 from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
 from deltalora.training.logs import read_log, tail_mean
@@ -70,6 +70,8 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     assert machine["cpu"] == cpu_info() and machine["device"] == "cpu"
     assert f"- Machine: {machine['description']}; teachers trained in {want.name}" in text.splitlines()
     assert (out / "figures" / "tsne.png").exists() and (out / "figures" / "loss.png").exists()
+    # the targets the report judged against are recorded with the run config (the defaults: the old constants)
+    assert res["config"]["targets"] == {"recovers_oracle_gain": 0.8, "delta_cosine_to_oracle": 0.8, "noise_se": 2.0}
 
 
 def test_heldout_task_never_reaches_generator_training(tiny_run):
@@ -141,7 +143,7 @@ def test_a_corrupt_timing_ledger_is_a_one_line_error(tiny_run, tiny_qwen2, tmp_p
 
 
 def test_average_merge_is_the_mean_weight_update(tiny_qwen2):
-    layout = tiny_qwen2.layout(SPEC)
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
     ts = [LoraWeights.random(layout, std=0.1, seed=s) for s in range(3)]
     merged = average_merge(ts, tiny_qwen2)
     assert merged.layout.spec.rank == 3 * SPEC.rank and merged.layout.scale == 1.0
@@ -177,7 +179,9 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
 def test_run_config_errors(tmp_path):
     base = yaml.safe_load(TINY.read_text())
     for change, match in (({"heldout": [], "heldout_count": 0}, "exactly one of"), ({"heldout_count": 1}, "exactly one of"),
-                          ({"train": {**base["train"], "lam": {"target": 0.0}}}, "train.lam.target must be > 0")):
+                          ({"train": {**base["train"], "lam": {"target": 0.0}}}, "train.lam.target must be > 0"),
+                          ({"targets": {"delta_cosine_to_oracle": 1.5}}, "targets.delta_cosine_to_oracle"),
+                          ({"targets": {"recover": 0.5}}, "targets.recover")):
         p = tmp_path / "bad.yaml"
         p.write_text(yaml.safe_dump({**base, **change, "zoo": str(Path("tests/fixtures/zoo/tiny.yaml").resolve())}))
         with pytest.raises(ConfigError, match=match):
@@ -200,9 +204,9 @@ def test_set_overrides_one_key_and_keeps_the_rest():
 
 def test_zoo_set_changes_the_zoo_config_and_nothing_else():
     base = load_run_config(TINY)
-    cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.shared_init=true", "zoo_set.teacher.steps=2"]))
+    cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.init=per_seed", "zoo_set.teacher.steps=2"]))
     zb, zs = zoo_config(base), zoo_config(cfg)
-    assert (zb.teacher.shared_init, zs.teacher.shared_init, zs.teacher.steps) == (False, True, 2)
+    assert (zb.teacher.init, zs.teacher.init, zs.teacher.steps) == ("canonical", "per_seed", 2)
     assert zs.model_copy(update={"teacher": zb.teacher}) == zb
     assert cfg.model_copy(update={"zoo_set": {}}) == base
     with pytest.raises(ConfigError, match=r"zoo_set does not fit the zoo config: .*tiny.yaml: invalid config: teacher.nope"):
@@ -231,7 +235,7 @@ def test_run_builds_its_zoo_with_zoo_set(tmp_path, tiny_qwen2, monkeypatch):
     cfg = load_run_config(TINY, parse_overrides(["zoo_set.teacher.shared_init=true"]))
     with pytest.raises(RuntimeError, match="stop after"):
         run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
-    assert [z.teacher.shared_init for z in seen] == [True]
+    assert [z.teacher.init for z in seen] == ["per_seed"]  # the old spelling of committed runs' commands still works
 
 
 def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):

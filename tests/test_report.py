@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from deltalora.errors import ConfigError
-from deltalora.report import rerender, summarize, write_report
+from deltalora.experiment import TargetConfig, rerender, summarize, write_report
+from deltalora.experiment.markdown import ablation_table
 
 ROWS = ["base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"]
 LABELS = {"base": "base model", "average_merge": "mean of training teachers",
@@ -193,3 +194,41 @@ def test_timing_of_a_resumed_run_shows_this_call_and_all_calls(tmp_path):
     results["timing_all_calls"] = {"calls": 1, "stages": results["timing"]}  # a single call: one column
     text = write_report(tmp_path, results).read_text()
     assert "Resumed" not in text and "| **total** | **12.0** |" in text
+
+
+def test_targets_come_from_the_run_config(tmp_path):
+    results = make_results([0.4, 0.6])  # (a) +5.0 ± 7.1 points, (b) 50 % of the oracle's gain, (c) Δ-cosine 0.850
+    default = write_report(tmp_path / "default", results).read_text()
+    results["config"] = {"name": "test"}  # a run config from before the targets were recorded: the defaults
+    assert write_report(tmp_path / "old", results).read_text() == default
+    results["config"]["targets"] = TargetConfig().model_dump()
+    assert write_report(tmp_path / "recorded", results).read_text() == default
+    results["config"]["targets"] = {"recovers_oracle_gain": 0.45, "delta_cosine_to_oracle": 0.9, "noise_se": 0.5}
+    text = write_report(tmp_path / "custom", results).read_text()
+    assert "(a) and (d) hold only when the difference exceeds 0.5 standard errors" in text
+    assert target_line(text, "a").startswith("- ✅") and "within" not in target_line(text, "a")
+    assert target_line(text, "b").startswith("- ✅ **(b)** Δ-augmented recovers ≥ 45 % of the oracle's gain over base:")
+    assert target_line(text, "c") == "- ❌ **(c)** Δ-augmented mean Δ-cosine to oracle ≥ 0.9: 0.850"
+    assert target_line(text, "d").startswith("- ✅")
+    assert summarize(results)["targets"] == {"delta_beats_weight_only": True, "recovers_oracle_gain": True,
+                                             "delta_cosine_to_oracle": False, "random_conditions_hurt": True}
+    assert summarize(results, TargetConfig())["targets"] == summarize(make_results([0.4, 0.6]))["targets"]
+    results["config"]["targets"] = {"noise_se": -1.0}
+    with pytest.raises(ConfigError, match=r"targets.*noise_se"):
+        write_report(tmp_path / "bad", results)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_ablation_table_lines():
+    row = {"variant": "lam=0", "factor": "λ", "value": 0.0, "tail_loss_weights": 1.00031,
+           "tail_train_delta_cosine": None, "train_seconds": 56.2, "heldout_delta_cosine_mean": 0.3121,
+           "heldout_delta_cosine_std": 0.1744, "heldout_specific_cosine_mean": -0.0411,
+           "heldout_specific_cosine_std": 0.109, "heldout_accuracy_mean": 0.4567, "seconds": 4.2}
+    assert ablation_table([row, {**row, "variant": "centre", "factor": "-", "heldout_accuracy_mean": None}]) == [
+        "| variant | factor | L_weights | train Δ-cos | held-out Δ-cos to oracle | held-out task-specific Δ-cos "
+        "| held-out accuracy | training s | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| lam=0 | λ | 1.0003 | — | 0.312 ± 0.174 | -0.041 ± 0.109 | 45.7 | 56.2 | 4.2 |",
+        "| centre | - | 1.0003 | — | 0.312 ± 0.174 | -0.041 ± 0.109 | — | 56.2 | 4.2 |",
+        "",
+    ]

@@ -38,7 +38,7 @@ def report_cmd(
     """Re-render report.md and its figures from a finished run's results.json and logs; recomputes nothing."""
 
     def go() -> Path:
-        from ..report import rerender
+        from ..experiment import rerender
 
         return rerender(run_dir)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..deltas import compute_deltas, sources_from_manifest
+from ..deltas import DeltaProbe, DeltaSpec, compute_deltas, sources_from_manifest
 from ..generators.checkpoint import load_generator
-from ..generators.dataset import DeltaSpec, TeacherDataset
 from ..paths import atomic_write_bytes
-from ..training import DeltaProbe, LambdaSchedule, train_generator
+from ..training import LambdaSchedule, TeacherDataset, train_generator
 from ..training.logs import read_log, tail_mean, values
 from .arms import generate
 from .config import AblationConfig, load_run_config
@@ -54,7 +53,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
     run_cfg = load_run_config(cfg.run)
     ctx = prepare(run_cfg, out / "run", progress, backbone)
     probe = DeltaProbe(ctx.backbone, run_cfg.train.probes, run_cfg.train.representation)
-    shared = torch.stack([ctx.train_set.example(i, 0).delta for i in range(len(ctx.train_set))]).mean(0)
+    shared = ctx.train_set.mean_delta()
     rows = []
     for name, factor, value, tcfg in variants(cfg, run_cfg):
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..config import LoraSpec
-from ..lora import LoraWeights
+from ..lora import LoraWeights, derive_layout
 from ..tasks import stable_seed
 
 
@@ -23,7 +23,7 @@ def average_merge(teachers: Sequence[LoraWeights], backbone) -> LoraWeights:
     layout = teachers[0].layout
     n, spec = len(teachers), layout.spec
     merged_spec = LoraSpec(rank=n * spec.rank, alpha=float(n * spec.rank), targets=spec.targets, layers=spec.layers)
-    merged = backbone.layout(merged_spec)
+    merged = derive_layout(backbone.arch, merged_spec)
     s = float(layout.scale)
     A = {k: torch.cat([t.A[k] for t in teachers], dim=0) for k in teachers[0].A}
     B = {k: torch.cat([t.B[k] * (s / n) for t in teachers], dim=1) for k in teachers[0].B}

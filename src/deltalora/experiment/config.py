@@ -34,6 +34,18 @@ class EvalConfig(StrictModel):
         return canonical_precision(v)
 
 
+class TargetConfig(StrictModel):
+    """What the report's targets ask of the Δ-augmented generator, and how far beyond noise a comparison must be.
+
+    Recorded in results.json with the rest of the run config; a results.json from before these were configurable
+    renders with the defaults, which are the values the report always used.
+    """
+
+    recovers_oracle_gain: float = Field(0.8, gt=0)  # (b): share of the oracle's gain over base to recover
+    delta_cosine_to_oracle: float = Field(0.8, ge=-1, le=1)  # (c): mean Δ-cosine to the oracle teacher to reach
+    noise_se: float = Field(2.0, ge=0)  # (a), (d): the mean difference must exceed this many standard errors
+
+
 class RunConfig(StrictModel):
     name: str = "run"
     zoo: str  # zoo YAML (deltalora zoo build --config); relative to this file
@@ -51,6 +63,7 @@ class RunConfig(StrictModel):
     average_merge: bool = True  # also evaluate the mean ΔW of the training teachers
     delta_batch_adapters: int = Field(8, ge=1)  # adapters per forward when computing teacher Δ
     eval: EvalConfig = EvalConfig()
+    targets: TargetConfig = TargetConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -118,4 +131,7 @@ def load_ablation_config(path: str | Path) -> AblationConfig:
     return cfg.model_copy(update={"run": _resolve(path, cfg.run)})
 
 
-__all__ = ["AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "load_ablation_config", "load_run_config", "zoo_config"]
+__all__ = [
+    "AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "TargetConfig", "load_ablation_config",
+    "load_run_config", "zoo_config",
+]

@@ -31,20 +31,20 @@ import torch
 from ..backbones import cpu_info, decide_precision, describe_machine, load_backbone
 from ..conditions import Conditioner, load_encoder, pools_from_tasks
 from ..config import RuntimeConfig
-from ..deltas import DeltaCache, compute_deltas, sources_from_manifest
+from ..deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, remove_shared, sources_from_manifest
 from ..errors import ConfigError
 from ..eval.runner import BASE, evaluate_task
-from ..generators.dataset import DeltaSpec, TeacherDataset, choose_heldout, zoo_tasks
+from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
 from ..paths import atomic_write_bytes
-from ..report import write_report
 from ..tasks import build_task
-from ..training import DeltaProbe, remove_shared, train_generator
+from ..training import TeacherDataset, choose_heldout, train_generator, zoo_tasks
 from ..training.logs import read_log
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
 from .arms import average_merge, generate, random_conditions
 from .config import RunConfig, zoo_config
+from .report import write_report
 
 ARMS = ("weight_only", "delta")
 ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
@@ -283,8 +283,6 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     t_all = time.perf_counter()
     ctx = prepare(cfg, out, progress, backbone)
     dirs = train_arms(ctx)
-    from ..generators.checkpoint import load_generator
-
     gens = {key: load_generator(d / "generator.safetensors", ctx.backbone.device).gen for key, d in dirs.items()}
     probe = DeltaProbe(ctx.backbone, cfg.train.probes, cfg.train.representation)
     results_tasks: dict[str, dict] = {}
@@ -293,7 +291,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     for e, ex in zip(ctx.train_set.entries, train_examples):
         points.append(ex.delta.numpy())
         labels.append(f"teacher:{e.family}")
-    shared = torch.stack([ex.delta for ex in train_examples]).mean(0)
+    shared = ctx.train_set.mean_delta()
     merged = average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None  # once, not per task
     for task in ctx.heldout:
         t0 = time.perf_counter()

@@ -1,0 +1,199 @@
+"""The held-out experiment's numbers: per-task and across-task means of every table row, and the four target verdicts.
+
+A results dict (what ``results.json`` holds) has ``rows``, the table rows in order (``base``, ``delta``, ...,
+each a group of evaluated candidate adapters), and ``tasks``: task -> ``{"rows": {row: {"accuracies": [...],
+"delta_cosines": [...], "delta_cosines_specific": [...]}}}``, one value per candidate. Nothing here draws or
+writes; :mod:`.markdown` and :mod:`.figures` render what :func:`summarize` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import model_validate_or_raise
+from ..errors import ConfigError
+from .config import TargetConfig
+
+
+def mean_std(values: Sequence[float] | None) -> tuple[float, float] | None:
+    """Mean and population std (ddof=0) of ``values``; None when empty or absent."""
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std())
+
+
+def mean(values: Sequence[float] | None) -> float | None:
+    stats = mean_std(values)
+    return None if stats is None else stats[0]
+
+
+def recovered(row: float | None, base: float | None, oracle: float | None) -> float | None:
+    """(row − base)/(oracle − base), None when a value is missing or the oracle does not beat base."""
+    if row is None or base is None or oracle is None or oracle - base <= 0:
+        return None
+    return (row - base) / (oracle - base)
+
+
+def validate(results: Any) -> None:
+    if not isinstance(results, Mapping):
+        raise ConfigError(f"results must be a dict, got {type(results).__name__}")
+    for key, kind in (("tasks", Mapping), ("rows", list)):
+        if key not in results:
+            raise ConfigError(f"results is missing {key!r}; the pipeline must record it before the report is written")
+        if not isinstance(results[key], kind):
+            raise ConfigError(f"results[{key!r}] must be a {kind.__name__}, got {type(results[key]).__name__}")
+
+
+def target_config(results: Mapping) -> TargetConfig:
+    """The run's targets (``results["config"]["targets"]``); the defaults for a run that recorded none."""
+    config = results.get("config")
+    recorded = config.get("targets") if isinstance(config, Mapping) else None
+    if recorded is None:
+        return TargetConfig()
+    return model_validate_or_raise(TargetConfig, recorded, "results['config']['targets']")
+
+
+def heldout_tasks(results: Mapping) -> list[str]:
+    """Held-out tasks that have results, in the order ``heldout_tasks`` lists them (default: all non-training tasks)."""
+    train = set(results.get("train_tasks") or [])
+    names = results.get("heldout_tasks") or [t for t in results["tasks"] if t not in train]
+    return [t for t in names if t in results["tasks"]]
+
+
+def table_rows(results: Mapping) -> list[str]:
+    """``results["rows"]``, then any row a task has that the list forgot (never silently dropped)."""
+    order = list(results["rows"])
+    for entry in results["tasks"].values():
+        order += [r for r in (entry.get("rows") or {}) if r not in order]
+    return order
+
+
+def task_means(results: Mapping) -> dict[str, dict[str, dict[str, float | None]]]:
+    """task -> row -> {"accuracy": mean, "delta_cosine": mean, ...}, held-out tasks only, rows that were measured."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for task in heldout_tasks(results):
+        rows = results["tasks"][task].get("rows") or {}
+        out[task] = {r: {"accuracy": mean(v.get("accuracies")), "delta_cosine": mean(v.get("delta_cosines")),
+                         "delta_cosine_specific": mean(v.get("delta_cosines_specific"))}
+                     for r, v in rows.items() if v}
+    return out
+
+
+def _paired(per_task: Mapping, rows: Sequence[str], metric: str) -> dict[str, float] | None:
+    """Across-task means of ``metric`` for ``rows``, over the tasks where all of them have it (so they compare)."""
+    tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in rows)]
+    if not tasks:
+        return None
+    return {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in rows}
+
+
+def _var_of_mean(values: Sequence[float]) -> float:
+    """Squared standard error of the mean of ``values`` over adapters (sample variance / n); 0 for one adapter."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.var(ddof=1) / a.size) if a.size > 1 else 0.0
+
+
+def _difference(results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str) -> dict[str, float] | None:
+    """Across-task mean of row ``hi`` minus row ``lo`` on ``metric`` and its standard error over adapters.
+
+    Over the held-out tasks where both rows have the metric; each task's two row means are independent
+    (different adapters), so the difference's variance is the sum of both means' squared standard errors,
+    and the across-task mean divides the summed variances by the squared task count.
+    """
+    key = {"accuracy": "accuracies", "delta_cosine": "delta_cosines"}[metric]
+    tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in (hi, lo))]
+    if not tasks:
+        return None
+    rows = [results["tasks"][t]["rows"] for t in tasks]
+    var = sum(_var_of_mean(r[hi][key]) + _var_of_mean(r[lo][key]) for r in rows)
+    means = {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in (hi, lo)}
+    return {**means, "diff": means[hi] - means[lo], "se": math.sqrt(var) / len(tasks)}
+
+
+def _beyond_noise(d: Mapping[str, float], noise_se: float) -> bool:
+    return d["diff"] > noise_se * d["se"] and d["diff"] > 0
+
+
+def _diff_text(d: Mapping[str, float], scale: float, spec: str, noise_se: float) -> str:
+    verdict = "" if _beyond_noise(d, noise_se) else f", within {noise_se:g} standard errors"
+    return f"difference {d['diff'] * scale:+{spec}} ± {d['se'] * scale:{spec}} (s.e.){verdict}"
+
+
+def _not_measured(rows: Sequence[str], metric: str) -> str:
+    return f"not measured (needs {metric} of rows {', '.join(rows)} on a common held-out task)"
+
+
+def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dict[str, dict[str, Any]]:
+    """Each target's verdict (True/False/None) and a one-line detail with the numbers behind it.
+
+    The comparisons (a) and (d) hold only beyond noise: the mean difference must exceed ``targets.noise_se``
+    standard errors, estimated from the spread over adapters (seeds × generated adapters) on each task.
+    """
+    se = targets.noise_se
+    t: dict[str, dict[str, Any]] = {}
+    acc = _difference(results, per_task, "delta", "weight_only", "accuracy")
+    cos = _difference(results, per_task, "delta", "weight_only", "delta_cosine")
+    if acc is None or cos is None:
+        t["delta_beats_weight_only"] = {"ok": None,
+                                        "detail": _not_measured(["delta", "weight_only"], "accuracy and Δ-cosine")}
+    else:
+        t["delta_beats_weight_only"] = {
+            "ok": _beyond_noise(acc, se) and _beyond_noise(cos, se),
+            "detail": f"accuracy {acc['delta'] * 100:.1f} vs {acc['weight_only'] * 100:.1f} "
+                      f"({_diff_text(acc, 100, '.1f', se)}), "
+                      f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f} ({_diff_text(cos, 1, '.3f', se)})"}
+    m = _paired(per_task, ["base", "delta", "oracle"], "accuracy")
+    rec = None if m is None else recovered(m["delta"], m["base"], m["oracle"])
+    if m is None:
+        t["recovers_oracle_gain"] = {"ok": None, "detail": _not_measured(["base", "delta", "oracle"], "accuracy")}
+    elif rec is None:
+        t["recovers_oracle_gain"] = {"ok": None, "detail": f"not measured (oracle {m['oracle'] * 100:.1f} does not "
+                                                           f"beat base {m['base'] * 100:.1f})"}
+    else:
+        t["recovers_oracle_gain"] = {"ok": rec >= targets.recovers_oracle_gain, "value": rec,
+                                     "detail": f"{rec * 100:.1f} % (base {m['base'] * 100:.1f}, Δ-augmented "
+                                               f"{m['delta'] * 100:.1f}, oracle {m['oracle'] * 100:.1f})"}
+    c = _paired(per_task, ["delta"], "delta_cosine")
+    t["delta_cosine_to_oracle"] = (
+        {"ok": None, "detail": _not_measured(["delta"], "Δ-cosine")} if c is None else
+        {"ok": c["delta"] >= targets.delta_cosine_to_oracle, "detail": f"{c['delta']:.3f}"})
+    r = _difference(results, per_task, "delta", "delta_random_condition", "accuracy")
+    t["random_conditions_hurt"] = (
+        {"ok": None, "detail": _not_measured(["delta", "delta_random_condition"], "accuracy")} if r is None else
+        {"ok": _beyond_noise(r, se),
+         "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
+                   f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f', se)})"})
+    return t
+
+
+def _over_tasks(per_task: Mapping, row: str, metric: str) -> list[float]:
+    """``row``'s per-task means of ``metric``, over the held-out tasks where it was measured."""
+    return [v[row][metric] for v in per_task.values() if v.get(row, {}).get(metric) is not None]
+
+
+def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str, Any]:
+    """Per-row across-held-out-task means (accuracy, delta_cosine, delta_cosine_specific, n_tasks) and the four target
+    booleans (None = not measurable), judged against ``targets`` (default: the run's own, see :func:`target_config`)."""
+    validate(results)
+    targets = target_config(results) if targets is None else targets
+    per_task = task_means(results)
+    rows = {}
+    for row in table_rows(results):
+        accs = _over_tasks(per_task, row, "accuracy")
+        rows[row] = {"accuracy": mean(accs), "delta_cosine": mean(_over_tasks(per_task, row, "delta_cosine")),
+                     "delta_cosine_specific": mean(_over_tasks(per_task, row, "delta_cosine_specific")),
+                     "n_tasks": len(accs)}
+    details = _verdicts(results, per_task, targets)
+    return {"heldout_tasks": list(per_task), "rows": rows,
+            "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
+
+
+__all__ = [
+    "heldout_tasks", "mean", "mean_std", "recovered", "summarize", "table_rows", "target_config", "task_means",
+    "validate",
+]
