@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from . import adapter, deltas, evaluate, generate, generator, lora, models, run, tasks, zoo
-from .common import run_guarded
 
 app = typer.Typer(
     name="deltalora",

@@ -14,10 +14,10 @@ from ..errors import DeltaLoraError
 T = TypeVar("T")
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a :class:`DeltaLoraError` becomes ``error: <one line>`` on stderr and its exit code."""
+def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``; a :class:`DeltaLoraError` becomes ``error: <one line>`` on stderr and its exit code."""
     try:
-        return fn()
+        return fn(*args, **kwargs)
     except DeltaLoraError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

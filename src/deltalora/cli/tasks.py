@@ -1,5 +1,8 @@
 """``deltalora tasks list | show | fetch``."""
 
+# Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
+# lazily keeps `deltalora --help` fast (~0.2 s).
+
 from __future__ import annotations
 
 import typer
@@ -17,27 +20,19 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """List the suite's tasks: name, family, kind, source and requested split sizes (reads no data)."""
+    from ..tasks.overview import suite_rows
 
-    def go():
-        from ..tasks import load_suite
-
-        specs = load_suite(suite)
-        rows = [
-            {"name": s.name, "family": s.family, "kind": s.kind, "source": s.source, "args": s.args, **s.sizes}
-            for s in specs
-        ]
-        if json_out:
-            emit_json(rows)
-            return
-        typer.echo(f"{'name':<28} {'family':<12} {'kind':<6} {'source':<14} {'train':>5} {'cond':>5} {'eval':>5}")
-        for r in rows:
-            typer.echo(
-                f"{r['name']:<28} {r['family']:<12} {r['kind']:<6} {r['source']:<14} "
-                f"{r['train']:>5} {r['condition']:>5} {r['eval']:>5}"
-            )
-        typer.echo(f"{len(rows)} tasks in {len({r['family'] for r in rows})} families")
-
-    run_guarded(go)
+    rows = run_guarded(suite_rows, suite)
+    if json_out:
+        emit_json(rows)
+        return
+    typer.echo(f"{'name':<28} {'family':<12} {'kind':<6} {'source':<14} {'train':>5} {'cond':>5} {'eval':>5}")
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<28} {r['family']:<12} {r['kind']:<6} {r['source']:<14} "
+            f"{r['train']:>5} {r['condition']:>5} {r['eval']:>5}"
+        )
+    typer.echo(f"{len(rows)} tasks in {len({r['family'] for r in rows})} families")
 
 
 @app.command("show")
@@ -50,37 +45,22 @@ def show_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Build one task and print a few of its items, formatted with the tiny ChatML template."""
+    from ..tasks.overview import preview_task
 
-    def go():
-        from ..backbones.tiny import byte_level_tokenizer
-        from ..tasks import build_task, format_prompt, format_target, get_spec, load_suite
-
-        task = build_task(get_spec(load_suite(suite), name), seed=seed)
-        items = task.split(split)[:n]
-        tok = byte_level_tokenizer()
-        shown = [
-            {"prompt": format_prompt(tok, task, it), "target": format_target(task, it), "item": it.to_dict()}
-            for it in items
-        ]
-        if json_out:
-            emit_json({"name": task.name, "family": task.family, "kind": task.kind, "sizes": task.sizes(),
-                       "split": split, "items": shown})
-            return
-        typer.echo(f"{task.name} ({task.family}, {task.kind}): {task.description}  sizes {task.sizes()}")
-        for i, s in enumerate(shown):
-            typer.echo(f"--- {split}[{i}] prompt ---\n{s['prompt']}--- target ---\n{s['target']}\n")
-
-    run_guarded(go)
+    task, shown = run_guarded(preview_task, name, split=split, n=n, seed=seed, suite=suite)
+    if json_out:
+        emit_json({"name": task.name, "family": task.family, "kind": task.kind, "sizes": task.sizes(),
+                   "split": split, "items": shown})
+        return
+    typer.echo(f"{task.name} ({task.family}, {task.kind}): {task.description}  sizes {task.sizes()}")
+    for i, s in enumerate(shown):
+        typer.echo(f"--- {split}[{i}] prompt ---\n{s['prompt']}--- target ---\n{s['target']}\n")
 
 
 @app.command("fetch")
 def fetch_cmd(suite: str = typer.Option(None, "--suite", help=SUITE_HELP)) -> None:
     """Download and extract the data the suite needs (BIG-bench: one sdist, one pass)."""
+    from ..tasks.overview import fetch_suite
 
-    def go():
-        from ..tasks import load_suite, prefetch
-
-        prefetch(load_suite(suite))
-        typer.echo("ok")
-
-    run_guarded(go)
+    run_guarded(fetch_suite, suite)
+    typer.echo("ok")

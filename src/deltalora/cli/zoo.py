@@ -1,8 +1,10 @@
 """``deltalora zoo build | list | import``."""
 
+# Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
+# lazily keeps `deltalora --help` fast (~0.2 s).
+
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import typer
@@ -10,21 +12,6 @@ import typer
 from .common import emit_json, run_guarded
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _summary(entries) -> dict:
-    by_task: dict[str, dict] = {}
-    for e in entries:
-        t = by_task.setdefault(e.task, {"task": e.task, "family": e.family, "tasks": list(e.tasks), "adapters": 0,
-                                        "seeds": set(), "steps": set()})
-        t["adapters"] += 1
-        t["seeds"].add(e.seed)
-        t["steps"].add(e.step)
-    rows = [{**r, "seeds": sorted(r["seeds"]), "steps": sorted(r["steps"])} for _, r in sorted(by_task.items())]
-    families: dict[str, int] = defaultdict(int)
-    for e in entries:
-        families[e.family] += 1
-    return {"adapters": len(entries), "tasks": rows, "families": dict(sorted(families.items()))}
 
 
 def _print_summary(s: dict) -> None:
@@ -49,27 +36,15 @@ def build_cmd(
     ),
 ) -> None:
     """Train one LoRA per (task, seed) and mixed pair, keep tail checkpoints, list them in manifest.jsonl (resumable)."""
+    from ..zoo.summary import build_from_config
 
-    def go():
-        import time
-
-        from ..config import parse_overrides
-        from ..zoo import build_zoo, load_zoo_config, parse_shard
-
-        cfg = load_zoo_config(config, parse_overrides(overrides))
-        where = out if out is not None else Path("runs") / "zoo" / config.stem
-        i_n = parse_shard(shard)
-        t0 = time.perf_counter()
-        entries = build_zoo(cfg, where, shard=i_n, progress=not json_out, reuse=reuse or ())
-        s = _summary(entries)
-        s.update(zoo=str(where), shard=f"{i_n[0]}/{i_n[1]}", seconds=round(time.perf_counter() - t0, 1))
-        if json_out:
-            emit_json(s)
-            return
-        _print_summary(s)
-        typer.echo(f"zoo {where} (shard {s['shard']}), {s['seconds']} s")
-
-    run_guarded(go)
+    s = run_guarded(build_from_config, config, out, shard=shard, reuse=reuse or (), overrides=overrides,
+                    progress=not json_out)
+    if json_out:
+        emit_json(s)
+        return
+    _print_summary(s)
+    typer.echo(f"zoo {s['zoo']} (shard {s['shard']}), {s['seconds']} s")
 
 
 @app.command("list")
@@ -79,17 +54,13 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Adapters of a zoo per task and family."""
+    from ..zoo.summary import list_zoo
 
-    def go():
-        from ..zoo import read_manifest
-
-        s = _summary(read_manifest(zoo, verify=verify))
-        if json_out:
-            emit_json(s)
-            return
-        _print_summary(s)
-
-    run_guarded(go)
+    s = run_guarded(list_zoo, zoo, verify=verify)
+    if json_out:
+        emit_json(s)
+        return
+    _print_summary(s)
 
 
 @app.command("import")
@@ -103,24 +74,11 @@ def import_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Import Drag-and-Drop-LLMs' released teacher checkpoints (N.safetensors per dataset) as PEFT dirs + manifest."""
+    from ..zoo.summary import import_from_dnd
 
-    def go():
-        from ..errors import ConfigError
-        from ..zoo import import_dnd
-
-        families = {}
-        for f in family:
-            if "=" not in f:
-                raise ConfigError(f"--family {f!r}: expected DATASET=FAMILY")
-            k, v = f.split("=", 1)
-            families[k] = v
-        entries = import_dnd(dnd, out, backbone=backbone, families=families, prompts_dir=prompts, alpha=alpha,
-                             progress=not json_out)
-        s = _summary(entries)
-        s["zoo"] = str(out)
-        if json_out:
-            emit_json(s)
-            return
-        _print_summary(s)
-
-    run_guarded(go)
+    s = run_guarded(import_from_dnd, dnd, out, backbone=backbone, families=family, prompts=prompts, alpha=alpha,
+                    progress=not json_out)
+    if json_out:
+        emit_json(s)
+        return
+    _print_summary(s)
