@@ -1,8 +1,9 @@
-"""The held-out experiment end to end on tiny-qwen2 (`deltalora run`), its arms, the ablation runner,
+"""The held-out experiment end to end on tiny-qwen2 (`deltalora run`), its candidates, the ablation runner,
 `deltalora train` resuming after kill -9, and the shipped run configs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.config import zoo_config
 from deltalora.experiment.ablate import run_ablation
-from deltalora.experiment.arms import average_merge, random_conditions
+from deltalora.experiment.candidates import average_merge, random_conditions
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
 from deltalora.tasks import load_suite
@@ -76,9 +77,9 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
 
 def test_heldout_task_never_reaches_generator_training(tiny_run):
     _, out, _ = tiny_run
-    for arm in ("weight_only", "delta"):
+    for variant in ("weight_only", "delta"):
         for seed in (0, 1):
-            meta = read_checkpoint_metadata(out / "generators" / arm / f"seed{seed}" / "generator.safetensors")
+            meta = read_checkpoint_metadata(out / "generators" / variant / f"seed{seed}" / "generator.safetensors")
             assert meta["extra"]["heldout"] == ["pick"]
             assert meta["extra"]["train_ids"] and not any(i.startswith("pick") for i in meta["extra"]["train_ids"])
     wo = [json.loads(x) for x in (out / "generators/weight_only/seed0/log.jsonl").read_text().splitlines()]
@@ -97,8 +98,9 @@ def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2):
     assert json.loads((out / "results.json").read_text())["tasks"] == before
 
 
-def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):
-    """Held-out arms are scored a few per call and cached as each call ends: a kill mid-eval loses one call's work."""
+def test_a_killed_eval_keeps_the_candidates_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):
+    """Held-out candidates are scored a few per call and cached as each call ends: a kill mid-eval loses one call's
+    work."""
     from deltalora.experiment import run as run_module
 
     cfg, out, _ = tiny_run
@@ -106,8 +108,8 @@ def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_p
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "eval")
     ledger = json.loads((copy / "timing.json").read_text())
-    n_arms = sum(1 for _ in (out / "eval").rglob("*.json"))
-    assert n_arms > 2 * run_module.ARMS_PER_EVAL_CALL  # several calls' worth
+    n_candidates = sum(1 for _ in (out / "eval").rglob("*.json"))
+    assert n_candidates > 2 * run_module.CANDIDATES_PER_EVAL_CALL  # several calls' worth
     real, calls = run_module.evaluate_task, []
 
     def killed_on_second_call(*args, **kwargs):
@@ -120,10 +122,10 @@ def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_p
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, copy, progress=False, backbone=tiny_qwen2)
     kept = {p: p.read_bytes() for p in (copy / "eval").rglob("*.json")}
-    assert len(kept) == run_module.ARMS_PER_EVAL_CALL
+    assert len(kept) == run_module.CANDIDATES_PER_EVAL_CALL
     monkeypatch.setattr(run_module, "evaluate_task", real)
     run_experiment(cfg, copy, progress=False, backbone=tiny_qwen2)
-    assert sum(1 for _ in (copy / "eval").rglob("*.json")) == n_arms
+    assert sum(1 for _ in (copy / "eval").rglob("*.json")) == n_candidates
     assert all(p.read_bytes() == b for p, b in kept.items())  # reused, not rescored
     # the report times the work of every call into the run directory, the killed call's finished eval call included
     res = json.loads((copy / "results.json").read_text())
@@ -131,6 +133,24 @@ def test_a_killed_eval_keeps_the_arms_already_scored(tiny_run, tiny_qwen2, tmp_p
     assert res["timing_all_calls"] == after and after["calls"] == ledger["calls"] + 2
     assert after["stages"]["evaluate"] > ledger["stages"]["evaluate"] + res["timing"]["evaluate"]
     assert f"Resumed: {after['calls']} calls" in (copy / "report.md").read_text()
+
+
+def test_eval_cache_keys_a_score_by_content_and_settings(tiny_qwen2, tmp_path):
+    from deltalora.experiment.config import EvalConfig
+    from deltalora.experiment.eval_cache import EvalCache
+
+    cache = EvalCache(tmp_path, "pick", EvalConfig(limit=6), tiny_qwen2)
+    # float32 scores keep the keys of every run before the precision option: the base model's is the salt's hash
+    assert cache.salt == f"pick|eval|6|{tiny_qwen2.weights_id}"
+    assert cache.key(None) == hashlib.sha256(cache.salt.encode()).hexdigest()[:32]
+    assert cache.get(cache.key(None)) is None
+    cache.put(cache.key(None), {"accuracy": 0.5, "kind": "mc"})
+    assert cache.get(cache.key(None)) == {"accuracy": 0.5, "kind": "mc"}
+    assert (tmp_path / "eval" / "pick" / f"{cache.key(None)}.json").is_file()
+    for other in (EvalCache(tmp_path, "pick", EvalConfig(limit=6, precision="bfloat16"), tiny_qwen2),
+                  EvalCache(tmp_path, "pick", EvalConfig(limit=7), tiny_qwen2),
+                  EvalCache(tmp_path, "other", EvalConfig(limit=6), tiny_qwen2)):
+        assert other.key(None) != cache.key(None) and other.get(other.key(None)) is None
 
 
 def test_a_corrupt_timing_ledger_is_a_one_line_error(tiny_run, tiny_qwen2, tmp_path):

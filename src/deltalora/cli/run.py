@@ -73,7 +73,7 @@ def train_cmd(
 
         from ..errors import ConfigError
         from ..experiment import load_run_config
-        from ..experiment.run import ARMS, prepare
+        from ..experiment.run import VARIANTS as ARMS, prepare  # --arm names a generator variant
         from ..training import train_generator
 
         if arm not in ARMS:

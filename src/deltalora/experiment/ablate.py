@@ -17,8 +17,9 @@ from ..generators.checkpoint import load_generator
 from ..paths import atomic_write_bytes
 from ..training import LambdaSchedule, TeacherDataset, train_generator
 from ..training.logs import read_log, tail_mean, values
-from .arms import generate
+from .candidates import generate
 from .config import AblationConfig, load_run_config
+from .markdown import ablation_table
 from .run import Context, delta_cosines, prepare, score
 
 
@@ -63,12 +64,12 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
         cosines, specific, accs = [], [], []
         for task in ctx.heldout:
             conds = torch.stack([ctx.conditioner.sample(task, seed=cfg.seed, epoch=0, key=f"heldout/{j}") for j in range(run_cfg.adapters_per_seed)])
-            arms = {f"{name}/g{j}": ("gen", w) for j, w in enumerate(generate(gen, conds))}
-            cos, scos, _, _ = delta_cosines(ctx, probe, task, arms, shared)
+            candidates = {f"{name}/g{j}": ("gen", w) for j, w in enumerate(generate(gen, conds))}
+            cos, scos, _, _ = delta_cosines(ctx, probe, task, candidates, shared)
             cosines += list(cos.values())
             specific += list(scos.values())
             if cfg.evaluate:
-                accs += [r["accuracy"] for r in score(ctx, task, arms).values()]
+                accs += [r["accuracy"] for r in score(ctx, task, candidates).values()]
         curves = read_log(out / name / "log.jsonl")
         rows.append({
             "variant": name, "factor": factor, "value": value,
@@ -88,19 +89,9 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
         "projecting the training teachers' mean Δ out of both.", "",
         "L_weights and the training Δ-cosine are means over the last 10 % of the steps (one step's value is one batch's); "
         "training s sums the logged step times; seconds is this call's wall time for the variant.", "",
-        "| variant | factor | L_weights | train Δ-cos | held-out Δ-cos to oracle | held-out task-specific Δ-cos "
-        "| held-out accuracy | training s | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    fmt = lambda v, p=4: "—" if v is None else f"{v:.{p}f}"  # noqa: E731
-    for r in rows:
-        acc = "—" if r["heldout_accuracy_mean"] is None else f"{100 * r['heldout_accuracy_mean']:.1f}"
-        lines.append(f"| {r['variant']} | {r['factor']} | {fmt(r['tail_loss_weights'])} | {fmt(r['tail_train_delta_cosine'], 3)} | "
-                     f"{r['heldout_delta_cosine_mean']:.3f} ± {r['heldout_delta_cosine_std']:.3f} | "
-                     f"{r['heldout_specific_cosine_mean']:.3f} ± {r['heldout_specific_cosine_std']:.3f} | {acc} | "
-                     f"{r['train_seconds']} | {r['seconds']} |")
+    ] + ablation_table(rows)
     atomic_write_bytes(out / "ablation.json", json.dumps({"config": json.loads(cfg.model_dump_json()), "rows": rows}, indent=2).encode())
-    atomic_write_bytes(out / "ablation.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "ablation.md", "\n".join(lines).encode())  # the table's lines end with an empty one
     return out / "ablation.md"
 
 

@@ -1,9 +1,10 @@
 """``deltalora run`` / ``deltalora ablate`` configs: one held-out experiment, end to end.
 
 A run names a zoo config (the backbone, tasks and teacher recipe live there), which tasks to hold
-out, the generator-training config shared by both arms (the Δ-augmented arm uses ``train.lam``, the
-weight-only arm the same config with λ = 0), how many generator seeds and generated adapters per
-held-out task, and how to evaluate. Relative paths are resolved against the YAML's folder.
+out, the generator-training config shared by both generator variants (the Δ-augmented one uses ``train.lam``,
+the weight-only one the same config with λ = 0), how many generator seeds and generated adapters per
+held-out task, how to evaluate, and what the report's targets ask (``targets``). Relative paths are
+resolved against the YAML's folder.
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ class RunConfig(StrictModel):
         if bool(self.heldout) == bool(self.heldout_count):
             raise ValueError("name the held-out tasks with exactly one of heldout: [...] or heldout_count: N")
         if not self.train.uses_delta:
-            raise ValueError("train.lam.target must be > 0: it is the Δ-augmented arm's λ (the weight-only arm uses 0)")
+            raise ValueError("train.lam.target must be > 0: it is the Δ-augmented variant's λ (the weight-only variant "
+                             "uses 0)")
         return self
 
-    def arm_config(self, arm: str, seed: int) -> TrainConfig:
-        """The training config of one arm (``weight_only`` or ``delta``) and seed."""
-        lam = self.train.lam if arm == "delta" else LambdaSchedule()
+    def arm_config(self, variant: str, seed: int) -> TrainConfig:
+        """The training config of one generator variant (``weight_only`` or ``delta``: what ``deltalora train
+        --arm`` names) and seed."""
+        lam = self.train.lam if variant == "delta" else LambdaSchedule()
         return self.train.model_copy(update={"lam": lam, "seed": seed})
 
 

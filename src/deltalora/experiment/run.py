@@ -6,19 +6,22 @@
 
 Held-out tasks (and mixed teachers with a held-out component) never reach generator training; their
 teachers are used only as the oracle row, and only their *condition* split conditions the generators.
-Rows per held-out task: base; average merge of the training teachers (exact mean ΔW); weight-only
-generator; Δ-augmented generator; the task's own teachers (oracle); Δ-augmented generator on random
-conditions. Accuracy is over ``seeds × adapters_per_seed`` generated adapters (every oracle teacher).
+
+Words: a *variant* is a generator configuration (:data:`VARIANTS`: weight-only, λ = 0, and Δ-augmented),
+trained once per seed; a *candidate* is one adapter evaluated on a held-out task; a *row* of the report
+groups a task's candidates of one kind. Rows per held-out task: base; average merge of the training
+teachers (exact mean ΔW); weight-only generator; Δ-augmented generator; the task's own teachers (oracle);
+Δ-augmented generator on random conditions. Accuracy is over ``seeds × adapters_per_seed`` generated
+adapters (every oracle teacher).
 
 Everything lands in the output directory: ``zoo/`` (unless ``zoo_dir``), ``deltas/`` (Δ cache),
-``generators/<arm>/seed<N>/`` (training dirs), ``eval/<task>/<arm hash>.json`` (per-arm scores, reused
-by a rerun), ``timing.json`` (seconds per stage summed over every call), ``results.json``, ``report.md``,
-``figures/``, ``tsne_input.npz``.
+``generators/<variant>/seed<N>/`` (training dirs), ``eval/<task>/<key>.json`` (each candidate's score,
+reused by a rerun: :mod:`.eval_cache`), ``timing.json`` (seconds per stage summed over every call:
+:mod:`.timing`), ``results.json``, ``report.md``, ``figures/``, ``tsne_input.npz`` (:mod:`.report`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import resource
 import time
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones import cpu_info, decide_precision, describe_machine, load_backbone
+from ..backbones import cpu_info, describe_machine, load_backbone
 from ..conditions import Conditioner, load_encoder, pools_from_tasks
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, remove_shared, sources_from_manifest
@@ -36,17 +39,18 @@ from ..errors import ConfigError
 from ..eval.runner import BASE, evaluate_task
 from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
-from ..paths import atomic_write_bytes
 from ..tasks import build_task
 from ..training import TeacherDataset, choose_heldout, train_generator, zoo_tasks
 from ..training.logs import read_log
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
-from .arms import average_merge, generate, random_conditions
+from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import RunConfig, zoo_config
+from .eval_cache import EvalCache
 from .report import write_report
+from .timing import StageClock
 
-ARMS = ("weight_only", "delta")
+VARIANTS = ("weight_only", "delta")  # the generator variants, each trained once per seed
 ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
 ROW_LABELS = {
     "base": "base model",
@@ -56,34 +60,6 @@ ROW_LABELS = {
     "oracle": "held-out task's own teachers (oracle)",
     "delta_random_condition": "Δ-augmented, random conditions",
 }
-
-
-class StageClock:
-    """Seconds per stage for this call, and summed over every call into one run directory (``timing.json``).
-
-    A resumed run's report would otherwise time only the work its last call did. The sum is written after
-    every stage, so a kill loses only the stage it cut short; that stage's work is not counted.
-    """
-
-    def __init__(self, out: Path):
-        self.path = out / "timing.json"
-        self.call: dict[str, float] = {}
-        self.total: dict[str, float] = {}
-        self.calls = 1
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-                self.total = {str(k): float(v) for k, v in saved["stages"].items()}
-                self.calls = int(saved["calls"]) + 1
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ConfigError(f"{self.path}: not a timing ledger ({type(exc).__name__}: {exc}); delete it "
-                                  "(only the report's all-calls timing is lost) and rerun") from None
-
-    def add(self, name: str, t0: float) -> None:
-        dt = time.perf_counter() - t0
-        self.call[name] = round(self.call.get(name, 0.0) + dt, 2)
-        self.total[name] = round(self.total.get(name, 0.0) + dt, 2)
-        atomic_write_bytes(self.path, json.dumps({"calls": self.calls, "stages": self.total}, indent=1).encode())
 
 
 @dataclass
@@ -161,89 +137,73 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
                    machine)
 
 
-def train_arms(ctx: Context) -> dict[tuple[str, int], Path]:
-    """Train (or resume, or reuse) the weight-only and Δ-augmented generators for every seed."""
+def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
+    """Train (or resume, or reuse) every variant's generator (weight-only and Δ-augmented) for every seed."""
     dirs = {}
-    for arm in ARMS:
+    for variant in VARIANTS:
         for seed in ctx.cfg.seeds:
-            d = ctx.out / "generators" / arm / f"seed{seed}"
-            _say(ctx, f"[train] {arm} seed {seed} -> {d}")
+            d = ctx.out / "generators" / variant / f"seed{seed}"
+            _say(ctx, f"[train] {variant} seed {seed} -> {d}")
             t0 = time.perf_counter()
-            train_generator(ctx.cfg.arm_config(arm, seed), ctx.train_set, ctx.backbone, d, progress=ctx.progress,
+            train_generator(ctx.cfg.arm_config(variant, seed), ctx.train_set, ctx.backbone, d, progress=ctx.progress,
                             meta={"encoder": ctx.cfg.train.encoder, "heldout_tasks": ctx.heldout})
-            ctx.stage(f"train {arm}", t0)
-            dirs[(arm, seed)] = d
+            ctx.stage(f"train {variant}", t0)
+            dirs[(variant, seed)] = d
     return dirs
 
 
-def weights_hash(w: LoraWeights | None, salt: str = "") -> str:
-    """Content hash of an arm (what its cached scores are keyed by)."""
-    h = hashlib.sha256(salt.encode())
-    if w is not None:
-        for s in w.layout.slots:
-            h.update(s.key.encode())
-            h.update(w.A[s.key].detach().float().contiguous().numpy().tobytes())
-            h.update(w.B[s.key].detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-def heldout_arms(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str,
-                 merged: LoraWeights | None = None) -> dict[str, tuple[str, LoraWeights | None]]:
-    """``{arm name: (row, weights)}`` for one held-out task (base, oracle teachers, generated, random, merge)."""
+def heldout_candidates(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str,
+                       merged: LoraWeights | None = None) -> Candidates:
+    """Every candidate for one held-out task: base, oracle teachers, generated (real and random conditions), merge."""
     cfg = ctx.cfg
-    arms: dict[str, tuple[str, LoraWeights | None]] = {BASE: ("base", None)}
+    candidates: Candidates = {BASE: ("base", None)}
     for i, e in enumerate(ctx.heldout_set.entries):
         if e.task == task and not e.mixed:
-            arms[f"oracle/{e.id}"] = ("oracle", ctx.heldout_set.example(i, 0).weights)
+            candidates[f"oracle/{e.id}"] = ("oracle", ctx.heldout_set.example(i, 0).weights)
     for seed in cfg.seeds:
-        conds = torch.stack([ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}") for j in range(cfg.adapters_per_seed)])
-        for arm in ARMS:
-            for j, w in enumerate(generate(gens[(arm, seed)], conds)):
-                arms[f"{arm}/s{seed}/g{j}"] = (arm, w)
+        conds = torch.stack([ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}")
+                             for j in range(cfg.adapters_per_seed)])
+        for variant in VARIANTS:
+            for j, w in enumerate(generate(gens[(variant, seed)], conds)):
+                candidates[f"{variant}/s{seed}/g{j}"] = (variant, w)
         if cfg.random_condition:
             rand = random_conditions(conds[0], cfg.adapters_per_seed, seed)
             for j, w in enumerate(generate(gens[("delta", seed)], rand)):
-                arms[f"delta_random_condition/s{seed}/g{j}"] = ("delta_random_condition", w)
+                candidates[f"delta_random_condition/s{seed}/g{j}"] = ("delta_random_condition", w)
     if merged is not None:
-        arms["average_merge"] = ("average_merge", merged)
-    return arms
+        candidates["average_merge"] = ("average_merge", merged)
+    return candidates
 
 
-ARMS_PER_EVAL_CALL = 4
+CANDIDATES_PER_EVAL_CALL = 4
 
 
-def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None]]) -> dict[str, dict]:
-    """Accuracy of every arm on the task's eval split; per-arm results cached under eval/<task>/ by content hash."""
+def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
+    """Accuracy of every candidate on the task's eval split; each score kept in the run's :class:`EvalCache`."""
     ev = ctx.cfg.eval
-    salt = f"{task}|{ev.split}|{ev.limit}|{ctx.backbone.weights_id}"
-    if ev.precision != "float32":  # float32 scores keep the keys they were cached under before the option existed
-        salt += f"|{decide_precision(ev.precision, ctx.backbone.device).name}"
-    folder = ctx.out / "eval" / task
-    hashes = {name: weights_hash(w, salt) for name, (_, w) in arms.items()}
-    results = {}
-    for name in arms:
-        p = folder / f"{hashes[name]}.json"
-        if p.exists():
-            results[name] = json.loads(p.read_text())
-    todo = [n for n in arms if n not in results]
+    cache = EvalCache(ctx.out, task, ev, ctx.backbone)
+    keys = {name: cache.key(w) for name, (_, w) in candidates.items()}
+    results = {name: r for name in candidates if (r := cache.get(keys[name])) is not None}
+    todo = [n for n in candidates if n not in results]
     # one evaluate_task call per LoRA layout (the average merge has a larger rank)
     groups: dict[tuple, list[str]] = {}
-    for n in sorted(todo, key=lambda n: arms[n][1] is None):  # the base model (no adapter) joins the first group
-        w = arms[n][1]
+    for n in sorted(todo, key=lambda n: candidates[n][1] is None):  # the base model (no adapter) joins the first group
+        w = candidates[n][1]
         key = (w.layout.spec.rank,) if w is not None else next((k for k in groups), ())
         groups.setdefault(key, []).append(n)
-    # a few arms per call, each call's results cached as it ends: a held-out task of the large preset has ~35
-    # arms (tens of minutes on CPU), and a kill must not lose them all. Batches are arm-major, so this costs
-    # nothing in batching.
-    calls = [names[i : i + ARMS_PER_EVAL_CALL] for names in groups.values() for i in range(0, len(names), ARMS_PER_EVAL_CALL)]
+    # a few candidates per call, each call's results cached as it ends: a held-out task of the large preset has
+    # ~35 candidates (tens of minutes on CPU), and a kill must not lose them all. Batches are adapter-major, so
+    # this costs nothing in batching.
+    calls = [names[i : i + CANDIDATES_PER_EVAL_CALL]
+             for names in groups.values() for i in range(0, len(names), CANDIDATES_PER_EVAL_CALL)]
     for names in calls:
-        _say(ctx, f"[eval] {task}: {len(names)} arms × {ev.limit or 'all'} items ({len(todo)} to score)")
+        _say(ctx, f"[eval] {task}: {len(names)} candidates × {ev.limit or 'all'} items ({len(todo)} to score)")
         t0 = time.perf_counter()
-        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: arms[n][1] for n in names}, split=ev.split, limit=ev.limit, batch_rows=ev.batch_rows,
-                            precision=ev.precision)
+        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: candidates[n][1] for n in names}, split=ev.split,
+                            limit=ev.limit, batch_rows=ev.batch_rows, precision=ev.precision)
         for n in names:
             r = {**res["arms"][n], "kind": res["kind"]}
-            atomic_write_bytes(folder / f"{hashes[n]}.json", json.dumps(r).encode())
+            cache.put(keys[n], r)
             results[n] = r
         ctx.stage("evaluate", t0)
     return results
@@ -251,9 +211,9 @@ def score(ctx: Context, task: str, arms: dict[str, tuple[str, LoraWeights | None
 
 @torch.no_grad()
 def delta_cosines(
-    ctx: Context, probe: DeltaProbe, task: str, arms: dict[str, tuple[str, LoraWeights | None]], shared: torch.Tensor
+    ctx: Context, probe: DeltaProbe, task: str, candidates: Candidates, shared: torch.Tensor
 ) -> tuple[dict[str, float], dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
-    """Cosine of every adapter arm's Δ to the oracle Δ (the mean Δ of the task's own teachers): raw, and
+    """Cosine of every adapter candidate's Δ to the oracle Δ (the mean Δ of the task's own teachers): raw, and
     task-specific — with ``shared`` (the training teachers' mean Δ) projected out of both. Every fine-tune
     shifts along one common direction, and the raw cosine credits an adapter for it even when it carries
     nothing of the held-out task.
@@ -261,15 +221,15 @@ def delta_cosines(
     own = [ctx.heldout_set.example(i, 0).delta for i, e in enumerate(ctx.heldout_set.entries) if e.task == task and not e.mixed]
     oracle = torch.stack(own).mean(0)
     deltas: dict[str, torch.Tensor] = {}
-    names = [n for n, (_, w) in arms.items() if w is not None]
+    names = [n for n, (_, w) in candidates.items() if w is not None]
     by_layout: dict[tuple, list[str]] = {}
     for n in names:
-        by_layout.setdefault((arms[n][1].layout.spec.rank,), []).append(n)
+        by_layout.setdefault((candidates[n][1].layout.spec.rank,), []).append(n)
     k = ctx.cfg.delta_batch_adapters
     for group in by_layout.values():
         for i in range(0, len(group), k):
             chunk = group[i : i + k]
-            d = probe(LoraWeights.stack([arms[n][1] for n in chunk])).cpu()
+            d = probe(LoraWeights.stack([candidates[n][1] for n in chunk])).cpu()
             deltas.update(zip(chunk, d))
     oracle, shared = oracle.cpu(), shared.cpu()
     cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle, dim=0)) for n in names}
@@ -282,7 +242,7 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     """Every stage of the held-out experiment into ``out``; returns the path of report.md."""
     t_all = time.perf_counter()
     ctx = prepare(cfg, out, progress, backbone)
-    dirs = train_arms(ctx)
+    dirs = train_variants(ctx)
     gens = {key: load_generator(d / "generator.safetensors", ctx.backbone.device).gen for key, d in dirs.items()}
     probe = DeltaProbe(ctx.backbone, cfg.train.probes, cfg.train.representation)
     results_tasks: dict[str, dict] = {}
@@ -295,16 +255,17 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
     merged = average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None  # once, not per task
     for task in ctx.heldout:
         t0 = time.perf_counter()
-        arms = heldout_arms(ctx, gens, task, merged)
+        candidates = heldout_candidates(ctx, gens, task, merged)
         ctx.stage("generate", t0)
         t0 = time.perf_counter()
-        cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, arms, shared)
-        ctx.stage("Δ of held-out arms", t0)
-        scores = score(ctx, task, arms)  # times its own eval calls, each as it ends
+        cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, candidates, shared)
+        ctx.stage("Δ of held-out arms", t0)  # the stage's name as report.md has always printed it
+        scores = score(ctx, task, candidates)  # times its own eval calls, each as it ends
         rows: dict[str, dict] = {}
-        for name, (row, _) in arms.items():
+        for name, (row, _) in candidates.items():
             r = rows.setdefault(row, {"accuracies": [], "delta_cosines": [] if row != "base" else None,
-                                      "delta_cosines_specific": [] if row != "base" else None, "arms": []})
+                                      "delta_cosines_specific": [] if row != "base" else None,
+                                      "arms": []})  # the row's candidates, under results.json's name for them
             r["accuracies"].append(scores[name]["accuracy"])
             r["arms"].append(name)
             if row != "base":
@@ -314,13 +275,13 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         points.append(oracle.numpy())
         labels.append(f"oracle:{task}")
         for name, d in deltas.items():
-            row = arms[name][0]
+            row = candidates[name][0]
             if row in ("delta", "weight_only"):
                 points.append(d.numpy())
                 labels.append(f"{row}:{task}")
     wall = time.perf_counter() - t_all
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    step_times = {arm: _median_step_seconds(ctx.out / "generators" / arm) for arm in ARMS}
+    step_times = {variant: _median_step_seconds(ctx.out / "generators" / variant) for variant in VARIANTS}
     results = {
         "title": f"deltalora held-out experiment ({cfg.name})",
         "command": command or f"deltalora run --config <{cfg.name}.yaml> --out {ctx.out}",
@@ -348,19 +309,23 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         "config": json.loads(cfg.model_dump_json()),
         "machine": ctx.machine,
     }
-    logs = {f"{arm} seed {s}": ctx.out / "generators" / arm / f"seed{s}" / "log.jsonl" for arm in ARMS for s in cfg.seeds}
+    logs = {f"{variant} seed {s}": ctx.out / "generators" / variant / f"seed{s}" / "log.jsonl"
+            for variant in VARIANTS for s in cfg.seeds}
     tsne = {"points": np.stack(points), "labels": labels} if len(points) >= 4 else None
     path = write_report(ctx.out, results, logs=logs, tsne=tsne)
     _say(ctx, f"report: {path}")
     return path
 
 
-def _median_step_seconds(arm_dir: Path) -> float | None:
-    """Median step time over an arm's logs, counting only steps that ran the Δ forward when any did."""
-    recs = [r for log in sorted(arm_dir.glob("seed*/log.jsonl")) for r in read_log(log).values()]
+def _median_step_seconds(variant_dir: Path) -> float | None:
+    """Median step time over a variant's logs, counting only steps that ran the Δ forward when any did."""
+    recs = [r for log in sorted(variant_dir.glob("seed*/log.jsonl")) for r in read_log(log).values()]
     with_delta = [r["step_seconds"] for r in recs if r.get("loss_delta") is not None]
     times = with_delta or [r["step_seconds"] for r in recs]
     return float(np.median(times)) if times else None
 
 
-__all__ = ["ROWS", "ROW_LABELS", "Context", "prepare", "run_experiment", "score", "train_arms"]
+__all__ = [
+    "CANDIDATES_PER_EVAL_CALL", "ROWS", "ROW_LABELS", "VARIANTS", "Context", "delta_cosines", "heldout_candidates",
+    "prepare", "run_experiment", "score", "train_variants",
+]

@@ -1,5 +1,9 @@
-"""The adapters a held-out task is scored with, besides its own teachers: generated ones (from real or
-random conditions) and the average merge of the training teachers."""
+"""Building the candidates a held-out task is scored with, besides its own teachers: generated adapters (from
+real or random conditions) and the average merge of the training teachers.
+
+A candidate is one adapter evaluated on a held-out task; :data:`Candidates` maps each one's name to the
+report row it belongs to and its weights (``None`` for the base model, which has no adapter).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import torch
 from ..config import LoraSpec
 from ..lora import LoraWeights, derive_layout
 from ..tasks import stable_seed
+
+Candidates = dict[str, tuple[str, LoraWeights | None]]  # candidate name -> (report row, weights; None = base)
 
 
 def average_merge(teachers: Sequence[LoraWeights], backbone) -> LoraWeights:
@@ -47,4 +53,4 @@ def generate(gen: torch.nn.Module, conditions: torch.Tensor) -> list[LoraWeights
     return [w.select(i) for i in range(conditions.shape[0])]
 
 
-__all__ = ["average_merge", "generate", "random_conditions"]
+__all__ = ["Candidates", "average_merge", "generate", "random_conditions"]

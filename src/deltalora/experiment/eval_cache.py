@@ -1,0 +1,43 @@
+"""The run's eval cache: every candidate adapter's score on a held-out task, one JSON file each.
+
+``<run>/eval/<task>/<key>.json``, the key the candidate's content hash salted with everything else its
+score depends on (task, split, item limit, backbone weights and, unless float32, the evaluator's
+precision): a rerun reuses every score, and a changed setting scores again instead of reading a stale one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..backbones import decide_precision
+from ..lora import LoraWeights
+from ..paths import atomic_write_bytes
+from .config import EvalConfig
+from .hashing import weights_hash
+
+
+class EvalCache:
+    """The scores of one held-out task's candidates under ``run_dir/eval/<task>/``."""
+
+    def __init__(self, run_dir: Path, task: str, ev: EvalConfig, backbone) -> None:
+        salt = f"{task}|{ev.split}|{ev.limit}|{backbone.weights_id}"
+        if ev.precision != "float32":  # float32 scores keep the keys they were cached under before the option existed
+            salt += f"|{decide_precision(ev.precision, backbone.device).name}"
+        self.salt = salt
+        self.folder = Path(run_dir) / "eval" / task
+
+    def key(self, weights: LoraWeights | None) -> str:
+        """The cache key of a candidate (``None``: the base model)."""
+        return weights_hash(weights, self.salt)
+
+    def get(self, key: str) -> dict | None:
+        """The stored score, or None when this candidate has not been scored under these settings."""
+        path = self.folder / f"{key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: str, result: dict) -> None:
+        atomic_write_bytes(self.folder / f"{key}.json", json.dumps(result).encode())
+
+
+__all__ = ["EvalCache"]
