@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -161,6 +162,10 @@ def test_rerender_reproduces_the_report_from_disk(tmp_path, logs):
     assert (run / "figures" / "tsne.png").read_bytes().startswith(b"\x89PNG")
     (run / "tsne_input.npz").unlink()  # a run from before the t-SNE input was saved: its figure is kept
     assert rerender(run).read_text() == first and (run / "figures" / "tsne.png").is_file()
+    pngs = {f: (run / "figures" / f).read_bytes() for f in ("loss.png", "delta_cosine.png")}
+    shutil.rmtree(run / "generators")  # training logs not kept (committed results): the run's curves stay
+    assert rerender(run).read_text() == first
+    assert all((run / "figures" / f).read_bytes() == png for f, png in pngs.items())
 
 
 def test_machine_line_only_when_the_run_recorded_it(tmp_path):

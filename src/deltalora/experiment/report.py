@@ -72,8 +72,9 @@ def write_report(out_dir: str | Path, results: dict, logs: Mapping[str, str | Pa
 def rerender(out_dir: str | Path) -> Path:
     """Re-render a finished run's report.md and figures from its results.json, generator logs and t-SNE input.
 
-    Nothing is recomputed, so the report keeps the timing and notes of the call that wrote results.json; a
-    run written before the t-SNE input was saved keeps its tsne.png.
+    Nothing is recomputed, so the report keeps the timing and notes of the call that wrote results.json. A figure
+    whose input is not on disk any more (training logs not kept, a run from before the t-SNE input was saved) keeps
+    the PNG the run drew: a re-render never loses a figure.
     """
     out_dir = Path(out_dir)
     path = out_dir / "results.json"
@@ -90,7 +91,7 @@ def rerender(out_dir: str | Path) -> Path:
     if (out_dir / TSNE_INPUT).is_file():
         with np.load(out_dir / TSNE_INPUT, allow_pickle=False) as z:
             tsne = {"points": z["points"], "labels": [str(x) for x in z["labels"]]}
-    return write_report(out_dir, results, logs=logs, tsne=tsne, keep=("tsne",))
+    return write_report(out_dir, results, logs=logs, tsne=tsne, keep=("loss", "delta_cosine", "tsne"))
 
 
 __all__ = ["TSNE_INPUT", "rerender", "write_report"]
