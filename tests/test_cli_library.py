@@ -3,9 +3,14 @@ these and prints what it returns, so what a command does is tested here without 
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
 from deltalora.backbones import architecture_of, backbone_names, load_backbone
 from deltalora.backbones.inventory import fetch_backbone, list_backbones
@@ -15,12 +20,14 @@ from deltalora.deltas.jobs import analyze_zoo, compute_deltas_for
 from deltalora.deltas.listing import probe_sets, zoo_labels
 from deltalora.errors import BackboneError, ConfigError
 from deltalora.eval.jobs import evaluate_backbone
+from deltalora.experiment.jobs import ablate_from_config, run_from_config, train_variant
 from deltalora.generators import generator_names
 from deltalora.generators.sizes import generator_info
 from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.lora.for_backbone import inspect_adapter_for, layout_for
 from deltalora.tasks import TaskError
 from deltalora.tasks.overview import fetch_suite, preview_task, suite_rows
+from deltalora.training import distributed
 from deltalora.zoo import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256
 from deltalora.zoo.summary import import_from_dnd, list_zoo, parse_families, summarize
 
@@ -210,3 +217,63 @@ def test_evaluate_backbone_on_a_data_file(tiny_qwen2, tmp_path):
     res = evaluate_backbone("tiny-qwen2", [d], data=FIX / "tasks" / "mc.jsonl", limit=2, device="cpu", progress=False)
     assert res["backbone"] == "tiny-qwen2" and res["split"] == "eval"
     assert list(res["arms"]) == ["base", str(d)] and all(r["n"] == 2 for r in res["arms"].values())
+
+
+# ------------------------------------------------------------------------------------------ experiment
+
+
+def test_experiment_jobs_check_their_options_first(tmp_path):
+    with pytest.raises(ConfigError, match="--arm 'bad': use one of"):
+        train_variant(tmp_path / "missing.yaml", tmp_path / "out", "bad")  # before the config is read
+    with pytest.raises(ConfigError, match="--set 'nokey'"):
+        train_variant(FIX / "run" / "tiny.yaml", tmp_path / "out", overrides=["nokey"])
+    with pytest.raises(ConfigError, match="invalid config: train.nope"):
+        run_from_config(FIX / "run" / "tiny.yaml", tmp_path / "run", overrides=["train.nope=1"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        ablate_from_config(tmp_path / "missing.yaml", tmp_path / "ablate")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------- distributed
+
+
+def test_distributed_is_a_no_op_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    distributed.init_distributed()
+    assert not distributed.is_distributed() and distributed.rank() == 0
+    distributed.barrier()
+    distributed.leave_distributed()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.init_distributed()
+    assert not distributed.is_distributed()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_like_worker(rank: int, world_size: int, port: int, root: str) -> None:
+    """What torchrun gives each process: the environment, nothing else (no GPU: gloo on CPU)."""
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    distributed.init_distributed()
+    distributed.init_distributed()  # joining twice is a no-op
+    try:
+        me = distributed.rank()
+        if me == 0:
+            Path(root, "prepared").write_text("rank 0 was here")
+        distributed.barrier()  # the other ranks see what rank 0 wrote before the barrier
+        seen = Path(root, "prepared").read_text()
+        Path(root, f"rank{me}.json").write_text(json.dumps({"rank": me, "in_group": distributed.is_distributed(),
+                                                            "backend": torch.distributed.get_backend(), "seen": seen}))
+    finally:
+        distributed.leave_distributed()
+    assert not distributed.is_distributed()
+
+
+def test_distributed_joins_and_leaves_a_gloo_group(tmp_path):
+    mp.spawn(_torchrun_like_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got == [{"rank": r, "in_group": True, "backend": "gloo", "seen": "rank 0 was here"} for r in (0, 1)]

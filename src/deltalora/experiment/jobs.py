@@ -1,0 +1,73 @@
+"""The experiment's jobs from config files: the held-out run, one generator (torchrun-ready) and the ablation sweep.
+
+Each reads its YAML (``overrides``: ``--set``-style ``KEY=VALUE`` pairs laid over it) and returns where its result is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import parse_overrides
+from ..errors import ConfigError
+from ..training import TrainResult, train_generator
+from ..training.distributed import barrier, init_distributed, is_distributed, leave_distributed, rank
+from .ablate import run_ablation
+from .config import load_ablation_config, load_run_config
+from .run import VARIANTS, prepare, run_experiment
+
+
+def run_from_config(
+    config: str | Path,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """:func:`~deltalora.experiment.run_experiment` of the run config into ``out`` (default ``runs/<name>``); the
+    report's path. ``command`` is recorded in the results as what started the run."""
+    cfg = load_run_config(config, parse_overrides(list(overrides)))
+    dest = Path(out) if out is not None else Path("runs") / cfg.name
+    return run_experiment(cfg, dest, progress=progress, command=command)
+
+
+def train_variant(
+    config: str | Path,
+    out: str | Path,
+    variant: str = "delta",
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> tuple[int, TrainResult]:
+    """Train one generator ``variant`` (see :data:`~deltalora.experiment.run.VARIANTS`) with ``seed`` into ``out``,
+    on the run's zoo and Δ in ``run_dir`` (default ``runs/<name>``); (this process's rank, the result).
+
+    Under torchrun it joins the process group: rank 0 prepares what is missing, the other ranks wait and then
+    read it, every rank trains its share of each batch (DDP), and the group is left when training ends.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"--arm {variant!r}: use one of {', '.join(VARIANTS)}")
+    cfg = load_run_config(config, parse_overrides(list(overrides)))
+    init_distributed()
+    me = rank()
+    dest = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
+    if me == 0:
+        ctx = prepare(cfg, dest, progress=True)  # builds what is missing, once
+    if is_distributed():
+        barrier()
+        if me != 0:
+            ctx = prepare(cfg, dest, progress=False)  # everything is cached by now
+    try:
+        res = train_generator(cfg.arm_config(variant, seed), ctx.train_set, ctx.backbone, out, progress=me == 0,
+                              meta={"encoder": cfg.train.encoder, "heldout_tasks": ctx.heldout})
+    finally:
+        leave_distributed()
+    return me, res
+
+
+def ablate_from_config(config: str | Path, out: str | Path = "runs/ablate", progress: bool = True) -> Path:
+    """:func:`~deltalora.experiment.ablate.run_ablation` of the ablation config into ``out``; the table's path."""
+    return run_ablation(load_ablation_config(config), out, progress=progress)
+
+
+__all__ = ["ablate_from_config", "run_from_config", "train_variant"]
