@@ -41,7 +41,9 @@ def machine() -> dict:
     }
 
 
-def measured_gemm_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+def measured_gemm_peak(
+    dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5, device: str = "cpu"
+) -> float:
     """FLOP/s of an n x n @ n x n matmul in ``dtype`` on this machine (at torch's thread count): the best of
     ``repeats`` timed runs after one warm-up. A measured roofline for throughput benchmarks, in place of a
     hard-coded peak that is right for one CPU only."""

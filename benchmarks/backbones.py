@@ -59,7 +59,11 @@ def worker(mode: str, name: str, threads: int) -> dict:
     from deltalora.backbones import fetch, load_backbone, packaged
 
     t_imported = time.perf_counter()
-    out: dict = {"mode": mode, "import_seconds": round(t_imported - t_start, 2), "torch_threads": torch.get_num_threads()}
+    out: dict = {
+        "mode": mode,
+        "import_seconds": round(t_imported - t_start, 2),
+        "torch_threads": torch.get_num_threads(),
+    }
     if mode == "fetch":
         t0 = time.perf_counter()
         path = fetch(name, progress=False)
@@ -77,7 +81,7 @@ def worker(mode: str, name: str, threads: int) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         for p in b.model.parameters():
-            p.detach().reshape(-1)[:: 1024].sum()
+            p.detach().reshape(-1)[::1024].sum()
     out["page_in_seconds"] = round(time.perf_counter() - t0, 3)
     out["peak_rss_gib"] = round(_rss_gib(), 3)
     out["parameters"] = sum(p.numel() for p in b.model.parameters())
@@ -98,7 +102,7 @@ def sanity(b) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         gen = b.model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    reply = tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     return {
         "arch_matches_registry": not arch_mismatch,
         "arch_mismatch": arch_mismatch,
@@ -121,9 +125,24 @@ def sanity(b) -> dict:
 
 
 def run_worker(mode: str, name: str, home: Path, threads: int) -> dict:
-    env = dict(os.environ, DELTALORA_HOME=str(home), PIP_NO_CACHE_DIR="1", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--backbones", name, "--threads", str(threads)]
+    env = dict(
+        os.environ,
+        DELTALORA_HOME=str(home),
+        PIP_NO_CACHE_DIR="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(threads),
+    )
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--backbones",
+        name,
+        "--threads",
+        str(threads),
+    ]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -132,7 +151,7 @@ def run_worker(mode: str, name: str, home: Path, threads: int) -> dict:
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{mode} {name} failed (exit {proc.returncode})")
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = json.loads(lines[-1][len("RESULT ") :])
     res["process_wall_seconds"] = round(wall, 2)
     res["loadavg_1m_before"] = round(load_before, 2)
     return res
@@ -153,7 +172,10 @@ def bench_one(name: str, repeats: int, threads: int, home: Path | None, keep: bo
         reloads = []
         for i in range(repeats):
             r = run_worker("reload", name, root, threads)
-            print(f"[{name}]   reload {i + 1}/{repeats}: {r['load_seconds']}s (process {r['process_wall_seconds']}s)", flush=True)
+            print(
+                f"[{name}]   reload {i + 1}/{repeats}: {r['load_seconds']}s (process {r['process_wall_seconds']}s)",
+                flush=True,
+            )
             reloads.append(r)
         sec = first["marker"]["seconds"]
         return {
@@ -171,7 +193,9 @@ def bench_one(name: str, repeats: int, threads: int, home: Path | None, keep: bo
             "reload_median_s": round(statistics.median(r["load_seconds"] for r in reloads), 3),
             "reload_s": [r["load_seconds"] for r in reloads],
             "reload_page_in_median_s": round(statistics.median(r["page_in_seconds"] for r in reloads), 3),
-            "reload_plus_page_in_median_s": round(statistics.median(r["load_seconds"] + r["page_in_seconds"] for r in reloads), 3),
+            "reload_plus_page_in_median_s": round(
+                statistics.median(r["load_seconds"] + r["page_in_seconds"] for r in reloads), 3
+            ),
             "reload_process_median_s": round(statistics.median(r["process_wall_seconds"] for r in reloads), 2),
             "peak_rss_fetch_gib": first["peak_rss_fetch_gib"],
             "peak_rss_first_load_gib": first["peak_rss_gib"],
@@ -196,27 +220,31 @@ def write_md(path: Path, rows: list[dict], meta: dict) -> None:
         f"{meta['machine']['mem_gib']} GiB RAM, torch {meta['machine']['torch']} with {meta['threads']} threads, "
         f"transformers {meta['machine']['transformers']}, Python {meta['machine']['python']}. {meta['when']}.",
         "",
-        "Empty cache (fresh temporary `DELTALORA_HOME`, pip's cache disabled) → `fetch` → first `load_backbone`, in one "
-        "subprocess; then `--repeats` reloads, each a fresh subprocess (warm OS page cache). Times in seconds; "
-        "reload = `load_backbone` only (median; the three runs in brackets); + page-in = reading every weight page once "
-        "(safetensors are memory-mapped, so a forward pays this otherwise); reload process = the whole subprocess incl. "
-        "Python/torch imports. Peak RSS after reload includes the paged-in weights.",
+        "Empty cache (fresh temporary `DELTALORA_HOME`, pip's cache disabled) → `fetch` → first `load_backbone`, in "
+        "one subprocess; then `--repeats` reloads, each a fresh subprocess (warm OS page cache). Times in seconds; "
+        "reload = `load_backbone` only (median; the three runs in brackets); + page-in = reading every weight page "
+        "once (safetensors are memory-mapped, so a forward pays this otherwise); reload process = the whole subprocess "
+        "incl. Python/torch imports. Peak RSS after reload includes the paged-in weights.",
         "",
-        "| backbone | pkgs | GGUF GiB | params | download | join+verify | dequantise+save | first load | **fetch + first load** "
-        "| **reload (median)** | reload + page-in | reload process | peak RSS fetch GiB | peak RSS reload GiB | cache GiB |",
+        "| backbone | pkgs | GGUF GiB | params | download | join+verify | dequantise+save | first load "
+        "| **fetch + first load** | **reload (median)** | reload + page-in | reload process | peak RSS fetch GiB "
+        "| peak RSS reload GiB | cache GiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['packages']} | {gib(r['gguf_bytes'])} | {r['parameters'] / 1e6:.0f} M | {r['download_s']:.1f} "
-            f"| {r['join_verify_s']:.1f} | {r['convert_s']:.1f} | {r['first_load_s']:.2f} | **{r['fetch_plus_first_load_s']:.1f}** "
+            f"| {r['name']} | {r['packages']} | {gib(r['gguf_bytes'])} | {r['parameters'] / 1e6:.0f} M "
+            f"| {r['download_s']:.1f} | {r['join_verify_s']:.1f} | {r['convert_s']:.1f} | {r['first_load_s']:.2f} "
+            f"| **{r['fetch_plus_first_load_s']:.1f}** "
             f"| **{r['reload_median_s']:.2f}** ({', '.join(f'{x:.2f}' for x in r['reload_s'])}) "
             f"| {r['reload_plus_page_in_median_s']:.2f} | {r['reload_process_median_s']:.1f} "
             f"| {r['peak_rss_fetch_gib']:.2f} | {r['peak_rss_reload_gib']:.2f} | {gib(r['cache_bytes'])} |"
         )
     lines += ["", "Checks on the real weights (from the first-load process):", ""]
-    lines.append("| backbone | registry arch matches | chat template | eos | pad | tokenizer len / vocab | tied | greedy reply to “"
-                 + SANITY_PROMPT + "” |")
+    lines.append(
+        "| backbone | registry arch matches | chat template | eos | pad | tokenizer len / vocab | tied "
+        "| greedy reply to “" + SANITY_PROMPT + "” |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|")
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731  (a pipe would split the cell)
     for r in rows:
@@ -226,13 +254,16 @@ def write_md(path: Path, rows: list[dict], meta: dict) -> None:
             f"| `{cell(c['pad_token'])}` | {c['tokenizer_len']} / {c['vocab_size']} | {c['tie_word_embeddings']} "
             f"| {cell(repr(c['greedy_reply']))} |"
         )
-    loads = [(r["name"], r["raw"]["first"]["loadavg_1m_before"], [x["loadavg_1m_before"] for x in r["raw"]["reloads"]]) for r in rows]
+    loads = [
+        (r["name"], r["raw"]["first"]["loadavg_1m_before"], [x["loadavg_1m_before"] for x in r["raw"]["reloads"]])
+        for r in rows
+    ]
     lines += [
         "",
         "Notes:",
         "",
         "- Peak RSS is the process's `getrusage` high-water mark (includes ~0.5 GiB of Python/torch/transformers); "
-        "\"fetch\" is measured right after the fetch returns, before the first load. pip runs in child processes "
+        '"fetch" is measured right after the fetch returns, before the first load. pip runs in child processes '
         f"(their peak: {', '.join(str(r['raw']['first']['peak_rss_pip_gib']) for r in rows)} GiB).",
         "- Contention: 1-minute load average before each phase (fetch, then reloads): "
         + "; ".join(f"{n}: {a} / {b}" for n, a, b in loads)
@@ -249,7 +280,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in every measured process")
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--home", type=Path, default=None, help="use this (empty) DELTALORA_HOME instead of a temporary one")
+    ap.add_argument(
+        "--home", type=Path, default=None, help="use this (empty) DELTALORA_HOME instead of a temporary one"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary cache directories")
     ap.add_argument("--worker", choices=["fetch", "reload"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -263,6 +296,7 @@ def main() -> None:
 
     import torch
     import transformers
+
     from _util import command_line
 
     rows = [bench_one(n, args.repeats, args.threads, args.home, args.keep) for n in args.backbones]
@@ -279,8 +313,13 @@ def main() -> None:
             "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         },
         "method": {
-            "fetch_and_first_load": "one subprocess, empty DELTALORA_HOME, PIP_NO_CACHE_DIR=1; phases from the fetch marker",
-            "reload": "median of --repeats fresh subprocesses, load_backbone only (warm OS page cache); page-in timed separately",
+            "fetch_and_first_load": (
+                "one subprocess, empty DELTALORA_HOME, PIP_NO_CACHE_DIR=1; phases from the fetch marker"
+            ),
+            "reload": (
+                "median of --repeats fresh subprocesses, load_backbone only (warm OS page cache); "
+                "page-in timed separately"
+            ),
             "peak_rss": "getrusage(RUSAGE_SELF).ru_maxrss of the measuring subprocess",
         },
     }

@@ -32,11 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import command_line, machine, write_json  # noqa: E402
-
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.config import RuntimeConfig  # noqa: E402
-from deltalora.lora import LoraWeights, load_adapter  # noqa: E402
 from deltalora.deltas import DeltaProbe  # noqa: E402
+from deltalora.lora import LoraWeights, load_adapter  # noqa: E402
 from deltalora.zoo import read_manifest  # noqa: E402
 from deltalora.zoo.manifest import adapter_dir  # noqa: E402
 
@@ -102,16 +101,21 @@ def main() -> None:
     rows = []
     for i, e in enumerate(entries):
         n32 = float(d32[i].norm())
-        rows.append({
-            "id": e.id, "task": e.task, "family": e.family, "step": e.step,
-            "norm_fp32": n32,
-            "rel_delta_fp32": n32 / base_norm,
-            "noise": float(err[i].norm()),
-            "rel_noise": float(err[i].norm()) / n32,
-            "cosine": float(torch.nn.functional.cosine_similarity(d16[i], d32[i], dim=0)),
-            "s_fp32": secs["float32"][i],
-            "s_bf16": secs["bfloat16"][i],
-        })
+        rows.append(
+            {
+                "id": e.id,
+                "task": e.task,
+                "family": e.family,
+                "step": e.step,
+                "norm_fp32": n32,
+                "rel_delta_fp32": n32 / base_norm,
+                "noise": float(err[i].norm()),
+                "rel_noise": float(err[i].norm()) / n32,
+                "cosine": float(torch.nn.functional.cosine_similarity(d16[i], d32[i], dim=0)),
+                "s_fp32": secs["float32"][i],
+                "s_bf16": secs["bfloat16"][i],
+            }
+        )
 
     same, cross, dist_err = [], [], []
     for i, j in itertools.combinations(range(len(entries)), 2):
@@ -160,7 +164,8 @@ def main() -> None:
     cross_med = s["dist_cross_task"]["median"] if cross else float("nan")
     same_med = s["dist_same_task"]["median"] if same else float("nan")
     checks = {
-        f"max noise <= {NOISE_VS_CROSS:g} x median cross-task distance": s["noise"]["max"] <= NOISE_VS_CROSS * cross_med,
+        f"max noise <= {NOISE_VS_CROSS:g} x median cross-task distance": s["noise"]["max"]
+        <= NOISE_VS_CROSS * cross_med,
         "median noise < median same-task distance": s["noise"]["median"] < same_med,
         f"min cosine >= {MIN_COSINE}": s["cosine"]["min"] >= MIN_COSINE,
     }
@@ -168,14 +173,19 @@ def main() -> None:
     s["checks"] = checks
     s["bf16_safe_as_default"] = safe
     verdict = (
-        f"bf16 probe forwards are {'SAFE' if safe else 'NOT safe'} as the default on {args.backbone} with these teachers: "
-        f"noise median {s['noise']['median']:.2f} (max {s['noise']['max']:.2f}) = {100 * s['rel_noise']['median']:.1f} % "
-        f"(max {100 * s['rel_noise']['max']:.1f} %) of |Δ|, vs median distances {same_med:.2f} same-task / {cross_med:.2f} "
-        f"cross-task; " + ("switching would save " if safe else "keep float32 (costs ")
-        + f"{s['s_per_adapter_fp32'] - s['s_per_adapter_bf16']:.2f} s per adapter" + ("." if safe else ").")
+        f"bf16 probe forwards are {'SAFE' if safe else 'NOT safe'} as the default on {args.backbone} "
+        f"with these teachers: noise median {s['noise']['median']:.2f} (max {s['noise']['max']:.2f}) "
+        f"= {100 * s['rel_noise']['median']:.1f} % (max {100 * s['rel_noise']['max']:.1f} %) of |Δ|, "
+        f"vs median distances {same_med:.2f} same-task / {cross_med:.2f} cross-task; "
+        + ("switching would save " if safe else "keep float32 (costs ")
+        + f"{s['s_per_adapter_fp32'] - s['s_per_adapter_bf16']:.2f} s per adapter"
+        + ("." if safe else ").")
     )
     s["verdict"] = verdict
-    write_json(args.results / f"{args.name}.json", {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows})
+    write_json(
+        args.results / f"{args.name}.json",
+        {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows},
+    )
 
     md = [
         f"# bf16 vs fp32 probe forwards: noise on Δ ({args.backbone}, {zoo})",
@@ -183,41 +193,61 @@ def main() -> None:
         f"Command: `{command_line()}`  ",
         f"Machine: {machine()}; load average before {s['load_average_before']}, after {s['load_average_after']}.",
         "",
-        f"{len(entries)} adapters of `{zoo}` ({len(s['tasks'])} tasks: {', '.join(s['tasks'])}; same-task pairs are whatever "
-        f"the manifest holds per task: seeds and/or checkpoints), probes `{args.probes}`, "
-        f"`{args.representation}`, `DeltaProbe` (hook injection, left-padded batch, {args.k} adapter(s) per forward, no grad); "
-        f"bf16 = `torch.autocast(bfloat16)` over the fp32 weights, v(B) also in bf16 (as the training loop does).",
+        f"{len(entries)} adapters of `{zoo}` ({len(s['tasks'])} tasks: {', '.join(s['tasks'])}; "
+        "same-task pairs are whatever the manifest holds per task: seeds and/or checkpoints), probes "
+        f"`{args.probes}`, `{args.representation}`, `DeltaProbe` (hook injection, left-padded batch, "
+        f"{args.k} adapter(s) per forward, no grad); bf16 = `torch.autocast(bfloat16)` over the fp32 "
+        "weights, v(B) also in bf16 (as the training loop does).",
         "",
         f"**{verdict}**",
         "",
         "| quantity | median | max | min |",
         "|---|---:|---:|---:|",
         f"| ‖Δ_fp32‖ | {s['norm_fp32']['median']:.2f} | {s['norm_fp32']['max']:.2f} | {s['norm_fp32']['min']:.2f} |",
-        f"| bf16 noise ‖Δ_bf16 − Δ_fp32‖ | {s['noise']['median']:.3f} | {s['noise']['max']:.3f} | {s['noise']['min']:.3f} |",
-        f"| relative noise ‖Δ_bf16 − Δ_fp32‖ / ‖Δ_fp32‖ | {100 * s['rel_noise']['median']:.2f} % | {100 * s['rel_noise']['max']:.2f} % | {100 * s['rel_noise']['min']:.2f} % |",
+        f"| bf16 noise ‖Δ_bf16 − Δ_fp32‖ | {s['noise']['median']:.3f} | {s['noise']['max']:.3f} "
+        f"| {s['noise']['min']:.3f} |",
+        f"| relative noise ‖Δ_bf16 − Δ_fp32‖ / ‖Δ_fp32‖ | {100 * s['rel_noise']['median']:.2f} % "
+        f"| {100 * s['rel_noise']['max']:.2f} % | {100 * s['rel_noise']['min']:.2f} % |",
         f"| cosine(Δ_bf16, Δ_fp32) | {s['cosine']['median']:.5f} | – | {s['cosine']['min']:.5f} |",
     ]
     if same:
-        md.append(f"| ‖Δ_i − Δ_j‖, same task ({s['dist_same_task']['n']} pairs) | {same_med:.2f} | {s['dist_same_task']['max']:.2f} | {s['dist_same_task']['min']:.2f} |")
+        md.append(
+            f"| ‖Δ_i − Δ_j‖, same task ({s['dist_same_task']['n']} pairs) | {same_med:.2f} "
+            f"| {s['dist_same_task']['max']:.2f} | {s['dist_same_task']['min']:.2f} |"
+        )
     if cross:
-        md.append(f"| ‖Δ_i − Δ_j‖, different tasks ({s['dist_cross_task']['n']} pairs) | {cross_med:.2f} | {s['dist_cross_task']['max']:.2f} | {s['dist_cross_task']['min']:.2f} |")
+        md.append(
+            f"| ‖Δ_i − Δ_j‖, different tasks ({s['dist_cross_task']['n']} pairs) | {cross_med:.2f} "
+            f"| {s['dist_cross_task']['max']:.2f} | {s['dist_cross_task']['min']:.2f} |"
+        )
     if dist_err:
         pe = s["pairwise_distance_rel_change"]
-        md.append(f"| relative change of ‖Δ_i − Δ_j‖ under bf16 | {100 * pe['median']:.2f} % | {100 * pe['max']:.2f} % | {100 * pe['min']:.2f} % |")
+        md.append(
+            f"| relative change of ‖Δ_i − Δ_j‖ under bf16 | {100 * pe['median']:.2f} % | {100 * pe['max']:.2f} % "
+            f"| {100 * pe['min']:.2f} % |"
+        )
     md += [
-        f"| seconds per adapter, fp32 | {s['s_per_adapter_fp32']:.3f} | {max(secs['float32']):.3f} | {min(secs['float32']):.3f} |",
-        f"| seconds per adapter, bf16 | {s['s_per_adapter_bf16']:.3f} | {max(secs['bfloat16']):.3f} | {min(secs['bfloat16']):.3f} |",
+        f"| seconds per adapter, fp32 | {s['s_per_adapter_fp32']:.3f} | {max(secs['float32']):.3f} "
+        f"| {min(secs['float32']):.3f} |",
+        f"| seconds per adapter, bf16 | {s['s_per_adapter_bf16']:.3f} | {max(secs['bfloat16']):.3f} "
+        f"| {min(secs['bfloat16']):.3f} |",
         "",
         f"- ‖v(B)‖ = {base_norm:.1f} (fp32); ‖v_bf16(B) − v_fp32(B)‖ = {base_err:.3f}. Teachers' ‖Δ‖ / ‖v(B)‖: median "
         f"{s['rel_delta_fp32_median']:.3f}.",
-        f"- Noise coherence ‖mean_i e_i‖ / mean_i ‖e_i‖ = {coherence:.2f} (1 = one common offset shared by every adapter, "
-        f"{1 / len(entries) ** 0.5:.2f} = independent errors): "
-        + ("the error is largely shared — against fp32-cached teacher Δ it acts as a bias, not as noise that averages out."
-           if coherence >= 0.7 else "the errors are mostly adapter-specific." if coherence <= 2 / len(entries) ** 0.5
-           else "the error is partly shared (a common offset plus adapter-specific noise)."),
+        f"- Noise coherence ‖mean_i e_i‖ / mean_i ‖e_i‖ = {coherence:.2f} (1 = one common offset shared by every "
+        f"adapter, {1 / len(entries) ** 0.5:.2f} = independent errors): "
+        + (
+            "the error is largely shared — against fp32-cached teacher "
+            "Δ it acts as a bias, not as noise that averages out."
+            if coherence >= 0.7
+            else "the errors are mostly adapter-specific."
+            if coherence <= 2 / len(entries) ** 0.5
+            else "the error is partly shared (a common offset plus adapter-specific noise)."
+        ),
         f"- As a floor on the training loss (`delta_loss='mse'`, scaled by the teachers' mean ‖Δ‖²): "
         f"mean ‖e‖² / mean ‖Δ‖² = {s['noise_mse_floor']:.4f}.",
-        f"- Each adapter's nearest other teacher (by ‖Δ_i − Δ_j‖) is unchanged under bf16 for {s['nearest_neighbour_unchanged']} adapters.",
+        "- Each adapter's nearest other teacher (by ‖Δ_i − Δ_j‖) is unchanged under bf16 for "
+        f"{s['nearest_neighbour_unchanged']} adapters.",
         f"- Same-task pairs closer than 3 x the median noise ({3 * s['noise']['median']:.2f}): "
         f"{s['same_task_pairs_within_3x_median_noise']} of {len(same)} — differences that small (e.g. neighbouring "
         "checkpoints of one run) are blurred by bf16.",
@@ -228,8 +258,10 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        md.append(f"| {r['id']} | {r['task']} | {r['norm_fp32']:.2f} | {r['noise']:.3f} | {100 * r['rel_noise']:.2f} % | "
-                  f"{r['cosine']:.5f} | {r['s_fp32']:.3f} | {r['s_bf16']:.3f} |")
+        md.append(
+            f"| {r['id']} | {r['task']} | {r['norm_fp32']:.2f} | {r['noise']:.3f} | {100 * r['rel_noise']:.2f} % | "
+            f"{r['cosine']:.5f} | {r['s_fp32']:.3f} | {r['s_bf16']:.3f} |"
+        )
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[:22]))

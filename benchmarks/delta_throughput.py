@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 
 from _util import command_line, machine, measured_gemm_peak, write_json
-from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas import DeltaCache, compute_deltas, get_probe_set, sources_from_adapters
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 
 
 def reference_activation(model, tokenizer, texts, device) -> torch.Tensor:
@@ -81,7 +80,9 @@ def main() -> None:
         for d in dirs:
             peft_model = PeftModel.from_pretrained(b.model, str(d))
             peft_model.eval()
-            ref[os.path.normpath(str(d))] = reference_activation(peft_model, b.tokenizer, probes.texts, b.device) - base_ref
+            ref[os.path.normpath(str(d))] = (
+                reference_activation(peft_model, b.tokenizer, probes.texts, b.device) - base_ref
+            )
             peft_model.unload()
             del peft_model
             gc.collect()
@@ -90,7 +91,9 @@ def main() -> None:
 
         # (b) deltalora
         t0 = time.perf_counter()
-        report = compute_deltas(b, sources_from_adapters(dirs), probes=probes, cache=DeltaCache(work / "cache"), batch_adapters=args.k)
+        report = compute_deltas(
+            b, sources_from_adapters(dirs), probes=probes, cache=DeltaCache(work / "cache"), batch_adapters=args.k
+        )
         t_ours = time.perf_counter() - t0
         ids, ours = report.load()
         assert report.counts()["computed"] == args.adapters, report.counts()
@@ -106,7 +109,9 @@ def main() -> None:
     non_embed = sum(p.numel() for n, p in b.model.model.named_parameters() if "embed_tokens" not in n)
     lora_params = layout.num_params
     floor = 2 * (non_embed + lora_params) * sum(tokens)  # FLOP per adapter, real tokens only
-    peak = measured_gemm_peak(torch.float32)  # this machine's fp32 GEMM roofline, measured now (2048² matmul, best of 5)
+    peak = measured_gemm_peak(
+        torch.float32
+    )  # this machine's fp32 GEMM roofline, measured now (2048² matmul, best of 5)
     n = args.adapters
     res = {
         "command": command_line(),
@@ -144,24 +149,37 @@ def main() -> None:
     ag = res["achieved_gflops"]
     md = f"""# Teacher Δ throughput: Delta Activations' reference loop vs deltalora
 
-Command: `{res['command']}`
-Machine: {res['machine']['cpu']} (capability {res['machine']['cpu_capability']}, amx_bf16 {res['machine']['amx_bf16']}), {res['machine']['cpu_count']} cores, torch {res['machine']['torch']}, {res['machine']['torch_threads']} threads, precision float32; load average before {res['load_average_before']}, after {res['load_average_after']} (shared machine).
+Command: `{res["command"]}`
+Machine: {res["machine"]["cpu"]} (capability {res["machine"]["cpu_capability"]}, \
+amx_bf16 {res["machine"]["amx_bf16"]}), {res["machine"]["cpu_count"]} cores, torch {res["machine"]["torch"]}, \
+{res["machine"]["torch_threads"]} threads, precision float32; \
+load average before {res["load_average_before"]}, after {res["load_average_after"]} (shared machine).
 
-Backbone `{args.backbone}`, fp32, {n} random adapters ({res['lora']}, A, B ~ N(0, {args.std})),
-probes `{probes.name}` ({len(tokens)} probes, {sum(tokens)} real tokens: {tokens}). |Δ| mean {res['delta_norm']['mean']:.3g}
-(range {res['delta_norm']['min']:.3g}–{res['delta_norm']['max']:.3g}).
+Backbone `{args.backbone}`, fp32, {n} random adapters ({res["lora"]}, A, B ~ N(0, {args.std})),
+probes `{probes.name}` ({len(tokens)} probes, {sum(tokens)} real tokens: {tokens}). \
+|Δ| mean {res["delta_norm"]["mean"]:.3g}
+(range {res["delta_norm"]["min"]:.3g}–{res["delta_norm"]["max"]:.3g}).
 
 | path | total s | s / adapter | adapters / s | GFLOP/s vs floor |
 |---|---|---|---|---|
-| reference: fresh `PeftModel.from_pretrained` per adapter, 1 probe / forward, full model + `output_hidden_states`, `unload()` | {t_ref:.1f} | {t_ref / n:.3f} | {n / t_ref:.3f} | {ag['reference']:.0f} |
-| deltalora `compute_deltas`: hash + load + validate, K={args.k} adapters / forward via hooks, no LM head, cache writes | {t_ours:.1f} | {t_ours / n:.3f} | {n / t_ours:.3f} | {ag['deltalora_real_tokens']:.0f} (padded: {ag['deltalora_padded_tokens']:.0f}) |
+| reference: fresh `PeftModel.from_pretrained` per adapter, 1 probe / forward, full model + \
+`output_hidden_states`, `unload()` | {t_ref:.1f} | {t_ref / n:.3f} | {n / t_ref:.3f} | {ag["reference"]:.0f} |
+| deltalora `compute_deltas`: hash + load + validate, K={args.k} adapters / forward via hooks, no LM head, \
+cache writes | {t_ours:.1f} | {t_ours / n:.3f} | {n / t_ours:.3f} \
+| {ag["deltalora_real_tokens"]:.0f} (padded: {ag["deltalora_padded_tokens"]:.0f}) |
 
-**Ratio {res['ratio']:.2f}×.** max |Δ_ref − Δ_ours| = {res['max_abs_diff']:.2e} (tolerance {args.tolerance:g}: {'PASS' if res['within_tolerance'] else 'FAIL'}); max relative L2 error {res['max_rel_diff_l2']:.2e}.
+**Ratio {res["ratio"]:.2f}×.** max |Δ_ref − Δ_ours| = {res["max_abs_diff"]:.2e} \
+(tolerance {args.tolerance:g}: {"PASS" if res["within_tolerance"] else "FAIL"}); \
+max relative L2 error {res["max_rel_diff_l2"]:.2e}.
 
-Floor: 2 × ({non_embed:,} non-embedding + {lora_params:,} LoRA params) × {sum(tokens)} tokens = {floor:.3g} FLOP per adapter
-= {floor / peak:.3f} s at this machine's fp32 GEMM peak of {peak / 1e9:.0f} GFLOP/s (2048² matmul, measured in the same run).
-deltalora runs at **{100 * res['fraction_of_floor']:.0f} % of that floor** ({floor / peak:.3f} s of {t_ours / n:.3f} s per adapter). At this
-reference speed the most any fp32 path can gain here is {res['max_ratio_at_peak']:.1f}×; a 10× ratio needs a GPU (where the one-probe loop is
+Floor: 2 × ({non_embed:,} non-embedding + {lora_params:,} LoRA params) × {sum(tokens)} tokens \
+= {floor:.3g} FLOP per adapter
+= {floor / peak:.3f} s at this machine's fp32 GEMM peak of {peak / 1e9:.0f} GFLOP/s \
+(2048² matmul, measured in the same run).
+deltalora runs at **{100 * res["fraction_of_floor"]:.0f} % of that floor** \
+({floor / peak:.3f} s of {t_ours / n:.3f} s per adapter). At this
+reference speed the most any fp32 path can gain here is {res["max_ratio_at_peak"]:.1f}×; \
+a 10× ratio needs a GPU (where the one-probe loop is
 latency-bound) or a reduced precision whose error on Δ has been bounded. Both numbers above count the same floor FLOPs
 (real tokens only), so their GFLOP/s compare directly; "padded" also counts the left-padding tokens deltalora computes.
 """

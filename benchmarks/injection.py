@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 
 from _util import command_line, machine, median_time, write_json
-from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas.probes import get_probe_set
-from deltalora.lora import LoraWeights, inject
-
+from deltalora.lora import LoraWeights, derive_layout, inject
 
 
 def main() -> None:
@@ -87,18 +85,22 @@ def main() -> None:
     write_json(args.out / "injection.json", res)
     md = f"""# Batched injection: K={args.k} adapters in one forward vs {args.k} separate forwards
 
-Command: `{res['command']}`
-Machine: {res['machine']}
+Command: `{res["command"]}`
+Machine: {res["machine"]}
 
-Backbone `{args.backbone}`, {args.dtype}, LoRA r{args.rank} on {args.targets} ({layout.num_params:,} params per adapter),
-{len(PROBES)} `{args.probes}` probes left-padded to {enc['input_ids'].shape[1]} tokens, decoder hidden states only (no LM head), no grad.
+Backbone `{args.backbone}`, {args.dtype}, LoRA r{args.rank} on {args.targets} \
+({layout.num_params:,} params per adapter),
+{len(PROBES)} `{args.probes}` probes left-padded to {enc["input_ids"].shape[1]} tokens, \
+decoder hidden states only (no LM head), no grad.
 
 | path | median s (of {args.repeats}) | all runs | GFLOP/s (dense, padded) |
 |---|---|---|---|
-| {args.k} separate forwards ({len(PROBES)} rows each) | {t_sep:.3f} | {', '.join(f'{t:.3f}' for t in sep_all)} | {res['separate_gflops_per_s']:.0f} |
-| 1 batched forward ({args.k * len(PROBES)} rows) | {t_bat:.3f} | {', '.join(f'{t:.3f}' for t in bat_all)} | {res['batched_gflops_per_s']:.0f} |
+| {args.k} separate forwards ({len(PROBES)} rows each) | {t_sep:.3f} | {", ".join(f"{t:.3f}" for t in sep_all)} \
+| {res["separate_gflops_per_s"]:.0f} |
+| 1 batched forward ({args.k * len(PROBES)} rows) | {t_bat:.3f} | {", ".join(f"{t:.3f}" for t in bat_all)} \
+| {res["batched_gflops_per_s"]:.0f} |
 
-Speedup {res['speedup']:.2f}x; max |batched - separate| = {diff:.2e}.
+Speedup {res["speedup"]:.2f}x; max |batched - separate| = {diff:.2e}.
 """
     (args.out / "injection.md").write_text(md)
     print(md)

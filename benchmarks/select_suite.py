@@ -37,25 +37,32 @@ def main() -> None:
     unscreened = [s.name for s in candidates if s.name not in rows]
     if unscreened:
         sys.exit(f"{args.screen}: no screen result for {unscreened}; screen every candidate first")
-    keep = [s for s in candidates if rows[s.name]["gain_points"] >= args.min_gain and not rows[s.name]["worse_than_base"]]
+    keep = [
+        s for s in candidates if rows[s.name]["gain_points"] >= args.min_gain and not rows[s.name]["worse_than_base"]
+    ]
     families = sorted({s.family for s in keep})
     if len(keep) < args.min_tasks or len(families) < args.min_families:
-        sys.exit(f"only {len(keep)} tasks in {len(families)} families reach +{args.min_gain:g} points; "
-                 f"need {args.min_tasks} in {args.min_families} — add candidates or change the teacher recipe")
+        sys.exit(
+            f"only {len(keep)} tasks in {len(families)} families reach +{args.min_gain:g} points; "
+            f"need {args.min_tasks} in {args.min_families} — add candidates or change the teacher recipe"
+        )
     s = screen["summary"]
     lines = [
         "# The default task suite: the candidates (candidates.yaml) on which a small LoRA measurably helps.",
         f"# Written by `{' '.join(['python', 'benchmarks/select_suite.py'] + sys.argv[1:])}` from {args.screen}:",
-        f"# each candidate's seed-0 teacher ({s['backbone']}, r{s['teacher']['lora']['rank']}, {s['teacher']['steps']} steps) "
-        f"vs the base model on the first {s['limit']} items of the",
-        f"# {s['split']} split (never the eval split). Kept: gain >= +{args.min_gain:g} points and the teacher not below base.",
+        f"# each candidate's seed-0 teacher ({s['backbone']}, r{s['teacher']['lora']['rank']}, "
+        f"{s['teacher']['steps']} steps) vs the base model on the first {s['limit']} items of the",
+        f"# {s['split']} split (never the eval split). Kept: gain >= "
+        f"+{args.min_gain:g} points and the teacher not below base.",
         "#",
         "# task                         family        base  teacher   gain",
     ]
     for c in candidates:
         r = rows[c.name]
         mark = "keep" if c in keep else "drop"
-        lines.append(f"# {mark} {c.name:<26} {c.family:<12} {r['base']:5.2f}  {r['teacher_mean']:6.2f}  {r['gain_points']:+6.1f}")
+        lines.append(
+            f"# {mark} {c.name:<26} {c.family:<12} {r['base']:5.2f}  {r['teacher_mean']:6.2f}  {r['gain_points']:+6.1f}"
+        )
     base = os.path.relpath(Path(args.candidates).resolve(), Path(args.out).resolve().parent)
     lines += [f"base: {base}", "keep:"] + [f"  - {c.name}" for c in keep]
     atomic_write_bytes(Path(args.out), ("\n".join(lines) + "\n").encode())

@@ -48,19 +48,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import command_line, machine, write_json  # noqa: E402
-
-from deltalora.lora import derive_layout  # noqa: E402
-from deltalora.backbones import load_backbone  # noqa: E402
-from deltalora.backbones import packaged  # noqa: E402
+from deltalora.backbones import (
+    load_backbone,  # noqa: E402
+    packaged,  # noqa: E402
+)
 from deltalora.backbones.registry import get_spec, is_registered  # noqa: E402
 from deltalora.conditions import Conditioner, load_encoder, pools_from_tasks  # noqa: E402
 from deltalora.config import RuntimeConfig  # noqa: E402
-from deltalora.deltas import DeltaCache, compute_deltas, get_probe_set, sources_from_manifest  # noqa: E402
+from deltalora.deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, get_probe_set, sources_from_manifest  # noqa: E402
 from deltalora.deltas.represent import encode_probes  # noqa: E402
 from deltalora.experiment import load_run_config  # noqa: E402
-from deltalora.deltas import DeltaProbe, DeltaSpec  # noqa: E402
 from deltalora.generators.registry import num_parameters  # noqa: E402
-from deltalora.lora import LoraWeights, save_adapter  # noqa: E402
+from deltalora.lora import (  # noqa: E402
+    LoraWeights,
+    derive_layout,  # noqa: E402
+    save_adapter,
+)
 from deltalora.tasks import build_task, load_suite  # noqa: E402
 from deltalora.tasks.suite import get_spec as get_task_spec  # noqa: E402
 from deltalora.training import LambdaSchedule, TeacherDataset, train_generator  # noqa: E402
@@ -68,7 +71,9 @@ from deltalora.training.loop import LOG_NAME  # noqa: E402
 from deltalora.zoo import ZooEntry, append_entry, file_sha256, load_zoo_config  # noqa: E402
 from deltalora.zoo.train import peft_init  # noqa: E402
 
-DNDS_LORA_PARAMS = 18_464_768  # DnD teachers: r16 on all 7 projections of Qwen2.5-1.5B = 28 layers x 16 x 41,216 (sum of in+out)
+DNDS_LORA_PARAMS = (
+    18_464_768  # DnD teachers: r16 on all 7 projections of Qwen2.5-1.5B = 28 layers x 16 x 41,216 (sum of in+out)
+)
 # Median |Δ| / |v(B)| of the real demo-zoo teachers (qwen2.5-coder-0.5b-instruct, r8 all 7, 10-20 steps, generic5,
 # last token, fp32): 58.5 / 160.3, results/delta_precision.json ("summary"."rel_delta_fp32_median").
 REAL_TEACHER_REL_DELTA = 0.365
@@ -92,7 +97,9 @@ def generator_forward_flop(cfg, dataset) -> int:
 
     from deltalora.generators import build_generator
 
-    gen = build_generator(cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options)
+    gen = build_generator(
+        cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options
+    )
     cond = dataset.example(0, 0).condition[None]
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -109,18 +116,37 @@ def median_steps(run_dir: Path) -> tuple[float, list[float], list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/qwen2.5-1.5b-dnd.yaml", help="run preset (configs/*.yaml)")
-    ap.add_argument("--backbone", default="qwen2.5-coder-1.5b-instruct",
-                    help="backbone in place of the zoo YAML's (a hub id there; the packaged weights here)")
-    ap.add_argument("--dtype", default="float32", help="backbone weights dtype (the teachers here are synthetic, so the zoo YAML's teacher.precision does not apply)")
-    ap.add_argument("--encoder", default=None, help="condition encoder in place of the preset's (tiny-encoder for the self-check)")
+    ap.add_argument(
+        "--backbone",
+        default="qwen2.5-coder-1.5b-instruct",
+        help="backbone in place of the zoo YAML's (a hub id there; the packaged weights here)",
+    )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        help=(
+            "backbone weights dtype (the teachers here are synthetic, "
+            "so the zoo YAML's teacher.precision does not apply)"
+        ),
+    )
+    ap.add_argument(
+        "--encoder", default=None, help="condition encoder in place of the preset's (tiny-encoder for the self-check)"
+    )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--teachers", type=int, default=6)
-    ap.add_argument("--tasks", default="rg_spell_backward,rg_chain_sum,bb_plural",
-                    help="tasks of the preset's suite whose condition pools condition the teachers (round-robin)")
+    ap.add_argument(
+        "--tasks",
+        default="rg_spell_backward,rg_chain_sum,bb_plural",
+        help="tasks of the preset's suite whose condition pools condition the teachers (round-robin)",
+    )
     ap.add_argument("--batch-size", type=int, default=2, help="teachers per step (0 = the preset's; see the docstring)")
     ap.add_argument("--delta-batch", type=int, default=2, help="Δ-matched adapters per step (0 = the preset's)")
-    ap.add_argument("--sigma", type=float, default=None, help="σ of the teachers' B (default: calibrated to --target-rel)")
-    ap.add_argument("--target-rel", type=float, default=REAL_TEACHER_REL_DELTA, help="target |Δ| / |v(B)| of the teachers")
+    ap.add_argument(
+        "--sigma", type=float, default=None, help="σ of the teachers' B (default: calibrated to --target-rel)"
+    )
+    ap.add_argument(
+        "--target-rel", type=float, default=REAL_TEACHER_REL_DELTA, help="target |Δ| / |v(B)| of the teachers"
+    )
     ap.add_argument("--out", default="runs/train-smoke")
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--name", default="train_smoke")
@@ -151,8 +177,11 @@ def main() -> None:
     load_call_s = time.perf_counter() - t0
     rss["after backbone load"] = peak_rss_gib()
     layout = derive_layout(backbone.arch, lora_spec)
-    print(f"[smoke] {args.backbone}: loaded in {load_call_s:.1f} s (fetch included: {not was_cached}); "
-          f"LoRA r{lora_spec.rank} α{lora_spec.alpha:g} on {','.join(lora_spec.targets)}: {layout.num_params:,} params", flush=True)
+    print(
+        f"[smoke] {args.backbone}: loaded in {load_call_s:.1f} s (fetch included: {not was_cached}); "
+        f"LoRA r{lora_spec.rank} α{lora_spec.alpha:g} on {','.join(lora_spec.targets)}: {layout.num_params:,} params",
+        flush=True,
+    )
 
     # ---------------------------------------------------------------- synthetic teachers
     t0 = time.perf_counter()
@@ -165,22 +194,29 @@ def main() -> None:
         # target; if that misses by > 10 %, fit |Δ| ∝ σ^p through the two points and take one more step.
         target = args.target_rel * base_norm
 
-        def mean_norm(s: float) -> float:
+        def mean_norm(probe: DeltaProbe, s: float) -> float:
             with torch.no_grad():
                 d = probe(LoraWeights.stack([synthetic_teacher(layout, i, s) for i in range(min(2, args.teachers))]))
             return float(d.norm(dim=-1).mean())
 
-        points = [(1e-3, mean_norm(1e-3))]
+        points = [(1e-3, mean_norm(probe, 1e-3))]
         sigma = points[0][0] * target / points[0][1]
-        points.append((sigma, mean_norm(sigma)))
+        points.append((sigma, mean_norm(probe, sigma)))
         if abs(points[1][1] / target - 1) > 0.1:
             (s0, n0), (s1, n1) = points
             p = math.log(n1 / n0) / math.log(s1 / s0)
             sigma = s1 * (target / n1) ** (1 / p)
-        calibration = {"points_sigma_mean_delta_norm": points, "target_rel": args.target_rel, "target_delta_norm": target}
-        print(f"[smoke] |v(B)| = {base_norm:.1f}; calibration (σ, mean |Δ|): "
-              + ", ".join(f"({s:.3g}, {n:.2f})" for s, n in points)
-              + f" -> σ = {sigma:.3g} for |Δ| ≈ {args.target_rel:.3f}·|v(B)| = {target:.1f}", flush=True)
+        calibration = {
+            "points_sigma_mean_delta_norm": points,
+            "target_rel": args.target_rel,
+            "target_delta_norm": target,
+        }
+        print(
+            f"[smoke] |v(B)| = {base_norm:.1f}; calibration (σ, mean |Δ|): "
+            + ", ".join(f"({s:.3g}, {n:.2f})" for s, n in points)
+            + f" -> σ = {sigma:.3g} for |Δ| ≈ {args.target_rel:.3f}·|v(B)| = {target:.1f}",
+            flush=True,
+        )
     del probe
     suite = load_suite(zoo_cfg.suite)
     task_names = [t for t in args.tasks.split(",") if t]
@@ -192,29 +228,51 @@ def main() -> None:
         seed = i // len(task_specs)
         path = f"{ts.name}/s{seed}"
         save_adapter(synthetic_teacher(layout, 1000 + i, sigma), zoo / path)
-        append_entry(zoo, ZooEntry(id=path, task=ts.name, family=ts.family, seed=seed, path=path,
-                                   sha256=file_sha256(zoo / path / "adapter_model.safetensors"), backbone=backbone.name,
-                                   extra={"synthetic": True, "sigma": sigma}))
+        append_entry(
+            zoo,
+            ZooEntry(
+                id=path,
+                task=ts.name,
+                family=ts.family,
+                seed=seed,
+                path=path,
+                sha256=file_sha256(zoo / path / "adapter_model.safetensors"),
+                backbone=backbone.name,
+                extra={"synthetic": True, "sigma": sigma},
+            ),
+        )
         assignment[path] = ts.name
     cache = DeltaCache(out / "deltas")
     t1 = time.perf_counter()
-    report = compute_deltas(backbone, sources_from_manifest(zoo), base_train.probes, base_train.representation, cache,
-                            batch_adapters=run_cfg.delta_batch_adapters)
+    report = compute_deltas(
+        backbone,
+        sources_from_manifest(zoo),
+        base_train.probes,
+        base_train.representation,
+        cache,
+        batch_adapters=run_cfg.delta_batch_adapters,
+    )
     delta_s = time.perf_counter() - t1
     if report.broken:
         raise SystemExit(f"non-finite Δ for {[r.id for r in report.broken]}; lower --sigma")
     norms = {r.id: r.norm for r in report.results}
     zoo_s = time.perf_counter() - t0
     rss["after teachers + Δ"] = peak_rss_gib()
-    print(f"[smoke] {args.teachers} teachers (σ={sigma:.3g}): |Δ| {min(norms.values()):.2f}–{max(norms.values()):.2f} "
-          f"(median {statistics.median(norms.values()):.2f}), |Δ|/|v(B)| median {statistics.median(norms.values()) / base_norm:.3f}; "
-          f"Δ of all teachers {delta_s:.1f} s", flush=True)
+    print(
+        f"[smoke] {args.teachers} teachers (σ={sigma:.3g}): |Δ| {min(norms.values()):.2f}–{max(norms.values()):.2f} "
+        f"(median {statistics.median(norms.values()):.2f}), "
+        f"|Δ|/|v(B)| median {statistics.median(norms.values()) / base_norm:.3f}; "
+        f"Δ of all teachers {delta_s:.1f} s",
+        flush=True,
+    )
 
     # ---------------------------------------------------------------- conditions + dataset
     t0 = time.perf_counter()
     tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in task_specs}
     encoder = load_encoder(base_train.encoder, RuntimeConfig(device="cpu"))
-    conditioner = Conditioner(encoder, pools_from_tasks(tasks.values()), base_train.n_prompts, base_train.condition_form)
+    conditioner = Conditioner(
+        encoder, pools_from_tasks(tasks.values()), base_train.n_prompts, base_train.condition_form
+    )
     dspec = DeltaSpec.for_backbone(backbone, base_train.probes, base_train.representation)
     dataset = TeacherDataset(zoo, conditioner, dspec, split="train", cache=cache, arch=backbone.arch)
     cond_s = time.perf_counter() - t0
@@ -226,29 +284,56 @@ def main() -> None:
     probe_tokens = int(enc["input_ids"].numel())
     nonembed = sum(p.numel() for n, p in backbone.model.model.named_parameters() if "embed_tokens" not in n)
     probe_flop = 2 * (nonembed + layout.num_params) * probe_tokens  # dense matmuls over the padded probe batch
-    print(f"[smoke] forward FLOP per adapter: generator {gen_flop:.3g}, probe forward {probe_flop:.3g} "
-          f"({probe_tokens} padded probe tokens)", flush=True)
+    print(
+        f"[smoke] forward FLOP per adapter: generator {gen_flop:.3g}, probe forward {probe_flop:.3g} "
+        f"({probe_tokens} padded probe tokens)",
+        flush=True,
+    )
 
     # ---------------------------------------------------------------- the two runs
     common = {"steps": args.steps, "save_every": args.steps, "warmup_steps": 0}
     arms = {
         "lam0": base_train.model_copy(update={**common, "lam": LambdaSchedule()}),
-        "lam1": base_train.model_copy(update={**common, "lam": LambdaSchedule(target=1.0, warmup_steps=0, ramp_steps=0)}),
+        "lam1": base_train.model_copy(
+            update={**common, "lam": LambdaSchedule(target=1.0, warmup_steps=0, ramp_steps=0)}
+        ),
     }
     runs = {}
     gen_params = None
     for arm, cfg in arms.items():
-        print(f"[smoke] {arm}: {cfg.steps} steps, batch {cfg.batch_size}, Δ batch {cfg.delta_batch if cfg.uses_delta else 0}", flush=True)
+        print(
+            f"[smoke] {arm}: {cfg.steps} steps, batch {cfg.batch_size}, "
+            f"Δ batch {cfg.delta_batch if cfg.uses_delta else 0}",
+            flush=True,
+        )
         res = train_generator(cfg, dataset, backbone, out / arm, meta={"encoder": cfg.encoder}, progress=False)
         med, times, recs = median_steps(out / arm)
         gen_params = num_parameters(res.module)
         rss[f"after {arm}"] = peak_rss_gib()
-        runs[arm] = {"median_step_s": med, "step_s": times, "train_call_s": round(res.seconds, 2),
-                     "last": {k: recs[-1].get(k) for k in ("loss", "loss_weights", "loss_delta", "delta_cosine",
-                                                             "delta_norm_pred", "delta_norm_teacher", "lambda", "grad_norm")},
-                     "losses": [r["loss"] for r in recs]}
-        print(f"[smoke] {arm}: median step {med:.2f} s (steps {', '.join(f'{t:.2f}' for t in times)}), "
-              f"peak RSS {rss[f'after {arm}']:.2f} GiB", flush=True)
+        runs[arm] = {
+            "median_step_s": med,
+            "step_s": times,
+            "train_call_s": round(res.seconds, 2),
+            "last": {
+                k: recs[-1].get(k)
+                for k in (
+                    "loss",
+                    "loss_weights",
+                    "loss_delta",
+                    "delta_cosine",
+                    "delta_norm_pred",
+                    "delta_norm_teacher",
+                    "lambda",
+                    "grad_norm",
+                )
+            },
+            "losses": [r["loss"] for r in recs],
+        }
+        print(
+            f"[smoke] {arm}: median step {med:.2f} s (steps {', '.join(f'{t:.2f}' for t in times)}), "
+            f"peak RSS {rss[f'after {arm}']:.2f} GiB",
+            flush=True,
+        )
         del res
 
     # ---------------------------------------------------------------- report
@@ -256,10 +341,16 @@ def main() -> None:
     delta_cost = runs["lam1"]["median_step_s"] - runs["lam0"]["median_step_s"]
     b = arms["lam0"].batch_size
     gen_per_adapter = runs["lam0"]["median_step_s"] / b
-    preset_step = {"weight_only": gen_per_adapter * preset_batch,
-                   "with_delta": gen_per_adapter * preset_batch + delta_cost / d * preset_delta_batch}
+    preset_step = {
+        "weight_only": gen_per_adapter * preset_batch,
+        "with_delta": gen_per_adapter * preset_batch + delta_cost / d * preset_delta_batch,
+    }
     total_s = time.perf_counter() - t_all
-    lora_ok = layout.num_params == DNDS_LORA_PARAMS if backbone.arch.num_hidden_layers == 28 and backbone.arch.hidden_size == 1536 else None
+    lora_ok = (
+        layout.num_params == DNDS_LORA_PARAMS
+        if backbone.arch.num_hidden_layers == 28 and backbone.arch.hidden_size == 1536
+        else None
+    )
     summary = {
         "config": args.config,
         "backbone": args.backbone,
@@ -308,9 +399,13 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    write_json(args.results / f"{args.name}.json", {"command": command_line(), "machine": machine(), "summary": summary, "runs": runs})
+    write_json(
+        args.results / f"{args.name}.json",
+        {"command": command_line(), "machine": machine(), "summary": summary, "runs": runs},
+    )
 
     s = summary
+    fetch_note = " (including the first fetch of the packaged weights)" if s["load_included_fetch"] else ""
     rows = [
         ("λ = 0 (weight loss only)", runs["lam0"]),
         (f"λ = 1 from step 0 (Δ loss on {d} adapters / step)", runs["lam1"]),
@@ -330,19 +425,26 @@ def main() -> None:
         f"{'' if args.encoder is None else f' and encoder={args.encoder}'}. Backbone `{args.backbone}` in {args.dtype} "
         f"(in place of the zoo YAML's `{zoo_cfg.backbone}`).",
         "",
-        f"- LoRA r{lora_spec.rank} α{lora_spec.alpha:g} on {','.join(lora_spec.targets)}: **{layout.num_params:,} parameters** per adapter"
-        + ("" if lora_ok is None else f" ({'=' if lora_ok else '≠'} DnD's {DNDS_LORA_PARAMS:,})") + ".",
-        f"- Generator: **{gen_params:,} parameters** ({base_train.generator}, options {base_train.generator_options or 'default'}).",
-        f"- Forward FLOP per adapter: generator {gen_flop:.3g} (FlopCounterMode, batch of one) vs the probe forward of the "
-        f"backbone {probe_flop:.3g} (2 × {nonembed + layout.num_params:,} non-embedding + LoRA params × {probe_tokens} padded "
-        f"probe tokens); backward ≈ 2× forward for both.",
-        f"- Backbone load: {s['load_seconds']:.1f} s{' (including the first fetch of the packaged weights)' if s['load_included_fetch'] else ''}.",
+        f"- LoRA r{lora_spec.rank} α{lora_spec.alpha:g} on {','.join(lora_spec.targets)}: "
+        f"**{layout.num_params:,} parameters** per adapter"
+        + ("" if lora_ok is None else f" ({'=' if lora_ok else '≠'} DnD's {DNDS_LORA_PARAMS:,})")
+        + ".",
+        f"- Generator: **{gen_params:,} parameters** "
+        f"({base_train.generator}, options {base_train.generator_options or 'default'}).",
+        f"- Forward FLOP per adapter: generator {gen_flop:.3g} (FlopCounterMode, batch of one) vs the probe "
+        f"forward of the backbone {probe_flop:.3g} (2 × {nonembed + layout.num_params:,} non-embedding + "
+        f"LoRA params × {probe_tokens} padded probe tokens); backward ≈ 2× forward for both.",
+        f"- Backbone load: {s['load_seconds']:.1f} s{fetch_note}.",
         f"- Teachers: {args.teachers} synthetic adapters (A uniform ±1/√in as PEFT inits it, B ~ N(0, σ={sigma:.3g})), "
         f"round-robin over {', '.join(task_names)}. σ "
-        + ("calibrated on two adapters, (σ, mean |Δ|) = "
-           + ", ".join(f"({a:.3g}, {b:.2f})" for a, b in calibration["points_sigma_mean_delta_norm"])
-           + f", for |Δ|/|v(B)| = {args.target_rel} (the median of the real demo-zoo teachers on the 0.5B, "
-           "results/delta_precision.md)" if calibration else "given")
+        + (
+            "calibrated on two adapters, (σ, mean |Δ|) = "
+            + ", ".join(f"({a:.3g}, {b:.2f})" for a, b in calibration["points_sigma_mean_delta_norm"])
+            + f", for |Δ|/|v(B)| = {args.target_rel} (the median of the real demo-zoo teachers on the 0.5B, "
+            "results/delta_precision.md)"
+            if calibration
+            else "given"
+        )
         + f". Measured: |v(B)| = {base_norm:.1f}, teacher |Δ| {min(norms.values()):.2f}–{max(norms.values()):.2f} "
         f"(median {s['teacher_delta_norm_median']:.2f}, |Δ|/|v(B)| = {s['teacher_rel_delta_median']:.3f}); their Δ "
         f"(compute_deltas, {run_cfg.delta_batch_adapters} adapters per forward) took {delta_s:.1f} s.",
@@ -353,12 +455,15 @@ def main() -> None:
     for label, r in rows:
         last = r["last"]
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
-        md.append(f"| {label} | {r['median_step_s']:.2f} | {', '.join(f'{t:.2f}' for t in r['step_s'])} | "
-                  f"{fmt(last['loss_weights'])} | {fmt(last['loss_delta'])} | {fmt(last['delta_cosine'])} |")
+        md.append(
+            f"| {label} | {r['median_step_s']:.2f} | {', '.join(f'{t:.2f}' for t in r['step_s'])} | "
+            f"{fmt(last['loss_weights'])} | {fmt(last['loss_delta'])} | {fmt(last['delta_cosine'])} |"
+        )
     md += [
         "",
         f"**The Δ loss costs {delta_cost:.1f} s per step ({delta_cost / d:.1f} s per Δ-matched adapter)** on top of "
-        f"{runs['lam0']['median_step_s']:.1f} s for the weight-only step ({gen_per_adapter:.1f} s per generated adapter).",
+        f"{runs['lam0']['median_step_s']:.1f} s for the weight-only step "
+        f"({gen_per_adapter:.1f} s per generated adapter).",
         "",
         f"Extrapolated to the preset's batch {preset_batch} / delta_batch {preset_delta_batch} (linear in both): "
         f"weight-only step ≈ {preset_step['weight_only']:.0f} s, with the Δ loss ≈ {preset_step['with_delta']:.0f} s "

@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import command_line, machine, write_json  # noqa: E402
-
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.eval import evaluate_task  # noqa: E402
 from deltalora.lora import load_adapter  # noqa: E402
@@ -39,11 +38,24 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="zoo directory (default runs/bench-zoo/<config stem>)")
     ap.add_argument("--limit", type=int, default=None, help="score at most this many eval items per task")
     ap.add_argument("--batch-rows", type=int, default=32)
-    ap.add_argument("--split", default="eval", choices=["eval", "condition"],
-                    help="score on this split; 'condition' screens tasks without touching the eval items")
-    ap.add_argument("--shard", default=None, help="i/n: build and score only this shard of the jobs (zoo build --shard)")
-    ap.add_argument("--reuse", action="append", default=[], help="another zoo dir whose same-recipe jobs are copied (zoo build --reuse)")
-    ap.add_argument("--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)")
+    ap.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "condition"],
+        help="score on this split; 'condition' screens tasks without touching the eval items",
+    )
+    ap.add_argument(
+        "--shard", default=None, help="i/n: build and score only this shard of the jobs (zoo build --shard)"
+    )
+    ap.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        help="another zoo dir whose same-recipe jobs are copied (zoo build --reuse)",
+    )
+    ap.add_argument(
+        "--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)"
+    )
     args = ap.parse_args()
 
     cfg = load_zoo_config(args.config)
@@ -81,16 +93,25 @@ def main() -> None:
         base = res["arms"]["base"]
         teach = {k: v for k, v in res["arms"].items() if k != "base"}
         mean_t = statistics.mean(v["accuracy"] for v in teach.values())
-        rows.append({
-            "task": spec.name, "family": spec.family, "kind": spec.kind, "n": base["n"],
-            "base": base["accuracy"], "base_stderr": base["stderr"],
-            "teachers": {k: v["accuracy"] for k, v in teach.items()},
-            "teacher_mean": mean_t, "gain_points": 100 * (mean_t - base["accuracy"]),
-            "worse_than_base": [k for k, v in teach.items() if v["accuracy"] < base["accuracy"]],
-            "eval_seconds": res["seconds"],
-        })
-        print(f"{spec.name:<28} base {base['accuracy']:.3f}  teachers {mean_t:.3f}  gain {rows[-1]['gain_points']:+.1f}",
-              flush=True)
+        rows.append(
+            {
+                "task": spec.name,
+                "family": spec.family,
+                "kind": spec.kind,
+                "n": base["n"],
+                "base": base["accuracy"],
+                "base_stderr": base["stderr"],
+                "teachers": {k: v["accuracy"] for k, v in teach.items()},
+                "teacher_mean": mean_t,
+                "gain_points": 100 * (mean_t - base["accuracy"]),
+                "worse_than_base": [k for k, v in teach.items() if v["accuracy"] < base["accuracy"]],
+                "eval_seconds": res["seconds"],
+            }
+        )
+        print(
+            f"{spec.name:<28} base {base['accuracy']:.3f}  teachers {mean_t:.3f}  gain {rows[-1]['gain_points']:+.1f}",
+            flush=True,
+        )
 
     gains = [r["gain_points"] for r in rows]
     jobs = list(train_s.values())
@@ -116,8 +137,10 @@ def main() -> None:
         "limit": args.limit,
         "split": args.split,
     }
-    write_json(Path("results") / f"{name}.json",
-               {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows})
+    write_json(
+        Path("results") / f"{name}.json",
+        {"command": command_line(), "machine": machine(), "summary": summary, "rows": rows},
+    )
     md = [
         f"# Teacher zoo: base vs teachers ({cfg.backbone})",
         "",
@@ -126,25 +149,29 @@ def main() -> None:
         "",
         f"{len(rows)} tasks, {len(jobs)} training runs, {len(entries)} adapters "
         f"({len(cfg.seeds)} seed(s) x {len(cfg.tail_steps())} tail checkpoints, plus {len(cfg.mixed)} mixed pair(s)). "
-        f"Teachers: r{cfg.teacher.lora.rank} on {','.join(cfg.teacher.lora.targets)}, {cfg.teacher.steps} steps x batch "
-        f"{cfg.teacher.batch_size}, precision {summary['teacher_precision']} (teacher.precision {cfg.teacher.precision}: "
-        f"{zoo_precision(cfg).reason}). Each seed's last checkpoint is scored "
-        f"on the {args.split} split{'' if args.limit is None else f' (first {args.limit} items)'}.",
+        f"Teachers: r{cfg.teacher.lora.rank} on {','.join(cfg.teacher.lora.targets)}, {cfg.teacher.steps} steps "
+        f"x batch {cfg.teacher.batch_size}, precision {summary['teacher_precision']} "
+        f"(teacher.precision {cfg.teacher.precision}: {zoo_precision(cfg).reason}). Each seed's last checkpoint "
+        f"is scored on the {args.split} split{'' if args.limit is None else f' (first {args.limit} items)'}.",
         "",
-        f"**Median teacher gain: {summary['median_gain_points']:+.1f} points** (mean {summary['mean_gain_points']:+.1f}); "
-        f"tasks where the mean teacher is worse than base: {summary['tasks_with_mean_teacher_worse_than_base'] or 'none'}; "
+        f"**Median teacher gain: {summary['median_gain_points']:+.1f} points** "
+        f"(mean {summary['mean_gain_points']:+.1f}); tasks where the mean teacher is worse than base: "
+        f"{summary['tasks_with_mean_teacher_worse_than_base'] or 'none'}; "
         f"where any teacher is: {summary['tasks_with_a_teacher_worse_than_base'] or 'none'}.",
         "",
-        f"Training wall time: {summary['train_seconds_total']:.0f} s in all, median {summary['train_seconds_per_job_median']} s "
-        f"per run, {summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s.",
+        f"Training wall time: {summary['train_seconds_total']:.0f} s in all, median "
+        f"{summary['train_seconds_per_job_median']} s per run, "
+        f"{summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s.",
         "",
         "| task | family | kind | n | base | teachers | gain (pts) |",
         "|---|---|---|---:|---:|---|---:|",
     ]
     for r in rows:
         t = ", ".join(f"{k} {v:.3f}" for k, v in r["teachers"].items())
-        md.append(f"| {r['task']} | {r['family']} | {r['kind']} | {r['n']} | {r['base']:.3f} ± {r['base_stderr']:.3f} "
-                  f"| {t} | {r['gain_points']:+.1f} |")
+        md.append(
+            f"| {r['task']} | {r['family']} | {r['kind']} | {r['n']} | {r['base']:.3f} ± {r['base_stderr']:.3f} "
+            f"| {t} | {r['gain_points']:+.1f} |"
+        )
     (Path("results") / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[8:12]))
 

@@ -6,18 +6,15 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 from peft import get_peft_model, set_peft_model_state_dict
 
-from deltalora.lora import derive_layout
 from deltalora.conditions import Conditioner, ConditionPool, load_encoder
 from deltalora.config import LoraSpec, RuntimeConfig
-from deltalora.deltas import DeltaCache, compute_deltas, sources_from_manifest
-from deltalora.deltas import DeltaSpec
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.deltas import DeltaCache, DeltaSpec, compute_deltas, sources_from_manifest
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
+from deltalora.lora.adapter_io import peft_lora_config
 from deltalora.tasks import TaskSpec, build_task, stable_seed
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
-from deltalora.lora.adapter_io import peft_lora_config
 
 
 def peft_reference(model, weights: LoraWeights):
@@ -49,8 +46,16 @@ def add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=()
     path = f"{task}/s{seed}"
     w = LoraWeights.random(derive_layout(backbone.arch, spec), std=0.05, seed=stable_seed(task, seed) % 1000)
     save_adapter(w, zoo / path)
-    e = ZooEntry(id=path, task=task, family=family, tasks=tuple(parts), seed=seed, path=path,
-                 sha256=file_sha256(zoo / path / "adapter_model.safetensors"), backbone=backbone.name)
+    e = ZooEntry(
+        id=path,
+        task=task,
+        family=family,
+        tasks=tuple(parts),
+        seed=seed,
+        path=path,
+        sha256=file_sha256(zoo / path / "adapter_model.safetensors"),
+        backbone=backbone.name,
+    )
     append_entry(zoo, e)
     return e
 
@@ -63,8 +68,19 @@ def teacher_world(root: Path, tiny_qwen2) -> dict:
     tasks = {}
     for name, fam in TASKS.items():
         f = root / f"{name}.jsonl"
-        f.write_text("".join(json.dumps({"prompt": f"task {name} item {i}?", "answer": f"{name}{i}"}) + "\n" for i in range(30)))
-        spec = TaskSpec(name=name, family=fam, kind="short", source="jsonl", args={"path": str(f)}, n_train=8, n_condition=6, n_eval=8)
+        f.write_text(
+            "".join(json.dumps({"prompt": f"task {name} item {i}?", "answer": f"{name}{i}"}) + "\n" for i in range(30))
+        )
+        spec = TaskSpec(
+            name=name,
+            family=fam,
+            kind="short",
+            source="jsonl",
+            args={"path": str(f)},
+            n_train=8,
+            n_condition=6,
+            n_eval=8,
+        )
         tasks[name] = build_task(spec, seed=0)
         for seed in (0, 1):
             add_teacher(zoo, tiny_qwen2, name, seed, fam)

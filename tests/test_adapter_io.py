@@ -1,4 +1,5 @@
-"""PEFT adapter directories: round trips, stock-PEFT compatibility both ways, validation at the boundary, inspect, CLI."""
+"""PEFT adapter directories: round trips, stock-PEFT compatibility both ways, validation at the boundary, inspect,
+CLI."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.errors import AdapterError
-from deltalora.lora import LoraWeights
-from deltalora.lora.adapter_io import CONFIG_NAME, PICKLE_NAME, WEIGHTS_NAME, inspect_adapter, load_adapter, save_adapter
+from deltalora.lora import LoraWeights, derive_layout
+from deltalora.lora.adapter_io import (
+    CONFIG_NAME,
+    PICKLE_NAME,
+    WEIGHTS_NAME,
+    inspect_adapter,
+    load_adapter,
+    save_adapter,
+)
 
 ALL7 = "q,k,v,o,gate,up,down"
 SPECS = {
@@ -133,8 +140,19 @@ def test_stock_peft_loads_saved_adapter(name, spec_id, request, tmp_path):
     "config",
     [
         dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-        dict(r=8, lora_alpha=16, target_modules=["k_proj", "up_proj"], layers_to_transform=1, layers_pattern="layers", use_rslora=True),
-        dict(r=4, lora_alpha=4, target_modules=["self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]),
+        dict(
+            r=8,
+            lora_alpha=16,
+            target_modules=["k_proj", "up_proj"],
+            layers_to_transform=1,
+            layers_pattern="layers",
+            use_rslora=True,
+        ),
+        dict(
+            r=4,
+            lora_alpha=4,
+            target_modules=["self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"],
+        ),
         dict(r=2, lora_alpha=4, target_modules=r"model\.layers\.\d+\.(self_attn\.o_proj|mlp\.gate_proj)"),
         dict(r=2, lora_alpha=4, target_modules="all-linear", exclude_modules=["o_proj"]),
     ],
@@ -257,22 +275,46 @@ ERROR_CASES = [
     ("adapter-name", lambda out: edit_tensors(out, _rename_with_adapter_name), "adapter name 'default'"),
     (
         "foreign-key",
-        lambda out: edit_tensors(out, lambda t: t.update({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 64)})),
+        lambda out: edit_tensors(
+            out, lambda t: t.update({"base_model.model.lm_head.lora_A.weight": torch.zeros(8, 64)})
+        ),
         "match no LoRA slot (base_model.model.lm_head.lora_A.weight)",
     ),
     ("missing-key", lambda out: edit_tensors(out, lambda t: t.pop(_first(t, "B"))), "1 LoRA tensor(s) missing"),
-    ("unselected-key", lambda out: _weights_after(edit_config(out, target_modules=["q_proj"])), "not selected by adapter_config.json"),
+    (
+        "unselected-key",
+        lambda out: _weights_after(edit_config(out, target_modules=["q_proj"])),
+        "not selected by adapter_config.json",
+    ),
     ("rank-mismatch", lambda out: _weights_after(edit_config(out, r=4)), "do not have rank r=4"),
-    ("target-not-on-backbone", lambda out: edit_config(out, target_modules=["q_proj", "v_proj", "c_attn"]), "'c_attn' matches no"),
-    ("layers-not-on-backbone", lambda out: edit_config(out, layers_to_transform=[0, 1, 5]), "layers_to_transform [5] do not exist"),
+    (
+        "target-not-on-backbone",
+        lambda out: edit_config(out, target_modules=["q_proj", "v_proj", "c_attn"]),
+        "'c_attn' matches no",
+    ),
+    (
+        "layers-not-on-backbone",
+        lambda out: edit_config(out, layers_to_transform=[0, 1, 5]),
+        "layers_to_transform [5] do not exist",
+    ),
     ("bad-regex", lambda out: edit_config(out, target_modules="(q_proj"), "not a valid regex"),
     (
         "non-rectangular",
-        lambda out: edit_config(out, target_modules=r"model\.layers\.0\.self_attn\.q_proj|model\.layers\.1\.self_attn\.v_proj"),
+        lambda out: edit_config(
+            out, target_modules=r"model\.layers\.0\.self_attn\.q_proj|model\.layers\.1\.self_attn\.v_proj"
+        ),
         "different modules in different layers",
     ),
-    ("nan", lambda out: edit_tensors(out, lambda t: _poison(t, "layers.1.self_attn.v_proj.lora_B", float("nan"))), "1.v_proj (B)"),
-    ("inf", lambda out: edit_tensors(out, lambda t: _poison(t, "layers.0.self_attn.q_proj.lora_A", float("inf"))), "0.q_proj (A)"),
+    (
+        "nan",
+        lambda out: edit_tensors(out, lambda t: _poison(t, "layers.1.self_attn.v_proj.lora_B", float("nan"))),
+        "1.v_proj (B)",
+    ),
+    (
+        "inf",
+        lambda out: edit_tensors(out, lambda t: _poison(t, "layers.0.self_attn.q_proj.lora_A", float("inf"))),
+        "0.q_proj (A)",
+    ),
     (
         "int-dtype",
         lambda out: edit_tensors(out, lambda t: t.update({(k := _first(t)): t[k].to(torch.int32)})),
@@ -305,7 +347,9 @@ def test_invalid_adapters_raise_one_line(case_id, corrupt, needle, tiny_qwen2, t
 def test_pickle_is_never_unpickled_even_without_arch(tiny_qwen2, tmp_path, monkeypatch):
     _, out = saved(tiny_qwen2, tmp_path)
     (out / WEIGHTS_NAME).unlink()
-    torch.save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)}, out / PICKLE_NAME)
+    torch.save(
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)}, out / PICKLE_NAME
+    )
     calls = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
     with pytest.raises(AdapterError, match="save_file"):
@@ -339,8 +383,15 @@ def test_arch_mismatch(tiny_qwen2, tiny_llama, tmp_path):
     assert "gate_proj B[128, 4] (backbone needs [96, 4])" in message and "different backbone" in message
     # one more layer than the backbone has
     _, out3 = saved(tiny_qwen2, tmp_path, SPECS["r8-qv"], name="three")
-    edit_tensors(out3, lambda t: t.update({k.replace("layers.1.", "layers.2."): v.clone() for k, v in list(t.items()) if "layers.1." in k}))
-    with pytest.raises(AdapterError, match=r"not selected by adapter_config.json \(base_model.model.model.layers.2.self_attn"):
+    edit_tensors(
+        out3,
+        lambda t: t.update(
+            {k.replace("layers.1.", "layers.2."): v.clone() for k, v in list(t.items()) if "layers.1." in k}
+        ),
+    )
+    with pytest.raises(
+        AdapterError, match=r"not selected by adapter_config.json \(base_model.model.model.layers.2.self_attn"
+    ):
         load_adapter(out3, tiny_qwen2.arch)
 
 
@@ -354,7 +405,11 @@ def test_inspect_valid(spec_id, tiny_qwen2, tmp_path):
     for arch in (tiny_qwen2.arch, None):
         info = inspect_adapter(out, arch)
         assert info["valid"] is True and info["problems"] == []
-        assert (info["rank"], info["alpha"], info["rslora"]) == (layout.spec.rank, layout.spec.alpha, layout.spec.rslora)
+        assert (info["rank"], info["alpha"], info["rslora"]) == (
+            layout.spec.rank,
+            layout.spec.alpha,
+            layout.spec.rslora,
+        )
         assert info["scale"] == pytest.approx(layout.scale)
         assert info["targets"] == list(layout.spec.targets) and info["layers"] == list(layout.layers)
         assert info["num_slots"] == len(layout.slots) and info["num_params"] == layout.num_params

@@ -26,14 +26,21 @@ import torch
 import transformers
 from typer.testing import CliRunner
 
-from deltalora.backbones import architecture_of, backbone_names, get_spec, load_backbone, register_backbone
-from deltalora.backbones import packaged, registry
+from deltalora.backbones import (
+    Architecture,
+    architecture_of,
+    backbone_names,
+    get_spec,
+    load_backbone,
+    packaged,
+    register_backbone,
+    registry,
+)
 from deltalora.backbones.registry import BackboneSpec, PackagedWeights
 from deltalora.backbones.tiny import build_tiny
 from deltalora.cli import app
 from deltalora.config import RuntimeConfig
 from deltalora.errors import BackboneError
-from deltalora.backbones import Architecture
 
 FAKE = "fake-gguf-qwen2"
 # Join order is the declared package order, deliberately not alphabetical.
@@ -186,8 +193,14 @@ REGISTERED = backbone_names()
 
 
 def test_builtin_names_are_registered():
-    for name in ("tiny-qwen2", "tiny-llama", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct",
-                 "qwen2.5-coder-1.5b-instruct", "qwen2.5-1.5b"):
+    for name in (
+        "tiny-qwen2",
+        "tiny-llama",
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+        "qwen2.5-1.5b",
+    ):
         assert name in REGISTERED
 
 
@@ -466,8 +479,11 @@ def test_pip_download_replaces_a_corrupt_leftover(tmp_path, monkeypatch):
 
 def test_pip_download_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        packaged.subprocess, "run",
-        lambda *a, **k: type("P", (), {"returncode": 1, "stderr": "x\nERROR: No matching distribution", "stdout": ""})(),
+        packaged.subprocess,
+        "run",
+        lambda *a, **k: type(
+            "P", (), {"returncode": 1, "stderr": "x\nERROR: No matching distribution", "stdout": ""}
+        )(),
     )
     with pytest.raises(BackboneError) as err:
         packaged.pip_download("aa-chunks", "1.0", tmp_path)

@@ -49,8 +49,19 @@ def zoo(tiny_qwen2, tmp_path) -> Path:
     for i, (task, family, seed, step) in enumerate(rows):
         rel = f"{task}/s{seed}/step{step}"
         d = _adapter(tiny_qwen2, root / rel, seed=i)
-        append_entry(root, ZooEntry(id=rel, task=task, family=family, seed=seed, step=step, path=rel,
-                                    sha256=file_sha256(d / "adapter_model.safetensors"), backbone="tiny-qwen2"))
+        append_entry(
+            root,
+            ZooEntry(
+                id=rel,
+                task=task,
+                family=family,
+                seed=seed,
+                step=step,
+                path=rel,
+                sha256=file_sha256(d / "adapter_model.safetensors"),
+                backbone="tiny-qwen2",
+            ),
+        )
     return root
 
 
@@ -98,8 +109,16 @@ def test_inspect_adapter_for_checks_shapes_only_with_a_backbone(tiny_qwen2, tmp_
 
 def test_suite_rows_read_no_data():
     rows = {r["name"]: r for r in suite_rows(SUITE)}
-    assert rows["user_mc"] == {"name": "user_mc", "family": "knowledge", "kind": "mc", "source": "jsonl",
-                               "args": rows["user_mc"]["args"], "train": 0, "condition": 1, "eval": 1}
+    assert rows["user_mc"] == {
+        "name": "user_mc",
+        "family": "knowledge",
+        "kind": "mc",
+        "source": "jsonl",
+        "args": rows["user_mc"]["args"],
+        "train": 0,
+        "condition": 1,
+        "eval": 1,
+    }
     with pytest.raises(ConfigError, match="config file not found"):
         suite_rows(FIX / "nope.yaml")
 
@@ -152,13 +171,16 @@ def test_zoo_labels_follow_the_given_ids(zoo):
         zoo_labels(zoo, ["not/in/zoo"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({}, "pass exactly one of --zoo"),
-    ({"zoo": "z", "adapters": ["a"]}, "pass exactly one of --zoo"),
-    ({"adapters": ["a"], "backend": "spark"}, "--backend 'spark' is not one of local, ray"),
-    ({"adapters": ["a"], "shard": "2/2"}, "--shard '2/2' is not i/n"),
-    ({"adapters": ["a"], "dtype": "fp64"}, "--device/--dtype: dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "pass exactly one of --zoo"),
+        ({"zoo": "z", "adapters": ["a"]}, "pass exactly one of --zoo"),
+        ({"adapters": ["a"], "backend": "spark"}, "--backend 'spark' is not one of local, ray"),
+        ({"adapters": ["a"], "shard": "2/2"}, "--shard '2/2' is not i/n"),
+        ({"adapters": ["a"], "dtype": "fp64"}, "--device/--dtype: dtype"),
+    ],
+)
 def test_compute_deltas_for_checks_options_before_loading(kwargs, match):
     with pytest.raises(ConfigError if "shard" in kwargs or "dtype" in kwargs else DeltaError, match=match):
         compute_deltas_for("nope-never-loaded", **kwargs)
@@ -199,14 +221,17 @@ def test_generator_info_on_a_backbone_name():
 # ------------------------------------------------------------------------------------------------ eval
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"task": "x", "backend": "harness"}, "--backend 'harness': use native or lm-eval"),
-    ({"data": "x.jsonl", "backend": "lm-eval"}, "pass --task NAME"),
-    ({}, "pass exactly one of --task NAME or --data FILE"),
-    ({"task": "x", "data": "x.jsonl"}, "pass exactly one of --task NAME or --data FILE"),
-    ({"task": "x", "precision": "fp64"}, "--precision: "),
-    ({"task": "x", "num_fewshot": 2}, "belong to --backend lm-eval"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"task": "x", "backend": "harness"}, "--backend 'harness': use native or lm-eval"),
+        ({"data": "x.jsonl", "backend": "lm-eval"}, "pass --task NAME"),
+        ({}, "pass exactly one of --task NAME or --data FILE"),
+        ({"task": "x", "data": "x.jsonl"}, "pass exactly one of --task NAME or --data FILE"),
+        ({"task": "x", "precision": "fp64"}, "--precision: "),
+        ({"task": "x", "num_fewshot": 2}, "belong to --backend lm-eval"),
+    ],
+)
 def test_evaluate_backbone_checks_options_before_loading(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         evaluate_backbone("nope-never-loaded", **kwargs)
@@ -256,8 +281,14 @@ def _free_port() -> int:
 
 def _torchrun_like_worker(rank: int, world_size: int, port: int, root: str) -> None:
     """What torchrun gives each process: the environment, nothing else (no GPU: gloo on CPU)."""
-    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    os.environ.update(
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        CUDA_VISIBLE_DEVICES="",
+    )
     distributed.init_distributed()
     distributed.init_distributed()  # joining twice is a no-op
     try:
@@ -266,8 +297,16 @@ def _torchrun_like_worker(rank: int, world_size: int, port: int, root: str) -> N
             Path(root, "prepared").write_text("rank 0 was here")
         distributed.barrier()  # the other ranks see what rank 0 wrote before the barrier
         seen = Path(root, "prepared").read_text()
-        Path(root, f"rank{me}.json").write_text(json.dumps({"rank": me, "in_group": distributed.is_distributed(),
-                                                            "backend": torch.distributed.get_backend(), "seen": seen}))
+        Path(root, f"rank{me}.json").write_text(
+            json.dumps(
+                {
+                    "rank": me,
+                    "in_group": distributed.is_distributed(),
+                    "backend": torch.distributed.get_backend(),
+                    "seen": seen,
+                }
+            )
+        )
     finally:
         distributed.leave_distributed()
     assert not distributed.is_distributed()

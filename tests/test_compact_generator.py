@@ -1,4 +1,5 @@
-"""The compact generator: shapes from the layout, ΔW = 0 at init, PEFT's A distribution, gradients, size vs hyperconv."""
+"""The compact generator: shapes from the layout, ΔW = 0 at init, PEFT's A distribution, gradients, size vs
+hyperconv."""
 
 from __future__ import annotations
 
@@ -62,7 +63,12 @@ def test_output_shapes_follow_the_layout(name, spec_id, request):
         assert w.A[s.key].shape == (3, *s.a_shape) and w.B[s.key].shape == (3, *s.b_shape)
     # any number of prompts pools to the same kind of output
     assert gen(cond(k=2, n=1)).num_adapters == 2
-    assert gen.spec == {"name": "compact", "cond_dim": COND_DIM, "n_prompts": N_PROMPTS, "options": gen.opts.model_dump(mode="json")}
+    assert gen.spec == {
+        "name": "compact",
+        "cond_dim": COND_DIM,
+        "n_prompts": N_PROMPTS,
+        "options": gen.opts.model_dump(mode="json"),
+    }
 
 
 def test_delta_w_is_zero_at_init_and_logits_are_the_base_models(tiny_qwen2):
@@ -97,7 +103,11 @@ def test_base_a_follows_peft_init_distribution(tiny_llama):
         bound = 1.0 / math.sqrt(s.in_features)
         a = w.A[s.key]
         assert a.abs().max() <= bound and a.abs().max() > 0.9 * bound, s.key
-        ref = next(v for n, v in peft_a.items() if f"layers.{s.layer}.{'self_attn' if s.module[0] in 'qkvo' else 'mlp'}.{s.module}." in n)
+        ref = next(
+            v
+            for n, v in peft_a.items()
+            if f"layers.{s.layer}.{'self_attn' if s.module[0] in 'qkvo' else 'mlp'}.{s.module}." in n
+        )
         assert ref.shape == a.shape and ref.abs().max() <= bound  # PEFT's bound is the same 1/√in
         ours.append((a / bound).flatten())
         theirs.append((ref / bound).flatten())
@@ -105,7 +115,8 @@ def test_base_a_follows_peft_init_distribution(tiny_llama):
     assert abs(u.mean()) < 0.02 and abs(u.var() - 1 / 3) < 0.01  # U(-1, 1): mean 0, variance 1/3
     qs = torch.linspace(0.05, 0.95, 10)
     assert torch.allclose(torch.quantile(u, qs), torch.quantile(v, qs), atol=0.03)  # same distribution as PEFT's
-    # A0 comes from base_a_seed, not from the global RNG: same A0 for another torch seed, another A0 for another base_a_seed
+    # A0 comes from base_a_seed, not from the global RNG: same A0 for another torch seed, another A0 for another
+    # base_a_seed
     w2 = make(layout, seed=123)(cond(k=1)).select(0)
     w3 = make(layout, base_a_seed=1)(cond(k=1)).select(0)
     key = layout.slots[0].key
@@ -199,7 +210,9 @@ def test_size_matches_the_formula_and_is_under_a_twentieth_of_hyperconv(case):
     assert all(p.is_meta for p in compact.parameters())
     n_compact, n_hyper = num_parameters(compact), num_parameters(hyperconv)
     assert n_compact == _analytic_count(layout, 384, compact.opts.model_dump())
-    assert n_compact * 20 <= n_hyper, f"{case}: compact {n_compact:,} vs hyperconv {n_hyper:,} ({n_hyper / n_compact:.1f}x)"
+    assert n_compact * 20 <= n_hyper, (
+        f"{case}: compact {n_compact:,} vs hyperconv {n_hyper:,} ({n_hyper / n_compact:.1f}x)"
+    )
     sizes = generator_sizes(layout, 384, 8, ["compact"])
     assert sizes == {"compact": {"num_parameters": n_compact, "ratio_to_hyperconv": n_compact / n_hyper}}
 
@@ -207,15 +220,38 @@ def test_size_matches_the_formula_and_is_under_a_twentieth_of_hyperconv(case):
 def test_generator_info_cli():
     res = CliRunner().invoke(
         app,
-        ["generator", "info", "--backbone", "qwen2.5-coder-0.5b-instruct", "--rank", "8", "--alpha", "16", "--targets", ALL7, "--json"],
+        [
+            "generator",
+            "info",
+            "--backbone",
+            "qwen2.5-coder-0.5b-instruct",
+            "--rank",
+            "8",
+            "--alpha",
+            "16",
+            "--targets",
+            ALL7,
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert set(info["generators"]) == set(generator_names())
-    assert info["lora_params"] == derive_layout(architecture_of("qwen2.5-coder-0.5b-instruct"), REAL["qwen2.5-coder-0.5b-instruct r8 all-7"][1]).num_params
+    assert (
+        info["lora_params"]
+        == derive_layout(
+            architecture_of("qwen2.5-coder-0.5b-instruct"), REAL["qwen2.5-coder-0.5b-instruct r8 all-7"][1]
+        ).num_params
+    )
     assert info["generators"]["compact"]["ratio_to_hyperconv"] <= 1 / 20
     assert info["generators"]["hyperconv"]["ratio_to_hyperconv"] == 1.0
-    res = CliRunner().invoke(app, ["generator", "info", "--backbone", "tiny-qwen2", "--generator", "compact", "--targets", "q,v"])
+    res = CliRunner().invoke(
+        app, ["generator", "info", "--backbone", "tiny-qwen2", "--generator", "compact", "--targets", "q,v"]
+    )
     assert res.exit_code == 0 and "compact" in res.stdout and "parameters" in res.stdout
     res = CliRunner().invoke(app, ["generator", "info", "--backbone", "tiny-qwen2", "--generator", "nope"])
-    assert res.exit_code == 2 and res.stderr.startswith("error: unknown generator 'nope'") and len(res.stderr.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2
+        and res.stderr.startswith("error: unknown generator 'nope'")
+        and len(res.stderr.strip().splitlines()) == 1
+    )

@@ -65,9 +65,21 @@ class CountingEncoder:
 
 def _task(tmp_path: Path, name: str = "t", n: int = 40, n_condition: int = 10):
     path = tmp_path / f"{name}.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"{name} question number {i}?", "answer": f"{name}-{i}"}) + "\n" for i in range(n)))
-    spec = TaskSpec(name=name, family="f", kind="short", source="jsonl", args={"path": str(path)},
-                    n_train=10, n_condition=n_condition, n_eval=10)
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"{name} question number {i}?", "answer": f"{name}-{i}"}) + "\n" for i in range(n)
+        )
+    )
+    spec = TaskSpec(
+        name=name,
+        family="f",
+        kind="short",
+        source="jsonl",
+        args={"path": str(path)},
+        n_train=10,
+        n_condition=n_condition,
+        n_eval=10,
+    )
     return build_task(spec, seed=0)
 
 
@@ -123,12 +135,18 @@ def _fake_wheel(tmp_path: Path, st_modules: bool = True) -> tuple[Path, tuple[tu
     model.save_pretrained(src)
     tok.save_pretrained(src)
     if st_modules:  # a sentence-transformers model with CLS pooling and no Normalize module
-        (src / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]))
+        (src / "modules.json").write_text(
+            json.dumps(
+                [
+                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                ]
+            )
+        )
         (src / "1_Pooling").mkdir()
-        (src / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+        (src / "1_Pooling" / "config.json").write_text(
+            json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+        )
         (src / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
     wheel = tmp_path / "fake_pkg-1.0-py3-none-any.whl"
     pins = []
@@ -143,7 +161,12 @@ def _fake_wheel(tmp_path: Path, st_modules: bool = True) -> tuple[Path, tuple[tu
 
 
 def _spec(pins) -> EncoderSpec:
-    return EncoderSpec(name="fake", kind="packaged", description="test", packaged=PackagedFiles("fake-pkg", "1.0", "fake_pkg/model/", pins))
+    return EncoderSpec(
+        name="fake",
+        kind="packaged",
+        description="test",
+        packaged=PackagedFiles("fake-pkg", "1.0", "fake_pkg/model/", pins),
+    )
 
 
 def test_packaged_fetch_verifies_pins_caches_and_loads_offline(tmp_path, tiny):
@@ -306,7 +329,9 @@ def test_sampling_is_seeded_and_resampled_per_epoch(tmp_path, tiny):
     b = Conditioner(load_encoder("tiny-encoder", CPU), pools, n_prompts=3)  # a separate instance: same draws
     for epoch in range(3):
         assert a.indices("t", seed=7, epoch=epoch, key="x") == b.indices("t", seed=7, epoch=epoch, key="x")
-        torch.testing.assert_close(a.sample("t", seed=7, epoch=epoch, key="x"), b.sample("t", seed=7, epoch=epoch, key="x"))
+        torch.testing.assert_close(
+            a.sample("t", seed=7, epoch=epoch, key="x"), b.sample("t", seed=7, epoch=epoch, key="x")
+        )
     by_epoch = {tuple(a.indices("t", seed=7, epoch=e, key="x")) for e in range(8)}
     by_seed = {tuple(a.indices("t", seed=s, epoch=0, key="x")) for s in range(8)}
     by_key = {tuple(a.indices("t", seed=7, epoch=0, key=k)) for k in range(8)}
@@ -331,8 +356,11 @@ def test_small_pool_and_mixed_pools(tmp_path, tiny):
 
 def test_prompt_files_jsonl_and_dnd(tmp_path, tiny):
     p = tmp_path / "p.jsonl"
-    p.write_text('{"prompt": "Q1", "response": " A1 "}\n\n{"prompt": "Q2", "answer": "A2"}\n'
-                 '{"prompt": "Q3", "choices": ["x", "y"], "answer": 1}\n', encoding="utf-8")
+    p.write_text(
+        '{"prompt": "Q1", "response": " A1 "}\n\n{"prompt": "Q2", "answer": "A2"}\n'
+        '{"prompt": "Q3", "choices": ["x", "y"], "answer": 1}\n',
+        encoding="utf-8",
+    )
     items = read_prompt_file(p)
     assert [(i.prompt, i.answer) for i in items] == [("Q1", "A1"), ("Q2", "A2"), ("Q3", "y")]
     dnd = read_prompt_file(FIXTURES / "tasks" / "dnd.json")
@@ -357,8 +385,14 @@ def test_prompts_only_file_and_the_answer_form(tmp_path, tiny):
     [
         (b"", r"bad.jsonl: file is empty; add at least one record"),
         (b"  \n\n", r"bad.jsonl: file is empty"),
-        (b'{"prompt": "ok", "response": "1"}\n{"prompt": "caf\xe9", "response": "2"}\n', r"bad.jsonl:2: not UTF-8 text .*re-save the file as UTF-8"),
-        (b'{"prompt": "ok", "response": "1"}\n{"prompt": "x", \n', r"bad.jsonl:2: not valid JSON .*one JSON object per line"),
+        (
+            b'{"prompt": "ok", "response": "1"}\n{"prompt": "caf\xe9", "response": "2"}\n',
+            r"bad.jsonl:2: not UTF-8 text .*re-save the file as UTF-8",
+        ),
+        (
+            b'{"prompt": "ok", "response": "1"}\n{"prompt": "x", \n',
+            r"bad.jsonl:2: not valid JSON .*one JSON object per line",
+        ),
         (b'["prompt", "x"]\n', r"bad.jsonl:1: expected a JSON object"),
         (b'{"response": "x"}\n', r"bad.jsonl:1: field 'prompt' is missing"),
         (b'{"prompt": "  ", "response": "x"}\n', r"bad.jsonl:1: field 'prompt' is not a non-empty string"),
@@ -373,11 +407,14 @@ def test_malformed_prompt_files(tmp_path, content, match):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name, match", [
-    ("dnd_bad_json.json", "not valid JSON"),
-    ("dnd_not_list.json", "expected a non-empty JSON array"),
-    ("dnd_missing_response.json", "missing field 'response'"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("dnd_bad_json.json", "not valid JSON"),
+        ("dnd_not_list.json", "expected a non-empty JSON array"),
+        ("dnd_missing_response.json", "missing field 'response'"),
+    ],
+)
 def test_malformed_dnd_prompt_files(name, match):
     with pytest.raises(TaskError, match=match):
         read_prompt_file(FIXTURES / "tasks" / name)

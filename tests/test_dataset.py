@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deltalora.lora import derive_layout
 from deltalora.conditions import Conditioner
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, DeltaSpec, compute_deltas, sources_from_manifest
+from deltalora.lora import derive_layout
 from deltalora.training.data import (
     DatasetError,
     TeacherDataset,
@@ -21,8 +21,8 @@ from deltalora.training.data import (
     split_entries,
 )
 from deltalora.zoo import read_manifest
-
-from tests.helpers import N_PROMPTS, SPEC, TASKS, add_teacher as _add_teacher, teacher_world
+from tests.helpers import N_PROMPTS, SPEC, teacher_world
+from tests.helpers import add_teacher as _add_teacher
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,9 @@ def world(tmp_path_factory, tiny_qwen2):
 
 
 def _ds(world, **kw) -> TeacherDataset:
-    return TeacherDataset(world["zoo"], world["conditioner"], world["spec"], cache=world["cache"], arch=world["arch"], **kw)
+    return TeacherDataset(
+        world["zoo"], world["conditioner"], world["spec"], cache=world["cache"], arch=world["arch"], **kw
+    )
 
 
 def test_heldout_tasks_never_reach_training(world):
@@ -87,7 +89,9 @@ def test_shapes_dtypes_and_collate(world, tiny_qwen2):
     batches = list(DataLoader(ds, batch_size=2, shuffle=False, collate_fn=collate_teachers))
     assert [len(b) for b in batches] == [2, 2, 1]
     b = batches[0]
-    assert b.weights.num_adapters == 2 and b.conditions.shape == (2, N_PROMPTS, 32) and b.deltas.shape == (2, ds.delta_dim)
+    assert (
+        b.weights.num_adapters == 2 and b.conditions.shape == (2, N_PROMPTS, 32) and b.deltas.shape == (2, ds.delta_dim)
+    )
     assert b.ids == ds.ids[:2] and b.families == ["math", "math"]
     # the Δ a teacher gets is the one compute_deltas stored for that adapter
     for i, tid in enumerate(b.ids):

@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.deltas import (
@@ -41,7 +40,7 @@ from deltalora.deltas import (
 )
 from deltalora.deltas.extract import DeltaResult, DeltaSource
 from deltalora.errors import ConfigError
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.sharding import ShardError
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
 
@@ -158,7 +157,9 @@ def test_parse_representation():
 PROBES = ("Hi", "A somewhat longer probe, to force padding.", "Mid length one\n\n### Response:")
 
 
-@pytest.mark.parametrize("spec", ["last_token", "mean", "layers:[0,1,2]", "layers:[1,2]:avg", "layers:[1,-1]:concat:mean"])
+@pytest.mark.parametrize(
+    "spec", ["last_token", "mean", "layers:[0,1,2]", "layers:[1,2]:avg", "layers:[1,-1]:concat:mean"]
+)
 def test_batched_padded_equals_one_probe_per_forward(tiny_qwen2, spec):
     rep = parse_representation(spec)
     dec = tiny_qwen2.model.model
@@ -232,7 +233,17 @@ def test_mode_a_from_manifest_with_families_and_stats(tiny_qwen2, tmp_path):
         for i in range(3):
             rel = f"{fam}/s{i}"
             save_adapter(ws.select(i), zoo / rel)
-            append_entry(zoo, ZooEntry(id=f"{fam}/s{i}", task=fam, family=fam, seed=i, path=rel, sha256=file_sha256(zoo / rel / "adapter_model.safetensors")))
+            append_entry(
+                zoo,
+                ZooEntry(
+                    id=f"{fam}/s{i}",
+                    task=fam,
+                    family=fam,
+                    seed=i,
+                    path=rel,
+                    sha256=file_sha256(zoo / rel / "adapter_model.safetensors"),
+                ),
+            )
     sources = sources_from_manifest(zoo)
     assert [s.family for s in sources] == ["math"] * 3 + ["text"] * 3
     report = compute_deltas(tiny_qwen2, sources, cache=tmp_path / "c", batch_adapters=4)
@@ -249,7 +260,9 @@ def test_mode_a_from_manifest_with_families_and_stats(tiny_qwen2, tmp_path):
 def test_mixed_layouts_are_grouped(tiny_qwen2, tmp_path):
     a = _adapters(tiny_qwen2, tmp_path, n=2, rank=4, seed=1)
     b = _adapters(tiny_qwen2, tmp_path, n=2, rank=2, targets="q,v", seed=2)
-    report = compute_deltas(tiny_qwen2, sources_from_adapters([a[0], b[0], a[1], b[1]]), cache=tmp_path / "c", batch_adapters=8)
+    report = compute_deltas(
+        tiny_qwen2, sources_from_adapters([a[0], b[0], a[1], b[1]]), cache=tmp_path / "c", batch_adapters=8
+    )
     assert report.counts()["computed"] == 4
     ex = DeltaExtractor(tiny_qwen2, cache=tmp_path / "c2")
     ws = LoraWeights.random(_layout(tiny_qwen2, 2, "q,v"), num_adapters=2, std=0.1, seed=2)
@@ -265,7 +278,9 @@ def test_nan_adapter_is_named_skipped_and_reported(tiny_qwen2, tmp_path):
     bad = save_adapter(w, tmp_path / "diverged")
     missing = tmp_path / "missing"
     with pytest.warns(UserWarning, match="diverged"):
-        report = compute_deltas(tiny_qwen2, sources_from_adapters([good[0], bad, missing, good[1]]), cache=tmp_path / "c")
+        report = compute_deltas(
+            tiny_qwen2, sources_from_adapters([good[0], bad, missing, good[1]]), cache=tmp_path / "c"
+        )
     assert report.counts() == {"computed": 2, "cached": 0, "broken": 2}
     broken = {b["id"]: b["error"] for b in report.stats["broken"]}
     assert "non-finite" in broken[str(bad)] and "1.down_proj" in broken[str(bad)]
@@ -297,7 +312,9 @@ def test_mode_b_model_directory(tiny_qwen2, tmp_path):
 
     probes = get_probe_set("generic5").texts
     ft = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    ref = _ref_activation(ft, tiny_qwen2.tokenizer, probes) - _ref_activation(tiny_qwen2.model, tiny_qwen2.tokenizer, probes)
+    ref = _ref_activation(ft, tiny_qwen2.tokenizer, probes) - _ref_activation(
+        tiny_qwen2.model, tiny_qwen2.tokenizer, probes
+    )
     _, delta = report.load()
     assert float(ref.norm()) > 0
     assert (delta[0] - ref).abs().max() <= 1e-5 * ref.abs().max()
@@ -319,7 +336,9 @@ def test_mode_b_of_merged_lora_equals_mode_a(tiny_qwen2, tmp_path):
 def test_mode_b_refuses_other_architecture(tiny_qwen2, tiny_llama, tmp_path):
     tiny_llama.model.save_pretrained(tmp_path / "llama")
     with pytest.warns(UserWarning, match="differs from backbone tiny-qwen2"):
-        report = compute_deltas(tiny_qwen2, sources_from_models([tmp_path / "llama", tmp_path / "nothing"]), cache=tmp_path / "c")
+        report = compute_deltas(
+            tiny_qwen2, sources_from_models([tmp_path / "llama", tmp_path / "nothing"]), cache=tmp_path / "c"
+        )
     assert report.counts() == {"computed": 0, "cached": 0, "broken": 2}
     assert "no config.json" in report.broken[1].error
 
@@ -398,7 +417,11 @@ def test_cache_files_are_safetensors_with_metadata(tiny_qwen2, tmp_path):
     with safe_open(f, "pt") as fh:
         meta = fh.metadata()
     assert meta["key"] == r.key and meta["adapter"] == r.id and meta["probes"] == "generic5"
-    assert meta["repr"] == "last_token" and meta["backbone"] == "tiny-qwen2" and float(meta["norm"]) == pytest.approx(r.norm)
+    assert (
+        meta["repr"] == "last_token"
+        and meta["backbone"] == "tiny-qwen2"
+        and float(meta["norm"]) == pytest.approx(r.norm)
+    )
     # a damaged file is a miss, recomputed and rewritten
     f.write_bytes(b"garbage")
     again = compute_deltas(tiny_qwen2, sources_from_adapters(d), cache=tmp_path / "c")
@@ -434,7 +457,13 @@ def test_concurrent_shard_workers_share_one_cache(tiny_qwen2, tmp_path):
     cache = tmp_path / "shared"
     env = {**os.environ, "DELTALORA_HOME": str(tmp_path / "home")}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, str(cache), shard, *dirs], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(cache), shard, *dirs],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for shard in ("0/2", "1/2", "all")  # the third overlaps both: same keys written concurrently
     ]
     for p in procs:
@@ -443,7 +472,9 @@ def test_concurrent_shard_workers_share_one_cache(tiny_qwen2, tmp_path):
     index = DeltaCache(cache).read_index()
     assert {r["adapter"] for r in index} == {os.path.normpath(d) for d in dirs}
     assert len(index) <= 12 and all(json.dumps(r) for r in index)
-    local = compute_deltas(tiny_qwen2, sources_from_adapters(dirs), cache=tmp_path / "local", batch_adapters=2).load()[1]
+    local = compute_deltas(tiny_qwen2, sources_from_adapters(dirs), cache=tmp_path / "local", batch_adapters=2).load()[
+        1
+    ]
     again = compute_deltas(tiny_qwen2, sources_from_adapters(dirs), cache=cache)
     assert again.counts()["cached"] == 6
     torch.testing.assert_close(again.load()[1], local, rtol=1e-5, atol=1e-6)
@@ -466,7 +497,9 @@ def test_shards_are_disjoint_and_cover():
 
 def test_robust_z_outliers():
     assert robust_z([1.0, 1.0, 1.0]) == [0.0, 0.0, 0.0]
-    results = [DeltaResult(f"r{i}", "lora", "computed", "f", norm=n) for i, n in enumerate([1.0, 1.1, 0.9, 1.05, 0.95, 9.0])]
+    results = [
+        DeltaResult(f"r{i}", "lora", "computed", "f", norm=n) for i, n in enumerate([1.0, 1.1, 0.9, 1.05, 0.95, 9.0])
+    ]
     results.append(DeltaResult("bad", "lora", "broken", "f", error="nan"))
     stats = delta_stats(results)
     assert [o["id"] for o in stats["outliers"]] == ["r5"]
@@ -491,7 +524,15 @@ def cli():
 
 def test_cli_compute_json_is_idempotent(cli, tiny_qwen2, tmp_path, deltalora_home):
     dirs = _adapters(tiny_qwen2, tmp_path, n=3)
-    args = ["compute", "--backbone", "tiny-qwen2", *[x for d in dirs for x in ("--adapter", d)], "--batch-adapters", "2", "--json"]
+    args = [
+        "compute",
+        "--backbone",
+        "tiny-qwen2",
+        *[x for d in dirs for x in ("--adapter", d)],
+        "--batch-adapters",
+        "2",
+        "--json",
+    ]
     r = cli(*args)
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas.analyze import clustering_report, cosine_distances, flattened_weights, silhouette
 from deltalora.errors import DeltaLoraError
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
 
 
@@ -46,10 +45,17 @@ def _zoo(backbone, root):
         centre = LoraWeights.random(lay, std=0.2, seed=seed)
         for i in range(3):
             noise = LoraWeights.random(lay, std=0.02, seed=100 * seed + i)
-            w = LoraWeights(lay, {k: centre.A[k] + noise.A[k] for k in centre.A}, {k: centre.B[k] + noise.B[k] for k in centre.B})
+            w = LoraWeights(
+                lay, {k: centre.A[k] + noise.A[k] for k in centre.A}, {k: centre.B[k] + noise.B[k] for k in centre.B}
+            )
             rel = f"{f}/{i}"
             save_adapter(w, root / rel)
-            append_entry(root, ZooEntry(id=rel, task=f, family=f, path=rel, sha256=file_sha256(root / rel / "adapter_model.safetensors")))
+            append_entry(
+                root,
+                ZooEntry(
+                    id=rel, task=f, family=f, path=rel, sha256=file_sha256(root / rel / "adapter_model.safetensors")
+                ),
+            )
             fams.append(f)
     return fams
 
@@ -70,7 +76,20 @@ def test_clustering_report_and_cli(tiny_qwen2, tmp_path, deltalora_home):
 
     root = typer.Typer()
     root.add_typer(app, name="deltas")
-    r = CliRunner().invoke(root, ["deltas", "analyze", "--backbone", "tiny-qwen2", "--zoo", str(tmp_path / "zoo"), "--out", str(tmp_path / "tsne.png"), "--json"])
+    r = CliRunner().invoke(
+        root,
+        [
+            "deltas",
+            "analyze",
+            "--backbone",
+            "tiny-qwen2",
+            "--zoo",
+            str(tmp_path / "zoo"),
+            "--out",
+            str(tmp_path / "tsne.png"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["adapters"] == 6 and out["families"] == {"x": 3, "y": 3}
@@ -90,7 +109,9 @@ def test_task_specific_subspace_and_by_task_silhouette():
         for seed in range(2):
             for step in (10, 20):
                 noise = 0.3 if step == 20 else 3.0  # early checkpoints are noisy; only the last one per run counts
-                rows.append(shared * (1 + 0.1 * rng.normal()) + c + noise * rng.normal(size=16) * np.r_[0.0, np.ones(15)])
+                rows.append(
+                    shared * (1 + 0.1 * rng.normal()) + c + noise * rng.normal(size=16) * np.r_[0.0, np.ones(15)]
+                )
                 runs.append((t, f"{t}/s{seed}", step))
     x = np.stack(rows)
     fams = [fam[t] for t, _, _ in runs]

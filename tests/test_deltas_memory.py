@@ -21,17 +21,18 @@ import sys
 import pytest
 import torch
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, ProbeSet, compute_deltas, sources_from_adapters
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 
 N_ADAPTERS = 300
 WARMUP = 40  # the first 5 forwards (K = 8): lazy imports, allocator pools, v(B)
 WINDOW = 40  # samples whose median is compared (robust to the working set of one K-group)
 K = 8
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm and calls glibc malloc_trim")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc/self/statm and calls glibc malloc_trim"
+)
 
 
 def _malloc_trim():
@@ -73,7 +74,13 @@ def test_rss_stays_flat_over_hundreds_of_adapters(tiny_qwen2, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny GEMMs: a second thread only adds spin-waits on a shared 2-core machine (~3x slower)
     try:
-        report = compute_deltas(tiny_qwen2, sources_from_adapters(dirs), probes=probes, cache=SamplingCache(tmp_path / "c"), batch_adapters=K)
+        report = compute_deltas(
+            tiny_qwen2,
+            sources_from_adapters(dirs),
+            probes=probes,
+            cache=SamplingCache(tmp_path / "c"),
+            batch_adapters=K,
+        )
     finally:
         torch.set_num_threads(threads)
     assert report.counts() == {"computed": N_ADAPTERS, "cached": 0, "broken": 0}
@@ -85,7 +92,10 @@ def test_rss_stays_flat_over_hundreds_of_adapters(tiny_qwen2, tmp_path):
     leak_mb = measured * adapter_bytes / 2**20  # 32.5 MB if every adapter's weights were kept
     bound_mb = leak_mb / 8
     growth = end_mb - start_mb
-    print(f"RSS {start_mb:.1f} -> {end_mb:.1f} MB over {measured} adapters: growth {growth:+.2f} MB (bound {bound_mb:.2f} MB)")
+    print(
+        f"RSS {start_mb:.1f} -> {end_mb:.1f} MB over {measured} adapters: "
+        f"growth {growth:+.2f} MB (bound {bound_mb:.2f} MB)"
+    )
     assert growth < bound_mb, (
         f"RSS grew {growth:.1f} MB over {measured} adapters of {adapter_bytes // 1024} KiB each "
         f"(bound {bound_mb:.1f} MB = 1/8 of keeping every adapter's weights): something per adapter is retained"

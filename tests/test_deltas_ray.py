@@ -9,16 +9,16 @@ import sys
 import pytest
 import torch
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, DeltaError, compute_deltas, sources_from_adapters
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 
 
 @pytest.fixture(scope="module")
 def ray_session():
     import ray  # in the `test` extra, so CI runs this instead of skipping it
     import ray.data  # noqa: F401
+
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20)
     try:
         yield ray
@@ -49,7 +49,11 @@ def test_ray_equals_local_and_reruns_hit_the_cache(ray_session, tiny_qwen2, tmp_
     with pytest.warns(UserWarning) as ray_warnings:
         ray = compute_deltas_ray(tiny_qwen2, sources, cache=tmp_path / "ray", batch_adapters=2, num_actors=2)
     skipped = lambda rec: sorted(str(w.message).split(":")[0] for w in rec if str(w.message).startswith("skipping"))  # noqa: E731
-    assert skipped(ray_warnings) == skipped(local_warnings) == [f"skipping lora {tmp_path / n}" for n in ("diverged", "missing")]
+    assert (
+        skipped(ray_warnings)
+        == skipped(local_warnings)
+        == [f"skipping lora {tmp_path / n}" for n in ("diverged", "missing")]
+    )
     assert ray.counts() == local.counts() == {"computed": 6, "cached": 0, "broken": 2}
     assert _comparable(ray) == _comparable(local)  # ids, status, keys, files, norms (bit-equal floats), errors
     assert ray.stats == local.stats
@@ -77,11 +81,22 @@ def test_cli_backend_ray(ray_session, tiny_qwen2, tmp_path, deltalora_home):
     root = typer.Typer()
     root.add_typer(app, name="deltas")
     dirs = _zoo(tiny_qwen2, tmp_path, n=3)[:3]
-    args = ["deltas", "compute", "--backbone", "tiny-qwen2", *[x for d in dirs for x in ("--adapter", str(d))], "--batch-adapters", "2", "--json"]
+    args = [
+        "deltas",
+        "compute",
+        "--backbone",
+        "tiny-qwen2",
+        *[x for d in dirs for x in ("--adapter", str(d))],
+        "--batch-adapters",
+        "2",
+        "--json",
+    ]
     r = CliRunner().invoke(root, [*args, "--backend", "ray", "--ray-actors", "1"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["counts"] == {"computed": 3, "cached": 0, "broken": 0} and out["cache_dir"] == str(deltalora_home / "deltas")
+    assert out["counts"] == {"computed": 3, "cached": 0, "broken": 0} and out["cache_dir"] == str(
+        deltalora_home / "deltas"
+    )
     r = CliRunner().invoke(root, args)  # the local backend finds the Ray backend's Δ
     assert json.loads(r.stdout)["counts"] == {"computed": 0, "cached": 3, "broken": 0}
     r = CliRunner().invoke(root, [*args, "--backend", "spark"])
@@ -103,5 +118,7 @@ def test_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
 
     root = typer.Typer()
     root.add_typer(app, name="deltas")
-    r = CliRunner().invoke(root, ["deltas", "compute", "--backbone", "tiny-qwen2", "--adapter", str(tmp_path), "--backend", "ray"])
+    r = CliRunner().invoke(
+        root, ["deltas", "compute", "--backbone", "tiny-qwen2", "--adapter", str(tmp_path), "--backend", "ray"]
+    )
     assert r.exit_code == 2 and "pip install 'deltalora[ray]'" in r.output and len(r.output.strip().splitlines()) == 1

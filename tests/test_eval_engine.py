@@ -1,10 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.eval import choice_logprobs, greedy_generate
-from deltalora.lora import LoraWeights
+from deltalora.lora import LoraWeights, derive_layout
 
 from .helpers import peft_reference
 
@@ -67,7 +66,7 @@ def test_greedy_generate_matches_peft_and_single_runs(tiny_qwen2):
         ids = b.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             g = ref.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=b.tokenizer.pad_token_id)
-        assert b.tokenizer.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True) == single
+        assert b.tokenizer.decode(g[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == single
     assert batched[0] != batched[1]
 
 
@@ -92,7 +91,10 @@ def test_batches_group_prompts_of_similar_length(tiny_qwen2):
 
 
 SYSTEM = "<|im_start|>system\nYou are a careful assistant. Answer with one word.<|im_end|>\n<|im_start|>user\n"
-SHARED = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in ("Sky?", "What colour is grass in spring, usually?", "Hm", "Name a fruit that is red.")]
+SHARED = [
+    SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n"
+    for q in ("Sky?", "What colour is grass in spring, usually?", "Hm", "Name a fruit that is red.")
+]
 
 
 def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2):
@@ -135,7 +137,7 @@ def test_shared_prompt_prefix_runs_once_per_arm_and_changes_no_score(tiny_qwen2)
                     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
                     with torch.no_grad():
                         g = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
-                    assert texts[a][i] == tok.decode(g[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                    assert texts[a][i] == tok.decode(g[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         hook.remove()
     assert len({tuple(t) for t in texts}) == 3  # the adapters change the continuations
@@ -147,7 +149,9 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     base = list(range(100, 100 + 2 * MIN_SHARED_PREFIX))
     assert _shared_prefix([base, base + [1, 2]]) == len(base) - 1  # one prompt is the whole prefix
     assert _shared_prefix([base + [1], base + [2]]) == len(base)
-    assert _shared_prefix([base[: MIN_SHARED_PREFIX - 1] + [1, 2, 3], base[: MIN_SHARED_PREFIX - 1] + [4, 5, 6]]) == 0  # too short to bother
+    assert (
+        _shared_prefix([base[: MIN_SHARED_PREFIX - 1] + [1, 2, 3], base[: MIN_SHARED_PREFIX - 1] + [4, 5, 6]]) == 0
+    )  # too short to bother
     assert _shared_prefix([[1] + base, [2] + base]) == 0
     assert _shared_prefix([]) == 0
 
@@ -159,8 +163,18 @@ def test_pooled_decoding_equals_generate_when_rows_stop_at_different_steps(tiny_
 
     b = tiny_qwen2
     tok = b.tokenizer
-    prompts = [SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n" for q in
-               ("Sky?", "Grass?", "A long question about the colour of the sea at night?", "Hm", "Why?", "x y z", "Name it.")]
+    prompts = [
+        SYSTEM + q + "<|im_end|>\n<|im_start|>assistant\n"
+        for q in (
+            "Sky?",
+            "Grass?",
+            "A long question about the colour of the sea at night?",
+            "Hm",
+            "Why?",
+            "x y z",
+            "Name it.",
+        )
+    ]
     w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.2, seed=11)
     free = hf_greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4)
     # make a token that some rows emit mid-way the EOS, so that rows finish after 1..8 tokens
@@ -174,5 +188,9 @@ def test_pooled_decoding_equals_generate_when_rows_stop_at_different_steps(tiny_
     lengths = {len(tok(t, add_special_tokens=False)["input_ids"]) for arm in ref for t in arm}
     assert len(lengths) >= 3, lengths  # rows really stop at different steps
     for decode_rows in (4, 6, 64):  # refills while rows are live, and one pool for everything
-        assert greedy_generate(b, prompts, [None, w], max_new_tokens=8, batch_rows=4, decode_rows=decode_rows,
-                               eos_token_id=stop) == ref
+        assert (
+            greedy_generate(
+                b, prompts, [None, w], max_new_tokens=8, batch_rows=4, decode_rows=decode_rows, eos_token_id=stop
+            )
+            == ref
+        )

@@ -4,11 +4,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.eval import evaluate_task, load_arms
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.tasks import Task, TaskError, TaskItem, format_prompt, mc_item
 
 from .helpers import peft_reference
@@ -17,15 +16,25 @@ QUESTIONS = ["colour of sky", "two plus two", "capital of peru", "opposite of up
 
 
 def _task(kind, items):
-    return Task(name="t", family="user", kind=kind, description="", source="test", source_args={},
-                train=[], condition=[], eval=items, scorer="mc" if kind == "mc" else "exact")
+    return Task(
+        name="t",
+        family="user",
+        kind=kind,
+        description="",
+        source="test",
+        source_args={},
+        train=[],
+        condition=[],
+        eval=items,
+        scorer="mc" if kind == "mc" else "exact",
+    )
 
 
 def _greedy(model, tok, prompt, n=5):
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         g = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(g[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tok.decode(g[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_short_answer_accuracy_is_exact_on_a_known_case(tiny_qwen2):
@@ -65,10 +74,14 @@ def test_mc_accuracy_follows_loglikelihood(tiny_qwen2):
 
 def test_eval_cli_on_data_file_with_adapter(tiny_qwen2, tmp_path):
     data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps({"prompt": q, "choices": ["yes", "no"], "answer": "yes"}) + "\n" for q in QUESTIONS))
+    data.write_text(
+        "".join(json.dumps({"prompt": q, "choices": ["yes", "no"], "answer": "yes"}) + "\n" for q in QUESTIONS)
+    )
     w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), std=0.1)
     save_adapter(w, tmp_path / "ad")
-    r = CliRunner().invoke(app, ["eval", "--backbone", "tiny-qwen2", "--data", str(data), "--adapter", str(tmp_path / "ad"), "--json"])
+    r = CliRunner().invoke(
+        app, ["eval", "--backbone", "tiny-qwen2", "--data", str(data), "--adapter", str(tmp_path / "ad"), "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert set(out["arms"]) == {"base", str(tmp_path / "ad")} and all(a["n"] == 4 for a in out["arms"].values())

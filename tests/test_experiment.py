@@ -21,9 +21,9 @@ from deltalora.backbones import cpu_info
 from deltalora.config import parse_overrides
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
-from deltalora.experiment.config import zoo_config
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.candidates import average_merge, random_conditions
+from deltalora.experiment.config import zoo_config
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
 from deltalora.tasks import load_suite
@@ -31,7 +31,6 @@ from deltalora.training import product_sq_norm
 from deltalora.training.logs import read_log, tail_mean
 from deltalora.zoo import load_zoo_config
 from deltalora.zoo.build import resolved_config, zoo_precision
-
 from tests.helpers import SPEC
 
 TINY = Path("tests/fixtures/run/tiny.yaml")
@@ -52,7 +51,9 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     rows = res["tasks"]["pick"]["rows"]
     assert set(rows) == {"base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"}
     n_gen = len(cfg.seeds) * cfg.adapters_per_seed
-    assert [len(rows[r]["accuracies"]) for r in ("base", "average_merge", "weight_only", "delta", "delta_random_condition")] == [1, 1, n_gen, n_gen, n_gen]
+    assert [
+        len(rows[r]["accuracies"]) for r in ("base", "average_merge", "weight_only", "delta", "delta_random_condition")
+    ] == [1, 1, n_gen, n_gen, n_gen]
     assert len(rows["oracle"]["accuracies"]) == 2 * 2  # pick's 2 seeds x 2 tail checkpoints
     assert all(0 <= a <= 1 for r in rows.values() for a in r["accuracies"])
     assert all(-1 <= c <= 1 for name, r in rows.items() if name != "base" for c in r["delta_cosines"])
@@ -147,16 +148,18 @@ def test_eval_cache_keys_a_score_by_content_and_settings(tiny_qwen2, tmp_path):
     cache.put(cache.key(None), {"accuracy": 0.5, "kind": "mc"})
     assert cache.get(cache.key(None)) == {"accuracy": 0.5, "kind": "mc"}
     assert (tmp_path / "eval" / "pick" / f"{cache.key(None)}.json").is_file()
-    for other in (EvalCache(tmp_path, "pick", EvalConfig(limit=6, precision="bfloat16"), tiny_qwen2),
-                  EvalCache(tmp_path, "pick", EvalConfig(limit=7), tiny_qwen2),
-                  EvalCache(tmp_path, "other", EvalConfig(limit=6), tiny_qwen2)):
+    for other in (
+        EvalCache(tmp_path, "pick", EvalConfig(limit=6, precision="bfloat16"), tiny_qwen2),
+        EvalCache(tmp_path, "pick", EvalConfig(limit=7), tiny_qwen2),
+        EvalCache(tmp_path, "other", EvalConfig(limit=6), tiny_qwen2),
+    ):
         assert other.key(None) != cache.key(None) and other.get(other.key(None)) is None
 
 
 def test_a_corrupt_timing_ledger_is_a_one_line_error(tiny_run, tiny_qwen2, tmp_path):
     cfg, out, _ = tiny_run
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "timing.json").write_text("{\"calls\": 2")
+    (tmp_path / "r" / "timing.json").write_text('{"calls": 2')
     with pytest.raises(ConfigError, match=r"timing.json: not a timing ledger .*delete it"):
         run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["timing.json"]  # nothing built, nothing overwritten
@@ -184,7 +187,13 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
     cfg = load_ablation_config("tests/fixtures/run/ablate.yaml")
     md = run_ablation(cfg, tmp_path / "ab", progress=False, backbone=tiny_qwen2)
     rows = json.loads((tmp_path / "ab" / "ablation.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["centre", "lam=0", "probes=neutral24", "representation=mean", "delta_loss=cosine"]
+    assert [r["variant"] for r in rows] == [
+        "centre",
+        "lam=0",
+        "probes=neutral24",
+        "representation=mean",
+        "delta_loss=cosine",
+    ]
     assert all(-1 <= r["heldout_delta_cosine_mean"] <= 1 for r in rows)
     assert all(-1 <= r["heldout_specific_cosine_mean"] <= 1 for r in rows)
     assert rows[1]["tail_train_delta_cosine"] is None  # λ = 0 never runs the probe forward
@@ -198,10 +207,13 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
 
 def test_run_config_errors(tmp_path):
     base = yaml.safe_load(TINY.read_text())
-    for change, match in (({"heldout": [], "heldout_count": 0}, "exactly one of"), ({"heldout_count": 1}, "exactly one of"),
-                          ({"train": {**base["train"], "lam": {"target": 0.0}}}, "train.lam.target must be > 0"),
-                          ({"targets": {"delta_cosine_to_oracle": 1.5}}, "targets.delta_cosine_to_oracle"),
-                          ({"targets": {"recover": 0.5}}, "targets.recover")):
+    for change, match in (
+        ({"heldout": [], "heldout_count": 0}, "exactly one of"),
+        ({"heldout_count": 1}, "exactly one of"),
+        ({"train": {**base["train"], "lam": {"target": 0.0}}}, "train.lam.target must be > 0"),
+        ({"targets": {"delta_cosine_to_oracle": 1.5}}, "targets.delta_cosine_to_oracle"),
+        ({"targets": {"recover": 0.5}}, "targets.recover"),
+    ):
         p = tmp_path / "bad.yaml"
         p.write_text(yaml.safe_dump({**base, **change, "zoo": str(Path("tests/fixtures/zoo/tiny.yaml").resolve())}))
         with pytest.raises(ConfigError, match=match):
@@ -214,8 +226,12 @@ def test_set_overrides_one_key_and_keeps_the_rest():
     assert (cfg.train.delta_loss, cfg.seeds, cfg.eval.limit) == ("specific_cosine", [3], 2)
     assert cfg.train.model_copy(update={"delta_loss": base.train.delta_loss}) == base.train  # the rest of train kept
     assert cfg.eval.batch_rows == base.eval.batch_rows
-    for bad, match in ((["train.delta_loss"], "KEY=VALUE"), (["train..lr=1"], "KEY=VALUE"), (["seeds=[1"], "not valid YAML"),
-                       (["seeds=1", "seeds.x=2"], "cannot also hold keys")):
+    for bad, match in (
+        (["train.delta_loss"], "KEY=VALUE"),
+        (["train..lr=1"], "KEY=VALUE"),
+        (["seeds=[1"], "not valid YAML"),
+        (["seeds=1", "seeds.x=2"], "cannot also hold keys"),
+    ):
         with pytest.raises(ConfigError, match=match):
             parse_overrides(bad)
     with pytest.raises(ConfigError, match="tiny.yaml: invalid config"):
@@ -229,7 +245,9 @@ def test_zoo_set_changes_the_zoo_config_and_nothing_else():
     assert (zb.teacher.init, zs.teacher.init, zs.teacher.steps) == ("canonical", "per_seed", 2)
     assert zs.model_copy(update={"teacher": zb.teacher}) == zb
     assert cfg.model_copy(update={"zoo_set": {}}) == base
-    with pytest.raises(ConfigError, match=r"zoo_set does not fit the zoo config: .*tiny.yaml: invalid config: teacher.nope"):
+    with pytest.raises(
+        ConfigError, match=r"zoo_set does not fit the zoo config: .*tiny.yaml: invalid config: teacher.nope"
+    ):
         load_run_config(TINY, parse_overrides(["zoo_set.teacher.nope=1"]))
 
 
@@ -277,7 +295,20 @@ def test_shipped_run_configs_validate(path):
 
 
 def _train(cfg: Path, out: Path, run_dir: Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deltalora.cli", "train", "--config", str(cfg), "--arm", "delta", "--out", str(out), "--run-dir", str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deltalora.cli",
+        "train",
+        "--config",
+        str(cfg),
+        "--arm",
+        "delta",
+        "--out",
+        str(out),
+        "--run-dir",
+        str(run_dir),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -300,13 +331,16 @@ def test_train_cli_resumes_after_kill_9(tmp_path):
     assert not (tmp_path / "killed" / "generator.safetensors").exists()
     again = _train(cfg, tmp_path / "killed", tmp_path / "run", env)
     assert again.wait(timeout=600) == 0, again.stderr.read().decode()[-2000:]
-    assert (tmp_path / "killed" / "generator.safetensors").read_bytes() == (tmp_path / "ref" / "generator.safetensors").read_bytes()
+    assert (tmp_path / "killed" / "generator.safetensors").read_bytes() == (
+        tmp_path / "ref" / "generator.safetensors"
+    ).read_bytes()
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
     assert steps == list(range(120))
 
 
 def test_torchrun_two_processes_train_one_generator(tmp_path):
-    """`torchrun --nproc-per-node 2 deltalora train ...` on CPU: gloo DDP, rank 0 prepares the zoo and writes the outputs."""
+    """`torchrun --nproc-per-node 2 deltalora train ...` on CPU: gloo DDP, rank 0 prepares the zoo and writes the
+    outputs."""
     base = yaml.safe_load(TINY.read_text())
     base["zoo"] = str(Path("tests/fixtures/zoo/tiny.yaml").resolve())
     base["train"].update(steps=4)
@@ -314,11 +348,25 @@ def test_torchrun_two_processes_train_one_generator(tmp_path):
     cfg.write_text(yaml.safe_dump(base))
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "DELTALORA_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "deltalora.cli", "train", "--config", str(cfg),
-           "--out", str(tmp_path / "gen"), "--run-dir", str(tmp_path / "run"), "--json"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "deltalora.cli",
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "gen"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--json",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 4  # printed once, by rank 0
+    assert json.loads(done.stdout[done.stdout.index("{") :])["steps"] == 4  # printed once, by rank 0
     assert [json.loads(x)["step"] for x in (tmp_path / "gen" / "log.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     assert (tmp_path / "gen" / "generator.safetensors").exists()
 
@@ -328,7 +376,17 @@ def test_train_cli_set_overrides_the_run_config(tmp_path, deltalora_home):
 
     from deltalora.cli import app
 
-    args = ["train", "--config", str(TINY), "--arm", "weight_only", "--out", str(tmp_path / "g"), "--run-dir", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--config",
+        str(TINY),
+        "--arm",
+        "weight_only",
+        "--out",
+        str(tmp_path / "g"),
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
     res = CliRunner().invoke(app, args + ["--set", "train.steps=3"])
     assert res.exit_code == 0, res.output
     assert sorted(read_log(tmp_path / "g" / "log.jsonl")) == [0, 1, 2]  # the preset's step count replaced

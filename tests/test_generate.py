@@ -14,10 +14,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec, RuntimeConfig
 from deltalora.errors import ConfigError, DeltaLoraError
+from deltalora.generators import build_generator
+from deltalora.generators.checkpoint import (
+    META_KEY,
+    GeneratorCheckpointError,
+    load_generator,
+    read_checkpoint_metadata,
+    save_generator,
+)
 from deltalora.generators.inference import (
     condition_items,
     condition_texts,
@@ -27,15 +34,7 @@ from deltalora.generators.inference import (
     sample_condition,
     texts_sha256,
 )
-from deltalora.generators import build_generator
-from deltalora.generators.checkpoint import (
-    META_KEY,
-    GeneratorCheckpointError,
-    load_generator,
-    read_checkpoint_metadata,
-    save_generator,
-)
-from deltalora.lora import inject, load_adapter
+from deltalora.lora import derive_layout, inject, load_adapter
 from deltalora.lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 
 from .helpers import encode
@@ -65,8 +64,14 @@ def trained_like(gen: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def ckpt(tiny_qwen2, tmp_path) -> Path:
     torch.manual_seed(0)
-    gen = trained_like(build_generator("compact", derive_layout(tiny_qwen2.arch, SPEC), ENC_DIM, N_PROMPTS, head_hidden=8, trunk_width=16))
-    return save_generator(gen, tmp_path / "gen.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "run": "unit"})
+    gen = trained_like(
+        build_generator(
+            "compact", derive_layout(tiny_qwen2.arch, SPEC), ENC_DIM, N_PROMPTS, head_hidden=8, trunk_width=16
+        )
+    )
+    return save_generator(
+        gen, tmp_path / "gen.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "run": "unit"}
+    )
 
 
 @pytest.fixture
@@ -97,7 +102,9 @@ def test_checkpoint_round_trip(tiny_qwen2, tmp_path, options):
     for s in layout.slots:
         assert torch.equal(a.A[s.key], b.A[s.key]) and torch.equal(a.B[s.key], b.B[s.key])
     # same content, same bytes; the metadata is readable without building anything
-    again = save_generator(gen, tmp_path / "g2.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "steps": 10})
+    again = save_generator(
+        gen, tmp_path / "g2.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "steps": 10}
+    )
     assert again.read_bytes() == path.read_bytes()
     meta = read_checkpoint_metadata(path)
     assert meta["lora"]["rank"] == 4 and meta["backbone"]["architecture"]["hidden_size"] == 64
@@ -145,14 +152,26 @@ def _set(path: list, value):
 
 
 CORRUPTIONS = {
-    "missing key": (dict(state=lambda t: {k: v for k, v in t.items() if not k.startswith("trunk.1.")}), "1 missing|2 missing"),
+    "missing key": (
+        dict(state=lambda t: {k: v for k, v in t.items() if not k.startswith("trunk.1.")}),
+        "1 missing|2 missing",
+    ),
     "extra key": (dict(state=lambda t: {**t, "extra.weight": torch.zeros(2)}), "1 unexpected"),
-    "mis-shaped key": (dict(state=lambda t: {**t, "layer_emb.weight": torch.zeros(3, 32)}), "shape mismatch: layer_emb.weight"),
+    "mis-shaped key": (
+        dict(state=lambda t: {**t, "layer_emb.weight": torch.zeros(3, 32)}),
+        "shape mismatch: layer_emb.weight",
+    ),
     "nan": (dict(state=lambda t: {**t, "trunk.1.weight": t["trunk.1.weight"] * float("nan")}), "non-finite"),
-    "unknown generator": (dict(meta=_set(["generator", "name"], "hypernope")), "generator 'hypernope' is not registered"),
+    "unknown generator": (
+        dict(meta=_set(["generator", "name"], "hypernope")),
+        "generator 'hypernope' is not registered",
+    ),
     "bad options": (dict(meta=_set(["generator", "options", "pooling"], "max")), "cannot rebuild generator 'compact'"),
     "bad lora": (dict(meta=_set(["lora", "rank"], 0)), "invalid LoRA spec"),
-    "bad architecture": (dict(meta=_set(["backbone", "architecture"], {"model_type": "qwen2"})), "invalid backbone architecture"),
+    "bad architecture": (
+        dict(meta=_set(["backbone", "architecture"], {"model_type": "qwen2"})),
+        "invalid backbone architecture",
+    ),
     "no encoder": (dict(meta=_set(["encoder"], KeyError)), "metadata field 'encoder'"),
     "future format": (dict(meta=_set(["format_version"], 99)), "version 99"),
     "bad condition form": (dict(meta=_set(["condition_form"], "answers")), "condition_form"),
@@ -194,7 +213,9 @@ def test_save_needs_backbone_and_encoder(tiny_qwen2, tmp_path):
     with pytest.raises(ValueError, match="encoder"):
         save_generator(gen, tmp_path / "g.safetensors", {"backbone": "tiny-qwen2"})
     with pytest.raises(ValueError, match="condition_form"):
-        save_generator(gen, tmp_path / "g.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "condition_form": "x"})
+        save_generator(
+            gen, tmp_path / "g.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER, "condition_form": "x"}
+        )
     assert not (tmp_path / "g.safetensors").exists()
 
 
@@ -214,7 +235,21 @@ def test_generate_end_to_end_matches_stock_peft(tiny_qwen2, ckpt, prompts, tmp_p
     b = tiny_qwen2
     out = tmp_path / "adapter"
     res = CliRunner().invoke(
-        app, ["generate", "--generator", str(ckpt), "--prompts", str(prompts), "--out", str(out), "--seed", "7", "--device", "cpu", "--json"]
+        app,
+        [
+            "generate",
+            "--generator",
+            str(ckpt),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
@@ -247,13 +282,17 @@ def test_generate_end_to_end_matches_stock_peft(tiny_qwen2, ckpt, prompts, tmp_p
 
 def test_generate_api_dnd_json_seed_and_n_prompts(ckpt, tmp_path):
     dnd = tmp_path / "task.json"
-    dnd.write_text(json.dumps([{**r, "response": r.get("response", "x"), "system": ""} for r in RECORDS]), encoding="utf-8")
+    dnd.write_text(
+        json.dumps([{**r, "response": r.get("response", "x"), "system": ""} for r in RECORDS]), encoding="utf-8"
+    )
     runtime = RuntimeConfig(device="cpu")
     r1 = generate_adapter(ckpt, dnd, tmp_path / "a1", seed=1, runtime=runtime)
     r2 = generate_adapter(ckpt, dnd, tmp_path / "a1", seed=1, runtime=runtime)  # a previous adapter dir is replaced
     r3 = generate_adapter(ckpt, dnd, tmp_path / "a3", seed=2, runtime=runtime)
     assert r1["condition_sha256"] == r2["condition_sha256"] != r3["condition_sha256"]
-    r4 = generate_adapter(ckpt, dnd, tmp_path / "a4", n_prompts=7, runtime=runtime)  # compact pools any number of prompts
+    r4 = generate_adapter(
+        ckpt, dnd, tmp_path / "a4", n_prompts=7, runtime=runtime
+    )  # compact pools any number of prompts
     assert r4["n_prompts"] == 7
     weights, _ = _reference_weights(ckpt, dnd, 7, seed=0)
     saved = load_adapter(tmp_path / "a4")
@@ -270,8 +309,12 @@ def test_generate_refuses_a_foreign_out_dir_and_a_wrong_encoder(ckpt, prompts, t
     with pytest.raises(ConfigError, match="holds other files"):
         generate_adapter(ckpt, prompts, busy)
     assert (busy / "notes.txt").read_text() == "keep me"
-    gen = build_generator("compact", derive_layout(tiny_qwen2.arch, SPEC), 384, N_PROMPTS)  # trained for a 384-d encoder...
-    wrong = save_generator(gen, tmp_path / "wrong.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER})  # ...saved as tiny's
+    gen = build_generator(
+        "compact", derive_layout(tiny_qwen2.arch, SPEC), 384, N_PROMPTS
+    )  # trained for a 384-d encoder...
+    wrong = save_generator(
+        gen, tmp_path / "wrong.safetensors", {"backbone": "tiny-qwen2", "encoder": ENCODER}
+    )  # ...saved as tiny's
     with pytest.raises(ConfigError, match="use the encoder the generator was trained with"):
         generate_adapter(wrong, prompts, tmp_path / "w", runtime=RuntimeConfig(device="cpu"))
     assert not (tmp_path / "w").exists()
@@ -303,7 +346,18 @@ def test_bad_prompt_files_fail_with_one_line_and_write_nothing(ckpt, tmp_path, n
 
 def test_generate_cli_reports_a_bad_checkpoint_in_one_line(prompts, tmp_path):
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["generate", "--generator", str(tmp_path / "missing.safetensors"), "--prompts", str(prompts), "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--generator",
+            str(tmp_path / "missing.safetensors"),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "not found" in res.stderr
     assert not out.exists()
     assert issubclass(GeneratorCheckpointError, DeltaLoraError)

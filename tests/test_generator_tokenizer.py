@@ -19,7 +19,9 @@ def layout_of(backbone, rank=8, targets=ALL7, layers=None):
 
 
 def max_err(w, w2):
-    return max((w.A[k] - w2.A[k]).abs().max().item() for k in w.A) + max((w.B[k] - w2.B[k]).abs().max().item() for k in w.B)
+    return max((w.A[k] - w2.A[k]).abs().max().item() for k in w.A) + max(
+        (w.B[k] - w2.B[k]).abs().max().item() for k in w.B
+    )
 
 
 # --- DnD's published counts, derived ------------------------------------------------------------
@@ -28,8 +30,22 @@ def max_err(w, w2):
 @pytest.mark.parametrize(
     "backbone, rank, tokens, shape, per_module, gate_split",
     [
-        ("qwen2.5-1.5b", 16, 4508, (18, 258), {"q_proj": 12, "k_proj": 7, "v_proj": 7, "o_proj": 12, "gate_proj": 41, "up_proj": 41, "down_proj": 41}, (6, 35)),
-        ("qwen2.5-coder-0.5b-instruct", 8, 4296, (10, 130), {"q_proj": 14, "k_proj": 8, "v_proj": 8, "o_proj": 14, "gate_proj": 45, "up_proj": 45, "down_proj": 45}, (7, 38)),
+        (
+            "qwen2.5-1.5b",
+            16,
+            4508,
+            (18, 258),
+            {"q_proj": 12, "k_proj": 7, "v_proj": 7, "o_proj": 12, "gate_proj": 41, "up_proj": 41, "down_proj": 41},
+            (6, 35),
+        ),
+        (
+            "qwen2.5-coder-0.5b-instruct",
+            8,
+            4296,
+            (10, 130),
+            {"q_proj": 14, "k_proj": 8, "v_proj": 8, "o_proj": 14, "gate_proj": 45, "up_proj": 45, "down_proj": 45},
+            (7, 38),
+        ),
     ],
 )
 def test_dnd_token_counts(backbone, rank, tokens, shape, per_module, gate_split):
@@ -151,7 +167,9 @@ def test_padded_chunks_round_trip_and_are_recorded(k):
     torch.testing.assert_close(valid.mean(dim=(-2, -1)), torch.zeros(valid.shape[:-2]), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kwargs", [{"chunk_size": 0}, {"max_chunk": -1}, {"chunk_size": 16, "max_chunk": 16}, {"eps": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"chunk_size": 0}, {"max_chunk": -1}, {"chunk_size": 16, "max_chunk": 16}, {"eps": 0.0}]
+)
 def test_bad_tokenizer_options(kwargs):
     with pytest.raises(ConfigError):
         LoraTokenizer(layout_of("tiny-qwen2", 4), **kwargs)

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
-from deltalora.lora import InjectionError, LoraWeights, inject
+from deltalora.lora import InjectionError, LoraWeights, derive_layout, inject
 
 from .helpers import encode, peft_reference
 

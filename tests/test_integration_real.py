@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from deltalora.lora import derive_layout
 from deltalora.backbones import load_backbone
 from deltalora.config import LoraSpec
-from deltalora.lora import LoraWeights, inject
+from deltalora.lora import LoraWeights, derive_layout, inject
 
 from .helpers import encode, peft_reference
 

@@ -45,7 +45,12 @@ def test_layer_subset_and_order():
     arch = architecture_of("qwen2.5-coder-0.5b-instruct")
     layout = derive_layout(arch, LoraSpec(rank=4, targets="v,q,down", layers=[3, 1]))
     assert [s.key for s in layout.slots] == [
-        "1.q_proj", "1.v_proj", "1.down_proj", "3.q_proj", "3.v_proj", "3.down_proj",
+        "1.q_proj",
+        "1.v_proj",
+        "1.down_proj",
+        "3.q_proj",
+        "3.v_proj",
+        "3.down_proj",
     ]
     assert [s.index for s in layout.slots] == list(range(6))
 
@@ -66,7 +71,8 @@ def test_bad_specs():
 
 def test_cli_layout_json():
     res = CliRunner().invoke(
-        app, ["lora", "layout", "--backbone", "qwen2.5-1.5b", "--rank", "16", "--alpha", "32", "--targets", ALL7, "--json"]
+        app,
+        ["lora", "layout", "--backbone", "qwen2.5-1.5b", "--rank", "16", "--alpha", "32", "--targets", ALL7, "--json"],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
 from deltalora.errors import ConfigError
 from deltalora.eval import choice_logprobs
-from deltalora.lora import LoraWeights
+from deltalora.lora import LoraWeights, derive_layout
 
 pytest.importorskip("lm_eval")  # the [lm-eval] extra; CI installs it through the [test] extra
 
@@ -46,8 +45,9 @@ def test_lm_eval_backend_matches_the_native_scores_for_base_and_adapter(tiny_qwe
     b = tiny_qwen2
     w = LoraWeights.random(derive_layout(b.arch, LoraSpec(rank=4, alpha=8, targets="q,v,down")), std=0.3, seed=4)
     tasks = _task_dir(tmp_path)
-    res = evaluate_lm_eval(b, {"base": None, "adapter": w}, ["deltalora_tiny_mc"], include_path=tasks, batch_size=2,
-                           keep_samples=True)
+    res = evaluate_lm_eval(
+        b, {"base": None, "adapter": w}, ["deltalora_tiny_mc"], include_path=tasks, batch_size=2, keep_samples=True
+    )
     native = choice_logprobs(b, [it["question"] for it in ITEMS], [it["choices"] for it in ITEMS], [None, w])
     assert res["n"]["deltalora_tiny_mc"] == len(ITEMS)
     for a, arm in enumerate(("base", "adapter")):
@@ -81,14 +81,30 @@ def test_eval_cli_lm_eval_backend_with_an_adapter_dir(tiny_qwen2, tmp_path):
     w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), std=0.3, seed=2)
     save_adapter(w, tmp_path / "ad")
     tasks = _task_dir(tmp_path)
-    args = ["eval", "--backend", "lm-eval", "--backbone", "tiny-qwen2", "--task", "deltalora_tiny_mc",
-            "--lm-eval-include", str(tasks), "--adapter", str(tmp_path / "ad"), "--limit", "3", "--json"]
+    args = [
+        "eval",
+        "--backend",
+        "lm-eval",
+        "--backbone",
+        "tiny-qwen2",
+        "--task",
+        "deltalora_tiny_mc",
+        "--lm-eval-include",
+        str(tasks),
+        "--adapter",
+        str(tmp_path / "ad"),
+        "--limit",
+        "3",
+        "--json",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout[r.stdout.index("{"):])
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     assert set(out["arms"]) == {"base", str(tmp_path / "ad")} and out["n"] == {"deltalora_tiny_mc": 3}
     assert all(0.0 <= a["deltalora_tiny_mc"]["acc"] <= 1.0 for a in out["arms"].values())
-    r = CliRunner().invoke(app, ["eval", "--backend", "lm-eval", "--backbone", "tiny-qwen2", "--data", str(tasks / "x.jsonl")])
+    r = CliRunner().invoke(
+        app, ["eval", "--backend", "lm-eval", "--backbone", "tiny-qwen2", "--data", str(tasks / "x.jsonl")]
+    )
     assert r.exit_code == 2 and "pass --task NAME" in r.output
     r = CliRunner().invoke(app, ["eval", "--backend", "harness", "--backbone", "tiny-qwen2", "--task", "x"])
     assert r.exit_code == 2 and "use native or lm-eval" in r.output

@@ -29,7 +29,9 @@ def _imports(name: str, path: Path) -> list[tuple[str, int, bool]]:
     """(imported deltalora module, line, inside a function?) for every import of ``deltalora`` in a file."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    local = {
+        id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -69,7 +71,11 @@ def _violations() -> tuple[list[str], list[str]]:
 
 
 def test_every_module_belongs_to_a_stage_or_is_shared():
-    loose = [str(p.relative_to(ROOT.parent)) for n, p in _modules() if n != "deltalora" and _stage(n) not in (*PIPELINE, *SHARED)]
+    loose = [
+        str(p.relative_to(ROOT.parent))
+        for n, p in _modules()
+        if n != "deltalora" and _stage(n) not in (*PIPELINE, *SHARED)
+    ]
     assert not loose, f"modules outside the pipeline's stages: {loose}; move each into its stage's package"
 
 
@@ -84,10 +90,13 @@ def test_library_imports_are_at_module_top():
     assert not hidden, "\n".join(hidden)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from ..training import x\n", "imports deltalora.training"),
-    ("def f():\n    from .. import paths\n", "inside a function"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from ..training import x\n", "imports deltalora.training"),
+        ("def f():\n    from .. import paths\n", "inside a function"),
+    ],
+)
 def test_the_checks_catch_a_violation(tmp_path, monkeypatch, source, expected):
     """A backwards import planted in a copy of a deltas module is reported with its file and line."""
     fake = tmp_path / "deltalora" / "deltas" / "bad.py"

@@ -69,7 +69,9 @@ def test_cpu_info_reads_model_flags_and_capability(machine):
     assert info["capability"] == torch.backends.cpu.get_cpu_capability()
     assert info["torch"] == torch.__version__ and info["threads"] == torch.get_num_threads()
     line = describe_machine()
-    assert line.startswith(f"Intel(R) Xeon(R) Processor ({info['capability']}, amx_bf16, avx512_bf16), torch {torch.__version__}")
+    assert line.startswith(
+        f"Intel(R) Xeon(R) Processor ({info['capability']}, amx_bf16, avx512_bf16), torch {torch.__version__}"
+    )
     machine.set_cpu("AMD EPYC 7B12", AVX2_FLAGS)
     info = cpu_info()
     assert info["model"] == "AMD EPYC 7B12" and not info["amx_bf16"] and not info["avx512_bf16"]
@@ -186,11 +188,21 @@ def test_probe_cache_is_keyed_by_cpu_model_and_torch_version(machine, monkeypatc
     assert probe_cache_path(cpu_info()) not in (first, other)
     assert probe.calls == 1
     assert sorted(p.name for p in (machine.home / "precision").iterdir()) == sorted(
-        {first.name, other.name, probe_cache_path(cpu_info()).name})
+        {first.name, other.name, probe_cache_path(cpu_info()).name}
+    )
 
 
-@pytest.mark.parametrize("junk", [b"{not json", b"[]", b'{"bf16_speedup": "fast"}', b"\xff\xfe", b"",
-                                  b'{"cpu_model": "Someone else", "torch": "0", "bf16_speedup": 9, "n": 512}'])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"{not json",
+        b"[]",
+        b'{"bf16_speedup": "fast"}',
+        b"\xff\xfe",
+        b"",
+        b'{"cpu_model": "Someone else", "torch": "0", "bf16_speedup": 9, "n": 512}',
+    ],
+)
 def test_corrupt_cache_is_ignored_and_rewritten(machine, junk):
     machine.set_cpu("Old CPU", AVX2_FLAGS)
     path = probe_cache_path(cpu_info())
@@ -221,7 +233,11 @@ def test_benchmarks_name_the_cpu_and_measure_their_peak(machine):
     util = _bench_util()
     m = util.machine()
     assert (m["cpu"], m["cpu_capability"], m["amx_bf16"], m["avx512_bf16"]) == (
-        "Intel(R) Xeon(R) Processor", torch.backends.cpu.get_cpu_capability(), True, True)
+        "Intel(R) Xeon(R) Processor",
+        torch.backends.cpu.get_cpu_capability(),
+        True,
+        True,
+    )
     peak = util.measured_gemm_peak(torch.float32, n=64, repeats=2)
     assert 1e6 < peak < 1e15  # FLOP/s, not seconds
     with pytest.raises(ValueError, match="repeats"):

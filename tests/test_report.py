@@ -13,25 +13,52 @@ from deltalora.experiment import TargetConfig, rerender, summarize, write_report
 from deltalora.experiment.markdown import ablation_table
 
 ROWS = ["base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"]
-LABELS = {"base": "base model", "average_merge": "mean of training teachers",
-          "weight_only": "weight-only generator (λ=0, DnD)", "delta": "Δ-augmented generator",
-          "oracle": "held-out task's own teacher (oracle)", "delta_random_condition": "Δ-augmented, random conditions"}
+LABELS = {
+    "base": "base model",
+    "average_merge": "mean of training teachers",
+    "weight_only": "weight-only generator (λ=0, DnD)",
+    "delta": "Δ-augmented generator",
+    "oracle": "held-out task's own teacher (oracle)",
+    "delta_random_condition": "Δ-augmented, random conditions",
+}
 
 
 def make_results(delta_accs: list[float], delta_cos: float = 0.85, random_acc: float = 0.42) -> dict:
     """Two held-out tasks with the same numbers; base 0.40, oracle 0.60, weight-only 0.45 / cosine 0.40."""
-    accs = {"base": [0.40], "average_merge": [0.42, 0.44], "weight_only": [0.44, 0.46], "delta": delta_accs,
-            "oracle": [0.60], "delta_random_condition": [random_acc]}
-    cos = {"base": None, "average_merge": [0.2, 0.3], "weight_only": [0.4, 0.4], "delta": [delta_cos] * len(delta_accs),
-           "oracle": [1.0], "delta_random_condition": [0.1]}
+    accs = {
+        "base": [0.40],
+        "average_merge": [0.42, 0.44],
+        "weight_only": [0.44, 0.46],
+        "delta": delta_accs,
+        "oracle": [0.60],
+        "delta_random_condition": [random_acc],
+    }
+    cos = {
+        "base": None,
+        "average_merge": [0.2, 0.3],
+        "weight_only": [0.4, 0.4],
+        "delta": [delta_cos] * len(delta_accs),
+        "oracle": [1.0],
+        "delta_random_condition": [0.1],
+    }
     scos = {r: None if c is None else [x - 0.55 for x in c] for r, c in cos.items()}  # task-specific: lower
-    task = {"kind": "mc", "n_items": 50,
-            "rows": {r: {"accuracies": accs[r], "delta_cosines": cos[r], "delta_cosines_specific": scos[r]} for r in ROWS}}
-    return {"title": "deltalora held-out experiment (test)", "command": "deltalora run --config configs/quick.yaml",
-            "backbone": "tiny-qwen2", "train_tasks": ["rg_chain_sum", "math"],
-            "heldout_tasks": ["bb_navigate", "bb_date"], "rows": ROWS, "row_labels": LABELS,
-            "tasks": {"bb_navigate": task, "bb_date": json.loads(json.dumps(task))},
-            "timing": {"zoo": 12.5, "train": 30.0}, "notes": ["synthetic"]}
+    task = {
+        "kind": "mc",
+        "n_items": 50,
+        "rows": {r: {"accuracies": accs[r], "delta_cosines": cos[r], "delta_cosines_specific": scos[r]} for r in ROWS},
+    }
+    return {
+        "title": "deltalora held-out experiment (test)",
+        "command": "deltalora run --config configs/quick.yaml",
+        "backbone": "tiny-qwen2",
+        "train_tasks": ["rg_chain_sum", "math"],
+        "heldout_tasks": ["bb_navigate", "bb_date"],
+        "rows": ROWS,
+        "row_labels": LABELS,
+        "tasks": {"bb_navigate": task, "bb_date": json.loads(json.dumps(task))},
+        "timing": {"zoo": 12.5, "train": 30.0},
+        "notes": ["synthetic"],
+    }
 
 
 def target_line(text: str, letter: str) -> str:
@@ -43,10 +70,23 @@ def target_line(text: str, letter: str) -> str:
 def logs(tmp_path):
     """Two JSONL logs; the first was resumed (step 2 repeated) and killed mid-line."""
     a, b = tmp_path / "wo.jsonl", tmp_path / "delta.jsonl"
-    rec = lambda s, lw, ld, c: json.dumps({"step": s, "loss_weights": lw, "loss_delta": ld, "delta_cosine": c,  # noqa: E731
-                                           "lambda": 0.0 if ld is None else 1.0, "lr": 1e-3})
-    a.write_text("\n".join([rec(1, 2.0, None, None), rec(2, 99.0, None, None), rec(2, 1.5, None, None),
-                            rec(3, 1.0, None, 0.2)]) + '\n{"step": 4, "loss_wei')
+
+    def rec(s, lw, ld, c):
+        return json.dumps(
+            {
+                "step": s,
+                "loss_weights": lw,
+                "loss_delta": ld,
+                "delta_cosine": c,
+                "lambda": 0.0 if ld is None else 1.0,
+                "lr": 1e-3,
+            }
+        )
+
+    a.write_text(
+        "\n".join([rec(1, 2.0, None, None), rec(2, 99.0, None, None), rec(2, 1.5, None, None), rec(3, 1.0, None, 0.2)])
+        + '\n{"step": 4, "loss_wei'
+    )
     b.write_text("\n".join(rec(s, 2.0 / s, 0.5 / s, 0.1 * s) for s in range(1, 6)) + "\n")
     return {"weight_only seed 0": a, "delta seed 0": b}
 
@@ -66,12 +106,16 @@ def test_report_tables_targets_figures(tmp_path, logs):
     assert "| base model | 40.0 ± 0.0 | 1 | +0.0 | 0.0 | — | — |" in text
     assert "| Δ-augmented generator | 50.0 | 0.850 | 0.300 | 2 |" in text  # summary table
     # Δ-augmented 50 ± 10 over 2 adapters vs weight-only 45: +5 points with a standard error of 7.1 is noise
-    assert target_line(text, "a") == ("- ❌ **(a)** Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine: "
-                                      "accuracy 50.0 vs 45.0 (difference +5.0 ± 7.1 (s.e.), within 2 standard errors), "
-                                      "Δ-cosine 0.850 vs 0.400 (difference +0.450 ± 0.000 (s.e.))")
+    assert target_line(text, "a") == (
+        "- ❌ **(a)** Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine: "
+        "accuracy 50.0 vs 45.0 (difference +5.0 ± 7.1 (s.e.), within 2 standard errors), "
+        "Δ-cosine 0.850 vs 0.400 (difference +0.450 ± 0.000 (s.e.))"
+    )
     assert target_line(text, "b").startswith("- ❌") and "50.0 %" in target_line(text, "b")
     assert target_line(text, "c").startswith("- ✅")
-    assert target_line(text, "d").startswith("- ❌") and "+8.0 ± 7.1 (s.e.), within 2 standard errors" in target_line(text, "d")
+    assert target_line(text, "d").startswith("- ❌") and "+8.0 ± 7.1 (s.e.), within 2 standard errors" in target_line(
+        text, "d"
+    )
     assert "| **total** | **42.5** |" in text and "- synthetic" in text
     for name in ("accuracy", "loss", "delta_cosine", "tsne"):
         assert f"![{name}](figures/{name}.png)" in text
@@ -81,8 +125,12 @@ def test_report_tables_targets_figures(tmp_path, logs):
 
 def test_targets_flip_with_the_data(tmp_path):
     good = summarize(make_results([0.58, 0.58], delta_cos=0.9, random_acc=0.42))["targets"]
-    assert good == {"delta_beats_weight_only": True, "recovers_oracle_gain": True,
-                    "delta_cosine_to_oracle": True, "random_conditions_hurt": True}
+    assert good == {
+        "delta_beats_weight_only": True,
+        "recovers_oracle_gain": True,
+        "delta_cosine_to_oracle": True,
+        "random_conditions_hurt": True,
+    }
     text = write_report(tmp_path, make_results([0.43, 0.43], delta_cos=0.5, random_acc=0.5)).read_text()
     for letter in "abcd":
         assert target_line(text, letter).startswith("- ❌"), letter
@@ -90,11 +138,14 @@ def test_targets_flip_with_the_data(tmp_path):
     assert "_tsne.png skipped: no t-SNE input given._" in text
 
 
-@pytest.mark.parametrize("delta_accs, beyond", [
-    ([0.49, 0.50, 0.51], True),   # +5 points, s.e. 0.4: a real difference
-    ([0.30, 0.50, 0.70], False),  # same mean, s.e. 8.2: noise
-    ([0.50], True),               # one adapter each: no spread to estimate, the sign decides
-])
+@pytest.mark.parametrize(
+    "delta_accs, beyond",
+    [
+        ([0.49, 0.50, 0.51], True),  # +5 points, s.e. 0.4: a real difference
+        ([0.30, 0.50, 0.70], False),  # same mean, s.e. 8.2: noise
+        ([0.50], True),  # one adapter each: no spread to estimate, the sign decides
+    ],
+)
 def test_comparison_targets_need_a_difference_beyond_noise(delta_accs, beyond):
     results = make_results(delta_accs, random_acc=0.45)
     for task in results["tasks"].values():
@@ -109,7 +160,9 @@ def test_comparison_targets_need_a_difference_beyond_noise(delta_accs, beyond):
 def test_comparison_target_fails_when_worse_even_without_spread():
     results = make_results([0.40, 0.40], random_acc=0.45)
     summary = summarize(results)
-    assert summary["targets"]["delta_beats_weight_only"] is False and summary["targets"]["random_conditions_hurt"] is False
+    assert (
+        summary["targets"]["delta_beats_weight_only"] is False and summary["targets"]["random_conditions_hurt"] is False
+    )
 
 
 def test_missing_oracle_renders_dash_and_not_measured(tmp_path):
@@ -119,7 +172,12 @@ def test_missing_oracle_renders_dash_and_not_measured(tmp_path):
         del task["rows"]["delta"]["delta_cosines_specific"]  # results written before the task-specific cosine existed
     summary = summarize(results)
     assert summary["targets"]["recovers_oracle_gain"] is None
-    assert summary["rows"]["oracle"] == {"accuracy": None, "delta_cosine": None, "delta_cosine_specific": None, "n_tasks": 0}
+    assert summary["rows"]["oracle"] == {
+        "accuracy": None,
+        "delta_cosine": None,
+        "delta_cosine_specific": None,
+        "n_tasks": 0,
+    }
     text = write_report(tmp_path, results, tsne={"points": np.zeros((3, 4)), "labels": ["a", "b", "c"]}).read_text()
     assert "| held-out task's own teacher (oracle) | — | — | — | — | — | — |" in text
     assert "| Δ-augmented generator | 50.0 ± 0.0 | 1 | +10.0 | — | 0.850 ± 0.000 | — |" in text
@@ -154,8 +212,10 @@ def test_rerender_reproduces_the_report_from_disk(tmp_path, logs):
         (run / "generators" / arm / f"seed{seed}").mkdir(parents=True)
         (run / "generators" / arm / f"seed{seed}" / "log.jsonl").write_bytes(src.read_bytes())
     tsne = {"points": np.random.default_rng(1).normal(size=(8, 5)), "labels": ["teacher:math"] * 4 + ["oracle:x"] * 4}
-    disk_logs = {"delta seed 0": run / "generators/delta/seed0/log.jsonl",
-                 "weight_only seed 0": run / "generators/weight_only/seed0/log.jsonl"}
+    disk_logs = {
+        "delta seed 0": run / "generators/delta/seed0/log.jsonl",
+        "weight_only seed 0": run / "generators/weight_only/seed0/log.jsonl",
+    }
     first = write_report(run, make_results([0.4, 0.6]), logs=disk_logs, tsne=tsne).read_text()
     (run / "report.md").write_text("stale")
     assert rerender(run).read_text() == first
@@ -215,8 +275,12 @@ def test_targets_come_from_the_run_config(tmp_path):
     assert target_line(text, "b").startswith("- ✅ **(b)** Δ-augmented recovers ≥ 45 % of the oracle's gain over base:")
     assert target_line(text, "c") == "- ❌ **(c)** Δ-augmented mean Δ-cosine to oracle ≥ 0.9: 0.850"
     assert target_line(text, "d").startswith("- ✅")
-    assert summarize(results)["targets"] == {"delta_beats_weight_only": True, "recovers_oracle_gain": True,
-                                             "delta_cosine_to_oracle": False, "random_conditions_hurt": True}
+    assert summarize(results)["targets"] == {
+        "delta_beats_weight_only": True,
+        "recovers_oracle_gain": True,
+        "delta_cosine_to_oracle": False,
+        "random_conditions_hurt": True,
+    }
     assert summarize(results, TargetConfig())["targets"] == summarize(make_results([0.4, 0.6]))["targets"]
     results["config"]["targets"] = {"noise_se": -1.0}
     with pytest.raises(ConfigError, match=r"targets.*noise_se"):
@@ -225,10 +289,20 @@ def test_targets_come_from_the_run_config(tmp_path):
 
 
 def test_ablation_table_lines():
-    row = {"variant": "lam=0", "factor": "λ", "value": 0.0, "tail_loss_weights": 1.00031,
-           "tail_train_delta_cosine": None, "train_seconds": 56.2, "heldout_delta_cosine_mean": 0.3121,
-           "heldout_delta_cosine_std": 0.1744, "heldout_specific_cosine_mean": -0.0411,
-           "heldout_specific_cosine_std": 0.109, "heldout_accuracy_mean": 0.4567, "seconds": 4.2}
+    row = {
+        "variant": "lam=0",
+        "factor": "λ",
+        "value": 0.0,
+        "tail_loss_weights": 1.00031,
+        "tail_train_delta_cosine": None,
+        "train_seconds": 56.2,
+        "heldout_delta_cosine_mean": 0.3121,
+        "heldout_delta_cosine_std": 0.1744,
+        "heldout_specific_cosine_mean": -0.0411,
+        "heldout_specific_cosine_std": 0.109,
+        "heldout_accuracy_mean": 0.4567,
+        "seconds": 4.2,
+    }
     assert ablation_table([row, {**row, "variant": "centre", "factor": "-", "heldout_accuracy_mean": None}]) == [
         "| variant | factor | L_weights | train Δ-cos | held-out Δ-cos to oracle | held-out task-specific Δ-cos "
         "| held-out accuracy | training s | seconds |",

@@ -92,8 +92,16 @@ def test_normalise():
 
 @pytest.mark.parametrize("dataset", ["letter_counting", "gcd"])
 def test_reasoning_gym_source_and_scoring(dataset):
-    spec = TaskSpec(name=f"rg_{dataset}", family="math", kind="short", source="reasoning_gym",
-                    args={"dataset": dataset}, n_train=20, n_condition=10, n_eval=10)
+    spec = TaskSpec(
+        name=f"rg_{dataset}",
+        family="math",
+        kind="short",
+        source="reasoning_gym",
+        args={"dataset": dataset},
+        n_train=20,
+        n_condition=10,
+        n_eval=10,
+    )
     task = build_task(spec, seed=3)
     assert task.sizes() == {"train": 20, "condition": 10, "eval": 10}
     assert task.scorer == "reasoning_gym"
@@ -107,15 +115,31 @@ def test_reasoning_gym_source_and_scoring(dataset):
 
 
 def test_reasoning_gym_skips_none_answers():
-    spec = TaskSpec(name="rg_prop", family="logic", kind="short", source="reasoning_gym",
-                    args={"dataset": "propositional_logic"}, n_train=1, n_condition=1, n_eval=1)
+    spec = TaskSpec(
+        name="rg_prop",
+        family="logic",
+        kind="short",
+        source="reasoning_gym",
+        args={"dataset": "propositional_logic"},
+        n_train=1,
+        n_condition=1,
+        n_eval=1,
+    )
     with pytest.raises(TaskError, match="only 0 distinct items"):
         build_task(spec)
 
 
 def test_reasoning_gym_unknown_dataset():
-    spec = TaskSpec(name="rg_nope", family="math", kind="short", source="reasoning_gym",
-                    args={"dataset": "no_such_generator"}, n_train=1, n_condition=1, n_eval=1)
+    spec = TaskSpec(
+        name="rg_nope",
+        family="math",
+        kind="short",
+        source="reasoning_gym",
+        args={"dataset": "no_such_generator"},
+        n_train=1,
+        n_condition=1,
+        n_eval=1,
+    )
     with pytest.raises(TaskError, match="no_such_generator"):
         build_task(spec)
 
@@ -133,8 +157,10 @@ MC_TASK = {
         {"input": "two golds", "target_scores": {"a": 1, "b": 1}},
     ],
 }
-GEN_TASK = {"examples": [{"input": f"{i} + 1 =", "target": [str(i + 1), f"{i + 1}."]} for i in range(20)]
-            + [{"input": "single", "target": "one"}]}
+GEN_TASK = {
+    "examples": [{"input": f"{i} + 1 =", "target": [str(i + 1), f"{i + 1}."]} for i in range(20)]
+    + [{"input": "single", "target": "one"}]
+}
 SUB_TASK = {"examples": [{"input": f"sub {i}", "target": f"s{i}"} for i in range(5)]}
 
 
@@ -206,8 +232,16 @@ def test_bigbench_missing_task_and_bad_name(fake_bigbench):
 
 
 def test_bigbench_mc_and_generative_tasks(fake_bigbench):
-    mc = TaskSpec(name="bb_fake_mc", family="logic", kind="mc", source="bigbench",
-                  args={"task": "fake_mc", "task_prefix": True}, n_train=10, n_condition=5, n_eval=10)
+    mc = TaskSpec(
+        name="bb_fake_mc",
+        family="logic",
+        kind="mc",
+        source="bigbench",
+        args={"task": "fake_mc", "task_prefix": True},
+        n_train=10,
+        n_condition=5,
+        n_eval=10,
+    )
     with pytest.warns(UserWarning, match="skipped 2"):
         task = build_task(mc)
     assert task.sizes() == {"train": 10, "condition": 5, "eval": 10}
@@ -217,8 +251,15 @@ def test_bigbench_mc_and_generative_tasks(fake_bigbench):
     assert task.score(item, item.gold_index) == 1.0 and task.score(item, 1 - item.gold_index) == 0.0
     assert task.score(item, item.answer) == 1.0
 
-    gen = TaskSpec(name="bb_fake_gen", family="math", kind="short", source="bigbench",
-                   args={"task": "fake_gen"}, n_condition=5, n_eval=10)
+    gen = TaskSpec(
+        name="bb_fake_gen",
+        family="math",
+        kind="short",
+        source="bigbench",
+        args={"task": "fake_gen"},
+        n_condition=5,
+        n_eval=10,
+    )
     with pytest.warns(UserWarning, match="shrunk"):
         task = build_task(gen)
     assert task.sizes() == {"train": 6, "condition": 5, "eval": 10}
@@ -227,8 +268,16 @@ def test_bigbench_mc_and_generative_tasks(fake_bigbench):
     assert task.score(item, f"  {item.answer}. ") == 1.0
     assert task.score(item, "wrong") == 0.0
 
-    sub = TaskSpec(name="bb_sub", family="logic", kind="short", source="bigbench",
-                   args={"task": "parent/sub_a"}, n_train=0, n_condition=2, n_eval=3)
+    sub = TaskSpec(
+        name="bb_sub",
+        family="logic",
+        kind="short",
+        source="bigbench",
+        args={"task": "parent/sub_a"},
+        n_train=0,
+        n_condition=2,
+        n_eval=3,
+    )
     assert build_task(sub).sizes() == {"train": 0, "condition": 2, "eval": 3}
 
 
@@ -242,8 +291,9 @@ def test_bigbench_parent_task_has_no_examples(fake_bigbench):
 
 
 def test_humaneval_loads_164_problems():
-    spec = TaskSpec(name="humaneval", family="code", kind="code", source="humaneval",
-                    n_train=32, n_condition=32, n_eval=100)
+    spec = TaskSpec(
+        name="humaneval", family="code", kind="code", source="humaneval", n_train=32, n_condition=32, n_eval=100
+    )
     task = build_task(spec)
     assert sum(task.sizes().values()) == 164
     item = task.eval[0]
@@ -390,11 +440,15 @@ def test_suite_selects_from_a_base_suite(tmp_path):
     (tmp_path / "sub" / "all.yaml").write_text(
         "tasks:\n"
         "  - {name: c1, family: code, kind: code, source: humaneval}\n"
-        "  - {name: u1, family: knowledge, kind: short, source: jsonl, args: {path: short.jsonl}, n_train: 1, n_condition: 1, n_eval: 1}\n"
-        "  - {name: u2, family: knowledge, kind: mc, source: jsonl, args: {path: mc.jsonl}, n_train: 0, n_condition: 1, n_eval: 1}\n"
+        "  - {name: u1, family: knowledge, kind: short, source: jsonl, args: {path: short.jsonl}, "
+        "n_train: 1, n_condition: 1, n_eval: 1}\n"
+        "  - {name: u2, family: knowledge, kind: mc, source: jsonl, args: {path: mc.jsonl}, "
+        "n_train: 0, n_condition: 1, n_eval: 1}\n"
     )
     sel = tmp_path / "sel.yaml"
-    sel.write_text("base: sub/all.yaml\nkeep: [u2, u1]\ntasks:\n  - {name: c2, family: code, kind: code, source: humaneval}\n")
+    sel.write_text(
+        "base: sub/all.yaml\nkeep: [u2, u1]\ntasks:\n  - {name: c2, family: code, kind: code, source: humaneval}\n"
+    )
     specs = load_suite(sel)
     assert [x.name for x in specs] == ["u1", "u2", "c2"]  # base order, then the suite's own tasks
     assert specs[0].args["path"] == str((tmp_path / "sub" / "short.jsonl").resolve())  # relative to the base's folder
@@ -449,13 +503,28 @@ def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     screen = tmp_path / "screen.json"
-    rows = [{"task": "user_short", "gain_points": 12.0, "worse_than_base": [], "base": 0.1, "teacher_mean": 0.22},
-            {"task": "user_mc", "gain_points": 3.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.53}]
-    summary = {"backbone": "tiny-qwen2", "teacher": {"lora": {"rank": 2}, "steps": 4}, "limit": 50, "split": "condition"}
+    rows = [
+        {"task": "user_short", "gain_points": 12.0, "worse_than_base": [], "base": 0.1, "teacher_mean": 0.22},
+        {"task": "user_mc", "gain_points": 3.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.53},
+    ]
+    summary = {
+        "backbone": "tiny-qwen2",
+        "teacher": {"lora": {"rank": 2}, "steps": 4},
+        "limit": 50,
+        "split": "condition",
+    }
     screen.write_text(json.dumps({"rows": rows, "summary": summary}))
     out = tmp_path / "cfg" / "default.yaml"
-    cmd = [sys.executable, str(root / "benchmarks" / "select_suite.py"), "--screen", str(screen),
-           "--candidates", str(FIXTURES / "suite_small.yaml"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(root / "benchmarks" / "select_suite.py"),
+        "--screen",
+        str(screen),
+        "--candidates",
+        str(FIXTURES / "suite_small.yaml"),
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert [s.name for s in load_suite(out)] == ["user_short"]  # +3 points is not a measured win

@@ -11,17 +11,22 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from deltalora.lora import derive_layout
+from deltalora.deltas import DeltaProbe, remove_shared
 from deltalora.generators import build_generator
 from deltalora.generators.checkpoint import load_generator
-from deltalora.deltas import DeltaProbe, remove_shared
-from deltalora.lora import LoraWeights
+from deltalora.lora import LoraWeights, derive_layout
 from deltalora.training import (
-    LambdaSchedule, TeacherDataset, TrainConfig, WeightLoss, delta_loss, lr_at, product_sq_norm, train_generator,
+    LambdaSchedule,
+    TeacherDataset,
+    TrainConfig,
+    WeightLoss,
+    delta_loss,
+    lr_at,
+    product_sq_norm,
+    train_generator,
 )
 from deltalora.training.loop import batch_positions
 from deltalora.training.state import TrainStateError
-
 from tests.helpers import N_PROMPTS, SPEC, teacher_world
 
 
@@ -31,14 +36,31 @@ def world(tmp_path_factory, tiny_qwen2):
 
 
 def _train_set(world) -> TeacherDataset:
-    return TeacherDataset(world["zoo"], world["conditioner"], world["spec"], cache=world["cache"], arch=world["arch"],
-                          split="train", heldout=["c"])
+    return TeacherDataset(
+        world["zoo"],
+        world["conditioner"],
+        world["spec"],
+        cache=world["cache"],
+        arch=world["arch"],
+        split="train",
+        heldout=["c"],
+    )
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(generator="compact", generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
-                encoder="tiny-encoder", n_prompts=N_PROMPTS, steps=6, batch_size=3, delta_batch=2, lr=3e-3, warmup_steps=1,
-                lam=LambdaSchedule(target=1.0, warmup_steps=1, ramp_steps=2), save_every=2)
+    base = dict(
+        generator="compact",
+        generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
+        encoder="tiny-encoder",
+        n_prompts=N_PROMPTS,
+        steps=6,
+        batch_size=3,
+        delta_batch=2,
+        lr=3e-3,
+        warmup_steps=1,
+        lam=LambdaSchedule(target=1.0, warmup_steps=1, ramp_steps=2),
+        save_every=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -46,7 +68,10 @@ def _cfg(**kw) -> TrainConfig:
 def test_lambda_schedule_warmup_then_linear_ramp():
     lam = LambdaSchedule(target=2.0, warmup_steps=3, ramp_steps=4)
     assert [lam.at(s) for s in range(9)] == [0, 0, 0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    assert LambdaSchedule(target=0.5, warmup_steps=2).at(1) == 0 and LambdaSchedule(target=0.5, warmup_steps=2).at(2) == 0.5
+    assert (
+        LambdaSchedule(target=0.5, warmup_steps=2).at(1) == 0
+        and LambdaSchedule(target=0.5, warmup_steps=2).at(2) == 0.5
+    )
     assert LambdaSchedule().at(100) == 0
 
 
@@ -69,7 +94,9 @@ def test_batch_order_is_a_seeded_stream_of_epoch_permutations():
     cfg = _cfg(batch_size=4)
     first = [batch_positions(cfg, 6, s) for s in range(3)]  # 12 positions = 2 epochs of 6
     flat = [p for b in first for p in b]
-    assert sorted(i for i, e in flat if e == 0) == list(range(6)) and sorted(i for i, e in flat if e == 1) == list(range(6))
+    assert sorted(i for i, e in flat if e == 0) == list(range(6)) and sorted(i for i, e in flat if e == 1) == list(
+        range(6)
+    )
     assert first == [batch_positions(cfg, 6, s) for s in range(3)]
     assert first != [batch_positions(_cfg(batch_size=4, seed=1), 6, s) for s in range(3)]
 
@@ -81,10 +108,14 @@ def test_product_loss_equals_explicit_delta_w(tiny_qwen2):
     s = layout.scale
     explicit = sum(((s * (w1.B[k] @ w1.A[k] - w2.B[k] @ w2.A[k])) ** 2).sum(dim=(-2, -1)) for k in w1.A)
     assert torch.allclose(product_sq_norm(w1, w2), explicit, rtol=1e-5)
-    assert torch.allclose(product_sq_norm(w1), sum(((s * w1.B[k] @ w1.A[k]) ** 2).sum(dim=(-2, -1)) for k in w1.A), rtol=1e-5)
+    assert torch.allclose(
+        product_sq_norm(w1), sum(((s * w1.B[k] @ w1.A[k]) ** 2).sum(dim=(-2, -1)) for k in w1.A), rtol=1e-5
+    )
 
 
-@pytest.mark.parametrize("name,options", [("compact", {"trunk_width": 32, "head_hidden": 16, "basis_dim": 4}), ("hyperconv", {})])
+@pytest.mark.parametrize(
+    "name,options", [("compact", {"trunk_width": 32, "head_hidden": 16, "basis_dim": 4}), ("hyperconv", {})]
+)
 def test_gradient_sanity_every_generator_parameter(tiny_qwen2, name, options):
     """Perturbing the generator output changes Δ_pred; L_Δ.backward() reaches every generator parameter."""
     torch.manual_seed(0)
@@ -98,7 +129,9 @@ def test_gradient_sanity_every_generator_parameter(tiny_qwen2, name, options):
     pred = gen(cond)
     d = probe(pred)
     assert d.shape == (2, tiny_qwen2.config.hidden_size) and d.dtype == torch.float32
-    bumped = LoraWeights(layout, {k: v.detach() for k, v in pred.A.items()}, {k: v.detach() + 0.05 for k, v in pred.B.items()})
+    bumped = LoraWeights(
+        layout, {k: v.detach() for k, v in pred.A.items()}, {k: v.detach() + 0.05 for k, v in pred.B.items()}
+    )
     assert not torch.allclose(probe(bumped), d.detach(), atol=1e-6)
     target = torch.randn_like(d)
     delta_loss(d, target, "mse", scale=float(target.square().sum(-1).mean())).backward()
@@ -148,7 +181,9 @@ def test_specific_cosine_ignores_the_shared_shift():
     assert delta_loss(shared_only, target, "cosine").item() < 0.01
     assert delta_loss(shared_only, target, "specific_cosine", shared=c).item() == pytest.approx(2.0, abs=1e-4)
     # any amount of the shared shift, the same task-specific direction: a perfect match
-    assert delta_loss(0.1 * c + 3 * (target - c), target, "specific_cosine", shared=c).item() == pytest.approx(0.0, abs=1e-6)
+    assert delta_loss(0.1 * c + 3 * (target - c), target, "specific_cosine", shared=c).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
     # a zero shift carries nothing task-specific: cosine 0, never a match (a subtraction would have scored it)
     assert delta_loss(torch.zeros(2, 4), target, "specific_cosine", shared=c).item() == pytest.approx(1.0, abs=1e-6)
     assert torch.allclose(remove_shared(target, c), target - c)
@@ -176,7 +211,10 @@ def test_weight_only_training_lowers_the_weight_loss(world, tiny_qwen2, tmp_path
     torch.manual_seed(cfg.seed)
     init = build_generator("compact", ds.layout, cond_dim=ds.cond_dim, n_prompts=N_PROMPTS, **WIDE)
     with torch.no_grad():
-        before, after = float(wl(init(batch.conditions), batch.weights)), float(wl(res.module(batch.conditions), batch.weights))
+        before, after = (
+            float(wl(init(batch.conditions), batch.weights)),
+            float(wl(res.module(batch.conditions), batch.weights)),
+        )
     assert before == pytest.approx(1.0, abs=1e-4)  # B = 0 at init: as far as predicting zero
     assert after < before - 0.01
     recs = [json.loads(x) for x in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
@@ -190,10 +228,14 @@ def test_delta_training_logs_and_matches_teacher_deltas(world, tiny_qwen2, tmp_p
     assert [r["step"] for r in recs] == list(range(30))
     assert recs[0]["loss_delta"] is None and recs[0]["lambda"] == 0  # λ warm-up: no Δ forward
     assert recs[1]["lambda"] == 0.5 and recs[2]["lambda"] == 1.0
-    assert all(r["loss_delta"] is not None and -1 <= r["delta_cosine"] <= 1 and r["delta_norm_teacher"] > 0 for r in recs[1:])
+    assert all(
+        r["loss_delta"] is not None and -1 <= r["delta_cosine"] <= 1 and r["delta_norm_teacher"] > 0 for r in recs[1:]
+    )
     batch = _full_set(ds)
     with torch.no_grad():
-        cos = torch.nn.functional.cosine_similarity(DeltaProbe(tiny_qwen2)(res.module(batch.conditions)), batch.deltas, dim=-1)
+        cos = torch.nn.functional.cosine_similarity(
+            DeltaProbe(tiny_qwen2)(res.module(batch.conditions)), batch.deltas, dim=-1
+        )
     assert float(cos.mean()) > 0.2  # from 0 at init (B = 0: Δ = 0)
     assert res.steps == 30 and res.generator.exists()
     loaded = load_generator(res.generator)
@@ -216,12 +258,17 @@ def test_resume_equals_uninterrupted_run(world, tiny_qwen2, tmp_path):
     ds = _train_set(world)
     full = train_generator(_cfg(), ds, tiny_qwen2, tmp_path / "full", progress=False)
     for _ in range(3):  # interrupted after 1, then 3 (state saved at 1, at the save_every=2 boundary, ...)
-        part = train_generator(_cfg(), ds, tiny_qwen2, tmp_path / "parts", progress=False, stop_after=1 if _ == 0 else 3)
+        part = train_generator(
+            _cfg(), ds, tiny_qwen2, tmp_path / "parts", progress=False, stop_after=1 if _ == 0 else 3
+        )
     assert part.steps == 6
     assert (tmp_path / "parts" / "generator.safetensors").read_bytes() == full.generator.read_bytes()
     a = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
     b = (tmp_path / "parts" / "log.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("step_seconds", "grad_norm")} for x in lines]  # noqa: E731
+
+    def strip(lines):
+        return [{k: v for k, v in json.loads(x).items() if k not in ("step_seconds", "grad_norm")} for x in lines]
+
     assert strip(a) == strip(b)
 
 
@@ -257,8 +304,13 @@ def test_weight_only_state_ignores_delta_only_settings(world, tiny_qwen2, tmp_pa
     wo = dict(lam=LambdaSchedule(), steps=4)
     first = train_generator(_cfg(**wo), ds, tiny_qwen2, tmp_path / "wo", progress=False, stop_after=2)
     assert first.steps == 2
-    done = train_generator(_cfg(**wo, delta_loss="specific_cosine", delta_batch=1, probes="neutral24"), ds, tiny_qwen2,
-                           tmp_path / "wo", progress=False)
+    done = train_generator(
+        _cfg(**wo, delta_loss="specific_cosine", delta_batch=1, probes="neutral24"),
+        ds,
+        tiny_qwen2,
+        tmp_path / "wo",
+        progress=False,
+    )
     assert done.steps == 4
     ref = train_generator(_cfg(**wo), ds, tiny_qwen2, tmp_path / "ref", progress=False)
     from safetensors.torch import load_file
@@ -316,9 +368,14 @@ def _ddp_worker(rank: int, world_size: int, root: str, port: int) -> None:
     try:
         backbone = load_backbone("tiny-qwen2")
         wd = teacher_world(Path(root) / f"world{rank}", backbone)  # each rank builds the same tiny zoo
-        ds = TeacherDataset(wd["zoo"], wd["conditioner"], wd["spec"], cache=wd["cache"], arch=wd["arch"], split="train", heldout=["c"])
+        ds = TeacherDataset(
+            wd["zoo"], wd["conditioner"], wd["spec"], cache=wd["cache"], arch=wd["arch"], split="train", heldout=["c"]
+        )
         res = train_generator(_cfg(steps=3, batch_size=4), ds, backbone, Path(root) / "run", progress=False)
-        save_file({k: v.detach().contiguous() for k, v in res.module.state_dict().items()}, str(Path(root) / f"rank{rank}.safetensors"))
+        save_file(
+            {k: v.detach().contiguous() for k, v in res.module.state_dict().items()},
+            str(Path(root) / f"rank{rank}.safetensors"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -332,8 +389,17 @@ def test_ddp_two_processes_hold_identical_generators(world, tiny_qwen2, tmp_path
     recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [0, 1, 2]  # rank 0 alone writes the log
     # the same global batch on one process gives the same update (gradients averaged over ranks)
-    single = train_generator(_cfg(steps=3, batch_size=4), _train_set(world), tiny_qwen2, tmp_path / "single", progress=False)
+    single = train_generator(
+        _cfg(steps=3, batch_size=4), _train_set(world), tiny_qwen2, tmp_path / "single", progress=False
+    )
     sd = single.module.state_dict()
-    assert any(not torch.equal(r0[k], build_generator("compact", single.module.layout, cond_dim=16, n_prompts=N_PROMPTS,
-                                                      **_cfg().generator_options).state_dict()[k]) for k in r0)
+    assert any(
+        not torch.equal(
+            r0[k],
+            build_generator(
+                "compact", single.module.layout, cond_dim=16, n_prompts=N_PROMPTS, **_cfg().generator_options
+            ).state_dict()[k],
+        )
+        for k in r0
+    )
     assert all(torch.allclose(r0[k], sd[k], atol=1e-5, rtol=1e-4) for k in r0)

@@ -10,7 +10,9 @@ from deltalora.training.logs import read_log, tail_mean, values
 def test_read_log_last_write_wins_and_tail_mean(tmp_path):
     p = tmp_path / "log.jsonl"
     recs = [{"step": s, "loss_weights": float(s), "delta_cosine": None if s < 5 else 0.1 * s} for s in range(20)]
-    recs.insert(3, {"step": 2, "loss_weights": 99.0, "delta_cosine": None})  # a resumed run rewrote step 2 ... then 2 again
+    recs.insert(
+        3, {"step": 2, "loss_weights": 99.0, "delta_cosine": None}
+    )  # a resumed run rewrote step 2 ... then 2 again
     recs.append({"step": 2, "loss_weights": 2.5, "delta_cosine": None})
     p.write_text("\n".join(json.dumps(r) for r in recs) + '\n{"step": 20, "loss_w')
     curves = read_log(p)

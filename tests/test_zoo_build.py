@@ -14,24 +14,23 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from deltalora.lora import derive_layout
 from deltalora.cli import app
 from deltalora.config import LoraSpec
-from deltalora.lora import LoraWeights, load_adapter
+from deltalora.lora import LoraWeights, derive_layout, load_adapter
 from deltalora.sharding import ShardError
 from deltalora.zoo import (
-    TeacherTrainConfig,
-    read_init,
-    zoo_init_kind,
     MANIFEST_NAME,
+    TeacherTrainConfig,
     ZooError,
     build_zoo,
     import_dnd,
     load_zoo_config,
     parse_shard,
     plan_jobs,
+    read_init,
     read_manifest,
     shard_jobs,
+    zoo_init_kind,
 )
 
 FIX = Path(__file__).parent / "fixtures" / "zoo"
@@ -52,7 +51,9 @@ def built(tiny_qwen2, tmp_path_factory, cfg):
 def test_plan_has_every_task_seed_and_mixed_pair(cfg):
     jobs = plan_jobs(cfg)
     assert [j.id for j in jobs] == sorted(j.id for j in jobs)
-    assert {j.id for j in jobs} == {f"{t}/s{s}" for t in ("colours", "double", "pick", "colours+double") for s in (0, 1)}
+    assert {j.id for j in jobs} == {
+        f"{t}/s{s}" for t in ("colours", "double", "pick", "colours+double") for s in (0, 1)
+    }
     mixed = [j for j in jobs if j.mixed]
     assert {j.components for j in mixed} == {("colours", "double")}
     assert {j.family for j in mixed} == {"mixed"}  # knowledge + math
@@ -126,13 +127,19 @@ def test_canonical_init_is_one_for_the_whole_zoo(cfg, tiny_qwen2, tmp_path):
 
 def test_per_seed_init_and_its_old_spelling(cfg, tiny_qwen2, tmp_path):
     """teacher.init: per_seed (old spelling shared_init: true): the jobs of one seed share their A, seeds differ."""
-    spelled = TeacherTrainConfig.model_validate({**cfg.teacher.model_dump(exclude={"init", "init_seed"}), "shared_init": True})
+    spelled = TeacherTrainConfig.model_validate(
+        {**cfg.teacher.model_dump(exclude={"init", "init_seed"}), "shared_init": True}
+    )
     assert spelled.init == "per_seed"
     with pytest.raises(ValueError, match="both init and shared_init"):
         TeacherTrainConfig.model_validate({"init": "canonical", "shared_init": False})
     teacher = spelled.model_copy(update={"lr": 1e-9})
     z = tmp_path / "z"
-    a = _tail_a(z, build_zoo(cfg.model_copy(update={"teacher": teacher}), z, progress=False, backbone=tiny_qwen2), tiny_qwen2.arch)
+    a = _tail_a(
+        z,
+        build_zoo(cfg.model_copy(update={"teacher": teacher}), z, progress=False, backbone=tiny_qwen2),
+        tiny_qwen2.arch,
+    )
     by_seed = {}
     for seed, x in a.values():
         by_seed.setdefault(seed, []).append(x)
@@ -147,8 +154,14 @@ def test_per_seed_init_and_its_old_spelling(cfg, tiny_qwen2, tmp_path):
 def test_a_zoo_from_before_the_init_option_still_builds_and_says_its_kind(cfg, tiny_qwen2, tmp_path):
     """Old zoo configs have no teacher.init (and maybe shared_init): read as per_job / per_seed; extending one
     needs that kind, and the refusal says so."""
-    per_job = cfg.model_copy(update={"tasks": ["pick"], "seeds": [0], "mixed": [],
-                                     "teacher": cfg.teacher.model_copy(update={"init": "per_job"})})
+    per_job = cfg.model_copy(
+        update={
+            "tasks": ["pick"],
+            "seeds": [0],
+            "mixed": [],
+            "teacher": cfg.teacher.model_copy(update={"init": "per_job"}),
+        }
+    )
     z = tmp_path / "old"
     build_zoo(per_job, z, progress=False, backbone=tiny_qwen2)
     saved = json.loads((z / "zoo_config.json").read_text())
@@ -166,14 +179,22 @@ def test_adding_tasks_with_reuse_keeps_the_canonical_init(cfg, tiny_qwen2, tmp_p
     another init_seed), so old and new teachers share one coordinate system; the finished jobs are copied."""
     small = cfg.model_copy(update={"tasks": ["pick"], "seeds": [0], "mixed": []})
     build_zoo(small, tmp_path / "small", progress=False, backbone=tiny_qwen2)
-    bigger = cfg.model_copy(update={"tasks": ["pick", "double"], "seeds": [0], "mixed": [],
-                                    "teacher": cfg.teacher.model_copy(update={"init_seed": 7})})
+    bigger = cfg.model_copy(
+        update={
+            "tasks": ["pick", "double"],
+            "seeds": [0],
+            "mixed": [],
+            "teacher": cfg.teacher.model_copy(update={"init_seed": 7}),
+        }
+    )
     got = build_zoo(bigger, tmp_path / "big", progress=False, backbone=tiny_qwen2, reuse=[tmp_path / "small"])
     rec = lambda z: json.loads((tmp_path / z / "zoo_config.json").read_text())["init"]["sha256"]  # noqa: E731
     assert rec("big") == rec("small")
     assert {e.id for e in got if "reused_from" in e.extra} == {"pick/s0/step2", "pick/s0/step4"}
     # without --reuse, init_seed 7 draws a different init — and then nothing of the small zoo is reusable
-    alone = build_zoo(bigger.model_copy(update={"tasks": ["pick"]}), tmp_path / "alone", progress=False, backbone=tiny_qwen2)
+    alone = build_zoo(
+        bigger.model_copy(update={"tasks": ["pick"]}), tmp_path / "alone", progress=False, backbone=tiny_qwen2
+    )
     assert rec("alone") != rec("small") and not any("reused_from" in e.extra for e in alone)
 
 
@@ -231,7 +252,9 @@ def test_reuse_copies_same_recipe_jobs_and_retrains_the_rest(built, cfg, tiny_qw
             assert "reused_from" not in e.extra
     # a different recipe (learning rate) reuses nothing
     trained.clear()
-    lr = cfg.model_copy(update={"seeds": [1], "mixed": [], "teacher": cfg.teacher.model_copy(update={"lr": cfg.teacher.lr * 2})})
+    lr = cfg.model_copy(
+        update={"seeds": [1], "mixed": [], "teacher": cfg.teacher.model_copy(update={"lr": cfg.teacher.lr * 2})}
+    )
     build_zoo(lr, tmp_path / "z3", progress=False, backbone=tiny_qwen2, reuse=[src])
     assert len(trained) == 3
     # a tampered source adapter is not copied
@@ -241,8 +264,13 @@ def test_reuse_copies_same_recipe_jobs_and_retrains_the_rest(built, cfg, tiny_qw
     try:
         f.write_bytes(blob[:-8] + bytes(8))
         trained.clear()
-        build_zoo(cfg.model_copy(update={"tasks": ["pick"], "seeds": [1], "mixed": []}), tmp_path / "z4", progress=False,
-                  backbone=tiny_qwen2, reuse=[src])
+        build_zoo(
+            cfg.model_copy(update={"tasks": ["pick"], "seeds": [1], "mixed": []}),
+            tmp_path / "z4",
+            progress=False,
+            backbone=tiny_qwen2,
+            reuse=[src],
+        )
         assert trained == ["z4/pick/s1"]
     finally:
         f.write_bytes(blob)
@@ -286,7 +314,9 @@ def test_resume_after_kill_9(built, tmp_path, mode, n, deltalora_home):
     # the killed build runs at this process's thread count: CPU reductions (bf16 autocast) are bit-exact only at
     # a fixed thread count, and conftest sets torch's count regardless of OMP_NUM_THREADS
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run([sys.executable, "-c", _KILLER, str(CONFIG), str(out), mode, str(n)], capture_output=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLER, str(CONFIG), str(out), mode, str(n)], capture_output=True, env=env
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     partial = read_manifest(out, verify=True)  # whatever is listed is complete and verified
     assert 0 < len(partial) < len(full)
@@ -331,13 +361,21 @@ def test_cli_build_set_overrides_the_teacher_precision(tmp_path, deltalora_home)
     runner = CliRunner()
     cfg = tmp_path / "one.yaml"
     text = CONFIG.read_text().replace("suite: suite.yaml", f"suite: {FIX / 'suite.yaml'}")
-    cfg.write_text(text.replace("mixed: [[colours, double]]", "mixed: []\ntasks: [double]\nseeds: [0]").replace("seeds: [0, 1]\n", ""))
+    cfg.write_text(
+        text.replace("mixed: [[colours, double]]", "mixed: []\ntasks: [double]\nseeds: [0]").replace(
+            "seeds: [0, 1]\n", ""
+        )
+    )
     out = tmp_path / "fp32"
-    r = runner.invoke(app, ["zoo", "build", "--config", str(cfg), "--out", str(out), "--json", "--set", "teacher.precision=fp32"])
+    r = runner.invoke(
+        app, ["zoo", "build", "--config", str(cfg), "--out", str(out), "--json", "--set", "teacher.precision=fp32"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "zoo_config.json").read_text())["config"]["teacher"]["precision"] == "float32"
     assert {e.extra["precision"] for e in read_manifest(out)} == {"float32"}
-    r = runner.invoke(app, ["zoo", "build", "--config", str(cfg), "--out", str(tmp_path / "never"), "--set", "teacher.precision=fp64"])
+    r = runner.invoke(
+        app, ["zoo", "build", "--config", str(cfg), "--out", str(tmp_path / "never"), "--set", "teacher.precision=fp64"]
+    )
     assert r.exit_code != 0 and "teacher.precision" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
 
@@ -346,8 +384,14 @@ def test_cli_build_set_overrides_the_teacher_precision(tmp_path, deltalora_home)
 
 
 def _one_task(cfg, precision: str, seeds=(0, 1)):
-    return cfg.model_copy(update={"tasks": ["double"], "seeds": list(seeds), "mixed": [],
-                                  "teacher": cfg.teacher.model_copy(update={"precision": precision})})
+    return cfg.model_copy(
+        update={
+            "tasks": ["double"],
+            "seeds": list(seeds),
+            "mixed": [],
+            "teacher": cfg.teacher.model_copy(update={"precision": precision}),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +409,9 @@ def auto_means(monkeypatch):
 
     def set_to(name: str) -> None:
         monkeypatch.setattr(prec, "_DECIDED", {})
-        monkeypatch.setattr(prec, "_decide_auto", lambda device: prec.PrecisionDecision(getattr(torch, name), f"mocked {name}"))
+        monkeypatch.setattr(
+            prec, "_decide_auto", lambda device: prec.PrecisionDecision(getattr(torch, name), f"mocked {name}")
+        )
 
     return set_to
 
@@ -407,21 +453,29 @@ def test_bf16_zoo_refuses_fp32_extension(bf16_zoo, cfg, tiny_qwen2, tmp_path, au
     shutil.copytree(src, out)
     auto_means("float32")  # e.g. the rest of the zoo built on an AVX2-only machine
     for setting in ("auto", "float32"):
-        with pytest.raises(ZooError, match=r"different config \(differs in config\.teacher\.precision\); it trained in bfloat16, "
-                                           rf"teacher.precision {setting} is float32 here: set teacher.precision=bfloat16") as err:
+        with pytest.raises(
+            ZooError,
+            match=r"different config \(differs in config\.teacher\.precision\); it trained in bfloat16, "
+            rf"teacher.precision {setting} is float32 here: set teacher.precision=bfloat16",
+        ) as err:
             build_zoo(_one_task(cfg, setting), out, shard=(1, 2), progress=False, backbone=tiny_qwen2)
         assert "\n" not in str(err.value)
     assert trained == []
-    build_zoo(_one_task(cfg, "bf16"), out, shard=(1, 2), progress=False, backbone=tiny_qwen2)  # explicit bf16 extends it
+    build_zoo(
+        _one_task(cfg, "bf16"), out, shard=(1, 2), progress=False, backbone=tiny_qwen2
+    )  # explicit bf16 extends it
     assert trained == [("double/s1", torch.bfloat16)]
     auto_means("bfloat16")
-    got = build_zoo(_one_task(cfg, "auto"), out, progress=False, backbone=tiny_qwen2)  # and auto = bf16 accepts the result
+    got = build_zoo(
+        _one_task(cfg, "auto"), out, progress=False, backbone=tiny_qwen2
+    )  # and auto = bf16 accepts the result
     assert [e.id for e in got] == [f"double/s{s}/step{t}" for s in (0, 1) for t in (2, 4)] and len(trained) == 1
 
 
 @pytest.mark.parametrize("flag,dtype", [(True, "bfloat16"), (False, "float32")])
-def test_old_saved_config_with_bf16_autocast_matches_its_effective_precision(bf16_zoo, cfg, tiny_qwen2, tmp_path,
-                                                                            auto_means, trained, flag, dtype):
+def test_old_saved_config_with_bf16_autocast_matches_its_effective_precision(
+    bf16_zoo, cfg, tiny_qwen2, tmp_path, auto_means, trained, flag, dtype
+):
     import shutil
 
     out = tmp_path / "old"
@@ -438,12 +492,16 @@ def test_old_saved_config_with_bf16_autocast_matches_its_effective_precision(bf1
     with pytest.raises(ZooError, match=rf"differs in config\.teacher\.precision\); it trained in {dtype}"):
         build_zoo(_one_task(cfg, "auto"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2)
     auto_means(dtype)
-    got = build_zoo(_one_task(cfg, "auto"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2)  # the finished shard is accepted
+    got = build_zoo(
+        _one_task(cfg, "auto"), out, shard=(0, 2), progress=False, backbone=tiny_qwen2
+    )  # the finished shard is accepted
     assert [e.id for e in got] == [e.id for e in bf16_zoo[1]] and trained == []
     assert path.read_bytes() == old_bytes  # read, never rewritten
 
 
-def test_reuse_copies_only_jobs_of_the_same_effective_precision(bf16_zoo, cfg, tiny_qwen2, tmp_path, auto_means, trained):
+def test_reuse_copies_only_jobs_of_the_same_effective_precision(
+    bf16_zoo, cfg, tiny_qwen2, tmp_path, auto_means, trained
+):
     import shutil
 
     src, src_entries = bf16_zoo
@@ -453,7 +511,9 @@ def test_reuse_copies_only_jobs_of_the_same_effective_precision(bf16_zoo, cfg, t
     assert {e.extra["precision"] for e in read_manifest(tmp_path / "fp32")} == {"float32"}
     trained.clear()
     auto_means("bfloat16")
-    got = build_zoo(_one_task(cfg, "auto", seeds=(0,)), tmp_path / "bf16", progress=False, backbone=tiny_qwen2, reuse=[src])
+    got = build_zoo(
+        _one_task(cfg, "auto", seeds=(0,)), tmp_path / "bf16", progress=False, backbone=tiny_qwen2, reuse=[src]
+    )
     assert trained == [] and [e.sha256 for e in got] == [e.sha256 for e in src_entries]
     assert all(e.extra["reused_from"] == str(src) and e.extra["precision"] == "bfloat16" for e in got)
     # a source zoo from before teacher.precision (bf16_autocast: true) is reused by a build that trains in bf16
@@ -462,7 +522,9 @@ def test_reuse_copies_only_jobs_of_the_same_effective_precision(bf16_zoo, cfg, t
     saved = json.loads((old / "zoo_config.json").read_text())
     saved["config"]["teacher"]["bf16_autocast"] = saved["config"]["teacher"].pop("precision") == "bfloat16"
     (old / "zoo_config.json").write_text(json.dumps(saved))
-    got = build_zoo(_one_task(cfg, "auto", seeds=(0,)), tmp_path / "from-old", progress=False, backbone=tiny_qwen2, reuse=[old])
+    got = build_zoo(
+        _one_task(cfg, "auto", seeds=(0,)), tmp_path / "from-old", progress=False, backbone=tiny_qwen2, reuse=[old]
+    )
     assert trained == [] and all(e.extra["reused_from"] == str(old) for e in got)
 
 
@@ -525,7 +587,9 @@ def test_dnd_import_refuses_bad_input(tiny_qwen2, tmp_path):
     assert not (tmp_path / "z4" / MANIFEST_NAME).exists()
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "zoo").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs" / "zoo").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_zoo_configs_are_valid(path):
     cfg = load_zoo_config(path)
     jobs = plan_jobs(cfg)  # every named task and mixed component exists in the suite

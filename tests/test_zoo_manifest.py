@@ -1,8 +1,7 @@
 import pytest
 
-from deltalora.lora import derive_layout
 from deltalora.config import LoraSpec
-from deltalora.lora import LoraWeights, save_adapter
+from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.zoo import ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 
 
@@ -10,8 +9,14 @@ def _entry(zoo, tiny_qwen2, i, task="t"):
     path = f"{task}/s{i}"
     w = LoraWeights.random(derive_layout(tiny_qwen2.arch, LoraSpec(rank=4, targets="q,v")), seed=i)
     save_adapter(w, zoo / path)
-    return ZooEntry(id=path, task=task, family="math", seed=i, path=path,
-                    sha256=file_sha256(zoo / path / "adapter_model.safetensors"))
+    return ZooEntry(
+        id=path,
+        task=task,
+        family="math",
+        seed=i,
+        path=path,
+        sha256=file_sha256(zoo / path / "adapter_model.safetensors"),
+    )
 
 
 def test_round_trip_and_verify(tmp_path, tiny_qwen2):

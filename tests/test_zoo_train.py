@@ -13,8 +13,13 @@ from deltalora.zoo.train import TeacherTrainConfig, collate, teacher_precision, 
 
 PAIRS = [(f"<|im_start|>user\nColour of item {i}?<|im_end|>\n<|im_start|>assistant\n", "blue") for i in range(16)]
 CFG = TeacherTrainConfig(
-    lora=LoraSpec(rank=4, alpha=8, targets="q,v,up,down"), steps=30, batch_size=4, lr=2e-2,
-    warmup_steps=2, checkpoints=2, checkpoint_every=10,
+    lora=LoraSpec(rank=4, alpha=8, targets="q,v,up,down"),
+    steps=30,
+    batch_size=4,
+    lr=2e-2,
+    warmup_steps=2,
+    checkpoints=2,
+    checkpoint_every=10,
 )
 
 
@@ -31,7 +36,7 @@ def test_completion_mask_covers_exactly_the_target(tiny_qwen2):
 def test_teacher_learns_and_saves_tail_checkpoints(tiny_qwen2, tmp_path):
     before = {k: v.clone() for k, v in tiny_qwen2.model.state_dict().items()}
     losses = []
-    ckpts = train_teacher(tiny_qwen2, PAIRS, CFG, tmp_path / "t", seed=0, progress=lambda s, l: losses.append(l))
+    ckpts = train_teacher(tiny_qwen2, PAIRS, CFG, tmp_path / "t", seed=0, progress=lambda s, loss: losses.append(loss))
     assert [c.step for c in ckpts] == [20, 30]
     # a random tiny model's logits are bounded by its final norm, so ~4.4 nats is its floor here
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses

@@ -34,7 +34,9 @@ def default_cache_dir() -> Path:
 
 def embedding_key(encoder: SentenceEncoder, text: str) -> str:
     parts = {"code": EMBED_CODE_VERSION, **encoder.identity, "text": text}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
 
 
 class EmbeddingCache:

@@ -65,7 +65,9 @@ def _answer(rec: dict, where: str) -> str:
         choices = rec.get("choices")
         if isinstance(val, int) and not isinstance(val, bool) and isinstance(choices, list):
             if not 0 <= val < len(choices) or not isinstance(choices[val], str):
-                raise TaskError(f"{where}: {key} index {val} does not name one of the {len(choices)} string choices; fix the record")
+                raise TaskError(
+                    f"{where}: {key} index {val} does not name one of the {len(choices)} string choices; fix the record"
+                )
             return choices[val]
         if not isinstance(val, str):
             raise TaskError(f"{where}: field {key!r} must be a string, got {type(val).__name__}; quote it")
@@ -89,16 +91,23 @@ def read_prompt_file(path: str | Path) -> list[TaskItem]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TaskError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line") from None
+            raise TaskError(
+                f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
+            ) from None
         if not isinstance(rec, dict):
-            raise TaskError(f"{where}: expected a JSON object with 'prompt' and 'response', got {type(rec).__name__}; write one object per line")
+            raise TaskError(
+                f"{where}: expected a JSON object with 'prompt' and 'response', "
+                f"got {type(rec).__name__}; write one object per line"
+            )
         prompt = rec.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             what = "missing" if "prompt" not in rec else "not a non-empty string"
             raise TaskError(f"{where}: field 'prompt' is {what}; every record needs a non-empty 'prompt' string")
         items.append(TaskItem(prompt, _answer(rec, where), None, {"where": where}))
     if not items:
-        raise TaskError(f"{path}: no records (only blank lines); add at least one {{\"prompt\": ..., \"response\": ...}} line")
+        raise TaskError(
+            f'{path}: no records (only blank lines); add at least one {{"prompt": ..., "response": ...}} line'
+        )
     return items
 
 
@@ -115,7 +124,9 @@ class ConditionPool:
 
     def __post_init__(self) -> None:
         if not self.items:
-            raise ConditionError(f"condition pool {self.name!r} ({self.source}) is empty; give the task a non-empty condition split")
+            raise ConditionError(
+                f"condition pool {self.name!r} ({self.source}) is empty; give the task a non-empty condition split"
+            )
 
     @classmethod
     def from_task(cls, task: Task) -> ConditionPool:
@@ -210,7 +221,9 @@ class Conditioner:
         """Rows (into the concatenated pools of ``task``) of one condition."""
         names = self._names(task)
         size = sum(len(self.pools[n]) for n in names)
-        return sample_indices(size, self.n_prompts, stable_seed("condition", "+".join(names), self.form, seed, epoch, key))
+        return sample_indices(
+            size, self.n_prompts, stable_seed("condition", "+".join(names), self.form, seed, epoch, key)
+        )
 
     def sample(self, task: str | Sequence[str], *, seed: int = 0, epoch: int = 0, key: object = 0) -> torch.Tensor:
         """One condition: float32 [n_prompts, dim]."""
@@ -224,7 +237,14 @@ class Conditioner:
         texts = [t for n in names for t in self.texts[n]]
         return [texts[i] for i in self.indices(names, seed=seed, epoch=epoch, key=key)]
 
-    def batch(self, tasks: Sequence[str | Sequence[str]], *, seed: int = 0, epoch: int = 0, keys: Sequence[object] | None = None) -> torch.Tensor:
+    def batch(
+        self,
+        tasks: Sequence[str | Sequence[str]],
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        keys: Sequence[object] | None = None,
+    ) -> torch.Tensor:
         """K conditions stacked: float32 [K, n_prompts, dim]."""
         keys = list(range(len(tasks))) if keys is None else list(keys)
         return torch.stack([self.sample(t, seed=seed, epoch=epoch, key=k) for t, k in zip(tasks, keys, strict=True)])

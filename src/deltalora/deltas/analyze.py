@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbones.architecture import Architecture
 from ..errors import DeltaLoraError
 from ..lora import load_adapter
-from ..backbones.architecture import Architecture
 
 
 def remove_shared(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,9 @@ def flattened_weights(adapter_dirs: Sequence[str | Path], arch: Architecture | N
         w = load_adapter(d, arch, dtype=torch.float32)
         k = [s.key for s in w.layout.slots], w.layout.spec.rank
         if keys is not None and k != keys:
-            raise DeltaLoraError(f"{d}: its slots or rank differ from the first adapter's; flattened weights need one layout")
+            raise DeltaLoraError(
+                f"{d}: its slots or rank differ from the first adapter's; flattened weights need one layout"
+            )
         keys = k
         row = torch.cat([t.reshape(-1) for t in w.tensors()]).numpy()
         if flat is None:
@@ -89,8 +91,11 @@ def flattened_weights(adapter_dirs: Sequence[str | Path], arch: Architecture | N
     return flat if flat is not None else np.empty((0, 0), dtype=np.float32)
 
 
-def tsne_png(points: dict[str, np.ndarray | tuple[str, np.ndarray]], labels: Sequence[str], out: Path, seed: int = 0) -> Path | None:
-    """Side-by-side t-SNE panels (cosine metric) of each named matrix, coloured by family; None without sklearn/matplotlib.
+def tsne_png(
+    points: dict[str, np.ndarray | tuple[str, np.ndarray]], labels: Sequence[str], out: Path, seed: int = 0
+) -> Path | None:
+    """Side-by-side t-SNE panels (cosine metric) of each named matrix, coloured by family; None without
+    sklearn/matplotlib.
 
     A panel given as ``("precomputed", D)`` is an N×N cosine-distance matrix (wide inputs such as flattened
     weights are reduced to one before plotting)."""
@@ -111,7 +116,9 @@ def tsne_png(points: dict[str, np.ndarray | tuple[str, np.ndarray]], labels: Seq
             metric, x = x
         perplexity = max(2.0, min(30.0, (len(x) - 1) / 3))
         method = "exact" if len(x) <= 1000 else "barnes_hut"  # Barnes-Hut is far slower on small sets here
-        tsne = TSNE(n_components=2, metric=metric, init="random", perplexity=perplexity, random_state=seed, method=method)
+        tsne = TSNE(
+            n_components=2, metric=metric, init="random", perplexity=perplexity, random_state=seed, method=method
+        )
         xy = tsne.fit_transform(np.asarray(x, dtype=np.float32 if metric != "precomputed" else np.float64))
         for j, fam in enumerate(fams):
             sel = np.asarray(labels) == fam
@@ -150,24 +157,35 @@ def _by_task(deltas: np.ndarray, runs: Sequence[tuple[str, str, int]], weight_d:
     tasks = [runs[i][0] for i in rows]
     if len(set(tasks)) < 2:
         return {"note": "needs ≥ 2 tasks with ≥ 2 training runs each (e.g. 2 seeds)", "runs": len(last)}
-    out = {"adapters": len(rows), "tasks": len(set(tasks)),
-           "silhouette_delta": silhouette(cosine_distances(deltas[rows]), tasks),
-           "silhouette_delta_specific": silhouette(cosine_distances(_specific(deltas[rows])), tasks)}
+    out = {
+        "adapters": len(rows),
+        "tasks": len(set(tasks)),
+        "silhouette_delta": silhouette(cosine_distances(deltas[rows]), tasks),
+        "silhouette_delta_specific": silhouette(cosine_distances(_specific(deltas[rows])), tasks),
+    }
     if weight_d is not None:
         out["silhouette_weights"] = silhouette(weight_d[np.ix_(rows, rows)], tasks)
     return out
 
 
-def clustering_report(deltas: np.ndarray, families: Sequence[str], adapter_dirs: Sequence[str | Path] | None = None,
-                      arch: Architecture | None = None, png: Path | None = None,
-                      runs: Sequence[tuple[str, str, int]] | None = None) -> dict:
+def clustering_report(
+    deltas: np.ndarray,
+    families: Sequence[str],
+    adapter_dirs: Sequence[str | Path] | None = None,
+    arch: Architecture | None = None,
+    png: Path | None = None,
+    runs: Sequence[tuple[str, str, int]] | None = None,
+) -> dict:
     """Silhouette (cosine) of Δ by family, and of flattened adapter weights when ``adapter_dirs`` are given.
 
     Also by family in the task-specific subspace (the mean Δ projected out of every row), and, when ``runs``
     gives each adapter's (task, training run, step), by task over the last checkpoint of each run.
     """
     deltas = np.asarray(deltas)
-    out = {"adapters": len(families), "families": {f: int(sum(1 for x in families if x == f)) for f in sorted(set(families))}}
+    out = {
+        "adapters": len(families),
+        "families": {f: int(sum(1 for x in families if x == f)) for f in sorted(set(families))},
+    }
     out["silhouette_delta"] = silhouette(cosine_distances(deltas), families)
     out["silhouette_delta_specific"] = silhouette(cosine_distances(_specific(deltas)), families)
     panels = {"Δ (delta activations)": deltas}

@@ -54,7 +54,10 @@ def adapter_content_hash(adapter_dir: str | Path) -> str:
         digest.update(b"\0")
         _sha256_file(d / ADAPTER_WEIGHTS, digest)
     except (OSError, ValueError) as exc:
-        raise DeltaCacheError(f"{d}: cannot hash the adapter ({' '.join(str(exc).split())}); pass a PEFT directory with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}") from None
+        raise DeltaCacheError(
+            f"{d}: cannot hash the adapter ({' '.join(str(exc).split())}); "
+            f"pass a PEFT directory with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        ) from None
     return digest.hexdigest()
 
 
@@ -113,7 +116,9 @@ class DeltaCache(TensorStore):
             except json.JSONDecodeError:
                 if no == len(lines) and not raw.endswith("\n"):
                     continue
-                raise DeltaCacheError(f"{self.index_path}:{no}: not valid JSON; delete the line (the Δ files are unaffected)") from None
+                raise DeltaCacheError(
+                    f"{self.index_path}:{no}: not valid JSON; delete the line (the Δ files are unaffected)"
+                ) from None
         return out
 
     def lookup(self, adapter_id: str, **filters: str) -> dict | None:

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from ..backbones import Backbone
+from ..backbones.architecture import Architecture
 from ..backbones.loader import weights_id_of_dir
-from ..zoo.manifest import adapter_dir, read_manifest
 from ..errors import DeltaLoraError
 from ..lora import LoraWeights, load_adapter
-from ..backbones.architecture import Architecture
 from ..sharding import parse_shard, take_shard
+from ..zoo.manifest import adapter_dir, read_manifest
 from .cache import DeltaCache, DeltaCacheError
 from .forward import lora_activations
 from .probes import ProbeSet, get_probe_set
@@ -76,7 +76,12 @@ def sources_from_models(dirs: Iterable[str | Path]) -> list[DeltaSource]:
 
 def sources_from_manifest(manifest: str | Path) -> list[DeltaSource]:
     """Every entry of a zoo manifest (a ``manifest.jsonl`` or its zoo directory), with its family."""
-    return _unique([DeltaSource(id=e.id, path=adapter_dir(Path(manifest), e), kind="lora", family=e.family) for e in read_manifest(Path(manifest))])
+    return _unique(
+        [
+            DeltaSource(id=e.id, path=adapter_dir(Path(manifest), e), kind="lora", family=e.family)
+            for e in read_manifest(Path(manifest))
+        ]
+    )
 
 
 def _unique(sources: list[DeltaSource]) -> list[DeltaSource]:
@@ -144,7 +149,9 @@ class DeltaReport:
         for r in self.ok:
             hit = cache.get(r.key)
             if hit is None:
-                raise DeltaCacheError(f"{cache.path(r.key)}: Δ of {r.id} vanished from the cache; rerun `deltalora deltas compute`")
+                raise DeltaCacheError(
+                    f"{cache.path(r.key)}: Δ of {r.id} vanished from the cache; rerun `deltalora deltas compute`"
+                )
             ids.append(r.id)
             rows.append(hit.tensor)
         return ids, torch.stack(rows) if rows else torch.empty(0)
@@ -220,7 +227,9 @@ class DeltaExtractor:
                 self._base = hit.tensor.to(self.backbone.device)
             else:
                 self._base = self.activation()
-                self.cache.put(self.base_key, self._base, self._meta(adapter="__base__", norm=float(self._base.norm())), name="v")
+                self.cache.put(
+                    self.base_key, self._base, self._meta(adapter="__base__", norm=float(self._base.norm())), name="v"
+                )
         return self._base
 
     @torch.no_grad()
@@ -228,7 +237,9 @@ class DeltaExtractor:
         """Δ of each adapter of a batched ``LoraWeights`` ([K, dim], float32), all K in one forward."""
         if weights.num_adapters is None:
             weights = LoraWeights.stack([weights])
-        v = lora_activations(self.backbone.model, self.enc, self.rep, weights.to(self.backbone.device), len(self.probes))
+        v = lora_activations(
+            self.backbone.model, self.enc, self.rep, weights.to(self.backbone.device), len(self.probes)
+        )
         return v - self.base_activation()
 
     # -------------------------------------------------------------------------------------- jobs
@@ -264,7 +275,8 @@ class DeltaExtractor:
         return {(r.get("adapter"), r.get("key")) for r in self.cache.read_index()}
 
     def lookup(self, src: DeltaSource) -> tuple[str | None, DeltaResult | None]:
-        """``(key, None)`` when ``src`` still needs computing, else ``(key, result)`` for a cache hit or a broken source."""
+        """``(key, None)`` when ``src`` still needs computing, else ``(key, result)`` for a cache hit or a broken
+        source."""
         try:
             content = self._content_id(src)
         except BrokenSource as exc:
@@ -272,7 +284,9 @@ class DeltaExtractor:
         key = self.key(content)
         hit = self.cache.get(key)
         if hit is not None:
-            return key, DeltaResult(src.id, src.kind, "cached", src.family, str(src.path), key, self._rel(key), float(hit.tensor.norm()))
+            return key, DeltaResult(
+                src.id, src.kind, "cached", src.family, str(src.path), key, self._rel(key), float(hit.tensor.norm())
+            )
         return key, None
 
     def compute(self, todo: Iterable[tuple[DeltaSource, str]]) -> Iterator[DeltaResult]:
@@ -315,7 +329,9 @@ class DeltaExtractor:
         for sig in list(pending):
             yield from flush(sig)
 
-    def report(self, sources: Sequence[DeltaSource], results: dict[str, DeltaResult], indexed: set[tuple[str, str]], t0: float) -> DeltaReport:
+    def report(
+        self, sources: Sequence[DeltaSource], results: dict[str, DeltaResult], indexed: set[tuple[str, str]], t0: float
+    ) -> DeltaReport:
         """The report of a finished job (results in the order of ``sources``); appends the new index lines."""
         report = DeltaReport(
             backbone=self.backbone.name,
@@ -329,7 +345,16 @@ class DeltaExtractor:
         )
         report.results = [results[s.id] for s in sources]
         new = [
-            {"adapter": r.id, "key": r.key, "file": r.file, "kind": r.kind, "family": r.family, "path": r.path, "norm": r.norm, **self.identity()}
+            {
+                "adapter": r.id,
+                "key": r.key,
+                "file": r.file,
+                "kind": r.kind,
+                "family": r.family,
+                "path": r.path,
+                "norm": r.norm,
+                **self.identity(),
+            }
             for r in report.ok
             if (r.id, r.key) not in indexed
         ]
@@ -345,10 +370,21 @@ class DeltaExtractor:
     def _store(self, src: DeltaSource, key: str, delta: torch.Tensor) -> DeltaResult:
         delta = delta.detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(delta).all()):
-            return DeltaResult(src.id, src.kind, "broken", src.family, str(src.path), key,
-                               error=f"{src.path}: Δ has non-finite values (the adapter overflows the backbone); retrain or re-export it")
+            return DeltaResult(
+                src.id,
+                src.kind,
+                "broken",
+                src.family,
+                str(src.path),
+                key,
+                error=(
+                    f"{src.path}: Δ has non-finite values (the adapter overflows the backbone); retrain or re-export it"
+                ),
+            )
         norm = float(delta.norm())
-        self.cache.put(key, delta, self._meta(adapter=src.id, path=src.path, kind=src.kind, family=src.family, norm=norm))
+        self.cache.put(
+            key, delta, self._meta(adapter=src.id, path=src.path, kind=src.kind, family=src.family, norm=norm)
+        )
         return DeltaResult(src.id, src.kind, "computed", src.family, str(src.path), key, self._rel(key), norm)
 
     def _content_id(self, src: DeltaSource) -> str:
@@ -359,7 +395,9 @@ class DeltaExtractor:
                 raise BrokenSource(str(exc)) from None
         if src.kind == "model":
             if not (src.path / "config.json").is_file():
-                raise BrokenSource(f"{src.path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
+                raise BrokenSource(
+                    f"{src.path}: not a model directory (no config.json); pass a directory saved with save_pretrained"
+                )
             return "model:" + weights_id_of_dir(src.path)
         raise DeltaError(f"unknown source kind {src.kind!r}; use 'lora' or 'model'")
 
@@ -373,7 +411,10 @@ class DeltaExtractor:
             config = AutoConfig.from_pretrained(model_dir)
             arch = Architecture.from_config(config)
         except (OSError, ValueError, DeltaLoraError) as exc:
-            raise BrokenSource(f"{model_dir}: cannot read config.json ({' '.join(str(exc).split())[:200]}); pass a directory saved with save_pretrained") from None
+            raise BrokenSource(
+                f"{model_dir}: cannot read config.json ({' '.join(str(exc).split())[:200]}); "
+                "pass a directory saved with save_pretrained"
+            ) from None
         want = self.backbone.arch
         vocab, want_vocab = getattr(config, "vocab_size", None), self.backbone.model.config.vocab_size
         if arch != want or vocab != want_vocab:
@@ -384,12 +425,18 @@ class DeltaExtractor:
         try:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.backbone.runtime.torch_dtype)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise BrokenSource(f"{model_dir}: cannot load the model ({' '.join(str(exc).split())[:200]}); check the weight files") from None
+            raise BrokenSource(
+                f"{model_dir}: cannot load the model ({' '.join(str(exc).split())[:200]}); check the weight files"
+            ) from None
         model.to(self.backbone.device).eval()
         bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
         if bad:
             del model
-            raise BrokenSource(f"{model_dir}: non-finite values (NaN/Inf) in {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "; the checkpoint is broken")
+            raise BrokenSource(
+                f"{model_dir}: non-finite values (NaN/Inf) in {bad[0]}"
+                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                + "; the checkpoint is broken"
+            )
         try:
             return self.activation(model) - self.base_activation()
         finally:
@@ -458,9 +505,19 @@ def delta_stats(results: Sequence[DeltaResult]) -> dict:
 
 def _log_stats(report: DeltaReport) -> None:
     c = report.counts()
-    log.info("Δ %s on %s: %d computed, %d cached, %d broken in %.1fs", report.representation, report.backbone, c["computed"], c["cached"], c["broken"], report.seconds)
+    log.info(
+        "Δ %s on %s: %d computed, %d cached, %d broken in %.1fs",
+        report.representation,
+        report.backbone,
+        c["computed"],
+        c["cached"],
+        c["broken"],
+        report.seconds,
+    )
     for fam, s in report.stats["norms_by_family"].items():
-        log.info("  |Δ| %s: n=%d mean %.4g std %.4g [%.4g, %.4g]", fam, s["count"], s["mean"], s["std"], s["min"], s["max"])
+        log.info(
+            "  |Δ| %s: n=%d mean %.4g std %.4g [%.4g, %.4g]", fam, s["count"], s["mean"], s["std"], s["min"], s["max"]
+        )
     for o in report.stats["outliers"]:
         log.warning("outlier Δ norm: %s (%s) |Δ|=%.4g robust z %.1f", o["id"], o["family"], o["norm"], o["robust_z"])
 

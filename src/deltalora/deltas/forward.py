@@ -20,13 +20,21 @@ import torch
 from ..errors import ConfigError
 from ..lora import LoraWeights, inject
 from .probes import get_probe_set
-from .represent import Representation, encode_probes, mean_over_probes, parse_representation, probe_vectors, repeat_batch
+from .represent import (
+    Representation,
+    encode_probes,
+    mean_over_probes,
+    parse_representation,
+    probe_vectors,
+    repeat_batch,
+)
 
 PROBE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def lora_activations(model: torch.nn.Module, enc: dict, rep: Representation, weights: LoraWeights | None,
-                     num_probes: int) -> torch.Tensor:
+def lora_activations(
+    model: torch.nn.Module, enc: dict, rep: Representation, weights: LoraWeights | None, num_probes: int
+) -> torch.Tensor:
     """v of each adapter of a batched ``weights`` ([K, dim] float32) over the encoded probes ``enc``, all K in
     one forward of the causal LM ``model`` (block k of the K·P rows through adapter k); ``None``: v(B), [1, dim]."""
     if weights is None:

@@ -54,8 +54,9 @@ def compute_deltas_for(
     runtime = model_validate_or_raise(RuntimeConfig, {"device": device, "dtype": dtype}, "--device/--dtype")
     b = load_backbone(backbone, runtime, progress=progress)
     if backend == "ray":
-        return compute_deltas_ray(b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True,
-                                  num_actors=ray_actors)
+        return compute_deltas_ray(
+            b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True, num_actors=ray_actors
+        )
     return compute_deltas(b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True)
 
 
@@ -78,10 +79,21 @@ def analyze_zoo(
     report = compute_deltas(b, sources, probes, representation, cache, batch_adapters, progress=progress)
     ids, deltas = report.load()
     labels = zoo_labels(zoo, ids)
-    result = clustering_report(deltas.numpy(), labels.families, labels.dirs if weights else None, b.arch,
-                               Path(png) if png else None, runs=labels.runs)
-    return {"backbone": b.name, "probes": report.probes, "repr": report.representation,
-            "broken": [r.id for r in report.broken], **result}
+    result = clustering_report(
+        deltas.numpy(),
+        labels.families,
+        labels.dirs if weights else None,
+        b.arch,
+        Path(png) if png else None,
+        runs=labels.runs,
+    )
+    return {
+        "backbone": b.name,
+        "probes": report.probes,
+        "repr": report.representation,
+        "broken": [r.id for r in report.broken],
+        **result,
+    }
 
 
 __all__ = ["BACKENDS", "analyze_zoo", "compute_deltas_for"]

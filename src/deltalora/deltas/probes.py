@@ -30,7 +30,9 @@ class ProbeSet:
         if not self.texts:
             raise ProbeError(f"probe set {self.name!r} is empty; give it at least one probe text")
         if not all(isinstance(t, str) and t for t in self.texts):
-            raise ProbeError(f"probe set {self.name!r} holds an empty or non-string probe; every probe must be non-empty text")
+            raise ProbeError(
+                f"probe set {self.name!r} holds an empty or non-string probe; every probe must be non-empty text"
+            )
 
     @property
     def sha256(self) -> str:
@@ -66,16 +68,25 @@ def get_probe_set(name_or_path: str | Path) -> ProbeSet:
     path = Path(key)
     if path.suffix in {".txt", ".jsonl"} or path.exists():
         return load_probe_file(path)
-    raise ProbeError(f"unknown probe set {key!r}; use one of {', '.join(probe_set_names())} or a .txt/.jsonl probe file")
+    raise ProbeError(
+        f"unknown probe set {key!r}; use one of {', '.join(probe_set_names())} or a .txt/.jsonl probe file"
+    )
 
 
 def load_probe_file(path: str | Path) -> ProbeSet:
-    """Probes from ``path``: ``.txt`` one probe per line, or ``.jsonl`` lines ``{"text": ...}``. Blank lines are skipped."""
+    """Probes from ``path``: ``.txt`` one probe per line, or ``.jsonl`` lines ``{"text": ...}``. Blank lines are
+    skipped."""
     path = Path(path)
     if not path.is_file():
-        raise ProbeError(f"{path}: probe file not found; pass an existing .txt (one probe per line) or .jsonl ({{\"text\": ...}} per line) file")
+        raise ProbeError(
+            f"{path}: probe file not found; "
+            'pass an existing .txt (one probe per line) or .jsonl ({"text": ...} per line) file'
+        )
     if path.suffix not in {".txt", ".jsonl"}:
-        raise ProbeError(f"{path}: unsupported probe file type {path.suffix!r}; use .txt (one probe per line) or .jsonl ({{\"text\": ...}} per line)")
+        raise ProbeError(
+            f"{path}: unsupported probe file type {path.suffix!r}; "
+            'use .txt (one probe per line) or .jsonl ({"text": ...} per line)'
+        )
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -90,10 +101,14 @@ def load_probe_file(path: str | Path) -> ProbeSet:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ProbeError(f"{path}:{no}: not valid JSON ({exc.msg}); write one {{\"text\": \"...\"}} object per line") from None
+            raise ProbeError(
+                f'{path}:{no}: not valid JSON ({exc.msg}); write one {{"text": "..."}} object per line'
+            ) from None
         text = obj.get("text") if isinstance(obj, dict) else None
         if not isinstance(text, str) or not text:
-            raise ProbeError(f"{path}:{no}: needs a non-empty string field \"text\"; write one {{\"text\": \"...\"}} object per line")
+            raise ProbeError(
+                f'{path}:{no}: needs a non-empty string field "text"; write one {{"text": "..."}} object per line'
+            )
         texts.append(text)
     if not texts:
         raise ProbeError(f"{path}: holds no probes; add at least one non-blank line")
@@ -107,11 +122,26 @@ def load_probe_file(path: str | Path) -> ProbeSet:
 # (commit 16cdfc8cf062cba3bc3ee90689acf6fa4096a150), formatted there with
 # task_prompt = "Please provide a response." and input_text = "Input." — raw text, no chat template.
 _DA_TEMPLATES = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{task} Input:{input}\n\n### Response:",
-    "The task described below requires a response that completes the request accurately.\n\n### Instruction:\n{task} Input:{input}\n\n### Response:",
-    "Below is a description of a task. Provide a response that aligns with the requirements.\n\n### Instruction:\n{task} Input:{input}\n\n### Response:",
-    "The following instruction outlines a task. Generate a response that meets the specified request.\n\n### Instruction:\n{task} Input:{input}\n\n### Response:",
-    "You are given an instruction and input. Write a response that completes the task as requested.\n\n### Instruction:\n{task} Input:{input}\n\n### Response:",
+    (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\n{task} Input:{input}\n\n### Response:"
+    ),
+    (
+        "The task described below requires a response that completes the request accurately."
+        "\n\n### Instruction:\n{task} Input:{input}\n\n### Response:"
+    ),
+    (
+        "Below is a description of a task. Provide a response that aligns with the requirements."
+        "\n\n### Instruction:\n{task} Input:{input}\n\n### Response:"
+    ),
+    (
+        "The following instruction outlines a task. Generate a response that meets the specified request."
+        "\n\n### Instruction:\n{task} Input:{input}\n\n### Response:"
+    ),
+    (
+        "You are given an instruction and input. Write a response that completes the task as requested."
+        "\n\n### Instruction:\n{task} Input:{input}\n\n### Response:"
+    ),
 )
 _DA_TASK = "Please provide a response."
 _DA_INPUT = "Input."

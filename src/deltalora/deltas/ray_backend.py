@@ -32,13 +32,22 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import Backbone
-from ..backbones import load_backbone
+from ..backbones import Backbone, load_backbone
 from ..backbones.registry import is_registered
 from ..config import RuntimeConfig
 from ..errors import DeltaLoraError
 from .cache import DeltaCache
-from .extract import DeltaError, DeltaExtractor, DeltaReport, DeltaResult, DeltaSource, _progress, parse_shard, select_shard, warn_if_broken
+from .extract import (
+    DeltaError,
+    DeltaExtractor,
+    DeltaReport,
+    DeltaResult,
+    DeltaSource,
+    _progress,
+    parse_shard,
+    select_shard,
+    warn_if_broken,
+)
 from .probes import ProbeSet, get_probe_set
 from .represent import Representation, parse_representation
 
@@ -91,7 +100,8 @@ class DeltaActor:
         loaded = load_backbone(backbone, RuntimeConfig(**runtime), fetch_missing=False, progress=False)
         if loaded.weights_id != weights_id:
             raise DeltaError(
-                f"backbone {backbone!r} loaded in a Ray actor has weights {loaded.weights_id[:12]}, the driver's has {weights_id[:12]}; "
+                f"backbone {backbone!r} loaded in a Ray actor has weights {loaded.weights_id[:12]}, "
+                f"the driver's has {weights_id[:12]}; "
                 "give every node the same backbone files (a registered name fetched everywhere, or a shared directory)"
             )
         self.extractor = DeltaExtractor(loaded, probes, representation, DeltaCache(cache_root), batch_adapters)
@@ -106,7 +116,8 @@ class DeltaActor:
 
 
 def _loadable_name(backbone: Backbone) -> str:
-    """What an actor passes to ``load_backbone``: the registered name or HF id as given, a local directory made absolute."""
+    """What an actor passes to ``load_backbone``: the registered name or HF id as given, a local directory made
+    absolute."""
     if not is_registered(backbone.name) and Path(backbone.name).exists():
         return os.path.abspath(backbone.name)
     return backbone.name
@@ -165,7 +176,9 @@ def compute_deltas_ray(
             warn_if_broken(res)
             continue
         given_path[src.id] = str(src.path)
-        todo.append({"id": src.id, "path": os.path.abspath(src.path), "kind": src.kind, "family": src.family, "key": key})
+        todo.append(
+            {"id": src.id, "path": os.path.abspath(src.path), "kind": src.kind, "family": src.family, "key": key}
+        )
 
     if todo:
         if not ray.is_initialized():
@@ -173,7 +186,15 @@ def compute_deltas_ray(
         import pyarrow as pa
 
         k = extractor.k
-        item_schema = pa.schema([("id", pa.string()), ("path", pa.string()), ("kind", pa.string()), ("family", pa.string()), ("key", pa.string())])
+        item_schema = pa.schema(
+            [
+                ("id", pa.string()),
+                ("path", pa.string()),
+                ("kind", pa.string()),
+                ("family", pa.string()),
+                ("key", pa.string()),
+            ]
+        )
         blocks = [pa.Table.from_pylist(todo[i : i + k], schema=item_schema) for i in range(0, len(todo), k)]
         device, gpus = _actor_device(backbone)
         ctx = DataContext.get_current()
@@ -204,7 +225,10 @@ def compute_deltas_ray(
             for row in ds.iter_rows():
                 res = DeltaResult(**{n: row[n] for n in names})
                 if res.id not in given_path or res.id in results:
-                    raise DeltaError(f"the Ray pipeline returned {res.id!r} unexpectedly (twice, or never asked); rerun — the cache keeps what is done")
+                    raise DeltaError(
+                        f"the Ray pipeline returned {res.id!r} unexpectedly (twice, or never asked); "
+                        "rerun — the cache keeps what is done"
+                    )
                 res.path = given_path[res.id]
                 results[res.id] = res
                 warn_if_broken(res)
@@ -213,13 +237,18 @@ def compute_deltas_ray(
             raise
         except Exception as exc:  # a Ray task or actor failure: one line, the cache keeps the finished Δ
             msg = " ".join(str(exc).split())
-            raise DeltaError(f"the Ray Δ pipeline failed ({type(exc).__name__}: {msg[:300]}); rerun to resume from the cache") from exc
+            raise DeltaError(
+                f"the Ray Δ pipeline failed ({type(exc).__name__}: {msg[:300]}); rerun to resume from the cache"
+            ) from exc
         finally:
             ctx.enable_progress_bars = bars
             bar.close()
         missing = [s.id for s in sources if s.id not in results]
         if missing:
-            raise DeltaError(f"the Ray pipeline returned no result for {len(missing)} sources (first {missing[0]!r}); rerun to resume from the cache")
+            raise DeltaError(
+                f"the Ray pipeline returned no result for {len(missing)} sources (first {missing[0]!r}); "
+                "rerun to resume from the cache"
+            )
     return extractor.report(sources, results, indexed, t0)
 
 

@@ -117,7 +117,9 @@ def probe_vectors(decoder: torch.nn.Module, enc: dict[str, torch.Tensor], rep: R
     n = len(hs)
     bad = [i for i in rep.layers if not -n <= i < n]
     if bad:
-        raise ConfigError(f"representation {rep.spec}: layers {bad} do not exist; hidden_states has indices 0..{n - 1} (or -{n}..-1)")
+        raise ConfigError(
+            f"representation {rep.spec}: layers {bad} do not exist; hidden_states has indices 0..{n - 1} (or -{n}..-1)"
+        )
     pooled = [_pool(hs[i], mask, rep.pool) for i in rep.layers]
     return torch.cat(pooled, dim=-1) if rep.combine == "concat" else torch.stack(pooled).mean(dim=0)
 
@@ -127,4 +129,11 @@ def mean_over_probes(vectors: torch.Tensor, num_probes: int) -> torch.Tensor:
     return vectors.float().reshape(-1, num_probes, vectors.shape[-1]).mean(dim=1)
 
 
-__all__ = ["Representation", "encode_probes", "mean_over_probes", "parse_representation", "probe_vectors", "repeat_batch"]
+__all__ = [
+    "Representation",
+    "encode_probes",
+    "mean_over_probes",
+    "parse_representation",
+    "probe_vectors",
+    "repeat_batch",
+]

@@ -3,4 +3,12 @@
 from .registry import build_generator, generator_names, num_parameters, register_generator
 from .tokenizer import LoraTokenizer, criterion_weights, weighted_token_mse
 
-__all__ = ["LoraTokenizer", "criterion_weights", "weighted_token_mse", "build_generator", "generator_names", "num_parameters", "register_generator"]
+__all__ = [
+    "LoraTokenizer",
+    "criterion_weights",
+    "weighted_token_mse",
+    "build_generator",
+    "generator_names",
+    "num_parameters",
+    "register_generator",
+]

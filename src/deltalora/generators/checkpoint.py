@@ -7,7 +7,8 @@ use it correctly::
      "generator": {"name": "compact", "cond_dim": 384, "n_prompts": 8, "options": {...}},   # gen.spec
      "lora": {"rank": 16, "alpha": 32.0, "targets": [...], "layers": null, "rslora": false},
      "backbone": {"name": "qwen2.5-1.5b", "architecture": {...}},
-     "encoder": "minilm", "condition_form": "prompts", "code_version": "0.1.0", "num_parameters": 19555552, "extra": {...}}
+     "encoder": "minilm", "condition_form": "prompts", "code_version": "0.1.0", "num_parameters": 19555552,
+     "extra": {...}}
 
 One file (not a file plus a sidecar) so the weights and what they mean can never drift apart; it is
 written atomically. :func:`load_generator` validates every part where it enters and raises
@@ -31,10 +32,10 @@ from safetensors.torch import load as st_load
 from torch import nn
 
 from .. import __version__
-from ..config import LoraSpec, validation_message
-from ..errors import ConfigError, DeltaLoraError
 from ..backbones import Architecture
 from ..conditions import FORMS
+from ..config import LoraSpec, validation_message
+from ..errors import ConfigError, DeltaLoraError
 from ..lora import LoraLayout, derive_layout
 from ..paths import atomic_write_bytes, safetensors_bytes
 from .registry import build_generator, generator_names, num_parameters
@@ -110,7 +111,12 @@ def meta_parameters() -> Iterator[None]:
 
 
 def checkpoint_metadata(
-    gen: nn.Module, layout: LoraLayout, backbone: str, encoder: str, condition_form: str = "prompts", extra: Mapping[str, Any] | None = None
+    gen: nn.Module,
+    layout: LoraLayout,
+    backbone: str,
+    encoder: str,
+    condition_form: str = "prompts",
+    extra: Mapping[str, Any] | None = None,
 ) -> dict:
     if condition_form not in tuple(FORMS):
         raise ValueError(f"condition_form {condition_form!r} is not one of {tuple(FORMS)}")
@@ -135,15 +141,18 @@ def save_generator(gen: nn.Module, path: str | Path, meta: Mapping[str, Any], la
 
     ``meta`` must name ``backbone`` (the registered name, directory or HF id the generator is for) and
     ``encoder`` (the condition encoder it was trained with), optionally ``condition_form`` (``"prompts"``,
-    the default, or ``"prompt_answer"``: what the encoder was fed in training); any other keys (JSON-able) are kept under
-    ``extra``. The LoRA spec and backbone architecture come from ``layout`` (default: ``gen.layout``).
+    the default, or ``"prompt_answer"``: what the encoder was fed in training); any other keys (JSON-able)
+    are kept under ``extra``. The LoRA spec and backbone architecture come from ``layout`` (default:
+    ``gen.layout``).
     """
     spec = getattr(gen, "spec", None)
     if not isinstance(spec, dict) or not {"name", "cond_dim", "n_prompts", "options"} <= set(spec):
         raise ValueError("save_generator needs a generator built by build_generator (it carries .spec)")
     layout = layout if layout is not None else getattr(gen, "layout", None)
     if layout is None:
-        raise ValueError("save_generator needs the generator's LoRA layout: pass layout= (the generator has no .layout)")
+        raise ValueError(
+            "save_generator needs the generator's LoRA layout: pass layout= (the generator has no .layout)"
+        )
     meta = dict(meta)
     for key in ("backbone", "encoder"):
         if not isinstance(meta.get(key), str) or not meta[key]:
@@ -163,7 +172,9 @@ def save_generator(gen: nn.Module, path: str | Path, meta: Mapping[str, Any], la
 
 
 def _read_header(path: Path, data: bytes) -> dict[str, Any]:
-    bad = GeneratorCheckpointError(path, "not a readable safetensors file (truncated or corrupt)", f"copy it again or {RESAVE}")
+    bad = GeneratorCheckpointError(
+        path, "not a readable safetensors file (truncated or corrupt)", f"copy it again or {RESAVE}"
+    )
     if len(data) < 8:
         raise bad
     n = int.from_bytes(data[:8], "little")
@@ -181,7 +192,11 @@ def _read_header(path: Path, data: bytes) -> dict[str, Any]:
 def _field(path: Path, meta: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
     value = meta.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise GeneratorCheckpointError(path, f"metadata field {key!r} is {value!r}, expected {what}", f"the metadata was edited or damaged; {RESAVE}")
+        raise GeneratorCheckpointError(
+            path,
+            f"metadata field {key!r} is {value!r}, expected {what}",
+            f"the metadata was edited or damaged; {RESAVE}",
+        )
     return value
 
 
@@ -193,9 +208,13 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 def _read_bytes(path: Path) -> bytes:
     if not path.exists():
-        raise GeneratorCheckpointError(path, "generator checkpoint not found", "pass the .safetensors file written by save_generator")
+        raise GeneratorCheckpointError(
+            path, "generator checkpoint not found", "pass the .safetensors file written by save_generator"
+        )
     if path.is_dir():
-        raise GeneratorCheckpointError(path, "is a directory, not a generator checkpoint", "pass the .safetensors file written by save_generator")
+        raise GeneratorCheckpointError(
+            path, "is a directory, not a generator checkpoint", "pass the .safetensors file written by save_generator"
+        )
     return path.read_bytes()
 
 
@@ -204,7 +223,10 @@ def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
     if META_KEY not in raw:
         raise GeneratorCheckpointError(
             path,
-            f"no {META_KEY!r} metadata: this safetensors file is not a deltalora generator checkpoint (a PEFT adapter?)",
+            (
+                f"no {META_KEY!r} metadata: "
+                "this safetensors file is not a deltalora generator checkpoint (a PEFT adapter?)"
+            ),
             "pass a checkpoint written by deltalora.generators.save_generator",
         )
     try:
@@ -212,37 +234,58 @@ def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
     except (json.JSONDecodeError, TypeError):
         meta = None
     if not isinstance(meta, dict):
-        raise GeneratorCheckpointError(path, f"{META_KEY!r} metadata is not a JSON object", f"the header is damaged; {RESAVE}")
+        raise GeneratorCheckpointError(
+            path, f"{META_KEY!r} metadata is not a JSON object", f"the header is damaged; {RESAVE}"
+        )
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise GeneratorCheckpointError(
             path,
-            f"checkpoint format {meta.get('format')!r} version {meta.get('format_version')!r} is not {FORMAT!r} version {FORMAT_VERSION}",
-            f"it was written by another deltalora version ({meta.get('code_version')!r}, this is {__version__}); load it with that version",
+            (
+                f"checkpoint format {meta.get('format')!r} version {meta.get('format_version')!r} "
+                f"is not {FORMAT!r} version {FORMAT_VERSION}"
+            ),
+            (
+                f"it was written by another deltalora version ({meta.get('code_version')!r}, this is {__version__}); "
+                "load it with that version"
+            ),
         )
     gspec = _field(path, meta, "generator", dict, "an object")
     name = _field(path, gspec, "name", str, "a generator name")
     for key in ("cond_dim", "n_prompts"):
         v = gspec.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise GeneratorCheckpointError(path, f"generator {key} is {v!r}, expected a positive integer", f"the metadata was damaged; {RESAVE}")
+            raise GeneratorCheckpointError(
+                path, f"generator {key} is {v!r}, expected a positive integer", f"the metadata was damaged; {RESAVE}"
+            )
     _field(path, gspec, "options", dict, "an object")
     backbone = _field(path, meta, "backbone", dict, "an object with name and architecture")
     _field(path, backbone, "name", str, "a backbone name")
     _field(path, meta, "encoder", str, "an encoder name")
     forms = tuple(FORMS)
     if meta.get("condition_form") not in forms:
-        raise GeneratorCheckpointError(path, f"condition_form is {meta.get('condition_form')!r}, expected one of {', '.join(forms)}", RESAVE)
+        raise GeneratorCheckpointError(
+            path, f"condition_form is {meta.get('condition_form')!r}, expected one of {', '.join(forms)}", RESAVE
+        )
     _field(path, meta, "extra", dict, "an object")
     try:
         lora = LoraSpec.model_validate(meta.get("lora"))
     except ValidationError as exc:
-        raise GeneratorCheckpointError(path, f"invalid LoRA spec in the metadata ({validation_message(exc)})", RESAVE) from None
+        raise GeneratorCheckpointError(
+            path, f"invalid LoRA spec in the metadata ({validation_message(exc)})", RESAVE
+        ) from None
     fields = _field(path, backbone, "architecture", dict, "an object")
     try:
         arch = Architecture.from_config(fields)
-        wrong = {k: v for k, v in fields.items() if k != "model_type" and (isinstance(v, bool) or not isinstance(v, int) or v < 1)}
+        wrong = {
+            k: v
+            for k, v in fields.items()
+            if k != "model_type" and (isinstance(v, bool) or not isinstance(v, int) or v < 1)
+        }
         if wrong or asdict(arch) != fields:
-            raise ConfigError(f"fields {sorted(wrong) or sorted(set(fields) ^ set(asdict(arch)))} are missing or not positive integers")
+            raise ConfigError(
+                f"fields {sorted(wrong) or sorted(set(fields) ^ set(asdict(arch)))} "
+                "are missing or not positive integers"
+            )
         layout = derive_layout(arch, lora)
     except (TypeError, ValueError, ConfigError) as exc:
         raise GeneratorCheckpointError(path, f"invalid backbone architecture in the metadata ({exc})", RESAVE) from None
@@ -250,8 +293,14 @@ def _parse_metadata(path: Path, data: bytes) -> dict[str, Any]:
     if name not in known:
         raise GeneratorCheckpointError(
             path,
-            f"generator {name!r} is not registered in this deltalora ({__version__}; known: {', '.join(known) or '(none)'})",
-            f"use the deltalora version that wrote it ({meta.get('code_version')!r}) or import the module that registers {name!r}",
+            (
+                f"generator {name!r} is not registered in this deltalora "
+                f"({__version__}; known: {', '.join(known) or '(none)'})"
+            ),
+            (
+                f"use the deltalora version that wrote it ({meta.get('code_version')!r}) "
+                f"or import the module that registers {name!r}"
+            ),
         )
     meta["_layout"] = layout
     return meta
@@ -267,13 +316,17 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         state = st_load(data)
     except Exception as exc:  # safetensors raises SafetensorError and others for damaged files
-        raise GeneratorCheckpointError(path, f"not a readable safetensors file ({' '.join(str(exc).split())})", f"copy it again or {RESAVE}") from None
+        raise GeneratorCheckpointError(
+            path, f"not a readable safetensors file ({' '.join(str(exc).split())})", f"copy it again or {RESAVE}"
+        ) from None
 
     def build() -> nn.Module:
         try:
             return build_generator(gspec["name"], layout, gspec["cond_dim"], gspec["n_prompts"], **gspec["options"])
         except ConfigError as exc:
-            raise GeneratorCheckpointError(path, f"cannot rebuild generator {gspec['name']!r} from its metadata ({exc})", RESAVE) from None
+            raise GeneratorCheckpointError(
+                path, f"cannot rebuild generator {gspec['name']!r} from its metadata ({exc})", RESAVE
+            ) from None
 
     with meta_parameters():  # shapes only: the weights come from the file
         gen = build()
@@ -287,18 +340,36 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
         if extra:
             parts.append(f"{len(extra)} unexpected ({', '.join(extra[:2])}{' …' if len(extra) > 2 else ''})")
         raise GeneratorCheckpointError(
-            path, f"state dict keys do not match generator {gspec['name']!r}: {'; '.join(parts)}", f"the file does not fit its metadata; {RESAVE}"
+            path,
+            f"state dict keys do not match generator {gspec['name']!r}: {'; '.join(parts)}",
+            f"the file does not fit its metadata; {RESAVE}",
         )
-    shapes = [f"{k} {list(state[k].shape)} (needs {list(want[k].shape)})" for k in sorted(want) if state[k].shape != want[k].shape]
+    shapes = [
+        f"{k} {list(state[k].shape)} (needs {list(want[k].shape)})"
+        for k in sorted(want)
+        if state[k].shape != want[k].shape
+    ]
     if shapes:
-        raise GeneratorCheckpointError(path, f"tensor shape mismatch: {', '.join(shapes[:2])}", f"the file does not fit its metadata; {RESAVE}")
-    bad = [k for k in sorted(want) if want[k].is_floating_point() and (not state[k].is_floating_point() or not torch.isfinite(state[k]).all())]
+        raise GeneratorCheckpointError(
+            path, f"tensor shape mismatch: {', '.join(shapes[:2])}", f"the file does not fit its metadata; {RESAVE}"
+        )
+    bad = [
+        k
+        for k in sorted(want)
+        if want[k].is_floating_point() and (not state[k].is_floating_point() or not torch.isfinite(state[k]).all())
+    ]
     if bad:
-        raise GeneratorCheckpointError(path, f"non-finite or non-float values in {', '.join(bad[:2])}", "the generator is broken (diverged training?): use an earlier checkpoint")
+        raise GeneratorCheckpointError(
+            path,
+            f"non-finite or non-float values in {', '.join(bad[:2])}",
+            "the generator is broken (diverged training?): use an earlier checkpoint",
+        )
     gen.load_state_dict(state, strict=True, assign=True)
     still_meta = [n for n, t in (*gen.named_parameters(), *gen.named_buffers()) if t.is_meta]
     if still_meta:  # pragma: no cover - a builder that creates parameters outside register_parameter
-        raise GeneratorCheckpointError(path, f"generator {gspec['name']!r} left {still_meta[0]} unloaded", "report this as a deltalora bug")
+        raise GeneratorCheckpointError(
+            path, f"generator {gspec['name']!r} left {still_meta[0]} unloaded", "report this as a deltalora bug"
+        )
     gen = gen.to(device).eval()
     backbone = meta["backbone"]
     return LoadedGenerator(

@@ -148,7 +148,12 @@ class CompactGenerator(nn.Module):
         self.cond_dim = cond_dim
         self.n_prompts = n_prompts
         self.opts = opts
-        self.spec = {"name": "compact", "cond_dim": cond_dim, "n_prompts": n_prompts, "options": opts.model_dump(mode="json")}
+        self.spec = {
+            "name": "compact",
+            "cond_dim": cond_dim,
+            "n_prompts": n_prompts,
+            "options": opts.model_dump(mode="json"),
+        }
 
         self.layers = layout.layers  # layer index -> position in layer_emb
         self.modules_ = tuple(dict.fromkeys(s.module for s in layout.slots))
@@ -157,9 +162,13 @@ class CompactGenerator(nn.Module):
         shapes = {m: {(s.in_features, s.out_features, s.rank) for s in slots} for m, slots in self.slots_of.items()}
         odd = [m for m, sh in shapes.items() if len(sh) != 1]
         if odd:
-            raise ConfigError(f"compact generator: module {odd[0]} has different shapes in different layers {sorted(shapes[odd[0]])}")
+            raise ConfigError(
+                f"compact generator: module {odd[0]} has different shapes in different layers {sorted(shapes[odd[0]])}"
+            )
         layer_pos = {layer: i for i, layer in enumerate(self.layers)}
-        self.layer_idx = {m: [layer_pos[s.layer] for s in slots] for m, slots in self.slots_of.items()}  # no buffers: meta-safe
+        self.layer_idx = {
+            m: [layer_pos[s.layer] for s in slots] for m, slots in self.slots_of.items()
+        }  # no buffers: meta-safe
 
         w = opts.trunk_width
         self.pool = PromptPool(cond_dim, opts.pooling)
@@ -176,9 +185,13 @@ class CompactGenerator(nn.Module):
         self.heads = nn.ModuleDict()
         for m in self.modules_:
             s0 = self.slots_of[m][0]
-            self.heads[m] = ModuleHead(head_in, opts.head_hidden, s0.rank, opts.basis_dim, s0.in_features, s0.out_features)
+            self.heads[m] = ModuleHead(
+                head_in, opts.head_hidden, s0.rank, opts.basis_dim, s0.in_features, s0.out_features
+            )
         if opts.learn_base_a:
-            self.base_a = nn.ParameterDict({m: nn.Parameter(peft_a_init(layout, m, opts.base_a_seed)) for m in self.modules_})
+            self.base_a = nn.ParameterDict(
+                {m: nn.Parameter(peft_a_init(layout, m, opts.base_a_seed)) for m in self.modules_}
+            )
         else:
             for m in self.modules_:  # regenerated from the seed on every build: not saved
                 self.register_buffer(f"base_a_{m}", peft_a_init(layout, m, opts.base_a_seed), persistent=False)
@@ -189,7 +202,8 @@ class CompactGenerator(nn.Module):
     def forward(self, cond: torch.Tensor) -> LoraWeights:
         if cond.dim() != 3 or cond.shape[-1] != self.cond_dim or cond.shape[0] < 1 or cond.shape[1] < 1:
             raise ValueError(
-                f"compact generator: cond must be [K, n_prompts, {self.cond_dim}] with K, n_prompts >= 1, got {tuple(cond.shape)}"
+                f"compact generator: cond must be [K, n_prompts, {self.cond_dim}] with K, n_prompts >= 1, "
+                f"got {tuple(cond.shape)}"
             )
         k = cond.shape[0]
         h = self.trunk(self.pool(cond))  # [K, W]

@@ -51,7 +51,9 @@ class HyperConvOptions(StrictModel):
     width_mult: float = Field(1.0, gt=0, description="scales the intermediate channel (plane) counts")
     num_layers: int = Field(4, ge=1, le=32, description="HyperConv layers between condition and tokens")
     kernel_size: int = Field(3, ge=1, le=15, description="odd conv kernel; DnD used 9")
-    cond_rows: int | None = Field(None, ge=1, description="rows of the embedding grid; default: near-square divisor of cond_dim")
+    cond_rows: int | None = Field(
+        None, ge=1, description="rows of the embedding grid; default: near-square divisor of cond_dim"
+    )
     chunk_size: int | None = Field(None, ge=1, description="tokenizer chunk width (default derived from the layout)")
     max_chunk: int | None = Field(None, ge=1, description="cap on the derived tokenizer chunk width")
 

@@ -74,11 +74,14 @@ def _check_out(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory; pass --out a new directory (or a previous adapter directory)")
+        raise ConfigError(
+            f"{out}: exists and is not a directory; pass --out a new directory (or a previous adapter directory)"
+        )
     foreign = sorted(p.name for p in out.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
     if foreign:
         raise ConfigError(
-            f"{out}: exists and holds other files ({', '.join(foreign[:3])}); pass --out a new directory — it would be replaced whole"
+            f"{out}: exists and holds other files ({', '.join(foreign[:3])}); "
+            "pass --out a new directory — it would be replaced whole"
         )
 
 
@@ -110,7 +113,8 @@ def generate_adapter(
         raise ConfigError(f"n_prompts must be a positive integer, got {n!r}")
     if n != loaded.n_prompts and not getattr(loaded.gen, "flexible_n_prompts", False):
         raise ConfigError(
-            f"generator {loaded.name!r} ({loaded.path}) takes exactly {loaded.n_prompts} prompts; drop --n-prompts or pass {loaded.n_prompts}"
+            f"generator {loaded.name!r} ({loaded.path}) takes exactly {loaded.n_prompts} prompts; "
+            f"drop --n-prompts or pass {loaded.n_prompts}"
         )
     texts = condition_texts(items, loaded.condition_form, str(prompts))
 
@@ -123,7 +127,8 @@ def generate_adapter(
     cond = encode_condition(encoder, chosen)
     if cond.dim() != 2 or cond.shape != (n, loaded.cond_dim):
         raise ConfigError(
-            f"encoder {loaded.encoder!r} gives condition {tuple(cond.shape)}, generator {loaded.path} needs ({n}, {loaded.cond_dim}); "
+            f"encoder {loaded.encoder!r} gives condition {tuple(cond.shape)}, "
+            f"generator {loaded.path} needs ({n}, {loaded.cond_dim}); "
             "use the encoder the generator was trained with"
         )
     t3 = time.perf_counter()
@@ -135,7 +140,10 @@ def generate_adapter(
     t4 = time.perf_counter()
     bad = [k for k, t in (*weights.A.items(), *weights.B.items()) if not torch.isfinite(t).all()]
     if bad:
-        raise ConfigError(f"generator {loaded.path} produced non-finite LoRA weights (slot {bad[0]}); the checkpoint is broken — use an earlier one")
+        raise ConfigError(
+            f"generator {loaded.path} produced non-finite LoRA weights (slot {bad[0]}); "
+            "the checkpoint is broken — use an earlier one"
+        )
     meta = {
         "deltalora_version": __version__,
         "generator": loaded.name,

@@ -82,7 +82,9 @@ def derive_chunk_size(features: list[int], chunk_size: int | None = None, max_ch
     that is ``<= max_chunk``. ``chunk_size``: taken as given (may require padding).
     """
     if chunk_size is not None and max_chunk is not None:
-        raise ConfigError("give chunk_size or max_chunk, not both (chunk_size fixes the width, max_chunk caps the derived one)")
+        raise ConfigError(
+            "give chunk_size or max_chunk, not both (chunk_size fixes the width, max_chunk caps the derived one)"
+        )
     if chunk_size is not None:
         if int(chunk_size) != chunk_size or chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -224,7 +226,9 @@ class LoraTokenizer(nn.Module):
         """Tokens ``[T, r+2, c+2]`` or ``[K, T, r+2, c+2]`` -> ``LoraWeights`` (fp32; stacked iff K given)."""
         expected = (self.num_tokens, *self.token_shape)
         if tokens.dim() not in (3, 4) or tuple(tokens.shape[-3:]) != expected:
-            raise ValueError(f"tokens have shape {tuple(tokens.shape)}; expected [(K,) {', '.join(map(str, expected))}]")
+            raise ValueError(
+                f"tokens have shape {tuple(tokens.shape)}; expected [(K,) {', '.join(map(str, expected))}]"
+            )
         z, mean, log_sigma = self.split(tokens.to(torch.float32))
         x = z * torch.exp(log_sigma)[..., None, None] + mean[..., None, None]  # [..., T, r, c]
         A: dict[str, Tensor] = {}
