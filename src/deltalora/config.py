@@ -96,8 +96,7 @@ class LoraSpec(StrictModel):
             name = MODULE_ALIASES.get(t, t)
             if name not in MODULE_ORDER:
                 raise ValueError(
-                    f"unknown target module {t!r}; use some of {','.join(MODULE_ALIASES)} "
-                    f"(or {','.join(MODULE_ORDER)})"
+                    f"unknown target module {t!r}; use some of {','.join(MODULE_ALIASES)} (or {','.join(MODULE_ORDER)})"
                 )
             names.append(name)
         if not names:
@@ -136,9 +135,7 @@ def _construct_mapping(loader, node, deep=False):
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -155,7 +152,9 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def _merged(base: dict, over: dict) -> dict:
-    """``base`` with ``over`` laid on top, mappings merged key by key (so ``{"train": {"lr": 1}}`` keeps train's other keys)."""
+    """``base`` with ``over`` laid on top, mappings merged key by key (so ``{"train": {"lr": 1}}`` keeps train's other
+    keys).
+    """
     out = dict(base)
     for k, v in over.items():
         out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v

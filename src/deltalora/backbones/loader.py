@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..config import RuntimeConfig
 from ..errors import BackboneError
-from .architecture import Architecture
 from ..paths import atomic_dir, atomic_write_bytes, home
 from . import packaged
+from .architecture import Architecture
 from .registry import BackboneSpec, get_spec, is_registered
 from .tiny import build_tiny
 
@@ -56,14 +56,19 @@ def architecture_of(name: str) -> Architecture:
     path = Path(name)
     if path.exists():
         if not (path / "config.json").is_file():
-            raise BackboneError(f"{path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
+            raise BackboneError(
+                f"{path}: not a model directory (no config.json); pass a directory saved with save_pretrained"
+            )
         return Architecture.from_config(json.loads((path / "config.json").read_text()))
     try:
         from transformers import AutoConfig
 
         return Architecture.from_config(AutoConfig.from_pretrained(name))
     except (OSError, ValueError) as exc:
-        raise BackboneError(f"cannot read the config of {name!r} ({str(exc).splitlines()[0]}); pass a registered name or a local model directory") from None
+        raise BackboneError(
+            f"cannot read the config of {name!r} ({str(exc).splitlines()[0]}); pass a registered name or a local "
+            "model directory"
+        ) from None
 
 
 def fetch(name: str, source: str | Path | None = None, progress: bool = True) -> Path:
@@ -93,7 +98,15 @@ def fetch(name: str, source: str | Path | None = None, progress: bool = True) ->
         tokenizer.save_pretrained(tmp)
         digest = _hash_files(tmp)
         (tmp / packaged.MARKER).write_text(
-            json.dumps({"name": name, "source": src, "sha256": digest, "seconds": {"fetch": round(time.perf_counter() - t0, 2)}}, indent=2)
+            json.dumps(
+                {
+                    "name": name,
+                    "source": src,
+                    "sha256": digest,
+                    "seconds": {"fetch": round(time.perf_counter() - t0, 2)},
+                },
+                indent=2,
+            )
         )
     return final
 
@@ -101,7 +114,11 @@ def fetch(name: str, source: str | Path | None = None, progress: bool = True) ->
 def _hash_files(directory: Path) -> str:
     """sha256 over (relative name, bytes) of every weight and config file, in sorted order."""
     digest = hashlib.sha256()
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and (p.suffix in {".safetensors", ".json"}) and p.name != packaged.MARKER)
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and (p.suffix in {".safetensors", ".json"}) and p.name != packaged.MARKER
+    )
     for p in files:
         digest.update(str(p.relative_to(directory)).encode())
         with open(p, "rb") as fh:
@@ -134,7 +151,9 @@ def tiny_weights_id(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
-def load_backbone(name: str, runtime: RuntimeConfig | None = None, fetch_missing: bool = True, progress: bool = True) -> Backbone:
+def load_backbone(
+    name: str, runtime: RuntimeConfig | None = None, fetch_missing: bool = True, progress: bool = True
+) -> Backbone:
     """Load ``name`` frozen (eval mode, no grad) on ``runtime.device`` in ``runtime.dtype``.
 
     ``name`` is a registered backbone, a local directory holding a transformers model, or an HF id.
@@ -158,16 +177,25 @@ def load_backbone(name: str, runtime: RuntimeConfig | None = None, fetch_missing
         else:
             path = Path(name)
             if path.exists() and not (path / "config.json").is_file():
-                raise BackboneError(f"{path}: not a model directory (no config.json); pass a directory saved with save_pretrained")
+                raise BackboneError(
+                    f"{path}: not a model directory (no config.json); pass a directory saved with save_pretrained"
+                )
             directory = path if path.exists() else None
             source = str(path) if directory else name
         try:
             model = AutoModelForCausalLM.from_pretrained(directory or name, dtype=runtime.torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(directory or name)
         except OSError as exc:
-            raise BackboneError(f"cannot load backbone {name!r} ({str(exc).splitlines()[0]}); pass a registered name, a local directory or a reachable HF id") from None
+            raise BackboneError(
+                f"cannot load backbone {name!r} ({str(exc).splitlines()[0]}); pass a registered name, a local "
+                "directory or a reachable HF id"
+            ) from None
         if spec is None:
-            weights_id = weights_id_of_dir(directory) if directory else f"hub:{name}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+            weights_id = (
+                weights_id_of_dir(directory)
+                if directory
+                else f"hub:{name}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+            )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(runtime.torch_device)

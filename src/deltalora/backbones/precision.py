@@ -99,7 +99,8 @@ def describe_machine(info: dict | None = None) -> str:
     """One line for reports, e.g. ``Intel(R) Xeon(R) Processor (AVX512, amx_bf16), torch 2.13.0+cpu, 2 threads``."""
     info = info or cpu_info()
     traits = ", ".join([info["capability"]] + [f for f in BF16_FLAGS if info.get(f)])
-    line = f"{info['model']} ({traits}), torch {info['torch']}, {info['threads']} thread{'s' if info['threads'] != 1 else ''}"
+    threads = f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}"
+    line = f"{info['model']} ({traits}), torch {info['torch']}, {threads}"
     if torch.cuda.is_available():
         line += f", CUDA {torch.cuda.get_device_name(0)}"
     return line
@@ -145,7 +146,11 @@ def _read_probe(path: Path, info: dict) -> dict | None:
         saved = json.loads(path.read_text(encoding="utf-8"))
         speedup = float(saved["bf16_speedup"])
         int(saved["n"])
-        if saved["cpu_model"] != info["model"] or saved["torch"] != info["torch"] or not (math.isfinite(speedup) and speedup > 0):
+        if (
+            saved["cpu_model"] != info["model"]
+            or saved["torch"] != info["torch"]
+            or not (math.isfinite(speedup) and speedup > 0)
+        ):
             return None
         return saved
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

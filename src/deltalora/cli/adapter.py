@@ -18,8 +18,12 @@ def _fmt(x) -> str:
 
 @app.command("inspect")
 def inspect_cmd(
-    directory: str = typer.Argument(..., metavar="DIR", help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."),
-    backbone: str = typer.Option(None, help="Check shapes against this backbone: registered name, local model dir, or HF id."),
+    directory: str = typer.Argument(
+        ..., metavar="DIR", help="PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."
+    ),
+    backbone: str = typer.Option(
+        None, help="Check shapes against this backbone: registered name, local model dir, or HF id."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Validate an adapter and summarise it (rank, targets, parameters, norms). Exit 1 when it is invalid."""
@@ -42,7 +46,10 @@ def inspect_cmd(
         if info["num_slots"] is not None:
             typer.echo(f"{info['num_slots']} slots, {info['num_params']:,} parameters, dtype {info['dtype']}")
         for module, n in (info["norms"] or {}).items():
-            typer.echo(f"  {module:>10}  |A|_F {_fmt(n['A_fro'])}  |B|_F {_fmt(n['B_fro'])}  mean |dW|_F {_fmt(n['delta_w_fro_mean'])}")
+            typer.echo(
+                f"  {module:>10}  |A|_F {_fmt(n['A_fro'])}  |B|_F {_fmt(n['B_fro'])}  mean |dW|_F "
+                f"{_fmt(n['delta_w_fro_mean'])}"
+            )
         for problem in info["problems"]:
             typer.echo(f"problem: {problem}", err=True)
     if not info["valid"]:

@@ -19,16 +19,43 @@ def compute_cmd(
     backbone: str = typer.Option(..., help="Backbone: registered name, local model dir, or HF id."),
     zoo: str = typer.Option(None, help="Zoo manifest (manifest.jsonl or its directory): Mode A over its adapters."),
     adapter: list[str] = typer.Option(None, "--adapter", help="PEFT LoRA directory (Mode A); repeat for several."),
-    model: list[str] = typer.Option(None, "--model", help="Fine-tuned model directory of the same architecture (Mode B); repeat for several."),
-    probes: str = typer.Option("generic5", help="Probe set name (see `deltalora deltas probes`) or a .txt/.jsonl probe file."),
-    repr_: str = typer.Option("last_token", "--repr", help=r"last_token | mean | layers:\[i,j,..]\[:concat|:avg]\[:last_token|:mean] (hidden_states indices)."),
+    model: list[str] = typer.Option(
+        None, "--model", help="Fine-tuned model directory of the same architecture (Mode B); repeat for several."
+    ),
+    probes: str = typer.Option(
+        "generic5", help="Probe set name (see `deltalora deltas probes`) or a .txt/.jsonl probe file."
+    ),
+    repr_: str = typer.Option(
+        "last_token",
+        "--repr",
+        help=r"last_token | mean | layers:\[i,j,..]\[:concat|:avg]\[:last_token|:mean] (hidden_states indices).",
+    ),
     batch_adapters: int = typer.Option(8, "--batch-adapters", min=1, help="Adapters per forward (K)."),
     shard: str = typer.Option(None, help="i/n: process every n-th source (sorted by id) starting at i (0-based)."),
-    cache: str = typer.Option(None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."),
+    cache: str = typer.Option(
+        None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."
+    ),
     device: str = typer.Option("auto", help="Device (auto, cpu, cuda, ...)."),
-    dtype: str = typer.Option("float32", help="Compute dtype; Δ supervision wants float32 (bf16 adds an L2 error of ~2.4 to Δ; results/delta_precision.md)."),
-    backend: str = typer.Option("local", help=r"local: this process; ray: a Ray Data actor pool (needs `pip install 'deltalora\[ray]'`; uses RAY_ADDRESS if set)."),
-    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --backend ray: actors, each loading the backbone once (1 CPU, or 1 GPU for a CUDA backbone, each)."),
+    dtype: str = typer.Option(
+        "float32",
+        help=(
+            "Compute dtype; Δ supervision wants float32 (bf16 adds an L2 error of ~2.4 to Δ; "
+            "results/delta_precision.md)."
+        ),
+    ),
+    backend: str = typer.Option(
+        "local",
+        help=(
+            r"local: this process; ray: a Ray Data actor pool (needs `pip install 'deltalora\[ray]'`; uses "
+            r"RAY_ADDRESS if set)."
+        ),
+    ),
+    ray_actors: int = typer.Option(
+        2,
+        "--ray-actors",
+        min=1,
+        help="With --backend ray: actors, each loading the backbone once (1 CPU, or 1 GPU for a CUDA backbone, each).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Compute Δ = v(M) − v(B) for adapters or models; cache hits are skipped (resumable, idempotent)."""
@@ -37,9 +64,21 @@ def compute_cmd(
     if not json_out:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     report = run_guarded(
-        compute_deltas_for, backbone, zoo=zoo, adapters=adapter or (), models=model or (), probes=probes,
-        representation=repr_, batch_adapters=batch_adapters, shard=shard, cache=cache, device=device, dtype=dtype,
-        backend=backend, ray_actors=ray_actors, progress=not json_out,
+        compute_deltas_for,
+        backbone,
+        zoo=zoo,
+        adapters=adapter or (),
+        models=model or (),
+        probes=probes,
+        representation=repr_,
+        batch_adapters=batch_adapters,
+        shard=shard,
+        cache=cache,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        ray_actors=ray_actors,
+        progress=not json_out,
     )
     if json_out:
         emit_json(report.to_dict())
@@ -60,7 +99,9 @@ def analyze_cmd(
     probes: str = typer.Option("generic5", help="Probe set name or file."),
     repr_: str = typer.Option("last_token", "--repr", help="Representation (see `compute`)."),
     batch_adapters: int = typer.Option(8, "--batch-adapters", min=1, help="Adapters per forward for missing Δ."),
-    cache: str = typer.Option(None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."),
+    cache: str = typer.Option(
+        None, help="Cache directory (default: $DELTALORA_HOME/deltas, i.e. ~/.cache/deltalora/deltas)."
+    ),
     out: str = typer.Option(None, help="Write the t-SNE PNG here (needs scikit-learn and matplotlib)."),
     no_weights: bool = typer.Option(False, "--no-weights", help="Skip the flattened-weights baseline."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -68,21 +109,37 @@ def analyze_cmd(
     """Silhouette score of Δ by task family (cosine distance) next to flattened adapter weights', and a t-SNE PNG."""
     from ..deltas.jobs import analyze_zoo
 
-    result = run_guarded(analyze_zoo, backbone, zoo, probes=probes, representation=repr_, batch_adapters=batch_adapters,
-                         cache=cache, png=out, weights=not no_weights, progress=not json_out)
+    result = run_guarded(
+        analyze_zoo,
+        backbone,
+        zoo,
+        probes=probes,
+        representation=repr_,
+        batch_adapters=batch_adapters,
+        cache=cache,
+        png=out,
+        weights=not no_weights,
+        progress=not json_out,
+    )
     if json_out:
         emit_json(result)
         return
-    typer.echo(f"{result['adapters']} adapters in {len(result['families'])} families: silhouette (cosine) of Δ {result['silhouette_delta']:.3f}"
-               + (f", of flattened weights {result['silhouette_weights']:.3f}" if "silhouette_weights" in result else "")
-               + f"; of task-specific Δ (mean Δ projected out) {result['silhouette_delta_specific']:.3f}")
+    typer.echo(
+        f"{result['adapters']} adapters in {len(result['families'])} families: silhouette (cosine) of Δ "
+        f"{result['silhouette_delta']:.3f}"
+        + (f", of flattened weights {result['silhouette_weights']:.3f}" if "silhouette_weights" in result else "")
+        + f"; of task-specific Δ (mean Δ projected out) {result['silhouette_delta_specific']:.3f}"
+    )
     bt = result["by_task"]
     if "note" in bt:
         typer.echo(f"by task: skipped, {bt['note']}")
     else:
-        typer.echo(f"by task ({bt['adapters']} runs of {bt['tasks']} tasks, last checkpoints): Δ {bt['silhouette_delta']:.3f}, "
-                   f"task-specific Δ {bt['silhouette_delta_specific']:.3f}"
-                   + (f", flattened weights {bt['silhouette_weights']:.3f}" if "silhouette_weights" in bt else ""))
+        typer.echo(
+            f"by task ({bt['adapters']} runs of {bt['tasks']} tasks, last checkpoints): Δ "
+            f"{bt['silhouette_delta']:.3f}, "
+            f"task-specific Δ {bt['silhouette_delta_specific']:.3f}"
+            + (f", flattened weights {bt['silhouette_weights']:.3f}" if "silhouette_weights" in bt else "")
+        )
     if result.get("tsne_png"):
         typer.echo(f"t-SNE: {result['tsne_png']}")
     elif result.get("note"):
@@ -99,7 +156,12 @@ def probes_cmd(
 
     sets = run_guarded(probe_sets, name)
     if json_out:
-        emit_json([{"name": p.name, "sha256": p.sha256, "count": len(p), **({"texts": list(p.texts)} if name else {})} for p in sets])
+        emit_json(
+            [
+                {"name": p.name, "sha256": p.sha256, "count": len(p), **({"texts": list(p.texts)} if name else {})}
+                for p in sets
+            ]
+        )
         return
     for p in sets:
         typer.echo(f"{p.name}: {len(p)} probes, sha256 {p.sha256[:16]}")

@@ -24,20 +24,47 @@ def eval_cmd(
     batch_rows: int = typer.Option(32, help="Rows per forward (arms x items x choices share batches)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16 (the weights)."),
-    precision: str = typer.Option("float32", help="native backend: compute dtype (float32, bfloat16, auto); narrower than "
-                                  "the weights runs under autocast, faster on CPUs with native bf16, some predictions change."),
-    backend: str = typer.Option("native", help="native (deltalora's evaluator) or lm-eval (the [lm-eval] extra: --task names lm-eval tasks, comma-separated)."),
-    lm_eval_include: Path = typer.Option(None, help="lm-eval backend: a directory of lm-eval task YAMLs (local tasks)."),
+    precision: str = typer.Option(
+        "float32",
+        help="native backend: compute dtype (float32, bfloat16, auto); narrower than "
+        "the weights runs under autocast, faster on CPUs with native bf16, some predictions change.",
+    ),
+    backend: str = typer.Option(
+        "native",
+        help=(
+            "native (deltalora's evaluator) or lm-eval (the [lm-eval] extra: --task names lm-eval tasks, "
+            "comma-separated)."
+        ),
+    ),
+    lm_eval_include: Path = typer.Option(
+        None, help="lm-eval backend: a directory of lm-eval task YAMLs (local tasks)."
+    ),
     num_fewshot: int = typer.Option(None, help="lm-eval backend: few-shot examples per prompt (default: the task's)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Accuracy ± standard error of the base model and each --adapter (MC by log-likelihood, short answers by greedy decoding)."""
+    """Accuracy ± standard error of the base model and each --adapter (MC by log-likelihood, short answers by greedy
+    decoding).
+    """
     from ..eval.jobs import evaluate_backbone
 
     res = run_guarded(
-        evaluate_backbone, backbone, adapter, task=task, data=data, split=split, suite=suite, seed=seed, limit=limit,
-        batch_rows=batch_rows, device=device, dtype=dtype, precision=precision, backend=backend,
-        lm_eval_include=lm_eval_include, num_fewshot=num_fewshot, progress=not json_out,
+        evaluate_backbone,
+        backbone,
+        adapter,
+        task=task,
+        data=data,
+        split=split,
+        suite=suite,
+        seed=seed,
+        limit=limit,
+        batch_rows=batch_rows,
+        device=device,
+        dtype=dtype,
+        precision=precision,
+        backend=backend,
+        lm_eval_include=lm_eval_include,
+        num_fewshot=num_fewshot,
+        progress=not json_out,
     )
     if json_out:
         emit_json(res)

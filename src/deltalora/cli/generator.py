@@ -14,8 +14,12 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("info")
 def info_cmd(
-    generator: list[str] = typer.Option([], "--generator", help="Generator name (repeatable; default: every registered one)."),
-    backbone: str = typer.Option(..., help="Registered backbone name, local model dir, or HF id (only its config is read)."),
+    generator: list[str] = typer.Option(
+        [], "--generator", help="Generator name (repeatable; default: every registered one)."
+    ),
+    backbone: str = typer.Option(
+        ..., help="Registered backbone name, local model dir, or HF id (only its config is read)."
+    ),
     rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
     alpha: float = typer.Option(16.0, help="LoRA alpha."),
     targets: str = typer.Option("q,v", help="Comma-separated modules: q,k,v,o,gate,up,down."),
@@ -24,11 +28,22 @@ def info_cmd(
     n_prompts: int = typer.Option(8, help="Condition prompts per adapter."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Parameter count of each generator for a backbone + LoRA config, and its ratio to hyperconv (built on the meta device: no memory)."""
+    """Parameter count of each generator for a backbone + LoRA config, and its ratio to hyperconv (built on the meta
+    device: no memory).
+    """
     from ..generators.sizes import generator_info
 
-    info = run_guarded(generator_info, backbone, generator or None, rank=rank, alpha=alpha, targets=targets,
-                       layers=layers, cond_dim=cond_dim, n_prompts=n_prompts)
+    info = run_guarded(
+        generator_info,
+        backbone,
+        generator or None,
+        rank=rank,
+        alpha=alpha,
+        targets=targets,
+        layers=layers,
+        cond_dim=cond_dim,
+        n_prompts=n_prompts,
+    )
     if json_out:
         emit_json(info)
         return
@@ -39,4 +54,7 @@ def info_cmd(
     )
     for name, g in info["generators"].items():
         ratio = g["ratio_to_hyperconv"]
-        typer.echo(f"  {name:>10}  {g['num_parameters']:>15,} parameters" + ("" if ratio is None else f"  ({ratio:.4g} x hyperconv)"))
+        typer.echo(
+            f"  {name:>10}  {g['num_parameters']:>15,} parameters"
+            + ("" if ratio is None else f"  ({ratio:.4g} x hyperconv)")
+        )

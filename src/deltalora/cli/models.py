@@ -25,7 +25,8 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print machine-
         a = r["architecture"]
         state = "ready" if r["cached"] else "not fetched"
         typer.echo(
-            f"{r['name']:<30} {r['kind']:<9} {a['model_type']:<6} hidden {a['hidden_size']:<5} layers {a['num_hidden_layers']:<3} {state}"
+            f"{r['name']:<30} {r['kind']:<9} {a['model_type']:<6} hidden {a['hidden_size']:<5} layers "
+            f"{a['num_hidden_layers']:<3} {state}"
         )
 
 

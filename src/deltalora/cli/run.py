@@ -19,7 +19,9 @@ def run_cmd(
     config: Path = typer.Option(..., "--config", help="Run config (YAML), e.g. configs/quick.yaml."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<name>). Rerunning resumes."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.delta_loss=specific_cosine (repeatable)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set train.delta_loss=specific_cosine (repeatable)."
+    ),
 ) -> None:
     """Zoo → teacher Δ → weight-only and Δ-augmented generators → held-out adapters → eval → report.md."""
     from ..experiment.jobs import run_from_config
@@ -41,10 +43,14 @@ def train_cmd(
     config: Path = typer.Option(..., "--config", help="Run config (YAML): its zoo, held-out tasks and train section."),
     arm: str = typer.Option("delta", "--arm", help="delta (λ from the config) or weight_only (λ = 0)."),
     seed: int = typer.Option(0, "--seed", help="Generator seed."),
-    out: Path = typer.Option(..., "--out", help="Training directory (log.jsonl, trainer state, generator.safetensors)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Training directory (log.jsonl, trainer state, generator.safetensors)."
+    ),
     run_dir: Path = typer.Option(None, "--run-dir", help="Where the zoo / Δ cache live (default: runs/<name>)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final log record as JSON."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.steps=600 (repeatable)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set train.steps=600 (repeatable)."
+    ),
 ) -> None:
     """Train one generator. Under `torchrun --nproc-per-node N deltalora train ...` it runs DDP (generator only)."""
     from ..experiment.jobs import train_variant
@@ -53,7 +59,9 @@ def train_cmd(
     if rank != 0:
         return
     if json_out:
-        emit_json({"generator": str(res.generator), "steps": res.steps, "resumed_from": res.resumed_from, "last": res.last})
+        emit_json(
+            {"generator": str(res.generator), "steps": res.steps, "resumed_from": res.resumed_from, "last": res.last}
+        )
     else:
         typer.echo(f"generator: {res.generator} ({res.steps} steps, resumed from {res.resumed_from})")
 

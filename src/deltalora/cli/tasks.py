@@ -49,8 +49,16 @@ def show_cmd(
 
     task, shown = run_guarded(preview_task, name, split=split, n=n, seed=seed, suite=suite)
     if json_out:
-        emit_json({"name": task.name, "family": task.family, "kind": task.kind, "sizes": task.sizes(),
-                   "split": split, "items": shown})
+        emit_json(
+            {
+                "name": task.name,
+                "family": task.family,
+                "kind": task.kind,
+                "sizes": task.sizes(),
+                "split": split,
+                "items": shown,
+            }
+        )
         return
     typer.echo(f"{task.name} ({task.family}, {task.kind}): {task.description}  sizes {task.sizes()}")
     for i, s in enumerate(shown):

@@ -28,18 +28,22 @@ def build_cmd(
     out: Path = typer.Option(None, "--out", help="Zoo directory (default: runs/zoo/<config stem>)."),
     shard: str = typer.Option(None, "--shard", help="i/n: build every n-th job starting at i (0-based)."),
     reuse: list[Path] = typer.Option(
-        None, "--reuse", help="Another zoo dir: copy its finished jobs that have the same recipe instead of training (repeatable)."
+        None,
+        "--reuse",
+        help="Another zoo dir: copy its finished jobs that have the same recipe instead of training (repeatable).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config key, e.g. --set teacher.precision=float32 (repeatable)."
     ),
 ) -> None:
-    """Train one LoRA per (task, seed) and mixed pair, keep tail checkpoints, list them in manifest.jsonl (resumable)."""
+    """Train one LoRA per (task, seed) and mixed pair, keep tail checkpoints, list them in manifest.jsonl
+    (resumable)."""
     from ..zoo.summary import build_from_config
 
-    s = run_guarded(build_from_config, config, out, shard=shard, reuse=reuse or (), overrides=overrides,
-                    progress=not json_out)
+    s = run_guarded(
+        build_from_config, config, out, shard=shard, reuse=reuse or (), overrides=overrides, progress=not json_out
+    )
     if json_out:
         emit_json(s)
         return
@@ -65,10 +69,14 @@ def list_cmd(
 
 @app.command("import")
 def import_cmd(
-    dnd: Path = typer.Option(..., "--dnd", help="DnD's data/<domain> folder (one <dataset>/N.safetensors folder per dataset)."),
+    dnd: Path = typer.Option(
+        ..., "--dnd", help="DnD's data/<domain> folder (one <dataset>/N.safetensors folder per dataset)."
+    ),
     out: Path = typer.Option(..., "--out", help="Zoo directory to import into."),
     backbone: str = typer.Option(None, "--backbone", help="Validate against this backbone's layout (else inferred)."),
-    prompts: Path = typer.Option(None, "--prompts", help="Folder of <dataset>_train.json prompt files (DnD's prepare/data)."),
+    prompts: Path = typer.Option(
+        None, "--prompts", help="Folder of <dataset>_train.json prompt files (DnD's prepare/data)."
+    ),
     family: list[str] = typer.Option([], "--family", help="DATASET=FAMILY (repeatable); default family 'dnd'."),
     alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default 2*rank, LLaMA-Factory's default)."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -76,8 +84,16 @@ def import_cmd(
     """Import Drag-and-Drop-LLMs' released teacher checkpoints (N.safetensors per dataset) as PEFT dirs + manifest."""
     from ..zoo.summary import import_from_dnd
 
-    s = run_guarded(import_from_dnd, dnd, out, backbone=backbone, families=family, prompts=prompts, alpha=alpha,
-                    progress=not json_out)
+    s = run_guarded(
+        import_from_dnd,
+        dnd,
+        out,
+        backbone=backbone,
+        families=family,
+        prompts=prompts,
+        alpha=alpha,
+        progress=not json_out,
+    )
     if json_out:
         emit_json(s)
         return

@@ -71,7 +71,13 @@ class _PrefixCache:
     The first batch that holds an arm runs the prefix for it (one row per new arm); later batches copy the rows."""
 
     def __init__(self, model, prefix: Sequence[int], stacked, arm_index: Sequence[int], device):
-        self.model, self.prefix, self.stacked, self.arm_index, self.device = model, list(prefix), stacked, arm_index, device
+        self.model, self.prefix, self.stacked, self.arm_index, self.device = (
+            model,
+            list(prefix),
+            stacked,
+            arm_index,
+            device,
+        )
         self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # arm -> per layer (keys, values), one row
 
     def rows(self, chunk_arms: Sequence[int]):
@@ -85,7 +91,9 @@ class _PrefixCache:
                 self.kv[a] = [(layer.keys[j : j + 1], layer.values[j : j + 1]) for layer in cache.layers]
         out = DynamicCache()
         for i in range(len(self.kv[chunk_arms[0]])):
-            out.update(torch.cat([self.kv[a][i][0] for a in chunk_arms]), torch.cat([self.kv[a][i][1] for a in chunk_arms]), i)
+            out.update(
+                torch.cat([self.kv[a][i][0] for a in chunk_arms]), torch.cat([self.kv[a][i][1] for a in chunk_arms]), i
+            )
         return out
 
 
@@ -117,7 +125,9 @@ class _Routed:
         return False
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _left_padded(
+    rows: Sequence[Sequence[int]], pad: int, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded ids, their mask, and position ids that start at ``offset`` (the shared prefix's length) on
     every row's first real token."""
     n = max(len(r) for r in rows)
@@ -141,14 +151,19 @@ class _Plan:
         self.prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         self.rows = _row_order(len(arms), [len(p) for p in self.prompt_ids])
         self.shared = _shared_prefix(self.prompt_ids)
-        self.prefix = (_PrefixCache(model, self.prompt_ids[0][: self.shared], self.stacked, self.arm_index, backbone.device)
-                       if self.shared else None)
+        self.prefix = (
+            _PrefixCache(model, self.prompt_ids[0][: self.shared], self.stacked, self.arm_index, backbone.device)
+            if self.shared
+            else None
+        )
 
     def prefill(self, backbone, chunk: Sequence[tuple[int, int]]):
         """Run a batch of (arm, item) rows' prompts: the last position's logits, the KV cache, the attention mask
         (prefix columns included) and the position ids of the own tokens."""
         model, dev, shared = backbone.model, backbone.device, self.shared
-        ids, mask, pos = _left_padded([self.prompt_ids[i][shared:] for _, i in chunk], backbone.tokenizer.pad_token_id, shared)
+        ids, mask, pos = _left_padded(
+            [self.prompt_ids[i][shared:] for _, i in chunk], backbone.tokenizer.pad_token_id, shared
+        )
         ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
         past = None
         if shared:
@@ -156,7 +171,9 @@ class _Plan:
             mask = torch.cat([torch.ones(len(chunk), shared, dtype=mask.dtype, device=dev), mask], dim=1)
         with _Routed(model, self.stacked, [self.arm_index[a] for a, _ in chunk]):
             # only the last position's logits: the full [rows, tokens, vocab] tensor is GBs for long prompts
-            last, cache = _last_logits(model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past)
+            last, cache = _last_logits(
+                model, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past
+            )
         return last, cache, mask, pos
 
 
@@ -340,8 +357,13 @@ def greedy_generate(
             pool.keep(live)
         pool.mask = torch.cat([pool.mask, pool.mask.new_ones(len(pool), 1)], dim=1)
         with _Routed(model, stacked, [arm_index[a] for a, _ in pool.jobs]):
-            last, pool.cache = _last_logits(model, input_ids=pool.nxt[:, None], attention_mask=pool.mask,
-                                            position_ids=pool.pos[:, None], past_key_values=pool.cache)
+            last, pool.cache = _last_logits(
+                model,
+                input_ids=pool.nxt[:, None],
+                attention_mask=pool.mask,
+                position_ids=pool.pos[:, None],
+                past_key_values=pool.cache,
+            )
         pool.pos, pool.nxt = pool.pos + 1, last.argmax(-1)
     return out
 
@@ -360,7 +382,13 @@ def hf_greedy_generate(
     Kept as the oracle the tests compare the pooled decoder with."""
     tok, model = backbone.tokenizer, backbone.model
     plan = _Plan(backbone, prompts, arms)
-    stacked, arm_index, prompt_ids, shared, prefix = plan.stacked, plan.arm_index, plan.prompt_ids, plan.shared, plan.prefix
+    stacked, arm_index, prompt_ids, shared, prefix = (
+        plan.stacked,
+        plan.arm_index,
+        plan.prompt_ids,
+        plan.shared,
+        plan.prefix,
+    )
     jobs = plan.rows
     out = [[""] * len(prompts) for _ in arms]
     dev = backbone.device

@@ -64,11 +64,13 @@ def evaluate_backbone(
     b = load_backbone(backbone, runtime, progress=progress)
     arms = load_arms(b, list(adapters))
     if backend == "lm-eval":
-        res = evaluate_lm_eval(b, arms, names, include_path=lm_eval_include, limit=limit, batch_size=batch_rows,
-                               num_fewshot=num_fewshot)
+        res = evaluate_lm_eval(
+            b, arms, names, include_path=lm_eval_include, limit=limit, batch_size=batch_rows, num_fewshot=num_fewshot
+        )
     else:
-        res = evaluate_task(b, t, arms, split=split if data is None else "eval", limit=limit, batch_rows=batch_rows,
-                            precision=precision)
+        res = evaluate_task(
+            b, t, arms, split=split if data is None else "eval", limit=limit, batch_rows=batch_rows, precision=precision
+        )
     res["backbone"] = backbone
     return res
 

@@ -59,25 +59,42 @@ def evaluate_lm_eval(
     with ``keep_samples`` also ``"samples": {arm: {task: [per-item responses]}}`` (log-likelihoods or texts)."""
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     if not tasks:
-        raise ConfigError("no lm-eval task given; pass --task NAME (an lm-eval task, or one defined in --lm-eval-include DIR)")
+        raise ConfigError(
+            "no lm-eval task given; pass --task NAME (an lm-eval task, or one defined in --lm-eval-include DIR)"
+        )
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"{include_path}: --lm-eval-include must be a directory of lm-eval task YAML files")
     manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f" or in {include_path}" if include_path is not None else ""
-        raise ConfigError(f"unknown lm-eval task(s) {unknown}: not a task lm-eval ships{where}; check the name (`lm-eval ls tasks`)")
+        raise ConfigError(
+            f"unknown lm-eval task(s) {unknown}: not a task lm-eval ships{where}; check the name (`lm-eval ls tasks`)"
+        )
     lm = HFLM(pretrained=backbone.model, tokenizer=backbone.tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
-    result: dict = {"backend": "lm-eval", "lm_eval_version": lm_eval.__version__, "tasks": list(tasks), "arms": {}, "n": {}}
+    result: dict = {
+        "backend": "lm-eval",
+        "lm_eval_version": lm_eval.__version__,
+        "tasks": list(tasks),
+        "arms": {},
+        "n": {},
+    }
     if keep_samples:
         result["samples"] = {}
     for name, w in arms.items():
         ctx = inject(backbone.model, w.to(backbone.device)) if w is not None else contextlib.nullcontext()
         with ctx:
-            res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                          num_fewshot=num_fewshot, log_samples=keep_samples, bootstrap_iters=0,
-                                          verbosity="ERROR")
+            res = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(tasks),
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                log_samples=keep_samples,
+                bootstrap_iters=0,
+                verbosity="ERROR",
+            )
         result["arms"][name] = {t: _metrics(res["results"][t]) for t in tasks}
         for t in tasks:
             n = res.get("n-samples", {}).get(t, {})

@@ -67,18 +67,34 @@ def evaluate_task(
     wide = next(backbone.model.parameters()).dtype
     dtype = resolve_precision(precision, backbone.device)
     narrow = dtype.itemsize < wide.itemsize
-    result: dict = {"task": task.name, "kind": task.kind, "split": split, "precision": dtype_name(dtype if narrow else wide),
-                    "arms": {}}
-    with narrowed_linears(backbone.model, dtype if narrow else None), torch.autocast(
-        backbone.device.type, dtype=dtype, enabled=narrow
+    result: dict = {
+        "task": task.name,
+        "kind": task.kind,
+        "split": split,
+        "precision": dtype_name(dtype if narrow else wide),
+        "arms": {},
+    }
+    with (
+        narrowed_linears(backbone.model, dtype if narrow else None),
+        torch.autocast(backbone.device.type, dtype=dtype, enabled=narrow),
     ):
         _score(backbone, task, items, prompts, names, weights, result, batch_rows, max_new_tokens, keep_predictions)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 
 
-def _score(backbone, task: Task, items, prompts, names, weights, result: dict, batch_rows: int,
-           max_new_tokens: int | None, keep_predictions: bool) -> None:
+def _score(
+    backbone,
+    task: Task,
+    items,
+    prompts,
+    names,
+    weights,
+    result: dict,
+    batch_rows: int,
+    max_new_tokens: int | None,
+    keep_predictions: bool,
+) -> None:
     if task.kind == "mc":
         lp = choice_logprobs(backbone, prompts, [it.choices for it in items], weights, batch_rows=batch_rows)
         for a, name in enumerate(names):
@@ -109,7 +125,8 @@ def load_arms(backbone, adapter_dirs: list[str | Path], include_base: bool = Tru
     layouts = {tuple(s.key for s in w.layout.slots) + (w.layout.scale,) for w in arms.values() if w is not None}
     if len(layouts) > 1:
         raise TaskError(
-            "adapters with different layouts (targets, layers, rank or scale) cannot share a batch; evaluate them in separate calls"
+            "adapters with different layouts (targets, layers, rank or scale) cannot share a batch; evaluate them in "
+            "separate calls"
         )
     return arms
 

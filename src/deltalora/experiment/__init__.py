@@ -7,6 +7,15 @@ from .run import ROWS, run_experiment
 from .stats import summarize
 
 __all__ = [
-    "ROWS", "AblationConfig", "EvalConfig", "RunConfig", "TargetConfig", "load_ablation_config", "load_run_config",
-    "rerender", "run_experiment", "summarize", "write_report",
+    "ROWS",
+    "AblationConfig",
+    "EvalConfig",
+    "RunConfig",
+    "TargetConfig",
+    "load_ablation_config",
+    "load_run_config",
+    "rerender",
+    "run_experiment",
+    "summarize",
+    "write_report",
 ]

@@ -29,10 +29,26 @@ def variants(cfg: AblationConfig, base) -> list[tuple[str, str, object, object]]
     out = [("centre", "-", "-", t)]
     for v in cfg.grid.lam:
         if v != t.lam.target:
-            out.append((f"lam={v:g}", "λ", v, t.model_copy(update={"lam": LambdaSchedule(target=v, warmup_steps=t.lam.warmup_steps, ramp_steps=t.lam.ramp_steps)})))
-    for factor, key, values in (("probes", "probes", cfg.grid.probes), ("representation", "representation", cfg.grid.representation),
-                                ("Δ loss", "delta_loss", cfg.grid.delta_loss)):
-        for v in values:
+            out.append(
+                (
+                    f"lam={v:g}",
+                    "λ",
+                    v,
+                    t.model_copy(
+                        update={
+                            "lam": LambdaSchedule(
+                                target=v, warmup_steps=t.lam.warmup_steps, ramp_steps=t.lam.ramp_steps
+                            )
+                        }
+                    ),
+                )
+            )
+    for factor, key, grid in (
+        ("probes", "probes", cfg.grid.probes),
+        ("representation", "representation", cfg.grid.representation),
+        ("Δ loss", "delta_loss", cfg.grid.delta_loss),
+    ):
+        for v in grid:
             if v != getattr(t, key):
                 out.append((f"{key}={v}", factor, v, t.model_copy(update={key: v})))
     return out
@@ -42,14 +58,24 @@ def _dataset(ctx: Context, train_cfg) -> TeacherDataset:
     """The run's training split with the teacher Δ of this variant's probes and representation."""
     if (train_cfg.probes, train_cfg.representation) == (ctx.cfg.train.probes, ctx.cfg.train.representation):
         return ctx.train_set
-    compute_deltas(ctx.backbone, sources_from_manifest(ctx.zoo_dir), train_cfg.probes, train_cfg.representation, ctx.cache,
-                   batch_adapters=ctx.cfg.delta_batch_adapters, progress=ctx.progress)
+    compute_deltas(
+        ctx.backbone,
+        sources_from_manifest(ctx.zoo_dir),
+        train_cfg.probes,
+        train_cfg.representation,
+        ctx.cache,
+        batch_adapters=ctx.cfg.delta_batch_adapters,
+        progress=ctx.progress,
+    )
     spec = DeltaSpec.for_backbone(ctx.backbone, train_cfg.probes, train_cfg.representation)
-    return TeacherDataset(ctx.zoo_dir, ctx.conditioner, spec, split="train", heldout=ctx.heldout, cache=ctx.cache, arch=ctx.backbone.arch)
+    return TeacherDataset(
+        ctx.zoo_dir, ctx.conditioner, spec, split="train", heldout=ctx.heldout, cache=ctx.cache, arch=ctx.backbone.arch
+    )
 
 
 def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, backbone=None) -> Path:
-    """Train every variant into ``out/<name>``, write ``out/ablation.md`` and ``ablation.json``; returns the .md path."""
+    """Train every variant into ``out/<name>``, write ``out/ablation.md`` and ``ablation.json``; returns the .md
+    path."""
     out = Path(out)
     run_cfg = load_run_config(cfg.run)
     ctx = prepare(run_cfg, out / "run", progress, backbone)
@@ -58,12 +84,23 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
     rows = []
     for name, factor, value, tcfg in variants(cfg, run_cfg):
         t0 = time.perf_counter()
-        res = train_generator(tcfg, _dataset(ctx, tcfg), ctx.backbone, out / name, progress=progress,
-                              meta={"encoder": tcfg.encoder, "heldout_tasks": ctx.heldout})
+        res = train_generator(
+            tcfg,
+            _dataset(ctx, tcfg),
+            ctx.backbone,
+            out / name,
+            progress=progress,
+            meta={"encoder": tcfg.encoder, "heldout_tasks": ctx.heldout},
+        )
         gen = load_generator(res.generator, ctx.backbone.device).gen
         cosines, specific, accs = [], [], []
         for task in ctx.heldout:
-            conds = torch.stack([ctx.conditioner.sample(task, seed=cfg.seed, epoch=0, key=f"heldout/{j}") for j in range(run_cfg.adapters_per_seed)])
+            conds = torch.stack(
+                [
+                    ctx.conditioner.sample(task, seed=cfg.seed, epoch=0, key=f"heldout/{j}")
+                    for j in range(run_cfg.adapters_per_seed)
+                ]
+            )
             candidates = {f"{name}/g{j}": ("gen", w) for j, w in enumerate(generate(gen, conds))}
             cos, scos, _, _ = delta_cosines(ctx, probe, task, candidates, shared)
             cosines += list(cos.values())
@@ -71,26 +108,40 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
             if cfg.evaluate:
                 accs += [r["accuracy"] for r in score(ctx, task, candidates).values()]
         curves = read_log(out / name / "log.jsonl")
-        rows.append({
-            "variant": name, "factor": factor, "value": value,
-            "tail_loss_weights": tail_mean(curves, "loss_weights"), "tail_train_delta_cosine": tail_mean(curves, "delta_cosine"),
-            "train_seconds": round(sum(values(curves, "step_seconds")), 1),
-            "heldout_delta_cosine_mean": float(np.mean(cosines)), "heldout_delta_cosine_std": float(np.std(cosines)),
-            "heldout_specific_cosine_mean": float(np.mean(specific)), "heldout_specific_cosine_std": float(np.std(specific)),
-            "heldout_accuracy_mean": float(np.mean(accs)) if accs else None,
-            "seconds": round(time.perf_counter() - t0, 1),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "factor": factor,
+                "value": value,
+                "tail_loss_weights": tail_mean(curves, "loss_weights"),
+                "tail_train_delta_cosine": tail_mean(curves, "delta_cosine"),
+                "train_seconds": round(sum(values(curves, "step_seconds")), 1),
+                "heldout_delta_cosine_mean": float(np.mean(cosines)),
+                "heldout_delta_cosine_std": float(np.std(cosines)),
+                "heldout_specific_cosine_mean": float(np.mean(specific)),
+                "heldout_specific_cosine_std": float(np.std(specific)),
+                "heldout_accuracy_mean": float(np.mean(accs)) if accs else None,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         if progress:
             print(f"[ablate] {name}: held-out Δ-cosine {rows[-1]['heldout_delta_cosine_mean']:.3f}")
     lines = [
-        f"# Ablation around `{Path(cfg.run).name}` (seed {cfg.seed})", "",
+        f"# Ablation around `{Path(cfg.run).name}` (seed {cfg.seed})",
+        "",
         f"Held-out tasks: {', '.join(ctx.heldout)}. Δ-cosine to the oracle is measured in the run's space "
         f"({run_cfg.train.probes}, {run_cfg.train.representation}) for every variant; the task-specific one after "
-        "projecting the training teachers' mean Δ out of both.", "",
-        "L_weights and the training Δ-cosine are means over the last 10 % of the steps (one step's value is one batch's); "
-        "training s sums the logged step times; seconds is this call's wall time for the variant.", "",
+        "projecting the training teachers' mean Δ out of both.",
+        "",
+        "L_weights and the training Δ-cosine are means over the last 10 % of the steps (one step's value is one "
+        "batch's); "
+        "training s sums the logged step times; seconds is this call's wall time for the variant.",
+        "",
     ] + ablation_table(rows)
-    atomic_write_bytes(out / "ablation.json", json.dumps({"config": json.loads(cfg.model_dump_json()), "rows": rows}, indent=2).encode())
+    atomic_write_bytes(
+        out / "ablation.json",
+        json.dumps({"config": json.loads(cfg.model_dump_json()), "rows": rows}, indent=2).encode(),
+    )
     atomic_write_bytes(out / "ablation.md", "\n".join(lines).encode())  # the table's lines end with an empty one
     return out / "ablation.md"
 

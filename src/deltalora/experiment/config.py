@@ -78,8 +78,9 @@ class RunConfig(StrictModel):
         if bool(self.heldout) == bool(self.heldout_count):
             raise ValueError("name the held-out tasks with exactly one of heldout: [...] or heldout_count: N")
         if not self.train.uses_delta:
-            raise ValueError("train.lam.target must be > 0: it is the Δ-augmented variant's λ (the weight-only variant "
-                             "uses 0)")
+            raise ValueError(
+                "train.lam.target must be > 0: it is the Δ-augmented variant's λ (the weight-only variant uses 0)"
+            )
         return self
 
     def arm_config(self, variant: str, seed: int) -> TrainConfig:
@@ -135,6 +136,12 @@ def load_ablation_config(path: str | Path) -> AblationConfig:
 
 
 __all__ = [
-    "AblationConfig", "AblationGrid", "EvalConfig", "RunConfig", "TargetConfig", "load_ablation_config",
-    "load_run_config", "zoo_config",
+    "AblationConfig",
+    "AblationGrid",
+    "EvalConfig",
+    "RunConfig",
+    "TargetConfig",
+    "load_ablation_config",
+    "load_run_config",
+    "zoo_config",
 ]

@@ -38,8 +38,11 @@ def _save(fig: Figure, path: Path) -> None:
 def accuracy_png(results: Mapping, labels: Mapping[str, str], path: Path) -> str | None:
     """Grouped bars (task × row, error bar = std); returns a skip reason or None when written."""
     tasks, order = heldout_tasks(results), table_rows(results)
-    stats = {(t, r): mean_std((results["tasks"][t].get("rows") or {}).get(r, {}).get("accuracies"))
-             for t in tasks for r in order}
+    stats = {
+        (t, r): mean_std((results["tasks"][t].get("rows") or {}).get(r, {}).get("accuracies"))
+        for t in tasks
+        for r in order
+    }
     if all(s is None for s in stats.values()):
         return "no held-out task has accuracies"
     fig, (ax,) = _figure(width=max(6.0, 1.6 * len(tasks) + 3))
@@ -88,8 +91,9 @@ def tsne_input(tsne: Mapping[str, Any]) -> tuple[np.ndarray, list[str]]:
     """(points [N, D], N labels) from a ``{"points", "labels"}`` mapping, or a ConfigError naming what does not fit."""
     points, labels = np.asarray(tsne.get("points"), dtype=np.float64), [str(x) for x in tsne.get("labels") or []]
     if points.ndim != 2 or len(labels) != len(points):
-        raise ConfigError(f"tsne needs 'points' [N, D] and N 'labels'; got points {points.shape} and {len(labels)} "
-                          "labels")
+        raise ConfigError(
+            f"tsne needs 'points' [N, D] and N 'labels'; got points {points.shape} and {len(labels)} labels"
+        )
     return points, labels
 
 

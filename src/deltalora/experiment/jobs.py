@@ -58,8 +58,14 @@ def train_variant(
         if me != 0:
             ctx = prepare(cfg, dest, progress=False)  # everything is cached by now
     try:
-        res = train_generator(cfg.arm_config(variant, seed), ctx.train_set, ctx.backbone, out, progress=me == 0,
-                              meta={"encoder": cfg.train.encoder, "heldout_tasks": ctx.heldout})
+        res = train_generator(
+            cfg.arm_config(variant, seed),
+            ctx.train_set,
+            ctx.backbone,
+            out,
+            progress=me == 0,
+            meta={"encoder": cfg.train.encoder, "heldout_tasks": ctx.heldout},
+        )
     finally:
         leave_distributed()
     return me, res

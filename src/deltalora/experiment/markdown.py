@@ -38,7 +38,9 @@ def target_texts(targets: TargetConfig) -> dict[str, tuple[str, str]]:
     return {
         "delta_beats_weight_only": ("a", "Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine"),
         "recovers_oracle_gain": (
-            "b", f"Δ-augmented recovers ≥ {targets.recovers_oracle_gain * 100:.0f} % of the oracle's gain over base"),
+            "b",
+            f"Δ-augmented recovers ≥ {targets.recovers_oracle_gain * 100:.0f} % of the oracle's gain over base",
+        ),
         "delta_cosine_to_oracle": ("c", f"Δ-augmented mean Δ-cosine to oracle ≥ {targets.delta_cosine_to_oracle}"),
         "random_conditions_hurt": ("d", "Δ-augmented loses accuracy with random conditions"),
     }
@@ -54,13 +56,30 @@ def _task_section(task: str, entry: Mapping, order: Sequence[str], labels: Mappi
         m = mean(accs)
         gain = None if m is None or base is None else (m - base) * 100
         rec = recovered(m, base, oracle)
-        body.append([labels.get(row, row), _pm(accs, 100, 1), str(len(accs)) if accs else DASH, fmt(gain, "+.1f"),
-                     fmt(None if rec is None else rec * 100, ".1f"), _pm(r.get("delta_cosines"), 1, 3),
-                     _pm(r.get("delta_cosines_specific"), 1, 3)])
+        body.append(
+            [
+                labels.get(row, row),
+                _pm(accs, 100, 1),
+                str(len(accs)) if accs else DASH,
+                fmt(gain, "+.1f"),
+                fmt(None if rec is None else rec * 100, ".1f"),
+                _pm(r.get("delta_cosines"), 1, 3),
+                _pm(r.get("delta_cosines_specific"), 1, 3),
+            ]
+        )
     kind = ", ".join(x for x in (entry.get("kind"), entry.get("n_items") and f"{entry['n_items']} items") if x)
     return [f"### {task}" + (f" ({kind})" if kind else ""), ""] + table(
-        ["row", "accuracy (%)", "n adapters", "gain over base (pts)", "% of oracle gain", "Δ-cosine to oracle",
-         "task-specific Δ-cosine"], body)
+        [
+            "row",
+            "accuracy (%)",
+            "n adapters",
+            "gain over base (pts)",
+            "% of oracle gain",
+            "Δ-cosine to oracle",
+            "task-specific Δ-cosine",
+        ],
+        body,
+    )
 
 
 def _total(seconds: Mapping[str, Any]) -> str:
@@ -73,15 +92,20 @@ def timing_table(call: Mapping[str, float], all_calls: Mapping[str, Any] | None)
     if not all_calls or int(all_calls.get("calls", 1)) <= 1:
         if not call:
             return ["Not recorded.", ""]
-        return table(["stage", "seconds"], [[k, f"{float(v):.1f}"] for k, v in call.items()]
-                     + [["**total**", _total(call)]])
+        return table(
+            ["stage", "seconds"], [[k, f"{float(v):.1f}"] for k, v in call.items()] + [["**total**", _total(call)]]
+        )
     stages = all_calls.get("stages") or {}
     names = list(stages) + [k for k in call if k not in stages]
     n = int(all_calls["calls"])
-    return ([f"Resumed: {n} calls wrote into this run directory. A stage that a kill cut short is not counted.", ""]
-            + table(["stage", "this call (s)", f"all {n} calls (s)"],
-                    [[k, fmt(call.get(k), ".1f"), fmt(stages.get(k), ".1f")] for k in names]
-                    + [["**total**", _total(call), _total(stages)]]))
+    return [
+        f"Resumed: {n} calls wrote into this run directory. A stage that a kill cut short is not counted.",
+        "",
+    ] + table(
+        ["stage", "this call (s)", f"all {n} calls (s)"],
+        [[k, fmt(call.get(k), ".1f"), fmt(stages.get(k), ".1f")] for k in names]
+        + [["**total**", _total(call), _total(stages)]],
+    )
 
 
 def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None], targets: TargetConfig) -> str:
@@ -99,14 +123,22 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     machine = results.get("machine")  # absent in runs written before it was recorded: their report is unchanged
     out += [f"- Backbone: `{results.get('backbone') or DASH}`"]
     if isinstance(machine, Mapping):
-        out += [f"- Machine: {machine.get('description') or DASH}; teachers trained in "
-                f"{machine.get('teacher_precision') or DASH}"]
-    out += [f"- Training tasks {listing('train_tasks')}", f"- Held-out tasks {listing('heldout_tasks')}", "",
-            "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
-            "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the "
-            "task-specific Δ-cosine first projects the training teachers' mean Δ (the shift every fine-tune shares) "
-            "out of both.", "",
-            "## Held-out tasks", ""]
+        out += [
+            f"- Machine: {machine.get('description') or DASH}; teachers trained in "
+            f"{machine.get('teacher_precision') or DASH}"
+        ]
+    out += [
+        f"- Training tasks {listing('train_tasks')}",
+        f"- Held-out tasks {listing('heldout_tasks')}",
+        "",
+        "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
+        "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the "
+        "task-specific Δ-cosine first projects the training teachers' mean Δ (the shift every fine-tune shares) "
+        "out of both.",
+        "",
+        "## Held-out tasks",
+        "",
+    ]
     for task in summary["heldout_tasks"]:
         out += _task_section(task, results["tasks"][task], order, labels)
     missing = [t for t in results.get("heldout_tasks") or [] if t not in results["tasks"]]
@@ -114,14 +146,26 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         out += [f"No results for held-out tasks: {', '.join(missing) or 'any'}.", ""]
     out += ["## Summary over held-out tasks", ""] + table(
         ["row", "mean accuracy (%)", "mean Δ-cosine", "mean task-specific Δ-cosine", "tasks"],
-        [[labels.get(r, r), fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"),
-          fmt(s["delta_cosine"], ".3f"), fmt(s.get("delta_cosine_specific"), ".3f"), str(s["n_tasks"])]
-         for r, s in summary["rows"].items()])
-    out += ["## Targets", "",
-            f"(a) and (d) hold only when the difference exceeds {targets.noise_se:g} standard errors of the mean over "
-            "adapters (seeds × generated adapters per task). Every row is scored on the same eval items, so item "
-            "sampling is not part of that error: a difference that passes is real for these items, not necessarily "
-            "for the task.", ""]
+        [
+            [
+                labels.get(r, r),
+                fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"),
+                fmt(s["delta_cosine"], ".3f"),
+                fmt(s.get("delta_cosine_specific"), ".3f"),
+                str(s["n_tasks"]),
+            ]
+            for r, s in summary["rows"].items()
+        ],
+    )
+    out += [
+        "## Targets",
+        "",
+        f"(a) and (d) hold only when the difference exceeds {targets.noise_se:g} standard errors of the mean over "
+        "adapters (seeds × generated adapters per task). Every row is scored on the same eval items, so item "
+        "sampling is not part of that error: a difference that passes is real for these items, not necessarily "
+        "for the task.",
+        "",
+    ]
     for key, (letter, text) in target_texts(targets).items():
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
@@ -135,8 +179,17 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     return "\n".join(out)
 
 
-ABLATION_HEADER = ["variant", "factor", "L_weights", "train Δ-cos", "held-out Δ-cos to oracle",
-                   "held-out task-specific Δ-cos", "held-out accuracy", "training s", "seconds"]
+ABLATION_HEADER = [
+    "variant",
+    "factor",
+    "L_weights",
+    "train Δ-cos",
+    "held-out Δ-cos to oracle",
+    "held-out task-specific Δ-cos",
+    "held-out accuracy",
+    "training s",
+    "seconds",
+]
 
 
 def _mean_pm_std(row: Mapping[str, Any], key: str) -> str:
@@ -148,10 +201,19 @@ def ablation_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     body = []
     for r in rows:
         acc = r["heldout_accuracy_mean"]
-        body.append([str(r["variant"]), str(r["factor"]), fmt(r["tail_loss_weights"], ".4f"),
-                     fmt(r["tail_train_delta_cosine"], ".3f"), _mean_pm_std(r, "heldout_delta_cosine"),
-                     _mean_pm_std(r, "heldout_specific_cosine"), fmt(None if acc is None else 100 * acc, ".1f"),
-                     str(r["train_seconds"]), str(r["seconds"])])
+        body.append(
+            [
+                str(r["variant"]),
+                str(r["factor"]),
+                fmt(r["tail_loss_weights"], ".4f"),
+                fmt(r["tail_train_delta_cosine"], ".3f"),
+                _mean_pm_std(r, "heldout_delta_cosine"),
+                _mean_pm_std(r, "heldout_specific_cosine"),
+                fmt(None if acc is None else 100 * acc, ".1f"),
+                str(r["train_seconds"]),
+                str(r["seconds"]),
+            ]
+        )
     return table(ABLATION_HEADER, body)
 
 

@@ -32,8 +32,13 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"results holds a {type(x).__name__}, which JSON cannot store")
 
 
-def write_report(out_dir: str | Path, results: dict, logs: Mapping[str, str | Path] | None = None,
-                 tsne: Mapping[str, Any] | None = None, keep: Sequence[str] = ()) -> Path:
+def write_report(
+    out_dir: str | Path,
+    results: dict,
+    logs: Mapping[str, str | Path] | None = None,
+    tsne: Mapping[str, Any] | None = None,
+    keep: Sequence[str] = (),
+) -> Path:
     """Writes out_dir/results.json, out_dir/report.md and out_dir/figures/*.png; returns the report path.
 
     The targets are the run's (``results["config"]["targets"]``, the defaults when it recorded none). A
@@ -83,10 +88,13 @@ def rerender(out_dir: str | Path) -> Path:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no results.json; run `deltalora run` into {out_dir} first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); rerun `deltalora run` into {out_dir} to rewrite "
-                          "it") from None
-    logs = {f"{p.parent.parent.name} seed {p.parent.name.removeprefix('seed')}": p
-            for p in sorted(out_dir.glob("generators/*/seed*/log.jsonl"))}
+        raise ConfigError(
+            f"{path}: not valid JSON ({exc}); rerun `deltalora run` into {out_dir} to rewrite it"
+        ) from None
+    logs = {
+        f"{p.parent.parent.name} seed {p.parent.name.removeprefix('seed')}": p
+        for p in sorted(out_dir.glob("generators/*/seed*/log.jsonl"))
+    }
     tsne = None
     if (out_dir / TSNE_INPUT).is_file():
         with np.load(out_dir / TSNE_INPUT, allow_pickle=False) as z:

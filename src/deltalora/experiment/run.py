@@ -85,7 +85,7 @@ class Context:
 
 
 def _say(ctx_or_flag, msg: str) -> None:
-    if (ctx_or_flag.progress if isinstance(ctx_or_flag, Context) else ctx_or_flag):
+    if ctx_or_flag.progress if isinstance(ctx_or_flag, Context) else ctx_or_flag:
         print(msg, flush=True)
 
 
@@ -104,19 +104,34 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     build_zoo(zoo_cfg, zoo_dir, progress=progress, backbone=backbone)
     clock.add("zoo build", t0)
     entries = read_manifest(zoo_dir)
-    heldout = sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
+    heldout = (
+        sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
+    )
     singles = {e.task for e in entries if not e.mixed}
     no_oracle = [t for t in heldout if t not in singles]
     if no_oracle:
-        raise ConfigError(f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks of the zoo")
+        raise ConfigError(
+            f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks "
+            "of the zoo"
+        )
 
     t0 = time.perf_counter()
     cache = DeltaCache(out / "deltas")
     _say(progress, f"[deltas] teacher Δ of {len(entries)} adapters ({cfg.train.probes}, {cfg.train.representation})")
-    report = compute_deltas(backbone, sources_from_manifest(zoo_dir), cfg.train.probes, cfg.train.representation, cache,
-                            batch_adapters=cfg.delta_batch_adapters, progress=progress)
+    report = compute_deltas(
+        backbone,
+        sources_from_manifest(zoo_dir),
+        cfg.train.probes,
+        cfg.train.representation,
+        cache,
+        batch_adapters=cfg.delta_batch_adapters,
+        progress=progress,
+    )
     if report.broken:
-        raise ConfigError(f"{len(report.broken)} zoo adapters have non-finite Δ (first: {report.broken[0].id}); retrain or drop them from {zoo_dir}")
+        raise ConfigError(
+            f"{len(report.broken)} zoo adapters have non-finite Δ (first: {report.broken[0].id}); retrain or drop "
+            f"them from {zoo_dir}"
+        )
     clock.add("teacher Δ", t0)
 
     t0 = time.perf_counter()
@@ -131,10 +146,28 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     clock.add("conditions", t0)
     teacher = zoo_precision(zoo_cfg)  # the zoo's saved config matched it, so its teachers trained in this
     info = cpu_info()
-    machine = {"description": describe_machine(info), "cpu": info, "device": str(backbone.device),
-               "teacher_precision": teacher.name, "teacher_precision_reason": teacher.reason}
-    return Context(cfg, out, backbone, zoo_dir, heldout, tasks, conditioner, train_set, heldout_set, cache, clock, progress,
-                   machine)
+    machine = {
+        "description": describe_machine(info),
+        "cpu": info,
+        "device": str(backbone.device),
+        "teacher_precision": teacher.name,
+        "teacher_precision_reason": teacher.reason,
+    }
+    return Context(
+        cfg,
+        out,
+        backbone,
+        zoo_dir,
+        heldout,
+        tasks,
+        conditioner,
+        train_set,
+        heldout_set,
+        cache,
+        clock,
+        progress,
+        machine,
+    )
 
 
 def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
@@ -145,15 +178,22 @@ def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
             d = ctx.out / "generators" / variant / f"seed{seed}"
             _say(ctx, f"[train] {variant} seed {seed} -> {d}")
             t0 = time.perf_counter()
-            train_generator(ctx.cfg.arm_config(variant, seed), ctx.train_set, ctx.backbone, d, progress=ctx.progress,
-                            meta={"encoder": ctx.cfg.train.encoder, "heldout_tasks": ctx.heldout})
+            train_generator(
+                ctx.cfg.arm_config(variant, seed),
+                ctx.train_set,
+                ctx.backbone,
+                d,
+                progress=ctx.progress,
+                meta={"encoder": ctx.cfg.train.encoder, "heldout_tasks": ctx.heldout},
+            )
             ctx.stage(f"train {variant}", t0)
             dirs[(variant, seed)] = d
     return dirs
 
 
-def heldout_candidates(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str,
-                       merged: LoraWeights | None = None) -> Candidates:
+def heldout_candidates(
+    ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str, merged: LoraWeights | None = None
+) -> Candidates:
     """Every candidate for one held-out task: base, oracle teachers, generated (real and random conditions), merge."""
     cfg = ctx.cfg
     candidates: Candidates = {BASE: ("base", None)}
@@ -161,8 +201,9 @@ def heldout_candidates(ctx: Context, gens: dict[tuple[str, int], torch.nn.Module
         if e.task == task and not e.mixed:
             candidates[f"oracle/{e.id}"] = ("oracle", ctx.heldout_set.example(i, 0).weights)
     for seed in cfg.seeds:
-        conds = torch.stack([ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}")
-                             for j in range(cfg.adapters_per_seed)])
+        conds = torch.stack(
+            [ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}") for j in range(cfg.adapters_per_seed)]
+        )
         for variant in VARIANTS:
             for j, w in enumerate(generate(gens[(variant, seed)], conds)):
                 candidates[f"{variant}/s{seed}/g{j}"] = (variant, w)
@@ -194,13 +235,23 @@ def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
     # a few candidates per call, each call's results cached as it ends: a held-out task of the large preset has
     # ~35 candidates (tens of minutes on CPU), and a kill must not lose them all. Batches are adapter-major, so
     # this costs nothing in batching.
-    calls = [names[i : i + CANDIDATES_PER_EVAL_CALL]
-             for names in groups.values() for i in range(0, len(names), CANDIDATES_PER_EVAL_CALL)]
+    calls = [
+        names[i : i + CANDIDATES_PER_EVAL_CALL]
+        for names in groups.values()
+        for i in range(0, len(names), CANDIDATES_PER_EVAL_CALL)
+    ]
     for names in calls:
         _say(ctx, f"[eval] {task}: {len(names)} candidates × {ev.limit or 'all'} items ({len(todo)} to score)")
         t0 = time.perf_counter()
-        res = evaluate_task(ctx.backbone, ctx.tasks[task], {n: candidates[n][1] for n in names}, split=ev.split,
-                            limit=ev.limit, batch_rows=ev.batch_rows, precision=ev.precision)
+        res = evaluate_task(
+            ctx.backbone,
+            ctx.tasks[task],
+            {n: candidates[n][1] for n in names},
+            split=ev.split,
+            limit=ev.limit,
+            batch_rows=ev.batch_rows,
+            precision=ev.precision,
+        )
         for n in names:
             r = {**res["arms"][n], "kind": res["kind"]}
             cache.put(keys[n], r)
@@ -218,7 +269,11 @@ def delta_cosines(
     shifts along one common direction, and the raw cosine credits an adapter for it even when it carries
     nothing of the held-out task.
     """
-    own = [ctx.heldout_set.example(i, 0).delta for i, e in enumerate(ctx.heldout_set.entries) if e.task == task and not e.mixed]
+    own = [
+        ctx.heldout_set.example(i, 0).delta
+        for i, e in enumerate(ctx.heldout_set.entries)
+        if e.task == task and not e.mixed
+    ]
     oracle = torch.stack(own).mean(0)
     deltas: dict[str, torch.Tensor] = {}
     names = [n for n, (_, w) in candidates.items() if w is not None]
@@ -234,11 +289,16 @@ def delta_cosines(
     oracle, shared = oracle.cpu(), shared.cpu()
     cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle, dim=0)) for n in names}
     o_spec = remove_shared(oracle, shared)
-    scos = {n: float(torch.nn.functional.cosine_similarity(remove_shared(deltas[n], shared), o_spec, dim=0, eps=1e-8)) for n in names}
+    scos = {
+        n: float(torch.nn.functional.cosine_similarity(remove_shared(deltas[n], shared), o_spec, dim=0, eps=1e-8))
+        for n in names
+    }
     return cos, scos, oracle, deltas
 
 
-def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, command: str | None = None, backbone=None) -> Path:
+def run_experiment(
+    cfg: RunConfig, out: str | Path, progress: bool = True, command: str | None = None, backbone=None
+) -> Path:
     """Every stage of the held-out experiment into ``out``; returns the path of report.md."""
     t_all = time.perf_counter()
     ctx = prepare(cfg, out, progress, backbone)
@@ -252,7 +312,9 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         points.append(ex.delta.numpy())
         labels.append(f"teacher:{e.family}")
     shared = ctx.train_set.mean_delta()
-    merged = average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None  # once, not per task
+    merged = (
+        average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None
+    )  # once, not per task
     for task in ctx.heldout:
         t0 = time.perf_counter()
         candidates = heldout_candidates(ctx, gens, task, merged)
@@ -263,9 +325,15 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         scores = score(ctx, task, candidates)  # times its own eval calls, each as it ends
         rows: dict[str, dict] = {}
         for name, (row, _) in candidates.items():
-            r = rows.setdefault(row, {"accuracies": [], "delta_cosines": [] if row != "base" else None,
-                                      "delta_cosines_specific": [] if row != "base" else None,
-                                      "arms": []})  # the row's candidates, under results.json's name for them
+            r = rows.setdefault(
+                row,
+                {
+                    "accuracies": [],
+                    "delta_cosines": [] if row != "base" else None,
+                    "delta_cosines_specific": [] if row != "base" else None,
+                    "arms": [],
+                },
+            )  # the row's candidates, under results.json's name for them
             r["accuracies"].append(scores[name]["accuracy"])
             r["arms"].append(name)
             if row != "base":
@@ -294,14 +362,20 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         "timing": ctx.clock.call,
         "timing_all_calls": {"calls": ctx.clock.calls, "stages": ctx.clock.total},
         "notes": [
-            f"{len(ctx.train_set)} training teachers ({len(ctx.train_set.excluded)} mixed teachers with a held-out component excluded), "
+            f"{len(ctx.train_set)} training teachers ({len(ctx.train_set.excluded)} mixed teachers with a held-out "
+            "component excluded), "
             f"{len(cfg.seeds)} generator seeds × {cfg.adapters_per_seed} generated adapters per held-out task and arm; "
             f"{cfg.eval.limit or 'all'} eval items per task.",
-            f"Generator: {cfg.train.generator}, weight loss {cfg.train.weight_loss}, Δ loss {cfg.train.delta_loss} with λ → "
-            f"{cfg.train.lam.target} (warm-up {cfg.train.lam.warmup_steps}, ramp {cfg.train.lam.ramp_steps}), probes {cfg.train.probes}, "
+            f"Generator: {cfg.train.generator}, weight loss {cfg.train.weight_loss}, Δ loss {cfg.train.delta_loss} "
+            "with λ → "
+            f"{cfg.train.lam.target} (warm-up {cfg.train.lam.warmup_steps}, ramp {cfg.train.lam.ramp_steps}), probes "
+            f"{cfg.train.probes}, "
             f"repr {cfg.train.representation}, {cfg.train.steps} steps.",
-            f"Wall time of this call: {wall:.0f} s (stages resumed from an earlier call count only their remaining work).",
-            "Median step time: " + ", ".join(f"{a} {s:.2f} s" for a, s in step_times.items() if s is not None) + f"; peak RSS {peak_gib:.2f} GiB.",
+            f"Wall time of this call: {wall:.0f} s (stages resumed from an earlier call count only their remaining "
+            "work).",
+            "Median step time: "
+            + ", ".join(f"{a} {s:.2f} s" for a, s in step_times.items() if s is not None)
+            + f"; peak RSS {peak_gib:.2f} GiB.",
         ],
         "step_seconds": step_times,
         "peak_rss_gib": round(peak_gib, 2),
@@ -309,8 +383,11 @@ def run_experiment(cfg: RunConfig, out: str | Path, progress: bool = True, comma
         "config": json.loads(cfg.model_dump_json()),
         "machine": ctx.machine,
     }
-    logs = {f"{variant} seed {s}": ctx.out / "generators" / variant / f"seed{s}" / "log.jsonl"
-            for variant in VARIANTS for s in cfg.seeds}
+    logs = {
+        f"{variant} seed {s}": ctx.out / "generators" / variant / f"seed{s}" / "log.jsonl"
+        for variant in VARIANTS
+        for s in cfg.seeds
+    }
     tsne = {"points": np.stack(points), "labels": labels} if len(points) >= 4 else None
     path = write_report(ctx.out, results, logs=logs, tsne=tsne)
     _say(ctx, f"report: {path}")
@@ -326,6 +403,15 @@ def _median_step_seconds(variant_dir: Path) -> float | None:
 
 
 __all__ = [
-    "CANDIDATES_PER_EVAL_CALL", "ROWS", "ROW_LABELS", "VARIANTS", "Context", "delta_cosines", "heldout_candidates",
-    "prepare", "run_experiment", "score", "train_variants",
+    "CANDIDATES_PER_EVAL_CALL",
+    "ROWS",
+    "ROW_LABELS",
+    "VARIANTS",
+    "Context",
+    "delta_cosines",
+    "heldout_candidates",
+    "prepare",
+    "run_experiment",
+    "score",
+    "train_variants",
 ]

@@ -78,9 +78,15 @@ def task_means(results: Mapping) -> dict[str, dict[str, dict[str, float | None]]
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for task in heldout_tasks(results):
         rows = results["tasks"][task].get("rows") or {}
-        out[task] = {r: {"accuracy": mean(v.get("accuracies")), "delta_cosine": mean(v.get("delta_cosines")),
-                         "delta_cosine_specific": mean(v.get("delta_cosines_specific"))}
-                     for r, v in rows.items() if v}
+        out[task] = {
+            r: {
+                "accuracy": mean(v.get("accuracies")),
+                "delta_cosine": mean(v.get("delta_cosines")),
+                "delta_cosine_specific": mean(v.get("delta_cosines_specific")),
+            }
+            for r, v in rows.items()
+            if v
+        }
     return out
 
 
@@ -139,35 +145,49 @@ def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dic
     acc = _difference(results, per_task, "delta", "weight_only", "accuracy")
     cos = _difference(results, per_task, "delta", "weight_only", "delta_cosine")
     if acc is None or cos is None:
-        t["delta_beats_weight_only"] = {"ok": None,
-                                        "detail": _not_measured(["delta", "weight_only"], "accuracy and Δ-cosine")}
+        t["delta_beats_weight_only"] = {
+            "ok": None,
+            "detail": _not_measured(["delta", "weight_only"], "accuracy and Δ-cosine"),
+        }
     else:
         t["delta_beats_weight_only"] = {
             "ok": _beyond_noise(acc, se) and _beyond_noise(cos, se),
             "detail": f"accuracy {acc['delta'] * 100:.1f} vs {acc['weight_only'] * 100:.1f} "
-                      f"({_diff_text(acc, 100, '.1f', se)}), "
-                      f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f} ({_diff_text(cos, 1, '.3f', se)})"}
+            f"({_diff_text(acc, 100, '.1f', se)}), "
+            f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f} ({_diff_text(cos, 1, '.3f', se)})",
+        }
     m = _paired(per_task, ["base", "delta", "oracle"], "accuracy")
     rec = None if m is None else recovered(m["delta"], m["base"], m["oracle"])
     if m is None:
         t["recovers_oracle_gain"] = {"ok": None, "detail": _not_measured(["base", "delta", "oracle"], "accuracy")}
     elif rec is None:
-        t["recovers_oracle_gain"] = {"ok": None, "detail": f"not measured (oracle {m['oracle'] * 100:.1f} does not "
-                                                           f"beat base {m['base'] * 100:.1f})"}
+        t["recovers_oracle_gain"] = {
+            "ok": None,
+            "detail": f"not measured (oracle {m['oracle'] * 100:.1f} does not beat base {m['base'] * 100:.1f})",
+        }
     else:
-        t["recovers_oracle_gain"] = {"ok": rec >= targets.recovers_oracle_gain, "value": rec,
-                                     "detail": f"{rec * 100:.1f} % (base {m['base'] * 100:.1f}, Δ-augmented "
-                                               f"{m['delta'] * 100:.1f}, oracle {m['oracle'] * 100:.1f})"}
+        t["recovers_oracle_gain"] = {
+            "ok": rec >= targets.recovers_oracle_gain,
+            "value": rec,
+            "detail": f"{rec * 100:.1f} % (base {m['base'] * 100:.1f}, Δ-augmented "
+            f"{m['delta'] * 100:.1f}, oracle {m['oracle'] * 100:.1f})",
+        }
     c = _paired(per_task, ["delta"], "delta_cosine")
     t["delta_cosine_to_oracle"] = (
-        {"ok": None, "detail": _not_measured(["delta"], "Δ-cosine")} if c is None else
-        {"ok": c["delta"] >= targets.delta_cosine_to_oracle, "detail": f"{c['delta']:.3f}"})
+        {"ok": None, "detail": _not_measured(["delta"], "Δ-cosine")}
+        if c is None
+        else {"ok": c["delta"] >= targets.delta_cosine_to_oracle, "detail": f"{c['delta']:.3f}"}
+    )
     r = _difference(results, per_task, "delta", "delta_random_condition", "accuracy")
     t["random_conditions_hurt"] = (
-        {"ok": None, "detail": _not_measured(["delta", "delta_random_condition"], "accuracy")} if r is None else
-        {"ok": _beyond_noise(r, se),
-         "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
-                   f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f', se)})"})
+        {"ok": None, "detail": _not_measured(["delta", "delta_random_condition"], "accuracy")}
+        if r is None
+        else {
+            "ok": _beyond_noise(r, se),
+            "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
+            f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f', se)})",
+        }
+    )
     return t
 
 
@@ -185,15 +205,29 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
     rows = {}
     for row in table_rows(results):
         accs = _over_tasks(per_task, row, "accuracy")
-        rows[row] = {"accuracy": mean(accs), "delta_cosine": mean(_over_tasks(per_task, row, "delta_cosine")),
-                     "delta_cosine_specific": mean(_over_tasks(per_task, row, "delta_cosine_specific")),
-                     "n_tasks": len(accs)}
+        rows[row] = {
+            "accuracy": mean(accs),
+            "delta_cosine": mean(_over_tasks(per_task, row, "delta_cosine")),
+            "delta_cosine_specific": mean(_over_tasks(per_task, row, "delta_cosine_specific")),
+            "n_tasks": len(accs),
+        }
     details = _verdicts(results, per_task, targets)
-    return {"heldout_tasks": list(per_task), "rows": rows,
-            "targets": {k: v["ok"] for k, v in details.items()}, "target_details": details}
+    return {
+        "heldout_tasks": list(per_task),
+        "rows": rows,
+        "targets": {k: v["ok"] for k, v in details.items()},
+        "target_details": details,
+    }
 
 
 __all__ = [
-    "heldout_tasks", "mean", "mean_std", "recovered", "summarize", "table_rows", "target_config", "task_means",
+    "heldout_tasks",
+    "mean",
+    "mean_std",
+    "recovered",
+    "summarize",
+    "table_rows",
+    "target_config",
+    "task_means",
     "validate",
 ]

@@ -28,8 +28,10 @@ class StageClock:
                 self.total = {str(k): float(v) for k, v in saved["stages"].items()}
                 self.calls = int(saved["calls"]) + 1
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ConfigError(f"{self.path}: not a timing ledger ({type(exc).__name__}: {exc}); delete it "
-                                  "(only the report's all-calls timing is lost) and rerun") from None
+                raise ConfigError(
+                    f"{self.path}: not a timing ledger ({type(exc).__name__}: {exc}); delete it "
+                    "(only the report's all-calls timing is lost) and rerun"
+                ) from None
 
     def add(self, name: str, t0: float) -> None:
         """Count the seconds since ``t0`` (a :func:`time.perf_counter` reading) to stage ``name``."""

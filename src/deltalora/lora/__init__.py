@@ -6,7 +6,11 @@ from .layout import LoraLayout, Slot, derive_layout
 from .weights import LoraWeights, peft_a_init
 
 __all__ = [
-    "InjectionError", "LoraLayout", "LoraWeights", "Slot", "derive_layout",
+    "InjectionError",
+    "LoraLayout",
+    "LoraWeights",
+    "Slot",
+    "derive_layout",
     "inject",
     "inspect_adapter",
     "load_adapter",

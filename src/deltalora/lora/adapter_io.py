@@ -25,10 +25,10 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from ..backbones.architecture import MODULE_PARENT, Architecture, module_path
 from ..config import MODULE_ORDER, LoraSpec, validation_message
 from ..errors import AdapterError, ConfigError
 from ..paths import atomic_dir, safetensors_bytes
-from ..backbones.architecture import MODULE_PARENT, Architecture, module_path
 from .layout import PEFT_PREFIX, LoraLayout, Slot, derive_layout
 from .weights import LoraWeights
 
@@ -41,7 +41,9 @@ SUPPORTED = (
     "no modules_to_save) on the q/k/v/o/gate/up/down projections"
 )
 RESAVE = "re-save the adapter with PeftModel.save_pretrained or deltalora.lora.adapter_io.save_adapter"
-OTHER_BACKBONE = "the adapter was made for a different backbone: load it with (or pass --backbone of) the one it was trained for"
+OTHER_BACKBONE = (
+    "the adapter was made for a different backbone: load it with (or pass --backbone of) the one it was trained for"
+)
 
 # base_model.model.<module path>.lora_A[.<adapter name>].weight
 _KEY_RE = re.compile(rf"^{re.escape(PEFT_PREFIX)}(?P<path>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
@@ -118,7 +120,8 @@ def save_adapter(
     """
     if weights.num_adapters is not None:
         raise ValueError(
-            f"save_adapter takes a single adapter, got a batch of {weights.num_adapters}; save weights.select(i) for each"
+            f"save_adapter takes a single adapter, got a batch of {weights.num_adapters}; save weights.select(i) for "
+            "each"
         )
     meta = {"format": "pt", **(metadata or {})}
     bad = [k for k, v in meta.items() if not (isinstance(k, str) and isinstance(v, str))]
@@ -207,14 +210,16 @@ def _read_config(scan: _Scan) -> None:
             scan.problem(file, f"{name} is {value!r}", SUPPORTED)
     pattern = cfg.get("layers_pattern")
     if pattern not in (None, "", [], "layers", ["layers"]):
-        scan.problem(file, f"layers_pattern is {pattern!r}", "deltalora supports decoder layers under model.layers only")
+        scan.problem(
+            file, f"layers_pattern is {pattern!r}", "deltalora supports decoder layers under model.layers only"
+        )
     scan.config = cfg
     try:
-        scan.spec = LoraSpec(
-            rank=cfg.get("r"), alpha=cfg.get("lora_alpha"), rslora=bool(cfg.get("use_rslora", False))
-        )
+        scan.spec = LoraSpec(rank=cfg.get("r"), alpha=cfg.get("lora_alpha"), rslora=bool(cfg.get("use_rslora", False)))
     except ValidationError as exc:
-        scan.problem(file, f"invalid r / lora_alpha ({validation_message(exc)})", "r and lora_alpha must be positive numbers")
+        scan.problem(
+            file, f"invalid r / lora_alpha ({validation_message(exc)})", "r and lora_alpha must be positive numbers"
+        )
 
 
 def _read_weights(scan: _Scan) -> None:
@@ -234,7 +239,9 @@ def _read_weights(scan: _Scan) -> None:
     try:
         raw = load_file(str(file))
     except Exception as exc:  # safetensors raises SafetensorError (and others) for damaged files
-        scan.problem(file, f"not a readable safetensors file ({exc})", f"it is truncated or corrupt: copy it again or {RESAVE}")
+        scan.problem(
+            file, f"not a readable safetensors file ({exc})", f"it is truncated or corrupt: copy it again or {RESAVE}"
+        )
         return
     found: dict[SlotId, dict[str, torch.Tensor]] = defaultdict(dict)
     foreign, named = [], []
@@ -253,7 +260,8 @@ def _read_weights(scan: _Scan) -> None:
         name = _KEY_RE.match(named[0])["name"]
         scan.problem(
             file,
-            f"{len(named)} key(s) carry the adapter name {name!r} ({_preview(named, 1)}): a live PeftModel state_dict, not PEFT's saved format",
+            f"{len(named)} key(s) carry the adapter name {name!r} ({_preview(named, 1)}): a live PeftModel "
+            "state_dict, not PEFT's saved format",
             f"{RESAVE}, or drop '.{name}' from the keys",
         )
     if foreign:
@@ -279,7 +287,11 @@ def _layer_indices(scan: _Scan) -> list[int] | None:
         n = scan.arch.num_hidden_layers
         bad = sorted(i for i in value if i >= n)
         if bad:
-            scan.problem(scan.config_file, f"layers_to_transform {bad} do not exist: the backbone has {n} layers (0..{n - 1})", OTHER_BACKBONE)
+            scan.problem(
+                scan.config_file,
+                f"layers_to_transform {bad} do not exist: the backbone has {n} layers (0..{n - 1})",
+                OTHER_BACKBONE,
+            )
     return sorted(set(value))
 
 
@@ -296,8 +308,12 @@ def _matcher(scan: _Scan, layers: list[int] | None):
     except re.error as exc:
         scan.problem(file, f"target_modules / exclude_modules is not a valid regex ({exc})", "fix the pattern")
         return None
-    if not (isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))):
-        scan.problem(file, f"target_modules is {targets!r}", f"it must be a list of module names or a regex; {SUPPORTED}")
+    if not (
+        isinstance(targets, str) or (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets))
+    ):
+        scan.problem(
+            file, f"target_modules is {targets!r}", f"it must be a list of module names or a regex; {SUPPORTED}"
+        )
         return None
 
     def excluded(path: str) -> bool:
@@ -335,17 +351,22 @@ def _select_slots(scan: _Scan) -> None:
         for t in targets:
             if not any(p == t or p.endswith(f".{t}") for p in universe.values()):
                 fix = OTHER_BACKBONE if scan.arch is not None and t.rsplit(".", 1)[-1] in MODULE_ORDER else SUPPORTED
-                scan.problem(file, f"target_modules entry {t!r} matches no q/k/v/o/gate/up/down projection of {where}", fix)
+                scan.problem(
+                    file, f"target_modules entry {t!r} matches no q/k/v/o/gate/up/down projection of {where}", fix
+                )
     selected = _canonical(sid for sid, path in universe.items() if selects(path, sid[0]))
     if not selected:
-        scan.problem(file, f"target_modules {scan.config.get('target_modules')!r} selects no projection of {where}", SUPPORTED)
+        scan.problem(
+            file, f"target_modules {scan.config.get('target_modules')!r} selects no projection of {where}", SUPPORTED
+        )
         return
     modules = sorted({m for _, m in selected}, key=MODULE_ORDER.index)
     sel_layers = sorted({layer for layer, _ in selected})
     if len(selected) != len(modules) * len(sel_layers):
         scan.problem(
             file,
-            f"target_modules selects different modules in different layers ({_preview([_slot_key(s) for s in selected], 4)})",
+            "target_modules selects different modules in different layers "
+            f"({_preview([_slot_key(s) for s in selected], 4)})",
             "deltalora supports the same modules in every adapted layer; split it into several adapters",
         )
         return
@@ -355,7 +376,9 @@ def _select_slots(scan: _Scan) -> None:
         spec_layers = None if layers is None and len(sel_layers) == scan.arch.num_hidden_layers else sel_layers
     else:
         spec_layers = layers
-    scan.spec = scan.spec.model_copy(update={"targets": tuple(modules), "layers": None if spec_layers is None else tuple(spec_layers)})
+    scan.spec = scan.spec.model_copy(
+        update={"targets": tuple(modules), "layers": None if spec_layers is None else tuple(spec_layers)}
+    )
     scan.selected = selected
 
 
@@ -374,7 +397,11 @@ def _check_tensors(scan: _Scan) -> None:
             f"the config and the weights disagree; {OTHER_BACKBONE if arch is not None else RESAVE}",
         )
     if missing:
-        scan.problem(file, f"{len(missing)} LoRA tensor(s) missing ({_preview(keys_of(missing))})", f"the file is incomplete; {RESAVE}")
+        scan.problem(
+            file,
+            f"{len(missing)} LoRA tensor(s) missing ({_preview(keys_of(missing))})",
+            f"the file is incomplete; {RESAVE}",
+        )
 
     shape_problems, dtype_problems = [], []
     features: dict[str, set[tuple[int, int]]] = defaultdict(set)  # module -> {(in, out)}
@@ -402,12 +429,18 @@ def _check_tensors(scan: _Scan) -> None:
         features[sid[1]].add((fin, fout))
     inconsistent = [m for m, shapes in features.items() if len(shapes) > 1]
     if inconsistent:
-        shape_problems.append(f"{inconsistent[0]} has different shapes in different layers {sorted(features[inconsistent[0]])}")
+        shape_problems.append(
+            f"{inconsistent[0]} has different shapes in different layers {sorted(features[inconsistent[0]])}"
+        )
     if shape_problems:
         fix = OTHER_BACKBONE if arch is not None else f"the config's r or the tensors are wrong; {RESAVE}"
         scan.problem(file, f"tensor shape mismatch: {_preview(shape_problems)}", fix)
     if dtype_problems:
-        scan.problem(file, f"non-floating-point LoRA tensors: {_preview(dtype_problems)}", f"LoRA tensors must be float; {RESAVE}")
+        scan.problem(
+            file,
+            f"non-floating-point LoRA tensors: {_preview(dtype_problems)}",
+            f"LoRA tensors must be float; {RESAVE}",
+        )
     else:
         bad = [
             f"{_slot_key(sid)} ({ab})"
@@ -418,7 +451,9 @@ def _check_tensors(scan: _Scan) -> None:
         ]
         if bad:
             scan.problem(
-                file, f"non-finite values (NaN/Inf) in slot {_preview(bad, 8)}", "the adapter is broken (diverged training?): retrain or re-export it"
+                file,
+                f"non-finite values (NaN/Inf) in slot {_preview(bad, 8)}",
+                "the adapter is broken (diverged training?): retrain or re-export it",
             )
     if scan.problems:
         return
@@ -438,7 +473,9 @@ def _check_tensors(scan: _Scan) -> None:
 # --------------------------------------------------------------------------------------------- load
 
 
-def load_adapter(path: str | Path, arch: Architecture | None = None, dtype: torch.dtype | None = torch.float32) -> LoraWeights:
+def load_adapter(
+    path: str | Path, arch: Architecture | None = None, dtype: torch.dtype | None = torch.float32
+) -> LoraWeights:
     """Read and validate a PEFT LoRA directory; raise :class:`AdapterError` for anything off.
 
     With ``arch`` the layout is derived from the backbone and the file must match it exactly; without,
@@ -474,7 +511,13 @@ def _norms(scan: _Scan, scale: float | None) -> dict[str, dict[str, float | None
     """Per module: Frobenius norms of all its A (and B) tensors together, and the mean over layers of ||ΔW||_F."""
     groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     for (_, module), (a, b) in scan.tensors().items():
-        if a.dim() == 2 and b.dim() == 2 and a.shape[0] == b.shape[1] and a.is_floating_point() and b.is_floating_point():
+        if (
+            a.dim() == 2
+            and b.dim() == 2
+            and a.shape[0] == b.shape[1]
+            and a.is_floating_point()
+            and b.is_floating_point()
+        ):
             groups[module].append((a, b))
     out = {}
     for module in MODULE_ORDER:
@@ -485,7 +528,9 @@ def _norms(scan: _Scan, scale: float | None) -> dict[str, dict[str, float | None
         out[module] = {
             "A_fro": _finite_or_none(fro(a for a, _ in ab)),
             "B_fro": _finite_or_none(fro(b for _, b in ab)),
-            "delta_w_fro_mean": None if scale is None else _finite_or_none(sum(delta_w_fro(a, b, scale) for a, b in ab) / len(ab)),
+            "delta_w_fro_mean": None
+            if scale is None
+            else _finite_or_none(sum(delta_w_fro(a, b, scale) for a, b in ab) / len(ab)),
         }
     return out
 

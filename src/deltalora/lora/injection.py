@@ -59,7 +59,9 @@ class _Router:
             if self.k is None:
                 raise InjectionError("rows routing needs batched weights (a leading adapter dimension)")
             if self.rows.dim() != 1:
-                raise InjectionError(f"rows must be 1-D (one adapter index per batch row), got shape {tuple(self.rows.shape)}")
+                raise InjectionError(
+                    f"rows must be 1-D (one adapter index per batch row), got shape {tuple(self.rows.shape)}"
+                )
             if self.rows.numel() and (int(self.rows.max()) >= self.k or int(self.rows.min()) < -1):
                 raise InjectionError(f"rows must be in [-1, {self.k - 1}] (-1 = base model)")
         # Runs of consecutive rows that share an adapter (the evaluator's arm-major batches): each run is a slice of
@@ -131,7 +133,9 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _add_blocks_in_place(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
+def _add_blocks_in_place(
+    output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float
+) -> torch.Tensor:
     """The adapter-major layout without autograd (Δ extraction): block k of the rows gets ``scale · (x Aₖᵀ) Bₖᵀ``
     added into the frozen linear's output by one fused batched multiply-add, with no [K, T, out] temporary."""
     k, dt = A.shape[0], output.dtype
@@ -142,16 +146,26 @@ def _add_blocks_in_place(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor,
     return output
 
 
-def _add_runs(output: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float,
-              runs: list[tuple[int, int, int]]) -> torch.Tensor:
+def _add_runs(
+    output: torch.Tensor,
+    x: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scale: float,
+    runs: list[tuple[int, int, int]],
+) -> torch.Tensor:
     """``output`` plus ``scale · (x Aₖᵀ) Bₖᵀ`` on each run of rows ``[lo, hi)`` routed to adapter k (k = -1: none).
 
     Without autograd the runs are added into ``output`` in place (the frozen linear's fresh result), so an
     evaluator batch pays for the LoRA matmuls and nothing else; with autograd the result is a new tensor."""
     A, B = A.to(x.dtype), B.to(x.dtype)
     if _needs_grad(output, x, A, B):
-        parts = [output[lo:hi] if k < 0 else output[lo:hi] + ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
-                 for k, lo, hi in runs]
+        parts = [
+            output[lo:hi]
+            if k < 0
+            else output[lo:hi] + ((x[lo:hi] @ A[k].transpose(0, 1)) * scale) @ B[k].transpose(0, 1)
+            for k, lo, hi in runs
+        ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
     dt = output.dtype
     with torch.autocast(device_type=output.device.type, enabled=False):  # in place: the output's dtype, as above
@@ -194,7 +208,8 @@ def inject(
                 slot.out_features,
             ):
                 raise InjectionError(
-                    f"slot {slot.key}: {slot.path} is {module!r}, expected Linear({slot.in_features}, {slot.out_features})"
+                    f"slot {slot.key}: {slot.path} is {module!r}, expected Linear({slot.in_features}, "
+                    f"{slot.out_features})"
                 )
             A, B = weights.A[slot.key], weights.B[slot.key]
 

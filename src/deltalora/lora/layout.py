@@ -124,7 +124,8 @@ def derive_layout(config: Any, spec: LoraSpec) -> LoraLayout:
     bad = [i for i in layers if i >= arch.num_hidden_layers]
     if bad:
         raise ConfigError(
-            f"LoRA layers {bad} do not exist: the backbone has {arch.num_hidden_layers} layers (0..{arch.num_hidden_layers - 1})"
+            f"LoRA layers {bad} do not exist: the backbone has {arch.num_hidden_layers} layers "
+            f"(0..{arch.num_hidden_layers - 1})"
         )
     slots = []
     for layer in layers:

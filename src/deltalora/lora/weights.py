@@ -63,7 +63,9 @@ class LoraWeights:
         return self._num_adapters
 
     @classmethod
-    def zeros(cls, layout: LoraLayout, num_adapters: int | None = None, dtype=torch.float32, device=None) -> "LoraWeights":
+    def zeros(
+        cls, layout: LoraLayout, num_adapters: int | None = None, dtype=torch.float32, device=None
+    ) -> "LoraWeights":
         lead = () if num_adapters is None else (num_adapters,)
         A = {s.key: torch.zeros(*lead, *s.a_shape, dtype=dtype, device=device) for s in layout.slots}
         B = {s.key: torch.zeros(*lead, *s.b_shape, dtype=dtype, device=device) for s in layout.slots}
@@ -82,8 +84,14 @@ class LoraWeights:
         """Gaussian A and B (both non-zero, unlike PEFT's init) — for tests and benchmarks."""
         g = torch.Generator().manual_seed(seed)
         lead = () if num_adapters is None else (num_adapters,)
-        A = {s.key: (torch.randn(*lead, *s.a_shape, generator=g) * std).to(dtype=dtype, device=device) for s in layout.slots}
-        B = {s.key: (torch.randn(*lead, *s.b_shape, generator=g) * std).to(dtype=dtype, device=device) for s in layout.slots}
+        A = {
+            s.key: (torch.randn(*lead, *s.a_shape, generator=g) * std).to(dtype=dtype, device=device)
+            for s in layout.slots
+        }
+        B = {
+            s.key: (torch.randn(*lead, *s.b_shape, generator=g) * std).to(dtype=dtype, device=device)
+            for s in layout.slots
+        }
         return cls(layout, A, B)
 
     @classmethod

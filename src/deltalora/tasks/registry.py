@@ -11,8 +11,8 @@ Adding a source is one decorated function. It receives its validated arguments (
         ...
 
 ``kinds`` lists the task kinds (``mc``, ``short``, ``code``) the source can produce; the task spec picks
-one and the source receives it. A ``generator=True`` source produces ``size`` fresh items from ``seed`` (e.g. reasoning-gym); a finite
-source ignores ``size`` and ``seed`` and returns everything it has.
+one and the source receives it. A ``generator=True`` source produces ``size`` fresh items from ``seed`` (e.g.
+reasoning-gym); a finite source ignores ``size`` and ``seed`` and returns everything it has.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from .items import TaskError, TaskItem
 from ..registry import Registry
+from .items import TaskError, TaskItem
 
 SourceFn = Callable[..., list[TaskItem]]
 

@@ -49,7 +49,9 @@ class TaskSpec(StrictModel):
     @classmethod
     def _ident(cls, v: str) -> str:
         if not _NAME.match(v):
-            raise ValueError(f"{v!r} must be lowercase letters, digits, '_', '-' or '.', starting with a letter or digit")
+            raise ValueError(
+                f"{v!r} must be lowercase letters, digits, '_', '-' or '.', starting with a letter or digit"
+            )
         return v
 
     @model_validator(mode="after")
@@ -151,7 +153,9 @@ def build_task(spec: TaskSpec, seed: int = 0) -> Task:
     if src.generator:
         size = need + need // 4 + 8  # margin for duplicates
         for _ in range(_GENERATOR_ATTEMPTS):
-            pool = dedupe(src.fn(args, name=spec.name, kind=spec.kind, size=size, seed=stable_seed("pool", spec.name, seed)))
+            pool = dedupe(
+                src.fn(args, name=spec.name, kind=spec.kind, size=size, seed=stable_seed("pool", spec.name, seed))
+            )
             if len(pool) >= need:
                 break
             size *= 2

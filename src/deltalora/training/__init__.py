@@ -20,7 +20,25 @@ from .loop import GENERATOR_NAME, LOG_NAME, TrainResult, lr_at, train_generator
 from .losses import DELTA_LOSSES, WeightLoss, cosine, delta_loss, product_sq_norm
 
 __all__ = [
-    "DELTA_LOSSES", "GENERATOR_NAME", "LOG_NAME", "DatasetError", "LambdaSchedule", "TeacherBatch", "TeacherDataset",
-    "TeacherExample", "TrainConfig", "TrainResult", "WeightLoss", "choose_heldout", "collate_teachers", "components",
-    "cosine", "delta_loss", "lr_at", "product_sq_norm", "split_entries", "train_generator", "zoo_tasks",
+    "DELTA_LOSSES",
+    "GENERATOR_NAME",
+    "LOG_NAME",
+    "DatasetError",
+    "LambdaSchedule",
+    "TeacherBatch",
+    "TeacherDataset",
+    "TeacherExample",
+    "TrainConfig",
+    "TrainResult",
+    "WeightLoss",
+    "choose_heldout",
+    "collate_teachers",
+    "components",
+    "cosine",
+    "delta_loss",
+    "lr_at",
+    "product_sq_norm",
+    "split_entries",
+    "train_generator",
+    "zoo_tasks",
 ]

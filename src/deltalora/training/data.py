@@ -5,7 +5,8 @@
     loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate_teachers)
     for epoch in range(E):
         train.set_epoch(epoch)          # new prompts for every teacher, deterministic per (seed, epoch, teacher)
-        for batch in loader: ...        # batch.weights: LoraWeights [K, ...], batch.conditions [K, n, dim], batch.deltas [K, dim]
+        for batch in loader: ...        # batch.weights: LoraWeights [K, ...], batch.conditions [K, n, dim],
+                                        # batch.deltas [K, dim]
 
 Splits are by *task* (leave-tasks-out): a teacher belongs to ``"train"`` only if none of its tasks is held
 out, to ``"heldout"`` only if all of them are; a mixed teacher with one held-out component is in neither
@@ -29,11 +30,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..backbones.architecture import Architecture
 from ..conditions import Conditioner
 from ..deltas import DeltaCache, DeltaSpec
 from ..errors import DeltaLoraError
 from ..lora import LoraWeights, load_adapter
-from ..backbones.architecture import Architecture
 from ..tasks import stable_seed
 from ..zoo.manifest import ZooEntry, adapter_dir, read_manifest
 
@@ -58,7 +59,9 @@ def choose_heldout(tasks: Iterable[str], n: int, seed: int) -> list[str]:
     """``n`` tasks to hold out, a deterministic function of the task set and ``seed`` (sorted)."""
     pool = sorted(set(tasks))
     if not 0 <= n < len(pool):
-        raise DatasetError(f"cannot hold out {n} of {len(pool)} tasks; hold out at least 0 and leave at least one to train on")
+        raise DatasetError(
+            f"cannot hold out {n} of {len(pool)} tasks; hold out at least 0 and leave at least one to train on"
+        )
     return sorted(random.Random(stable_seed("heldout", seed, *pool)).sample(pool, n))
 
 
@@ -101,8 +104,14 @@ class TeacherBatch:
         return len(self.ids)
 
     def to(self, *args, **kwargs) -> TeacherBatch:
-        return TeacherBatch(self.ids, self.tasks, self.families, self.weights.to(*args, **kwargs),
-                            self.conditions.to(*args, **kwargs), self.deltas.to(*args, **kwargs))
+        return TeacherBatch(
+            self.ids,
+            self.tasks,
+            self.families,
+            self.weights.to(*args, **kwargs),
+            self.conditions.to(*args, **kwargs),
+            self.deltas.to(*args, **kwargs),
+        )
 
 
 def collate_teachers(examples: Sequence[TeacherExample]) -> TeacherBatch:
@@ -158,7 +167,10 @@ class TeacherDataset(Dataset):
             )
         missing_pools = sorted({t for e in self.entries for t in components(e)} - set(conditioner.pools))
         if missing_pools:
-            raise DatasetError(f"no condition pool for task(s) {missing_pools}; build the Conditioner with pools for every task of the zoo")
+            raise DatasetError(
+                f"no condition pool for task(s) {missing_pools}; build the Conditioner with pools for every task of "
+                "the zoo"
+            )
         self._dirs = [adapter_dir(self.zoo, e) for e in self.entries]
         self._deltas = self._load_deltas()
         self._weights = self._check_adapters(preload)
@@ -183,19 +195,26 @@ class TeacherDataset(Dataset):
                     f"delete the file and recompute it with `{self.deltas_spec.command(self.zoo, self.cache.root)}`"
                 )
             if not bool(torch.isfinite(t).all()):
-                raise DatasetError(f"{self.cache.path(key)}: Δ of {e.id} has non-finite values; drop the teacher from the zoo or retrain it")
+                raise DatasetError(
+                    f"{self.cache.path(key)}: Δ of {e.id} has non-finite values; drop the teacher from the zoo or "
+                    "retrain it"
+                )
             out.append(t)
         if missing:
             s = self.deltas_spec
             raise DatasetError(
                 f"Δ missing from the cache {self.cache.root} for {len(missing)} of {len(self.entries)} teachers "
-                f"(first: {missing[0].id}) on backbone {s.backbone}, probes {s.probes}, repr {s.representation}, dtype {s.dtype}; "
+                f"(first: {missing[0].id}) on backbone {s.backbone}, probes {s.probes}, repr {s.representation}, "
+                f"dtype {s.dtype}; "
                 f"compute them with `{s.command(self.zoo, self.cache.root)}`"
             )
         widths = {int(t.numel()) for t in out}
         if len(widths) != 1:
             first = next(e.id for e, t in zip(self.entries, out) if t.numel() != out[0].numel())
-            raise DatasetError(f"Δ vectors have different widths {sorted(widths)} (e.g. {self.entries[0].id} vs {first}); the cache mixes representations — recompute with one --repr")
+            raise DatasetError(
+                f"Δ vectors have different widths {sorted(widths)} (e.g. {self.entries[0].id} vs {first}); the cache "
+                "mixes representations — recompute with one --repr"
+            )
         return out
 
     def _load(self, i: int) -> LoraWeights:
@@ -214,7 +233,8 @@ class TeacherDataset(Dataset):
             elif w.layout.signature != sig:
                 raise DatasetError(
                     f"{self._dirs[i]}: LoRA layout (slots, rank or scale) differs from {self._dirs[0]}'s; "
-                    "a generator is trained on teachers of one layout — drop the odd teacher or build the zoo with one LoRA config"
+                    "a generator is trained on teachers of one layout — drop the odd teacher or build the zoo with "
+                    "one LoRA config"
                 )
             if preload:
                 kept.append(w)
@@ -279,7 +299,7 @@ class TeacherDataset(Dataset):
 
 __all__ = [
     "DatasetError",
-        "TeacherBatch",
+    "TeacherBatch",
     "TeacherDataset",
     "TeacherExample",
     "choose_heldout",

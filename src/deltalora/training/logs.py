@@ -35,7 +35,9 @@ def read_log(path: str | Path) -> LogCurves:
 
 def series(curves: LogCurves, key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of ``key``, skipping steps where it is null (before the Δ loss starts, say) or not finite."""
-    pts = [(s, float(r[key])) for s, r in curves.items() if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    pts = [
+        (s, float(r[key])) for s, r in curves.items() if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -50,7 +52,7 @@ def tail_mean(curves: LogCurves, key: str, frac: float = 0.1) -> float | None:
     One step's loss is one batch's; the tail mean is what a table of "final" losses should quote.
     """
     vals = values(curves, key)
-    return float(np.mean(vals[-max(1, round(len(vals) * frac)):])) if vals else None
+    return float(np.mean(vals[-max(1, round(len(vals) * frac)) :])) if vals else None
 
 
 __all__ = ["LogCurves", "read_log", "series", "tail_mean", "values"]

@@ -65,7 +65,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def batch_positions(cfg: TrainConfig, n: int, step: int) -> list[tuple[int, int]]:
-    """(dataset index, epoch) of the global batch of ``step``: consecutive slices of a stream of seeded epoch permutations."""
+    """(dataset index, epoch) of the global batch of ``step``: consecutive slices of a stream of seeded epoch
+    permutations."""
     out = []
     for pos in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
         epoch, j = divmod(pos, n)
@@ -122,7 +123,10 @@ def _mean_across(values: dict[str, float | None], world: int) -> dict[str, float
     if world == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([[0.0 if values[k] is None else float(values[k]), 0.0 if values[k] is None else 1.0] for k in keys], dtype=torch.float64)
+    t = torch.tensor(
+        [[0.0 if values[k] is None else float(values[k]), 0.0 if values[k] is None else 1.0] for k in keys],
+        dtype=torch.float64,
+    )
     dist.all_reduce(t)
     return {k: (None if t[i, 1] == 0 else float(t[i, 0] / t[i, 1])) for i, k in enumerate(keys)}
 
@@ -177,7 +181,9 @@ def train_generator(
     fp = fingerprint(cfg, dataset, world)
 
     torch.manual_seed(cfg.seed)
-    gen = build_generator(cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options).to(device)
+    gen = build_generator(
+        cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options
+    ).to(device)
     decay = [p for n, p in gen.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in gen.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -197,7 +203,9 @@ def train_generator(
         model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
 
     examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
-    wloss = WeightLoss(cfg.weight_loss, LoraWeights.stack([e.weights for e in examples]), cfg.token_weighting).to(device)
+    wloss = WeightLoss(cfg.weight_loss, LoraWeights.stack([e.weights for e in examples]), cfg.token_weighting).to(
+        device
+    )
     del examples
     delta_scale = max(float(dataset.deltas.square().sum(-1).mean()), 1e-12)
     shared = dataset.mean_delta().to(device)  # the shift every teacher shares (specific_cosine loss, log)
@@ -238,11 +246,27 @@ def train_generator(
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip))
             opt.step()
-            vals = _mean_across({"loss": float(loss.detach()), "loss_weights": float(lw.detach()), "loss_delta": ld,
-                                 "delta_cosine": cos, "delta_cosine_specific": scos,
-                                 "delta_norm_pred": pnorm, "delta_norm_teacher": tnorm}, world)
-            record = {"step": step, **vals, "lambda": lam, "lr": lr, "grad_norm": gnorm,
-                      "epoch": positions[0][1], "step_seconds": round(time.perf_counter() - t0, 4)}
+            vals = _mean_across(
+                {
+                    "loss": float(loss.detach()),
+                    "loss_weights": float(lw.detach()),
+                    "loss_delta": ld,
+                    "delta_cosine": cos,
+                    "delta_cosine_specific": scos,
+                    "delta_norm_pred": pnorm,
+                    "delta_norm_teacher": tnorm,
+                },
+                world,
+            )
+            record = {
+                "step": step,
+                **vals,
+                "lambda": lam,
+                "lr": lr,
+                "grad_norm": gnorm,
+                "epoch": positions[0][1],
+                "step_seconds": round(time.perf_counter() - t0, 4),
+            }
             if rank == 0:
                 if step % cfg.log_every == 0 or step == cfg.steps - 1:
                     log.write(json.dumps(record) + "\n")
@@ -252,7 +276,9 @@ def train_generator(
                             if k != "step" and isinstance(v, float):
                                 tb.add_scalar(k, v, step)
                 bar.update(1)
-                bar.set_postfix(lw=f"{record['loss_weights']:.4f}", ld="-" if ld is None else f"{record['loss_delta']:.4f}")
+                bar.set_postfix(
+                    lw=f"{record['loss_weights']:.4f}", ld="-" if ld is None else f"{record['loss_delta']:.4f}"
+                )
             done = step + 1
             if done % cfg.save_every == 0 or done == end:
                 if rank == 0:
@@ -268,11 +294,24 @@ def train_generator(
     seconds = time.perf_counter() - t_call
     steps_done = max(start, end)
     if steps_done >= cfg.steps and rank == 0 and not final.exists():
-        save_generator(gen, final, {**meta, "train_config": recorded_config(cfg), "train_ids": dataset.ids,
-                                    "heldout": dataset.heldout})
+        save_generator(
+            gen,
+            final,
+            {**meta, "train_config": recorded_config(cfg), "train_ids": dataset.ids, "heldout": dataset.heldout},
+        )
     if not record and state_path.exists():
         record = read_state(state_path)[0]["extra"].get("last", {})
     return TrainResult(generator=final, steps=steps_done, last=record, seconds=seconds, resumed_from=start, module=gen)
 
 
-__all__ = ["GENERATOR_NAME", "LOG_NAME", "TrainResult", "batch_positions", "effective_config", "fingerprint", "lr_at", "recorded_config", "train_generator"]
+__all__ = [
+    "GENERATOR_NAME",
+    "LOG_NAME",
+    "TrainResult",
+    "batch_positions",
+    "effective_config",
+    "fingerprint",
+    "lr_at",
+    "recorded_config",
+    "train_generator",
+]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ..generators.tokenizer import LoraTokenizer, criterion_weights, weighted_token_mse
 from ..deltas.analyze import remove_shared
+from ..generators.tokenizer import LoraTokenizer, criterion_weights, weighted_token_mse
 from ..lora import LoraWeights
 
 
@@ -77,15 +77,18 @@ class WeightLoss:
 
     def __call__(self, pred: LoraWeights, target: LoraWeights) -> torch.Tensor:
         if self.kind == "tokens":
-            return weighted_token_mse(self.tokenizer.tokenize(pred), self.tokenizer.tokenize(target), self.token_weights)
+            return weighted_token_mse(
+                self.tokenizer.tokenize(pred), self.tokenizer.tokenize(target), self.token_weights
+            )
         norm = product_sq_norm if self.kind == "product" else slot_sq_norm
         return norm(pred, target).mean() / self.scale
 
 
 def head(weights: LoraWeights, m: int) -> LoraWeights:
     """The first ``m`` adapters of a batched LoraWeights (a view: gradients flow)."""
-    return LoraWeights(weights.layout, {k: v[:m] for k, v in weights.A.items()}, {k: v[:m] for k, v in weights.B.items()})
-
+    return LoraWeights(
+        weights.layout, {k: v[:m] for k, v in weights.A.items()}, {k: v[:m] for k, v in weights.B.items()}
+    )
 
 
 DELTA_LOSSES = ("mse", "cosine", "specific_cosine")
@@ -105,7 +108,10 @@ def delta_loss(
         if shared is None:
             raise ValueError("specific_cosine needs shared= (the training teachers' mean Δ)")
         c = shared.to(pred)
-        return (1.0 - torch.nn.functional.cosine_similarity(remove_shared(pred, c), remove_shared(target, c), dim=-1, eps=1e-8)).mean()
+        return (
+            1.0
+            - torch.nn.functional.cosine_similarity(remove_shared(pred, c), remove_shared(target, c), dim=-1, eps=1e-8)
+        ).mean()
     raise ValueError(f"unknown delta loss {kind!r}; use one of {', '.join(DELTA_LOSSES)}")
 
 

@@ -28,7 +28,9 @@ class TrainStateError(DeltaLoraError):
     """A trainer state file is unreadable or belongs to another run."""
 
 
-def save_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, step: int, fingerprint: str, extra: dict | None = None) -> None:
+def save_state(
+    path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, step: int, fingerprint: str, extra: dict | None = None
+) -> None:
     tensors = {f"gen.{k}": v.detach().cpu().contiguous().clone() for k, v in gen.state_dict().items()}
     sd = opt.state_dict()
     for pid, st in sd["state"].items():
@@ -37,7 +39,13 @@ def save_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, ste
                 t = torch.tensor(t)
             tensors[f"opt.{pid}.{name}"] = t.detach().cpu().contiguous().clone()
     tensors["rng.torch"] = torch.get_rng_state()
-    header = {"format": STATE_FORMAT, "step": int(step), "fingerprint": fingerprint, "param_groups": sd["param_groups"], "extra": extra or {}}
+    header = {
+        "format": STATE_FORMAT,
+        "step": int(step),
+        "fingerprint": fingerprint,
+        "param_groups": sd["param_groups"],
+        "extra": extra or {},
+    }
     atomic_write_bytes(Path(path), st_save(tensors, metadata={"header": json.dumps(header)}))
 
 
@@ -53,11 +61,15 @@ def read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{path}: unreadable trainer state ({type(exc).__name__}); delete it to restart this run from step 0"
         ) from None
     if header.get("format") != STATE_FORMAT:
-        raise TrainStateError(f"{path}: not a deltalora trainer state (format {header.get('format')!r}); pass another --out")
+        raise TrainStateError(
+            f"{path}: not a deltalora trainer state (format {header.get('format')!r}); pass another --out"
+        )
     return header, tensors
 
 
-def restore_state(path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str, also: str | None = None) -> int:
+def restore_state(
+    path: Path, gen: torch.nn.Module, opt: torch.optim.Optimizer, fingerprint: str, also: str | None = None
+) -> int:
     """Load generator, optimizer and RNG from ``path``; returns the step to continue from.
 
     ``also`` is a second fingerprint accepted as the same run (an older version's fingerprint of it)."""

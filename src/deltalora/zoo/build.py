@@ -28,14 +28,24 @@ from pathlib import Path
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
 from ..backbones import architecture_of, load_backbone
 from ..backbones.precision import PrecisionDecision, cpu_info
+from ..config import DTYPES, RuntimeConfig, StrictModel, load_yaml
 from ..paths import atomic_dir, atomic_write_bytes
 from ..sharding import parse_shard, take_shard
-from ..tasks import TaskItem, TaskSpec, build_task, format_prompt, format_target, get_spec, load_suite, prefetch, stable_seed
-from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
+from ..tasks import (
+    TaskItem,
+    TaskSpec,
+    build_task,
+    format_prompt,
+    format_target,
+    get_spec,
+    load_suite,
+    prefetch,
+    stable_seed,
+)
 from .canonical import ensure_init
+from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 from .train import TeacherTrainConfig, teacher_precision, train_teacher
 
 CONFIG_NAME = "zoo_config.json"
@@ -129,7 +139,9 @@ def plan_jobs(cfg: ZooConfig) -> list[ZooJob]:
     jobs.sort(key=lambda j: j.id)
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
-        raise ZooError("two zoo jobs share an id (a task name contains '+' and collides with a mixed pair); rename the task")
+        raise ZooError(
+            "two zoo jobs share an id (a task name contains '+' and collides with a mixed pair); rename the task"
+        )
     return jobs
 
 
@@ -142,7 +154,9 @@ def sample_train(task, cfg: ZooConfig, seed: int) -> list[TaskItem]:
     """The train items seed ``seed`` trains on: a seeded subset of the task's train split."""
     items = list(task.train)
     if not items:
-        raise ZooError(f"task {task.name!r} has an empty train split (n_train 0 or too few items); it cannot have teachers")
+        raise ZooError(
+            f"task {task.name!r} has an empty train split (n_train 0 or too few items); it cannot have teachers"
+        )
     if cfg.subset is None or cfg.subset >= len(items):
         return items
     return random.Random(stable_seed("zoo-subset", task.name, seed)).sample(items, cfg.subset)
@@ -238,10 +252,15 @@ def check_or_save_config(cfg: ZooConfig, out_dir: Path) -> dict:
         if saved != resolved:
             diff = _diff_keys(saved, resolved)
             hint = ""
-            was = ((saved.get("config") or {}).get("teacher") or {}).get("precision") if isinstance(saved, dict) else None
+            was = (
+                ((saved.get("config") or {}).get("teacher") or {}).get("precision") if isinstance(saved, dict) else None
+            )
             if "config.teacher.precision" in diff and isinstance(was, str):
-                hint = (f"; it trained in {was}, teacher.precision {cfg.teacher.precision} is {resolved['config']['teacher']['precision']} "
-                        f"here: set teacher.precision={was} to extend it")
+                hint = (
+                    f"; it trained in {was}, teacher.precision {cfg.teacher.precision} is "
+                    f"{resolved['config']['teacher']['precision']} "
+                    f"here: set teacher.precision={was} to extend it"
+                )
             kind = ((saved.get("config") or {}).get("teacher") or {}).get("init")
             if "config.teacher.init" in diff and isinstance(kind, str):
                 hint += f"; it is a {kind} zoo (teachers' LoRA init): set teacher.init={kind} to extend it"
@@ -303,7 +322,10 @@ class _ReuseSource:
         self.root = Path(root)
         cfg_path = self.root / CONFIG_NAME
         if not cfg_path.is_file() or not (self.root / MANIFEST_NAME).is_file():
-            raise ZooError(f"--reuse {root}: not a zoo directory (needs {CONFIG_NAME} and {MANIFEST_NAME}); pass a zoo built by deltalora")
+            raise ZooError(
+                f"--reuse {root}: not a zoo directory (needs {CONFIG_NAME} and {MANIFEST_NAME}); pass a zoo built by "
+                "deltalora"
+            )
         try:
             self.resolved = _legacy_init(_legacy_precision(json.loads(cfg_path.read_text(encoding="utf-8"))))
         except json.JSONDecodeError:
@@ -340,7 +362,9 @@ def _copy_job(src: _ReuseSource, entries: list[ZooEntry], out: Path, job_dir: Pa
         with atomic_dir(dest) as tmp:
             shutil.rmtree(tmp)
             shutil.copytree(src.root / e.path, tmp, copy_function=link_or_copy)
-        entry = e.model_copy(update={"path": dest.relative_to(out).as_posix(), "extra": {**e.extra, "reused_from": str(src.root)}})
+        entry = e.model_copy(
+            update={"path": dest.relative_to(out).as_posix(), "extra": {**e.extra, "reused_from": str(src.root)}}
+        )
         append_entry(out, entry)
         listed[e.id] = entry
 
@@ -427,7 +451,9 @@ def build_zoo(
             job_dir,
             seed=stable_seed("zoo-teacher", job.id) % (1 << 63),
             init=init,
-            init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63) if cfg.teacher.init == "per_seed" else None,
+            init_seed=stable_seed("zoo-teacher-init", str(job.seed)) % (1 << 63)
+            if cfg.teacher.init == "per_seed"
+            else None,
             precision=precision.dtype,
             metadata={"task": job.task, "zoo_job": job.id},
             progress=report if progress else None,
@@ -450,9 +476,15 @@ def build_zoo(
                 sha256=file_sha256(c.path / "adapter_model.safetensors"),
                 train_loss=c.train_loss,
                 backbone=cfg.backbone,
-                extra={"train_seconds": round(seconds, 2), "n_train_items": n_items, "device": str(backbone.device),
-                       "precision": precision.name, "cpu": machine, "init": cfg.teacher.init,
-                       **({"init_sha256": init_sha} if init_sha else {})},
+                extra={
+                    "train_seconds": round(seconds, 2),
+                    "n_train_items": n_items,
+                    "device": str(backbone.device),
+                    "precision": precision.name,
+                    "cpu": machine,
+                    "init": cfg.teacher.init,
+                    **({"init_sha256": init_sha} if init_sha else {}),
+                },
             )
             append_entry(out, entry)
             listed[eid] = entry

@@ -67,10 +67,14 @@ def read_init(zoo: str | Path, arch: Architecture | None = None) -> LoraWeights 
         return None
     d = zoo / str(rec.get("path", INIT_DIR))
     if not (d / WEIGHTS).is_file():
-        raise ZooError(f"{d}: the canonical init recorded in {zoo / CONFIG_NAME} is missing; restore it from a copy of the zoo")
+        raise ZooError(
+            f"{d}: the canonical init recorded in {zoo / CONFIG_NAME} is missing; restore it from a copy of the zoo"
+        )
     if file_sha256(d / WEIGHTS) != rec.get("sha256"):
-        raise ZooError(f"{d / WEIGHTS}: sha256 differs from the one in {zoo / CONFIG_NAME}; the init was changed — "
-                       "restore it (every teacher of the zoo started from it)")
+        raise ZooError(
+            f"{d / WEIGHTS}: sha256 differs from the one in {zoo / CONFIG_NAME}; the init was changed — "
+            "restore it (every teacher of the zoo started from it)"
+        )
     return load_adapter(d, arch, dtype=torch.float32)
 
 
@@ -91,7 +95,9 @@ def ensure_init(zoo: Path, teacher: TeacherTrainConfig, arch: Architecture, reus
     existing = read_init(zoo, arch)
     if existing is not None:
         if existing.layout.signature != layout.signature:
-            raise ZooError(f"{zoo / INIT_DIR}: the canonical init's LoRA layout differs from teacher.lora; use a new --out")
+            raise ZooError(
+                f"{zoo / INIT_DIR}: the canonical init's LoRA layout differs from teacher.lora; use a new --out"
+            )
         return existing
     with _lock(zoo):  # shards of one build may start together: one draws and records, the others read
         existing = read_init(zoo, arch)

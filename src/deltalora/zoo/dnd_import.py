@@ -30,10 +30,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..config import MODULE_ORDER, LoraSpec
-from ..lora import LoraLayout, LoraWeights, Slot, derive_layout, load_adapter, save_adapter
 from ..backbones.architecture import Architecture, module_path
 from ..backbones.loader import architecture_of
+from ..config import MODULE_ORDER, LoraSpec
+from ..lora import LoraLayout, LoraWeights, Slot, derive_layout, load_adapter, save_adapter
 from ..paths import atomic_write_bytes
 from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 
@@ -88,7 +88,9 @@ def read_dnd_checkpoint(path: Path) -> dict[tuple[int, str], dict[str, torch.Ten
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ZooError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); re-download it") from None
+        raise ZooError(
+            f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); re-download it"
+        ) from None
     found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         m = _KEY.match(key)
@@ -102,7 +104,7 @@ def read_dnd_checkpoint(path: Path) -> dict[tuple[int, str], dict[str, torch.Ten
         found.setdefault((int(m.group("layer")), m.group("module")), {})[m.group("ab")] = t
     if not found:
         raise ZooError(f"{path}: holds no LoRA tensors")
-    half = [f"{l}.{mod}" for (l, mod), ab in found.items() if set(ab) != {"A", "B"}]
+    half = [f"{layer}.{mod}" for (layer, mod), ab in found.items() if set(ab) != {"A", "B"}]
     if half:
         raise ZooError(f"{path}: slots {half[:3]} have only one of lora_A / lora_B; the file is incomplete")
     return found
@@ -116,9 +118,11 @@ def dnd_weights(path: Path, arch: Architecture | None, alpha: float | None = Non
         raise ZooError(f"{path}: LoRA ranks differ between slots ({sorted(ranks)}); only a single rank is supported")
     rank = ranks.pop()
     modules = {m for _, m in found}
-    layers = sorted({l for l, _ in found})
-    if {(l, m) for l in layers for m in modules} != set(found):
-        raise ZooError(f"{path}: not every layer adapts the same modules {sorted(modules)}; such a layout is not supported")
+    layers = sorted({layer for layer, _ in found})
+    if {(layer, m) for layer in layers for m in modules} != set(found):
+        raise ZooError(
+            f"{path}: not every layer adapts the same modules {sorted(modules)}; such a layout is not supported"
+        )
     n_layers = arch.num_hidden_layers if arch is not None else layers[-1] + 1
     spec = LoraSpec(
         rank=rank,
@@ -130,14 +134,18 @@ def dnd_weights(path: Path, arch: Architecture | None, alpha: float | None = Non
         try:
             layout = derive_layout(arch, spec)
         except Exception as exc:  # ConfigError: layers beyond the backbone
-            raise ZooError(f"{path}: does not fit the backbone ({exc}); pass the --backbone it was trained for") from None
+            raise ZooError(
+                f"{path}: does not fit the backbone ({exc}); pass the --backbone it was trained for"
+            ) from None
     else:
         slots = []
         for layer in layers:
             for module in MODULE_ORDER:
                 if module in modules:
                     a, b = found[(layer, module)]["A"], found[(layer, module)]["B"]
-                    slots.append(Slot(len(slots), layer, module, module_path(layer, module), a.shape[1], b.shape[0], rank))
+                    slots.append(
+                        Slot(len(slots), layer, module, module_path(layer, module), a.shape[1], b.shape[0], rank)
+                    )
         layout = LoraLayout(arch=None, spec=spec, slots=tuple(slots))
     try:
         return LoraWeights(
@@ -146,7 +154,9 @@ def dnd_weights(path: Path, arch: Architecture | None, alpha: float | None = Non
             {s.key: found[(s.layer, s.module)]["B"] for s in layout.slots},
         )
     except (KeyError, ValueError) as exc:
-        raise ZooError(f"{path}: tensor shapes do not fit the layout ({exc}); pass the --backbone it was trained for") from None
+        raise ZooError(
+            f"{path}: tensor shapes do not fit the layout ({exc}); pass the --backbone it was trained for"
+        ) from None
 
 
 def find_prompt_json(folder: Path, prompts_dir: Path | None) -> Path | None:
@@ -159,7 +169,9 @@ def find_prompt_json(folder: Path, prompts_dir: Path | None) -> Path | None:
     if len(local) == 1:
         return local[0]
     if len(local) > 1:
-        raise ZooError(f"{folder}: several JSON files ({', '.join(p.name for p in local[:3])}); keep only {name}_train.json")
+        raise ZooError(
+            f"{folder}: several JSON files ({', '.join(p.name for p in local[:3])}); keep only {name}_train.json"
+        )
     if prompts_dir is not None:
         for cand in (f"{name}_train.json", f"{name}.json"):
             if (Path(prompts_dir) / cand).is_file():
@@ -178,11 +190,17 @@ def read_prompt_json(path: Path) -> int:
     for i, rec in enumerate(data):
         ok = isinstance(rec, dict) and (
             isinstance(rec.get("prompt"), str)
-            or (isinstance(rec.get("conversations"), list) and rec["conversations"] and isinstance(rec["conversations"][0], dict)
-                and isinstance(rec["conversations"][0].get("value"), str))
+            or (
+                isinstance(rec.get("conversations"), list)
+                and rec["conversations"]
+                and isinstance(rec["conversations"][0], dict)
+                and isinstance(rec["conversations"][0].get("value"), str)
+            )
         )
         if not ok:
-            raise ZooError(f"{path}: entry {i} has neither a 'prompt' string nor LLaMA-Factory 'conversations'; fix the file")
+            raise ZooError(
+                f"{path}: entry {i} has neither a 'prompt' string nor LLaMA-Factory 'conversations'; fix the file"
+            )
     return len(data)
 
 
@@ -222,8 +240,12 @@ def import_dnd(
             n = read_prompt_json(prompt)
             cond = out / task / CONDITION_NAME
             atomic_write_bytes(cond, prompt.read_bytes())
-            extra_cond = {"condition": cond.relative_to(out).as_posix(), "condition_source": str(prompt),
-                          "condition_sha256": file_sha256(cond), "n_condition": n}
+            extra_cond = {
+                "condition": cond.relative_to(out).as_posix(),
+                "condition_source": str(prompt),
+                "condition_sha256": file_sha256(cond),
+                "n_condition": n,
+            }
         for step, path in ckpts:
             eid = f"{task}/s0/step{step}"
             if eid in listed:
@@ -231,17 +253,31 @@ def import_dnd(
                 bar.update(1)
                 continue
             w = dnd_weights(path, arch, alpha)
-            target = save_adapter(w, out / task / "s0" / f"step{step}", base_model_name_or_path=backbone or None,
-                                  metadata={"source": "dnd", "dnd_file": path.name, "task": task})
+            target = save_adapter(
+                w,
+                out / task / "s0" / f"step{step}",
+                base_model_name_or_path=backbone or None,
+                metadata={"source": "dnd", "dnd_file": path.name, "task": task},
+            )
             if arch is not None:
                 load_adapter(target, arch=arch)  # round-trip check against the backbone
             entry = ZooEntry(
-                id=eid, task=task, family=families.get(task, "dnd"), seed=0, step=step,
+                id=eid,
+                task=task,
+                family=families.get(task, "dnd"),
+                seed=0,
+                step=step,
                 path=target.relative_to(out).as_posix(),
                 sha256=file_sha256(target / "adapter_model.safetensors"),
-                train_loss=None, backbone=backbone or "",
-                extra={"source": "dnd", "dnd_file": str(path), "rank": w.layout.spec.rank,
-                       "alpha": w.layout.spec.alpha, **extra_cond},
+                train_loss=None,
+                backbone=backbone or "",
+                extra={
+                    "source": "dnd",
+                    "dnd_file": str(path),
+                    "rank": w.layout.spec.rank,
+                    "alpha": w.layout.spec.alpha,
+                    **extra_cond,
+                },
             )
             append_entry(out, entry)
             listed[eid] = entry
@@ -251,4 +287,11 @@ def import_dnd(
     return entries
 
 
-__all__ = ["CONDITION_NAME", "dnd_weights", "find_dataset_dirs", "find_prompt_json", "import_dnd", "read_dnd_checkpoint"]
+__all__ = [
+    "CONDITION_NAME",
+    "dnd_weights",
+    "find_dataset_dirs",
+    "find_prompt_json",
+    "import_dnd",
+    "read_dnd_checkpoint",
+]

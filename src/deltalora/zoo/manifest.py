@@ -70,7 +70,9 @@ def read_manifest(path: Path, verify: bool = False) -> list[ZooEntry]:
     path = Path(path)
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():
-        raise ZooError(f"{manifest}: zoo manifest not found; build a zoo with `deltalora zoo build` or pass its directory")
+        raise ZooError(
+            f"{manifest}: zoo manifest not found; build a zoo with `deltalora zoo build` or pass its directory"
+        )
     root = manifest.parent
     raw = manifest.read_text(encoding="utf-8")
     lines = raw.split("\n")
@@ -86,14 +88,19 @@ def read_manifest(path: Path, verify: bool = False) -> list[ZooEntry]:
                 continue  # a partial line from a killed writer
             raise ZooError(f"{manifest}:{no}: not valid JSON; remove or repair the line") from None
         except ValidationError as exc:
-            raise ZooError(f"{manifest}:{no}: invalid entry ({validation_message(exc)}); remove or repair the line") from None
+            raise ZooError(
+                f"{manifest}:{no}: invalid entry ({validation_message(exc)}); remove or repair the line"
+            ) from None
         if entry.id in entries:
             raise ZooError(f"{manifest}:{no}: duplicate adapter id {entry.id!r}; remove one of the lines")
         adapter = root / entry.path
         if verify:
             weights = adapter / "adapter_model.safetensors"
             if not weights.is_file() or file_sha256(weights) != entry.sha256:
-                raise ZooError(f"{adapter}: adapter missing or its bytes differ from the manifest's sha256; rebuild it or drop line {no}")
+                raise ZooError(
+                    f"{adapter}: adapter missing or its bytes differ from the manifest's sha256; rebuild it or drop "
+                    f"line {no}"
+                )
         entries[entry.id] = entry
     return list(entries.values())
 

@@ -20,8 +20,10 @@ def summarize(entries: Iterable[ZooEntry]) -> dict[str, Any]:
     entries = list(entries)
     by_task: dict[str, dict] = {}
     for e in entries:
-        t = by_task.setdefault(e.task, {"task": e.task, "family": e.family, "tasks": list(e.tasks), "adapters": 0,
-                                        "seeds": set(), "steps": set()})
+        t = by_task.setdefault(
+            e.task,
+            {"task": e.task, "family": e.family, "tasks": list(e.tasks), "adapters": 0, "seeds": set(), "steps": set()},
+        )
         t["adapters"] += 1
         t["seeds"].add(e.seed)
         t["steps"].add(e.step)
@@ -80,8 +82,15 @@ def import_from_dnd(
 ) -> dict[str, Any]:
     """:func:`~deltalora.zoo.import_dnd` with ``families`` as ``DATASET=FAMILY`` pairs; the summary of the imported
     entries with ``zoo``."""
-    entries = import_dnd(dnd, out, backbone=backbone, families=parse_families(families), prompts_dir=prompts,
-                         alpha=alpha, progress=progress)
+    entries = import_dnd(
+        dnd,
+        out,
+        backbone=backbone,
+        families=parse_families(families),
+        prompts_dir=prompts,
+        alpha=alpha,
+        progress=progress,
+    )
     s = summarize(entries)
     s["zoo"] = str(out)
     return s

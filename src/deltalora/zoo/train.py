@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from ..config import LoraSpec, StrictModel
 from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name, narrowed_linears
+from ..config import LoraSpec, StrictModel
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, derive_layout, inject, peft_a_init, save_adapter
 
@@ -61,7 +61,9 @@ class TeacherTrainConfig(StrictModel):
             if "init" in data:
                 raise ValueError("gives both init and shared_init (its old spelling); keep init and drop shared_init")
             if not isinstance(flag, bool):
-                raise ValueError(f"shared_init (old spelling) must be true or false, got {flag!r}; better write init: canonical")
+                raise ValueError(
+                    f"shared_init (old spelling) must be true or false, got {flag!r}; better write init: canonical"
+                )
             data["init"] = "per_seed" if flag else "per_job"
         return data
 
@@ -73,10 +75,13 @@ class TeacherTrainConfig(StrictModel):
             flag = data.pop("bf16_autocast")
             if "precision" in data:
                 raise ValueError(
-                    "gives both precision and bf16_autocast (its deprecated spelling); keep precision and drop bf16_autocast"
+                    "gives both precision and bf16_autocast (its deprecated spelling); keep precision and drop "
+                    "bf16_autocast"
                 )
             if not isinstance(flag, bool):
-                raise ValueError(f"bf16_autocast (deprecated) must be true or false, got {flag!r}; better write precision: auto")
+                raise ValueError(
+                    f"bf16_autocast (deprecated) must be true or false, got {flag!r}; better write precision: auto"
+                )
             data["precision"] = "bfloat16" if flag else "float32"
         return data
 
@@ -95,11 +100,11 @@ def teacher_precision(setting: str, device: torch.device | str, weights_dtype: t
         return d
     if d.dtype != weights_dtype and canonical_precision(setting) != "auto":
         raise ConfigError(
-            f"teacher.precision {setting} over {dtype_name(weights_dtype)} weights: autocast only narrows the weights' dtype; "
+            f"teacher.precision {setting} over {dtype_name(weights_dtype)} weights: autocast only narrows the "
+            "weights' dtype; "
             f"load the backbone with runtime dtype float32 or set teacher.precision: auto"
         )
     return PrecisionDecision(weights_dtype, f"the weights are already {dtype_name(weights_dtype)}")
-
 
 
 @dataclass

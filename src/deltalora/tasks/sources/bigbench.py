@@ -104,7 +104,9 @@ def _extract_root(sha256: str | None = None) -> Path:
 
 def _check_name(task: str) -> str:
     if not _TASK_NAME.match(task):
-        raise TaskError(f"bad BIG-bench task name {task!r}; use <task> or <task>/<subtask>, e.g. arithmetic/2_digit_addition")
+        raise TaskError(
+            f"bad BIG-bench task name {task!r}; use <task> or <task>/<subtask>, e.g. arithmetic/2_digit_addition"
+        )
     return task
 
 
@@ -185,7 +187,11 @@ def parse_examples(
         else:
             target = ex.get("target")
             targets = [target] if isinstance(target, str) else target
-            if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+            if (
+                not isinstance(targets, list)
+                or not targets
+                or not all(isinstance(t, str) and t.strip() for t in targets)
+            ):
                 skipped += 1
                 continue
             targets = [t.strip() for t in targets]

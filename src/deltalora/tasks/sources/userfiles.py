@@ -65,10 +65,14 @@ def _mc_record(rec: dict, where: str, prompt: str) -> TaskItem:
         raise TaskError(f"{where}: missing field 'answer'; give the gold choice's text or its 0-based index")
     ans = rec["answer"]
     if isinstance(ans, bool) or not isinstance(ans, (str, int)):
-        raise TaskError(f"{where}: 'answer' must be the gold choice's text or its 0-based index, got {type(ans).__name__}")
+        raise TaskError(
+            f"{where}: 'answer' must be the gold choice's text or its 0-based index, got {type(ans).__name__}"
+        )
     if isinstance(ans, int):
         if not 0 <= ans < len(choices):
-            raise TaskError(f"{where}: answer index {ans} is out of range for {len(choices)} choices; use 0..{len(choices) - 1}")
+            raise TaskError(
+                f"{where}: answer index {ans} is out of range for {len(choices)} choices; use 0..{len(choices) - 1}"
+            )
         return mc_item(prompt, choices, ans)
     if ans not in choices:
         raise TaskError(f"{where}: answer {ans!r} is not one of the choices; copy the gold choice's text exactly")
@@ -86,7 +90,9 @@ def read_jsonl(path: str | Path, kind: str | None = None) -> tuple[str, list[Tas
         try:
             rec: Any = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TaskError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line") from None
+            raise TaskError(
+                f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
+            ) from None
         if not isinstance(rec, dict):
             raise TaskError(f"{where}: expected a JSON object, got {type(rec).__name__}; write one object per line")
         rec_kind = "mc" if "choices" in rec else "short"
@@ -111,7 +117,9 @@ def read_dnd_json(path: str | Path) -> list[TaskItem]:
     try:
         data = json.loads(read_user_text(path))
     except json.JSONDecodeError as exc:
-        raise TaskError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the syntax") from None
+        raise TaskError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix the syntax"
+        ) from None
     if not isinstance(data, list) or not data:
         raise TaskError(f"{path}: expected a non-empty JSON array of {{prompt, response, system}} objects")
     items = []
