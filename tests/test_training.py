@@ -113,6 +113,64 @@ def test_product_loss_equals_explicit_delta_w(tiny_qwen2):
     )
 
 
+@pytest.mark.parametrize("kind", ["tokens", "slots", "product"])
+def test_weight_loss_floor_is_the_per_task_mean_teachers_loss(tiny_qwen2, kind):
+    """The floor of L_weights: every teacher predicted by its task's mean (in the loss's own space). Zero when a
+    task's teachers agree; below the loss of any single prediction per task; for slots and product equal to the
+    loss of the explicit per-task mean."""
+    layout = derive_layout(tiny_qwen2.arch, SPEC)
+    centres = LoraWeights.random(layout, num_adapters=2, std=0.1, seed=3)
+    noise = LoraWeights.random(layout, num_adapters=6, std=0.02, seed=4)
+    rows = [0, 0, 0, 1, 1, 1]
+    groups = ["a", "a", "a", "b", "b", "b"]
+
+    def around(scale: float) -> LoraWeights:
+        return LoraWeights(
+            layout,
+            {k: centres.A[k][rows] + scale * noise.A[k] for k in centres.A},
+            {k: centres.B[k][rows] + scale * noise.B[k] for k in centres.B},
+        )
+
+    same = around(0.0)
+    assert WeightLoss(kind, same).floor(same, groups) == pytest.approx(0.0, abs=1e-6)
+    teachers = around(1.0)
+    loss = WeightLoss(kind, teachers)
+    floor = loss.floor(teachers, groups)
+    assert (
+        0
+        < floor
+        < float(
+            loss(
+                LoraWeights(
+                    layout, {k: centres.A[k][rows] for k in centres.A}, {k: centres.B[k][rows] for k in centres.B}
+                ),
+                teachers,
+            )
+        )
+        + 1e-9
+    )
+    assert floor < float(loss(LoraWeights.zeros(layout, num_adapters=6), teachers))
+    if kind == "product":  # the mean ΔW per task, formed explicitly
+        s = layout.scale
+        explicit = 0.0
+        for ids in ([0, 1, 2], [3, 4, 5]):
+            for k in teachers.A:
+                dw = s * teachers.B[k][ids] @ teachers.A[k][ids]
+                explicit += float(((dw - dw.mean(0)) ** 2).sum())
+        assert floor == pytest.approx(explicit / 6 / loss.scale, rel=1e-4)
+    if kind == "slots":
+        mean = {
+            m: {
+                k: torch.stack([getattr(teachers, m)[k][ids].mean(0) for ids in ([0, 1, 2],) * 3 + ([3, 4, 5],) * 3])
+                for k in teachers.A
+            }
+            for m in ("A", "B")
+        }
+        assert floor == pytest.approx(float(loss(LoraWeights(layout, mean["A"], mean["B"]), teachers)), rel=1e-5)
+    with pytest.raises(ValueError, match="5 groups for 6 teachers"):
+        loss.floor(teachers, groups[:5])
+
+
 @pytest.mark.parametrize(
     "name,options", [("compact", {"trunk_width": 32, "head_hidden": 16, "basis_dim": 4}), ("hyperconv", {})]
 )
@@ -219,6 +277,11 @@ def test_weight_only_training_lowers_the_weight_loss(world, tiny_qwen2, tmp_path
     assert after < before - 0.01
     recs = [json.loads(x) for x in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     assert all(r["loss_delta"] is None and r["lambda"] == 0 for r in recs)  # λ = 0: the backbone is never run
+    fit = json.loads((tmp_path / "w" / "fit.json").read_text())
+    groups = ["+".join(ds.example(i, 0).components) for i in range(len(ds))]
+    assert fit == {"weight_loss": "product", "weight_loss_floor": res.weight_loss_floor, "teachers": len(ds)}
+    assert res.weight_loss_floor == pytest.approx(wl.floor(batch.weights, groups), rel=1e-5)
+    assert 0 < res.weight_loss_floor < 1  # seeds of one task agree more than with zero
 
 
 def test_delta_training_logs_and_matches_teacher_deltas(world, tiny_qwen2, tmp_path):

@@ -43,6 +43,7 @@ from .state import STATE_NAME, read_state, restore_state, save_state
 
 LOG_NAME = "log.jsonl"
 GENERATOR_NAME = "generator.safetensors"
+FIT_NAME = "fit.json"  # the weight-loss floor of the training teachers (WeightLoss.floor)
 
 
 @dataclass
@@ -53,6 +54,9 @@ class TrainResult:
     seconds: float  # wall time of this call's steps
     resumed_from: int
     module: torch.nn.Module | None = None  # the trained generator, in memory
+    # L_weights if the generator output each task's mean teacher exactly (WeightLoss.floor): what the tail loss is
+    # judged against; also in <out>/fit.json
+    weight_loss_floor: float | None = None
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -203,10 +207,14 @@ def train_generator(
         model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
 
     examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
-    wloss = WeightLoss(cfg.weight_loss, LoraWeights.stack([e.weights for e in examples]), cfg.token_weighting).to(
-        device
-    )
-    del examples
+    teachers = LoraWeights.stack([e.weights for e in examples])
+    wloss = WeightLoss(cfg.weight_loss, teachers, cfg.token_weighting)
+    floor = wloss.floor(teachers, ["+".join(e.components) for e in examples])
+    wloss = wloss.to(device)
+    if rank == 0:
+        fit = {"weight_loss": cfg.weight_loss, "weight_loss_floor": floor, "teachers": len(examples)}
+        (out / FIT_NAME).write_text(json.dumps(fit, indent=2), encoding="utf-8")
+    del examples, teachers
     delta_scale = max(float(dataset.deltas.square().sum(-1).mean()), 1e-12)
     shared = dataset.mean_delta().to(device)  # the shift every teacher shares (specific_cosine loss, log)
     probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
@@ -301,7 +309,15 @@ def train_generator(
         )
     if not record and state_path.exists():
         record = read_state(state_path)[0]["extra"].get("last", {})
-    return TrainResult(generator=final, steps=steps_done, last=record, seconds=seconds, resumed_from=start, module=gen)
+    return TrainResult(
+        generator=final,
+        steps=steps_done,
+        last=record,
+        seconds=seconds,
+        resumed_from=start,
+        module=gen,
+        weight_loss_floor=floor,
+    )
 
 
 __all__ = [

@@ -13,6 +13,8 @@ The normalised losses are 1.0 for an all-zero prediction (``slots``, ``product``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..deltas.analyze import remove_shared
@@ -75,6 +77,47 @@ class WeightLoss:
             self.token_weights = self.token_weights.to(device)
         return self
 
+    @torch.no_grad()
+    def floor(self, teachers: LoraWeights, groups: Sequence[str]) -> float:
+        """The lowest mean L_weights any generator can reach on ``teachers`` if it sees only which group (task) a
+        teacher belongs to: every teacher predicted by its group's minimiser in this loss's space — the mean tokens
+        (``tokens``), the mean A and B (``slots``), the mean ΔW (``product``; possibly above rank r, so a bound).
+
+        Teachers of one task differ only by data order and seed; that spread is what no condition can explain.
+        A generator's tail L_weights is judged against this value, not against zero.
+        """
+        if len(groups) != teachers.num_adapters:
+            raise ValueError(f"{len(groups)} groups for {teachers.num_adapters} teachers")
+        members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        if self.kind == "tokens":
+            tokens = self.tokenizer.tokenize(teachers)
+            means = torch.empty_like(tokens)
+            for ids in members.values():
+                means[ids] = tokens[ids].mean(0)
+            return float(weighted_token_mse(means, tokens, self.token_weights))
+        if self.kind == "slots":
+            mean_a, mean_b = {}, {}
+            for key in teachers.A:
+                mean_a[key], mean_b[key] = torch.empty_like(teachers.A[key]), torch.empty_like(teachers.B[key])
+                for ids in members.values():
+                    mean_a[key][ids] = teachers.A[key][ids].mean(0)
+                    mean_b[key][ids] = teachers.B[key][ids].mean(0)
+            return float(self(LoraWeights(teachers.layout, mean_a, mean_b), teachers))
+        # product: Σ_t ‖ΔW_t − m‖² over a group of n = Σ_t ‖ΔW_t‖² − n‖m‖², with
+        # n²‖m‖² = Σ_{s,t} ⟨ΔW_s, ΔW_t⟩ and ⟨a, b⟩ = (‖a‖² + ‖b‖² − ‖a − b‖²) / 2 (no ΔW is formed)
+        sq = product_sq_norm(teachers)
+        total = 0.0
+        for ids in members.values():
+            n = len(ids)
+            left = [i for i in ids for _ in ids]
+            right = [j for _ in ids for j in ids]
+            diff = product_sq_norm(_pick(teachers, left), _pick(teachers, right))
+            gram = (sq[left] + sq[right] - diff) / 2
+            total += float(sq[ids].sum() - gram.sum() / n)
+        return total / teachers.num_adapters / self.scale
+
     def __call__(self, pred: LoraWeights, target: LoraWeights) -> torch.Tensor:
         if self.kind == "tokens":
             return weighted_token_mse(
@@ -82,6 +125,13 @@ class WeightLoss:
             )
         norm = product_sq_norm if self.kind == "product" else slot_sq_norm
         return norm(pred, target).mean() / self.scale
+
+
+def _pick(weights: LoraWeights, rows: Sequence[int]) -> LoraWeights:
+    """Adapters ``rows`` of a batch (repeats allowed), as a batch."""
+    return LoraWeights(
+        weights.layout, {k: v[rows] for k, v in weights.A.items()}, {k: v[rows] for k, v in weights.B.items()}
+    )
 
 
 def head(weights: LoraWeights, m: int) -> LoraWeights:
