@@ -96,6 +96,9 @@ def test_precision_setting_and_its_deprecated_spelling(tmp_path):
     assert TeacherTrainConfig(bf16_autocast=True).precision == "bfloat16"
     assert TeacherTrainConfig(bf16_autocast=False).precision == "float32"
     assert "bf16_autocast" not in TeacherTrainConfig(bf16_autocast=True).model_dump()
+    for old, new in (("bf16_autocast", "precision"), ("shared_init", "init")):
+        with pytest.raises(ValueError, match=f"{old} .* must be true or false, got 'yes'; better write {new}:"):
+            TeacherTrainConfig(**{old: "yes"})
     with pytest.raises(ValidationError, match="not one of auto"):
         TeacherTrainConfig(precision="fp64")
     # in a YAML: one line naming the file and both keys

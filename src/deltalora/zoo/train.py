@@ -54,41 +54,31 @@ class TeacherTrainConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _legacy_shared_init(cls, data):
-        if isinstance(data, dict) and "shared_init" in data:
-            data = dict(data)
-            flag = data.pop("shared_init")
-            if "init" in data:
-                raise ValueError("gives both init and shared_init (its old spelling); keep init and drop shared_init")
-            if not isinstance(flag, bool):
-                raise ValueError(
-                    f"shared_init (old spelling) must be true or false, got {flag!r}; better write init: canonical"
-                )
-            data["init"] = "per_seed" if flag else "per_job"
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_bf16_autocast(cls, data):
-        if isinstance(data, dict) and "bf16_autocast" in data:
-            data = dict(data)
-            flag = data.pop("bf16_autocast")
-            if "precision" in data:
-                raise ValueError(
-                    "gives both precision and bf16_autocast (its deprecated spelling); keep precision and drop "
-                    "bf16_autocast"
-                )
-            if not isinstance(flag, bool):
-                raise ValueError(
-                    f"bf16_autocast (deprecated) must be true or false, got {flag!r}; better write precision: auto"
-                )
-            data["precision"] = "bfloat16" if flag else "float32"
-        return data
+    def _legacy_switches(cls, data):
+        """Old boolean spellings still read from saved YAMLs: shared_init → init, bf16_autocast → precision."""
+        data = _legacy_switch(data, "shared_init", "init", ("per_seed", "per_job"), "its old spelling", "canonical")
+        return _legacy_switch(
+            data, "bf16_autocast", "precision", ("bfloat16", "float32"), "its deprecated spelling", "auto"
+        )
 
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:
         return canonical_precision(v)
+
+
+def _legacy_switch(data, old: str, new: str, values: tuple[str, str], why: str, better: str):
+    """``{old: true|false}`` → ``{new: values[0]|values[1]}``; giving both keys, or a non-boolean, is an error."""
+    if not isinstance(data, dict) or old not in data:
+        return data
+    data = dict(data)
+    flag = data.pop(old)
+    if new in data:
+        raise ValueError(f"gives both {new} and {old} ({why}); keep {new} and drop {old}")
+    if not isinstance(flag, bool):
+        raise ValueError(f"{old} ({why}) must be true or false, got {flag!r}; better write {new}: {better}")
+    data[new] = values[0] if flag else values[1]
+    return data
 
 
 def teacher_precision(setting: str, device: torch.device | str, weights_dtype: torch.dtype) -> PrecisionDecision:
