@@ -44,11 +44,9 @@ from ..tasks import (
     prefetch,
     stable_seed,
 )
-from .canonical import ensure_init
-from .manifest import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
+from .canonical import ensure_init, init_kind, init_record
+from .manifest import CONFIG_NAME, MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256, read_manifest
 from .train import TeacherTrainConfig, teacher_precision, train_teacher
-
-CONFIG_NAME = "zoo_config.json"
 
 
 class ZooConfig(StrictModel):
@@ -181,8 +179,8 @@ def _legacy_init(saved: dict) -> dict:
     teacher = (saved.get("config") or {}).get("teacher") if isinstance(saved, dict) else None
     if not isinstance(teacher, dict) or "init" in teacher:
         return saved
-    teacher = dict(teacher)
-    teacher["init"] = "per_seed" if teacher.pop("shared_init", False) else "per_job"
+    teacher = {k: v for k, v in teacher.items() if k != "shared_init"}
+    teacher["init"] = init_kind(saved["config"]["teacher"])
     return {**saved, "config": {**saved["config"], "teacher": teacher}}
 
 
@@ -398,8 +396,8 @@ def build_zoo(
     if cfg.teacher.init == "canonical":
         arch = backbone.arch if backbone is not None else architecture_of(cfg.backbone)
         init = ensure_init(out, cfg.teacher, arch, [Path(r) for r in reuse])
-        init_sha = file_sha256(out / "init" / "adapter_model.safetensors")
-        resolved = {**resolved, "init": {"path": "init", "sha256": init_sha}}
+        resolved = {**resolved, "init": init_record(out)}
+        init_sha = resolved["init"]["sha256"]
     repair_manifest_tail(out)
     steps = cfg.tail_steps()
     listed = {e.id: e for e in read_manifest(out)} if (out / MANIFEST_NAME).is_file() else {}

@@ -24,13 +24,12 @@ import torch
 
 from ..backbones import Architecture
 from ..lora import LoraWeights, derive_layout, load_adapter, save_adapter
+from ..lora.adapter_io import WEIGHTS_NAME
 from ..paths import atomic_write_bytes
-from .manifest import ZooError, file_sha256
+from .manifest import CONFIG_NAME, ZooError, file_sha256
 from .train import TeacherTrainConfig, peft_init
 
 INIT_DIR = "init"
-CONFIG_NAME = "zoo_config.json"
-WEIGHTS = "adapter_model.safetensors"
 
 
 def init_record(zoo: str | Path) -> dict | None:
@@ -53,6 +52,11 @@ def zoo_init_kind(zoo: str | Path) -> str:
         teacher = ((json.loads(path.read_text(encoding="utf-8")).get("config") or {}).get("teacher")) or {}
     except (OSError, json.JSONDecodeError, AttributeError):
         raise ZooError(f"{path}: missing or not valid JSON; pass a zoo built by `deltalora zoo build`") from None
+    return init_kind(teacher)
+
+
+def init_kind(teacher: dict) -> str:
+    """The ``init`` of a saved teacher config; one saved before the option says it by ``shared_init``."""
     if "init" in teacher:
         return str(teacher["init"])
     return "per_seed" if teacher.get("shared_init") else "per_job"
@@ -66,13 +70,13 @@ def read_init(zoo: str | Path, arch: Architecture | None = None) -> LoraWeights 
     if rec is None:
         return None
     d = zoo / str(rec.get("path", INIT_DIR))
-    if not (d / WEIGHTS).is_file():
+    if not (d / WEIGHTS_NAME).is_file():
         raise ZooError(
             f"{d}: the canonical init recorded in {zoo / CONFIG_NAME} is missing; restore it from a copy of the zoo"
         )
-    if file_sha256(d / WEIGHTS) != rec.get("sha256"):
+    if file_sha256(d / WEIGHTS_NAME) != rec.get("sha256"):
         raise ZooError(
-            f"{d / WEIGHTS}: sha256 differs from the one in {zoo / CONFIG_NAME}; the init was changed — "
+            f"{d / WEIGHTS_NAME}: sha256 differs from the one in {zoo / CONFIG_NAME}; the init was changed — "
             "restore it (every teacher of the zoo started from it)"
         )
     return load_adapter(d, arch, dtype=torch.float32)
@@ -117,9 +121,9 @@ def _create(zoo: Path, layout, teacher: TeacherTrainConfig, arch: Architecture, 
     save_adapter(init, zoo / INIT_DIR, metadata={"deltalora": "canonical zoo init"})
     config_path = zoo / CONFIG_NAME
     saved = json.loads(config_path.read_text(encoding="utf-8"))
-    saved["init"] = {"path": INIT_DIR, "sha256": file_sha256(zoo / INIT_DIR / WEIGHTS)}
+    saved["init"] = {"path": INIT_DIR, "sha256": file_sha256(zoo / INIT_DIR / WEIGHTS_NAME)}
     atomic_write_bytes(config_path, (json.dumps(saved, indent=2, sort_keys=True) + "\n").encode())
     return read_init(zoo, arch)
 
 
-__all__ = ["INIT_DIR", "ensure_init", "init_record", "read_init", "zoo_init_kind"]
+__all__ = ["INIT_DIR", "ensure_init", "init_kind", "init_record", "read_init", "zoo_init_kind"]

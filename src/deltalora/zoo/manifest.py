@@ -19,6 +19,7 @@ from ..errors import DeltaLoraError
 from ..paths import locked_append
 
 MANIFEST_NAME = "manifest.jsonl"
+CONFIG_NAME = "zoo_config.json"  # the resolved config a zoo was built with (zoo.build), beside the manifest
 
 
 class ZooError(DeltaLoraError):
