@@ -53,6 +53,8 @@ def test_short_answer_accuracy_is_exact_on_a_known_case(tiny_qwen2):
     expected = sum(ada_out[i] == base_out[i] for i in range(3)) / 4
     assert res["arms"]["a"]["accuracy"] == expected
     assert res["arms"]["base"]["stderr"] == pytest.approx(0.25)  # scores 1,1,1,0: sample var 0.25, / sqrt(4)
+    assert res["arms"]["base"]["scores"] == [1.0, 1.0, 1.0, 0.0]  # per item, in item order
+    assert res["arms"]["a"]["scores"] == [float(ada_out[i] == base_out[i]) for i in range(3)] + [0.0]
 
 
 def test_mc_accuracy_follows_loglikelihood(tiny_qwen2):
@@ -70,6 +72,7 @@ def test_mc_accuracy_follows_loglikelihood(tiny_qwen2):
     assert res["arms"]["base"]["accuracy"] == 0.5
     assert res["arms"]["base"]["stderr"] == pytest.approx((0.25 * 4 / 3 / 4) ** 0.5)
     assert res["arms"]["base"]["predictions"] == [choices[k] for k in best]
+    assert res["arms"]["base"]["scores"] == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_eval_cli_on_data_file_with_adapter(tiny_qwen2, tmp_path):

@@ -63,7 +63,16 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
             assert len(r["delta_cosines_specific"]) == len(r["accuracies"])
             assert all(-1 <= c <= 1 for c in r["delta_cosines_specific"])
     assert rows["delta"]["delta_cosines_specific"] != rows["delta"]["delta_cosines"]
+    n_items = res["tasks"]["pick"]["n_items"]
+    for r in rows.values():  # per candidate, its per-item scores: what the report's paired bootstrap resamples
+        assert len(r["item_scores"]) == len(r["accuracies"])
+        for acc, items in zip(r["accuracies"], r["item_scores"]):
+            assert len(items) == n_items and sum(items) / n_items == pytest.approx(acc)
     text = report.read_text()
+    for letter in "ad":  # the "beats" targets: judged over eval items and adapters, the interval printed
+        (line,) = [x for x in text.splitlines() if f"**({letter})**" in x]
+        assert "% interval [" in line and "paired bootstrap over items and adapters" in line
+        assert "items not resampled" not in line
     for label in res["row_labels"].values():
         assert label in text
     # where it ran and what the teachers trained in: recorded, and named in the report
@@ -145,9 +154,12 @@ def test_eval_cache_keys_a_score_by_content_and_settings(tiny_qwen2, tmp_path):
     assert cache.salt == f"pick|eval|6|{tiny_qwen2.weights_id}"
     assert cache.key(None) == hashlib.sha256(cache.salt.encode()).hexdigest()[:32]
     assert cache.get(cache.key(None)) is None
-    cache.put(cache.key(None), {"accuracy": 0.5, "kind": "mc"})
-    assert cache.get(cache.key(None)) == {"accuracy": 0.5, "kind": "mc"}
+    cache.put(cache.key(None), {"accuracy": 0.5, "kind": "mc", "scores": [1.0, 0.0]})
+    assert cache.get(cache.key(None)) == {"accuracy": 0.5, "kind": "mc", "scores": [1.0, 0.0]}
     assert (tmp_path / "eval" / "pick" / f"{cache.key(None)}.json").is_file()
+    # an entry cached before per-item scores were kept is a miss: the candidate is scored again
+    cache.put(cache.key(None), {"accuracy": 0.5, "kind": "mc"})
+    assert cache.get(cache.key(None)) is None
     for other in (
         EvalCache(tmp_path, "pick", EvalConfig(limit=6, precision="bfloat16"), tiny_qwen2),
         EvalCache(tmp_path, "pick", EvalConfig(limit=7), tiny_qwen2),

@@ -11,6 +11,7 @@ import pytest
 from deltalora.errors import ConfigError
 from deltalora.experiment import TargetConfig, rerender, summarize, write_report
 from deltalora.experiment.markdown import ablation_table
+from deltalora.experiment.stats import interval_level, paired_bootstrap
 
 ROWS = ["base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"]
 LABELS = {
@@ -105,16 +106,18 @@ def test_report_tables_targets_figures(tmp_path, logs):
     assert row == "| Δ-augmented generator | 50.0 ± 10.0 | 2 | +10.0 | 50.0 | 0.850 ± 0.000 | 0.300 ± 0.000 |"
     assert "| base model | 40.0 ± 0.0 | 1 | +0.0 | 0.0 | — | — |" in text
     assert "| Δ-augmented generator | 50.0 | 0.850 | 0.300 | 2 |" in text  # summary table
-    # Δ-augmented 50 ± 10 over 2 adapters vs weight-only 45: +5 points with a standard error of 7.1 is noise
+    # Δ-augmented 50 ± 10 over 2 adapters vs weight-only 45: +5 points with a standard error of 7.1 is noise. These
+    # results have no per-item scores (as a results.json from before they were recorded): accuracy falls back to the
+    # standard error over adapters and says so; Δ-cosine (no items) is bootstrapped over adapters
     assert target_line(text, "a") == (
         "- ❌ **(a)** Δ-augmented beats weight-only on mean accuracy and mean Δ-cosine: "
-        "accuracy 50.0 vs 45.0 (difference +5.0 ± 7.1 (s.e.), within 2 standard errors), "
-        "Δ-cosine 0.850 vs 0.400 (difference +0.450 ± 0.000 (s.e.))"
+        "accuracy 50.0 vs 45.0 (difference +5.0 ± 7.1 (s.e. over adapters; items not resampled), within 2 standard "
+        "errors), Δ-cosine 0.850 vs 0.400 (difference +0.450, 95 % interval [+0.450, +0.450] (bootstrap over adapters))"
     )
     assert target_line(text, "b").startswith("- ❌") and "50.0 %" in target_line(text, "b")
     assert target_line(text, "c").startswith("- ✅")
-    assert target_line(text, "d").startswith("- ❌") and "+8.0 ± 7.1 (s.e.), within 2 standard errors" in target_line(
-        text, "d"
+    assert target_line(text, "d").startswith("- ❌") and (
+        "+8.0 ± 7.1 (s.e. over adapters; items not resampled), within 2 standard errors" in target_line(text, "d")
     )
     assert "| **total** | **42.5** |" in text and "- synthetic" in text
     for name in ("accuracy", "loss", "delta_cosine", "tsne"):
@@ -270,7 +273,7 @@ def test_targets_come_from_the_run_config(tmp_path):
     assert write_report(tmp_path / "recorded", results).read_text() == default
     results["config"]["targets"] = {"recovers_oracle_gain": 0.45, "delta_cosine_to_oracle": 0.9, "noise_se": 0.5}
     text = write_report(tmp_path / "custom", results).read_text()
-    assert "(a) and (d) hold only when the difference exceeds 0.5 standard errors" in text
+    assert "lower end of the difference's 38 % bootstrap interval (the coverage of ± 0.5 standard errors)" in text
     assert target_line(text, "a").startswith("- ✅") and "within" not in target_line(text, "a")
     assert target_line(text, "b").startswith("- ✅ **(b)** Δ-augmented recovers ≥ 45 % of the oracle's gain over base:")
     assert target_line(text, "c") == "- ❌ **(c)** Δ-augmented mean Δ-cosine to oracle ≥ 0.9: 0.850"
@@ -286,6 +289,151 @@ def test_targets_come_from_the_run_config(tmp_path):
     with pytest.raises(ConfigError, match=r"targets.*noise_se"):
         write_report(tmp_path / "bad", results)
     assert not (tmp_path / "bad").exists()
+
+
+def with_item_scores(results: dict, scores: dict[str, list[list[float]]], tasks: int = 2) -> dict:
+    """``results`` on its first ``tasks`` held-out tasks, with per-item scores (candidates × items) for the given
+    rows, their accuracies recomputed from them, Δ-cosines kept (one per candidate)."""
+    results["heldout_tasks"] = results["heldout_tasks"][:tasks]
+    results["tasks"] = {t: results["tasks"][t] for t in results["heldout_tasks"]}
+    for task in results["tasks"].values():
+        task["n_items"] = len(next(iter(scores.values()))[0])
+        for row, matrix in scores.items():
+            r = task["rows"][row]
+            r["item_scores"] = [list(map(float, x)) for x in matrix]
+            r["accuracies"] = [sum(x) / len(x) for x in matrix]
+            for key in ("delta_cosines", "delta_cosines_specific"):
+                r[key] = [r[key][0]] * len(matrix)
+    return results
+
+
+def one_item_apart(n_items: int = 25, n_adapters: int = 3) -> dict[str, list[list[float]]]:
+    """Weight-only and random-condition adapters all right on the same 10 of ``n_items``; Δ-augmented adapters on the
+    same items plus one: no spread over adapters at all, a one-item difference."""
+    same = [1.0] * 10 + [0.0] * (n_items - 10)
+    plus_one = [1.0] * 11 + [0.0] * (n_items - 11)
+    return {
+        "weight_only": [same] * n_adapters,
+        "delta_random_condition": [same] * n_adapters,
+        "delta": [plus_one] * n_adapters,
+    }
+
+
+def test_a_one_item_difference_is_not_beyond_noise():
+    """The demo's case: a one-item difference on 25 items, identical adapters. Over adapters alone its standard error
+    is 0 and it passed; resampling the items (the difference rests on one of them) it does not."""
+    results = with_item_scores(make_results([0.5]), one_item_apart(), tasks=1)
+    summary = summarize(results)
+    acc = summary["target_details"]["delta_beats_weight_only"]["accuracy"]
+    assert acc["test"] == "items and adapters" and acc["diff"] == pytest.approx(1 / 25)
+    assert acc["low"] <= 0 < acc["high"]
+    assert summary["targets"]["delta_beats_weight_only"] is False  # Δ-cosine 0.85 vs 0.40 is not what fails it
+    assert summary["target_details"]["delta_beats_weight_only"]["delta_cosine"]["low"] > 0
+    assert summary["targets"]["random_conditions_hurt"] is False
+    assert ", not above 0" in summary["target_details"]["random_conditions_hurt"]["detail"]
+    for task in results["tasks"].values():  # the same numbers without per-item scores: the old test passes them
+        for r in task["rows"].values():
+            r.pop("item_scores", None)
+    old = summarize(results)
+    assert old["targets"]["delta_beats_weight_only"] is True and old["targets"]["random_conditions_hurt"] is True
+    assert (
+        "± 0.0 (s.e. over adapters; items not resampled)" in old["target_details"]["random_conditions_hurt"]["detail"]
+    )
+
+
+def test_a_large_consistent_difference_is_beyond_noise(tmp_path):
+    n = 25
+    rng = np.random.default_rng(7)
+
+    def adapters(right: int) -> list[list[float]]:  # right on the first `right` items, each adapter flips two others
+        out = []
+        for _ in range(3):
+            x = [1.0] * right + [0.0] * (n - right)
+            for i in rng.choice(n, size=2, replace=False):
+                x[i] = 1.0 - x[i]
+            out.append(x)
+        return out
+
+    scores = {"weight_only": adapters(6), "delta_random_condition": adapters(5), "delta": adapters(20)}
+    results = with_item_scores(make_results([0.5]), scores)
+    summary = summarize(results)
+    assert (
+        summary["targets"]["delta_beats_weight_only"] is True and summary["targets"]["random_conditions_hurt"] is True
+    )
+    acc = summary["target_details"]["delta_beats_weight_only"]["accuracy"]
+    assert 0 < acc["low"] < acc["diff"] < acc["high"]
+    line = target_line(write_report(tmp_path, results).read_text(), "a")
+    assert line.startswith("- ✅")
+    assert (
+        f"difference {acc['diff'] * 100:+.1f}, 95 % interval [{acc['low'] * 100:+.1f}, {acc['high'] * 100:+.1f}] "
+        "(paired bootstrap over items and adapters)" in line
+    )
+    assert "items not resampled" not in line and "not above 0" not in line
+
+
+def test_identical_rows_give_an_interval_around_zero():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 25), (6, 100), (40, 100)]:
+        m = (rng.random(shape) < 0.4).astype(float)
+        boot = paired_bootstrap([m, m], [m.copy(), m.copy()], level=0.95)
+        assert boot["diff"] == 0 and boot["low"] <= 0 <= boot["high"]
+
+
+def test_the_interval_is_paired_over_items():
+    """One adapter per row, so only items vary: the interval matches the normal one of the mean per-item difference
+    (paired: the rows' shared item difficulty cancels), far narrower than if the rows were independent."""
+    rng = np.random.default_rng(1)
+    hi = (rng.random(400) < 0.6).astype(float)
+    lo = hi.copy()
+    lo[rng.choice(400, size=40, replace=False)] = 0.0  # the same items, a few of them lost
+    boot = paired_bootstrap([hi[None]], [lo[None]], level=0.95, resamples=4000)
+    d = hi - lo
+    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+    assert boot["diff"] == pytest.approx(d.mean())
+    assert (boot["high"] - boot["low"]) / 2 == pytest.approx(half, rel=0.2)
+    unpaired = 1.96 * np.sqrt(hi.var(ddof=1) / hi.size + lo.var(ddof=1) / lo.size)
+    assert (boot["high"] - boot["low"]) / 2 < unpaired / 2
+
+
+def test_adapters_are_resampled_within_rows():
+    """Items identical for every adapter: the interval comes from the spread over adapters, and is wider for a row
+    whose adapters disagree."""
+    items = np.ones((1, 30))
+    steady = paired_bootstrap([np.vstack([items * 0.6] * 6)], [np.vstack([items * 0.4] * 6)])
+    spread = paired_bootstrap([np.vstack([items * v for v in (0.2, 1.0, 0.3, 0.9, 0.4, 0.8)])], [items * 0.4])
+    assert steady["low"] == pytest.approx(0.2) and steady["high"] == pytest.approx(0.2)
+    assert spread["low"] < 0.2 < spread["high"]
+
+
+def test_the_bootstrap_is_deterministic_given_its_seed():
+    rng = np.random.default_rng(2)
+    hi = [(rng.random((6, 50)) < p).astype(float) for p in (0.5, 0.3)]
+    lo = [(rng.random((6, 50)) < p).astype(float) for p in (0.4, 0.3)]
+    first = paired_bootstrap(hi, lo, seed=5)
+    assert paired_bootstrap(hi, lo, seed=5) == first
+    assert paired_bootstrap(hi, lo, seed=6) != first
+    results = with_item_scores(make_results([0.5]), one_item_apart())
+    assert summarize(results) == summarize(json.loads(json.dumps(results)))  # the report's seed is fixed
+
+
+def test_the_interval_coverage_follows_noise_se():
+    assert interval_level(2.0) == pytest.approx(0.9545, abs=1e-4) and interval_level(0.0) == 0.0
+    rng = np.random.default_rng(3)
+    hi, lo = [(rng.random((4, 60)) < 0.55).astype(float)], [(rng.random((4, 60)) < 0.5).astype(float)]
+    wide, narrow = paired_bootstrap(hi, lo, level=0.99), paired_bootstrap(hi, lo, level=0.5)
+    assert wide["low"] < narrow["low"] <= narrow["high"] < wide["high"]
+
+
+def test_old_results_without_item_scores_still_render(tmp_path):
+    """A results.json from before per-item scores were recorded, or with them on only some tasks, renders with the
+    standard error over adapters, and each "beats" line says that items were not resampled."""
+    results = with_item_scores(make_results([0.5]), one_item_apart())
+    del results["tasks"]["bb_date"]["rows"]["delta"]["item_scores"]
+    text = write_report(tmp_path, results).read_text()
+    for letter in "ad":
+        assert "(s.e. over adapters; items not resampled)" in target_line(text, letter)
+    results["tasks"]["bb_date"]["rows"]["delta"]["item_scores"] = [[1.0] * 24] * 3  # not the other rows' items
+    assert "items not resampled" in target_line(write_report(tmp_path, results).read_text(), "a")
 
 
 def test_ablation_table_lines():

@@ -32,10 +32,12 @@ def max_new_tokens_for(task: Task, tokenizer, margin: int = 8, cap: int = 160) -
 
 
 def _summary(scores: list[float]) -> dict:
+    """Mean, its standard error over items, the item count and the per-item scores (in item order: every arm of a
+    call is scored on the same items, so arms can be compared item by item, e.g. by a paired bootstrap)."""
     n = len(scores)
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / max(1, n - 1)
-    return {"accuracy": mean, "stderr": math.sqrt(var / n), "n": n}
+    return {"accuracy": mean, "stderr": math.sqrt(var / n), "n": n, "scores": scores}
 
 
 def evaluate_task(
@@ -49,7 +51,8 @@ def evaluate_task(
     keep_predictions: bool = False,
     precision: str = "float32",
 ) -> dict:
-    """``{"task", "kind", "split", "precision", "arms": {name: {"accuracy", "stderr", "n", ...}}, "seconds"}``.
+    """``{"task", "kind", "split", "precision", "arms": {name: {"accuracy", "stderr", "n", "scores", ...}},
+    "seconds"}``, ``scores`` the arm's per-item scores in the split's item order.
 
     ``precision`` (``float32`` | ``bfloat16`` | ``auto``, resolved by :func:`deltalora.backbones.decide_precision`)
     narrower than the weights runs every forward under autocast, with the linears cast once for the call: faster

@@ -3,6 +3,8 @@
 ``<run>/eval/<task>/<key>.json``, the key the candidate's content hash salted with everything else its
 score depends on (task, split, item limit, backbone weights and, unless float32, the evaluator's
 precision): a rerun reuses every score, and a changed setting scores again instead of reading a stale one.
+A score is the candidate's accuracy and its per-item scores (``scores``, what the report's paired bootstrap
+resamples); an entry cached before per-item scores were kept counts as a miss, so that candidate is scored again.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ class EvalCache:
         return weights_hash(weights, self.salt)
 
     def get(self, key: str) -> dict | None:
-        """The stored score, or None when this candidate has not been scored under these settings."""
+        """The stored score, or None when this candidate has not been scored under these settings or its entry has
+        no per-item scores (written before they were kept: scoring it again is what the report needs)."""
         path = self.folder / f"{key}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        entry = json.loads(path.read_text())
+        return entry if isinstance(entry.get("scores"), list) else None
 
     def put(self, key: str, result: dict) -> None:
         atomic_write_bytes(self.folder / f"{key}.json", json.dumps(result).encode())

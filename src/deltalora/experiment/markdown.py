@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import TargetConfig
-from .stats import mean, mean_std, recovered, table_rows
+from .stats import interval_level, mean, mean_std, recovered, table_rows
 
 DASH = "—"
 
@@ -160,10 +160,12 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     out += [
         "## Targets",
         "",
-        f"(a) and (d) hold only when the difference exceeds {targets.noise_se:g} standard errors of the mean over "
-        "adapters (seeds × generated adapters per task). Every row is scored on the same eval items, so item "
-        "sampling is not part of that error: a difference that passes is real for these items, not necessarily "
-        "for the task.",
+        f"(a) and (d) hold only when the lower end of the difference's {interval_level(targets.noise_se) * 100:.0f} % "
+        f"bootstrap interval (the coverage of ± {targets.noise_se:g} standard errors) is above 0. For accuracy the "
+        "bootstrap is paired over eval items and adapters: each resample draws the items (the same draw for both "
+        "rows) and, within each row, its adapters (seeds × generated adapters per task); Δ-cosine has no items, so "
+        "only adapters are resampled. A run recorded without per-item scores falls back to "
+        f"{targets.noise_se:g} standard errors over adapters, with items not resampled, as its lines say.",
         "",
     ]
     for key, (letter, text) in target_texts(targets).items():

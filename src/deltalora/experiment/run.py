@@ -220,7 +220,8 @@ CANDIDATES_PER_EVAL_CALL = 4
 
 
 def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
-    """Accuracy of every candidate on the task's eval split; each score kept in the run's :class:`EvalCache`."""
+    """Accuracy and per-item scores (``scores``) of every candidate on the task's eval split; each kept in the run's
+    :class:`EvalCache` (an entry cached without per-item scores is scored again)."""
     ev = ctx.cfg.eval
     cache = EvalCache(ctx.out, task, ev, ctx.backbone)
     keys = {name: cache.key(w) for name, (_, w) in candidates.items()}
@@ -332,9 +333,11 @@ def run_experiment(
                     "delta_cosines": [] if row != "base" else None,
                     "delta_cosines_specific": [] if row != "base" else None,
                     "arms": [],
+                    "item_scores": [],  # per candidate, its per-item scores: the report's paired bootstrap
                 },
             )  # the row's candidates, under results.json's name for them
             r["accuracies"].append(scores[name]["accuracy"])
+            r["item_scores"].append(scores[name]["scores"])
             r["arms"].append(name)
             if row != "base":
                 r["delta_cosines"].append(cos[name])

@@ -2,8 +2,14 @@
 
 A results dict (what ``results.json`` holds) has ``rows``, the table rows in order (``base``, ``delta``, ...,
 each a group of evaluated candidate adapters), and ``tasks``: task -> ``{"rows": {row: {"accuracies": [...],
-"delta_cosines": [...], "delta_cosines_specific": [...]}}}``, one value per candidate. Nothing here draws or
-writes; :mod:`.markdown` and :mod:`.figures` render what :func:`summarize` returns.
+"delta_cosines": [...], "delta_cosines_specific": [...], "item_scores": [[...], ...]}}}``, one value per candidate
+(``item_scores``: each candidate's per-item scores, the same eval items in the same order for every row; absent in
+a results.json from before they were recorded). Nothing here draws or writes; :mod:`.markdown` and :mod:`.figures`
+render what :func:`summarize` returns.
+
+The "beats" targets, (a) and (d), are judged by :func:`paired_bootstrap`: eval items and adapters are both sources
+of noise, so each resample draws the items (the same draw for both rows: paired) and, within each row, its adapters.
+A results.json without per-item scores falls back to the standard error over adapters, and says so.
 """
 
 from __future__ import annotations
@@ -98,36 +104,137 @@ def _paired(per_task: Mapping, rows: Sequence[str], metric: str) -> dict[str, fl
     return {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in rows}
 
 
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # fixed: re-rendering a report gives the same intervals
+
+
+def interval_level(noise_se: float) -> float:
+    """The two-sided coverage of ± ``noise_se`` standard errors of a normal distribution (2 → 0.954, 0 → 0).
+
+    ``TargetConfig.noise_se`` says how many standard errors a difference must clear; the bootstrap's percentile
+    interval at this coverage keeps that meaning (its lower end is above 0 where the normal approximation's
+    difference − ``noise_se`` · s.e. would be) without assuming normality.
+    """
+    return math.erf(noise_se / math.sqrt(2))
+
+
+def paired_bootstrap(
+    hi: Sequence[Any],
+    lo: Sequence[Any],
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float]:
+    """Percentile interval of the across-task mean of (mean of row ``hi``) − (mean of row ``lo``).
+
+    ``hi[t]`` and ``lo[t]`` are task ``t``'s score matrices of the two rows, candidates × items, on the same items
+    in the same order (a metric with no items, such as Δ-cosine, is one column). Each resample draws, on every task,
+    the items with replacement — one draw for both rows, so the comparison is paired — and, within each row, its
+    candidates with replacement; the statistic is the across-task mean of the two resampled rows' mean difference.
+    Resampled means are weighted sums (draw counts × scores), so a resample costs one small matrix product per row.
+    Deterministic given ``seed``. Returns ``diff`` (on the data), ``low`` and ``high`` (the interval's ends),
+    ``level`` and ``resamples``.
+    """
+    if not hi or len(hi) != len(lo):
+        raise ValueError(
+            f"paired_bootstrap needs the same number (≥ 1) of tasks for both rows, got {len(hi)}, {len(lo)}"
+        )
+    rng = np.random.default_rng(seed)
+    draws = np.zeros(resamples)
+    diff = 0.0
+    for h, lw in zip(hi, lo):
+        h, lw = np.asarray(h, dtype=np.float64), np.asarray(lw, dtype=np.float64)
+        if h.ndim != 2 or lw.ndim != 2 or h.shape[1] != lw.shape[1] or 0 in h.shape or 0 in lw.shape:
+            raise ValueError(
+                f"paired_bootstrap needs candidates × items matrices on the same items, got {h.shape}, {lw.shape}"
+            )
+        n_items = h.shape[1]
+        items = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=resamples)  # resamples × items
+        for sign, m in ((1.0, h), (-1.0, lw)):
+            n = m.shape[0]
+            cands = rng.multinomial(n, np.full(n, 1 / n), size=resamples)  # resamples × candidates
+            draws += sign * ((cands @ m) * items).sum(axis=1) / (n * n_items)
+            diff += sign * float(m.mean())
+    draws /= len(hi)
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return {"diff": diff / len(hi), "low": float(low), "high": float(high), "level": level, "resamples": resamples}
+
+
+def _item_matrices(rows: Sequence[Mapping], row: str) -> list[np.ndarray] | None:
+    """``row``'s candidates × items scores on every task (``rows``: each task's rows), or None when a task lacks
+    them (a results.json from before they were recorded) or they do not line up with its accuracies."""
+    out = []
+    for r in rows:
+        scores = r[row].get("item_scores")
+        if not scores or len(scores) != len(r[row].get("accuracies") or []):
+            return None
+        if len({len(x) for x in scores}) != 1 or not scores[0]:
+            return None
+        out.append(np.asarray(scores, dtype=np.float64))
+    return out
+
+
 def _var_of_mean(values: Sequence[float]) -> float:
     """Squared standard error of the mean of ``values`` over adapters (sample variance / n); 0 for one adapter."""
     a = np.asarray(values, dtype=np.float64)
     return float(a.var(ddof=1) / a.size) if a.size > 1 else 0.0
 
 
-def _difference(results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str) -> dict[str, float] | None:
-    """Across-task mean of row ``hi`` minus row ``lo`` on ``metric`` and its standard error over adapters.
+def _difference(
+    results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str, level: float
+) -> dict[str, Any] | None:
+    """Across-task mean of row ``hi`` minus row ``lo`` on ``metric``, with what says whether it is beyond noise.
 
-    Over the held-out tasks where both rows have the metric; each task's two row means are independent
-    (different adapters), so the difference's variance is the sum of both means' squared standard errors,
-    and the across-task mean divides the summed variances by the squared task count.
+    Over the held-out tasks where both rows have the metric. ``test`` names how: ``"items and adapters"`` — a
+    :func:`paired_bootstrap` interval (``low``, ``high``) at ``level`` over eval items and adapters, for accuracy with
+    per-item scores on every task; ``"adapters"`` — the same over adapters alone, for Δ-cosine, which has no items;
+    ``"s.e."`` — for accuracy without per-item scores (an old results.json), the standard error over adapters
+    (``se``): each task's two row means are independent (different adapters), so the difference's variance is the
+    sum of both means' squared standard errors, and the across-task mean divides it by the squared task count.
     """
     key = {"accuracy": "accuracies", "delta_cosine": "delta_cosines"}[metric]
     tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in (hi, lo))]
     if not tasks:
         return None
     rows = [results["tasks"][t]["rows"] for t in tasks]
-    var = sum(_var_of_mean(r[hi][key]) + _var_of_mean(r[lo][key]) for r in rows)
     means = {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in (hi, lo)}
-    return {**means, "diff": means[hi] - means[lo], "se": math.sqrt(var) / len(tasks)}
+    out: dict[str, Any] = {**means, "diff": means[hi] - means[lo]}
+    if metric == "accuracy":
+        mats = {x: _item_matrices(rows, x) for x in (hi, lo)}
+        if mats[hi] is None or mats[lo] is None or any(a.shape[1] != b.shape[1] for a, b in zip(mats[hi], mats[lo])):
+            var = sum(_var_of_mean(r[hi][key]) + _var_of_mean(r[lo][key]) for r in rows)
+            return {**out, "test": "s.e.", "se": math.sqrt(var) / len(tasks)}
+        test = "items and adapters"
+    else:
+        mats = {x: [np.asarray(r[x][key], dtype=np.float64)[:, None] for r in rows] for x in (hi, lo)}
+        test = "adapters"
+    boot = paired_bootstrap(mats[hi], mats[lo], level)
+    return {**out, "test": test, "low": boot["low"], "high": boot["high"], "level": level}
 
 
-def _beyond_noise(d: Mapping[str, float], noise_se: float) -> bool:
-    return d["diff"] > noise_se * d["se"] and d["diff"] > 0
+def _beyond_noise(d: Mapping[str, Any], noise_se: float) -> bool:
+    """The difference is positive and beyond noise: the interval's lower end above 0, or (no per-item scores) the
+    difference above ``noise_se`` standard errors over adapters."""
+    if d["test"] == "s.e.":
+        return d["diff"] > noise_se * d["se"] and d["diff"] > 0
+    return d["low"] > 0 and d["diff"] > 0
 
 
-def _diff_text(d: Mapping[str, float], scale: float, spec: str, noise_se: float) -> str:
-    verdict = "" if _beyond_noise(d, noise_se) else f", within {noise_se:g} standard errors"
-    return f"difference {d['diff'] * scale:+{spec}} ± {d['se'] * scale:{spec}} (s.e.){verdict}"
+def _diff_text(d: Mapping[str, Any], scale: float, spec: str, noise_se: float) -> str:
+    beyond = _beyond_noise(d, noise_se)
+    if d["test"] == "s.e.":
+        verdict = "" if beyond else f", within {noise_se:g} standard errors"
+        return (
+            f"difference {d['diff'] * scale:+{spec}} ± {d['se'] * scale:{spec}} "
+            f"(s.e. over adapters; items not resampled){verdict}"
+        )
+    how = "paired bootstrap over items and adapters" if d["test"] == "items and adapters" else "bootstrap over adapters"
+    verdict = "" if beyond else ", not above 0"
+    return (
+        f"difference {d['diff'] * scale:+{spec}}, {d['level'] * 100:.0f} % interval "
+        f"[{d['low'] * scale:+{spec}}, {d['high'] * scale:+{spec}}] ({how}){verdict}"
+    )
 
 
 def _not_measured(rows: Sequence[str], metric: str) -> str:
@@ -137,13 +244,16 @@ def _not_measured(rows: Sequence[str], metric: str) -> str:
 def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dict[str, dict[str, Any]]:
     """Each target's verdict (True/False/None) and a one-line detail with the numbers behind it.
 
-    The comparisons (a) and (d) hold only beyond noise: the mean difference must exceed ``targets.noise_se``
-    standard errors, estimated from the spread over adapters (seeds × generated adapters) on each task.
+    The comparisons (a) and (d) hold only beyond noise: the lower end of the difference's bootstrap interval at the
+    coverage of ± ``targets.noise_se`` standard errors (:func:`interval_level`) must be above 0 — over eval items and
+    adapters (seeds × generated adapters) for accuracy, over adapters for Δ-cosine. Without per-item scores (an old
+    results.json) accuracy falls back to ``noise_se`` standard errors over adapters.
     """
     se = targets.noise_se
+    level = interval_level(se)
     t: dict[str, dict[str, Any]] = {}
-    acc = _difference(results, per_task, "delta", "weight_only", "accuracy")
-    cos = _difference(results, per_task, "delta", "weight_only", "delta_cosine")
+    acc = _difference(results, per_task, "delta", "weight_only", "accuracy", level)
+    cos = _difference(results, per_task, "delta", "weight_only", "delta_cosine", level)
     if acc is None or cos is None:
         t["delta_beats_weight_only"] = {
             "ok": None,
@@ -152,6 +262,8 @@ def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dic
     else:
         t["delta_beats_weight_only"] = {
             "ok": _beyond_noise(acc, se) and _beyond_noise(cos, se),
+            "accuracy": acc,
+            "delta_cosine": cos,
             "detail": f"accuracy {acc['delta'] * 100:.1f} vs {acc['weight_only'] * 100:.1f} "
             f"({_diff_text(acc, 100, '.1f', se)}), "
             f"Δ-cosine {cos['delta']:.3f} vs {cos['weight_only']:.3f} ({_diff_text(cos, 1, '.3f', se)})",
@@ -178,12 +290,13 @@ def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dic
         if c is None
         else {"ok": c["delta"] >= targets.delta_cosine_to_oracle, "detail": f"{c['delta']:.3f}"}
     )
-    r = _difference(results, per_task, "delta", "delta_random_condition", "accuracy")
+    r = _difference(results, per_task, "delta", "delta_random_condition", "accuracy", level)
     t["random_conditions_hurt"] = (
         {"ok": None, "detail": _not_measured(["delta", "delta_random_condition"], "accuracy")}
         if r is None
         else {
             "ok": _beyond_noise(r, se),
+            "accuracy": r,
             "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
             f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f', se)})",
         }
@@ -221,9 +334,13 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
 
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
     "heldout_tasks",
+    "interval_level",
     "mean",
     "mean_std",
+    "paired_bootstrap",
     "recovered",
     "summarize",
     "table_rows",
