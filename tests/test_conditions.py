@@ -29,6 +29,7 @@ from deltalora.conditions import (
     load_encoder,
     read_prompt_file,
     sample_indices,
+    split_pools,
 )
 from deltalora.conditions.encoder import MARKER, build_tiny_encoder, get_encoder_spec
 from deltalora.config import RuntimeConfig
@@ -349,6 +350,54 @@ def test_small_pool_and_mixed_pools(tmp_path, tiny):
     with pytest.raises(ConditionError, match=r"no condition pool for task\(s\) \['c'\]"):
         cond.sample("c")
     assert sample_indices(5, 5, 1) != sample_indices(5, 5, 2) and sorted(sample_indices(5, 5, 1)) == list(range(5))
+
+
+def _prompts(pool: ConditionPool) -> list[str]:
+    return [it.prompt for it in pool.items]
+
+
+def test_pool_split_is_a_seeded_partition_of_the_pool(tmp_path):
+    """The seen-task split: disjoint parts that together are the pool, a function of (task, seed) alone."""
+    pool = ConditionPool.from_task(_task(tmp_path, n_condition=20))
+    kept, held = pool.split(0.25, seed=3)
+    assert (len(kept), len(held)) == (15, 5) and kept.name == held.name == pool.name
+    assert not set(_prompts(kept)) & set(_prompts(held))  # disjoint
+    assert sorted(_prompts(kept) + _prompts(held)) == sorted(_prompts(pool))  # covers the pool
+    assert _prompts(kept) == [p for p in _prompts(pool) if p in set(_prompts(kept))]  # the pool's order kept
+    assert kept.part.startswith("kept 15 of 20") and held.part.startswith("held back 5 of 20") and pool.part is None
+    # deterministic: a pool rebuilt from the same task splits the same way; another seed or task name does not
+    again = ConditionPool.from_task(_task(tmp_path, n_condition=20)).split(0.25, seed=3)
+    assert [_prompts(x) for x in again] == [_prompts(kept), _prompts(held)]
+    assert len({tuple(_prompts(pool.split(0.25, seed=s)[1])) for s in range(10)}) > 1
+    renamed = ConditionPool("other", pool.items, pool.source)
+    assert any(_prompts(renamed.split(0.25, s)[1]) != _prompts(pool.split(0.25, s)[1]) for s in range(5))
+    assert set(_prompts(held)) <= set(_prompts(pool.split(0.5, seed=3)[1]))  # a larger fraction: a superset
+    # at least one prompt on each side, and no split of a one-item pool or a fraction outside (0, 1)
+    two = ConditionPool("two", pool.items[:2], "test")
+    assert [len(x) for x in two.split(0.01, 0)] == [1, 1] == [len(x) for x in two.split(0.99, 0)]
+    with pytest.raises(ConditionError, match="needs at least 2"):
+        ConditionPool("one", pool.items[:1], "test").split(0.25, 0)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConditionError, match=r"in \(0, 1\)"):
+            pool.split(bad, 0)
+
+
+def test_a_conditioner_on_kept_parts_never_draws_a_held_back_prompt(tmp_path, tiny):
+    tasks = {n: _task(tmp_path, n, n_condition=8) for n in ("a", "b", "h")}
+    whole = {n: ConditionPool.from_task(t) for n, t in tasks.items()}
+    kept, held = split_pools(whole, ["a", "b"], 0.25, seed=0)
+    assert set(held) == {"a", "b"} and kept["h"] is whole["h"]  # the held-out task keeps its whole pool
+    cond = Conditioner(tiny, kept, n_prompts=4)
+    back = {p for n in held for p in _prompts(held[n])}
+    drawn = set()
+    for epoch in range(10):
+        for key in range(5):
+            for task in ("a", "b", ("a", "b")):
+                drawn |= set(cond.sample_texts(task, seed=1, epoch=epoch, key=key))
+    assert drawn and not drawn & back
+    assert drawn == set(_prompts(kept["a"]) + _prompts(kept["b"]))
+    with pytest.raises(ConditionError, match=r"no condition pool for task\(s\) \['z'\]"):
+        split_pools(whole, ["z"], 0.25, 0)
 
 
 # ------------------------------------------------------------------------------------------ prompt files

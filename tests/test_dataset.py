@@ -4,22 +4,27 @@ condition resampling and the errors for missing or broken Δ."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deltalora.conditions import Conditioner
+from deltalora.conditions import Conditioner, split_pools
 from deltalora.config import LoraSpec
 from deltalora.deltas import DeltaCache, DeltaSpec, compute_deltas, sources_from_manifest
 from deltalora.lora import derive_layout
+from deltalora.training import TrainConfig
 from deltalora.training.data import (
     DatasetError,
     TeacherDataset,
     choose_heldout,
+    choose_seen,
     collate_teachers,
     components,
     split_entries,
 )
+from deltalora.training.loop import fingerprint
 from deltalora.zoo import read_manifest
 from tests.helpers import N_PROMPTS, SPEC, teacher_world
 from tests.helpers import add_teacher as _add_teacher
@@ -74,6 +79,50 @@ def test_split_entries_and_choose_heldout(world):
         choose_heldout("abc", 3, seed=0)
     with pytest.raises(DatasetError, match="split is empty"):
         _ds(world, heldout=["a", "b", "c"])
+
+
+def test_choose_seen_covers_every_family_and_is_deterministic():
+    fams = {"math": 6, "text": 4, "code": 2}
+    entries = [
+        SimpleNamespace(task=f"{f}{i}", family=f, mixed=False)
+        for f, n in fams.items()
+        for i in range(n)
+        for _ in (0, 1)
+    ] + [SimpleNamespace(task="math0+text0", family="mixed", mixed=True)]  # a mixed teacher is no task's own
+    seen = choose_seen(entries, 8, seed=0)
+    assert len(seen) == 8 == len(set(seen)) and seen == sorted(seen)
+    assert {e.family for e in entries if e.task in seen} == set(fams)  # every family
+    assert choose_seen(list(reversed(entries)), 8, seed=0) == seen  # a function of the set, not its order
+    assert len({tuple(choose_seen(entries, 8, seed=s)) for s in range(10)}) > 1  # the seed matters
+    # fewer tasks than asked: all of them; fewer asked than families: one task of each of as many families
+    assert (
+        choose_seen(entries, 12, seed=0) == choose_seen(entries, 50, seed=0) == sorted({e.task for e in entries[:-1]})
+    )
+    two = choose_seen(entries, 2, seed=0)
+    assert len({e.family for e in entries if e.task in two}) == 2
+    assert choose_seen(entries, 0, seed=0) == []
+    with pytest.raises(DatasetError, match="0 or more"):
+        choose_seen(entries, -1, seed=0)
+
+
+def test_training_conditions_never_draw_held_back_prompts(world):
+    """The seen-task split: training teachers' conditions come from the kept part of their tasks' pools only, and
+    a run directory trained on whole pools does not resume on split ones (the training fingerprint differs)."""
+    cond = world["conditioner"]
+    kept, held = split_pools(cond.pools, ["a", "b"], 0.5, seed=0)
+    split = Conditioner(cond.encoder, kept, cond.n_prompts)
+    train = TeacherDataset(world["zoo"], split, world["spec"], cache=world["cache"], arch=world["arch"], heldout=["c"])
+    assert set(train.condition_parts) == {"a", "b"} and _ds(world, heldout=["c"]).condition_parts == {}
+    back = Conditioner(cond.encoder, held, cond.n_prompts).embeddings
+    allowed, forbidden = torch.cat([split.embeddings[t] for t in "ab"]), torch.cat([back[t] for t in "ab"])
+    for epoch in range(4):
+        for i in range(len(train)):
+            for row in train.example(i, epoch).condition:
+                assert torch.isclose(allowed, row).all(1).any()
+                assert not torch.isclose(forbidden, row).all(1).any()
+    cfg = TrainConfig(encoder="tiny-encoder")
+    assert fingerprint(cfg, train, 1) != fingerprint(cfg, _ds(world, heldout=["c"]), 1)
+    assert fingerprint(cfg, train, 1, legacy=True) != fingerprint(cfg, _ds(world, heldout=["c"]), 1, legacy=True)
 
 
 def test_shapes_dtypes_and_collate(world, tiny_qwen2):

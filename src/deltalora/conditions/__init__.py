@@ -11,6 +11,7 @@ from .conditions import (
     pools_from_tasks,
     read_prompt_file,
     sample_indices,
+    split_pools,
 )
 from .encoder import (
     EncoderError,
@@ -47,4 +48,5 @@ __all__ = [
     "read_prompt_file",
     "register_encoder",
     "sample_indices",
+    "split_pools",
 ]

@@ -121,6 +121,8 @@ class ConditionPool:
     name: str
     items: tuple[TaskItem, ...]
     source: str
+    # which part of a split pool this is ("kept ..." / "held back ...": :meth:`split`); None for a whole pool
+    part: str | None = None
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -141,6 +143,34 @@ class ConditionPool:
     def __len__(self) -> int:
         return len(self.items)
 
+    def split(self, fraction: float, seed: int) -> tuple[ConditionPool, ConditionPool]:
+        """(kept, held back): a partition of the items, a deterministic function of ``(name, seed)`` and the size.
+
+        ``round(fraction · size)`` items are held back, at least one and never all, in a seeded order of the pool
+        (so a larger fraction holds back a superset); both parts keep the pool's item order and name, and their
+        ``part`` says which they are. The seen-task evaluation conditions on the held-back part, which generator
+        training must never draw: see ``deltalora.experiment.run.prepare``.
+        """
+        n = len(self.items)
+        if not 0 < fraction < 1:
+            raise ConditionError(f"the held-back fraction of a condition pool must be in (0, 1), got {fraction}")
+        if n < 2:
+            raise ConditionError(
+                f"condition pool {self.name!r} ({self.source}) has {n} item; holding prompts back needs at least 2 — "
+                "give the task a larger condition split, or turn the seen-task section off (seen: {tasks: 0})"
+            )
+        k = min(n - 1, max(1, round(fraction * n)))
+        order = list(range(n))
+        random.Random(stable_seed("condition-split", self.name, seed)).shuffle(order)
+        held = set(order[:k])
+        kept = tuple(it for i, it in enumerate(self.items) if i not in held)
+        back = tuple(it for i, it in enumerate(self.items) if i in held)
+        what = f"of {n} (fraction {fraction:g}, seed {seed})"
+        return (
+            ConditionPool(self.name, kept, self.source, f"kept {n - k} {what}"),
+            ConditionPool(self.name, back, self.source, f"held back {k} {what}"),
+        )
+
     def texts(self, form: Form) -> list[str]:
         if form == "prompt_answer":
             for i, it in enumerate(self.items):
@@ -155,6 +185,20 @@ class ConditionPool:
 
 def pools_from_tasks(tasks: Iterable[Task]) -> dict[str, ConditionPool]:
     return {t.name: ConditionPool.from_task(t) for t in tasks}
+
+
+def split_pools(
+    pools: Mapping[str, ConditionPool], names: Iterable[str], fraction: float, seed: int
+) -> tuple[dict[str, ConditionPool], dict[str, ConditionPool]]:
+    """(every pool, with those of ``names`` replaced by their kept part; the held-back parts of ``names``):
+    :meth:`ConditionPool.split` of each named pool, the others left whole."""
+    names = set(names)
+    missing = sorted(names - set(pools))
+    if missing:
+        raise ConditionError(f"no condition pool for task(s) {missing} to split")
+    parts = {n: pools[n].split(fraction, seed) for n in sorted(names)}
+    kept = {n: parts[n][0] if n in parts else p for n, p in pools.items()}
+    return kept, {n: held for n, (_, held) in parts.items()}
 
 
 def sample_indices(pool_size: int, n: int, seed: int) -> list[int]:
@@ -260,4 +304,5 @@ __all__ = [
     "pools_from_tasks",
     "read_prompt_file",
     "sample_indices",
+    "split_pools",
 ]

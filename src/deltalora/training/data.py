@@ -65,6 +65,30 @@ def choose_heldout(tasks: Iterable[str], n: int, seed: int) -> list[str]:
     return sorted(random.Random(stable_seed("heldout", seed, *pool)).sample(pool, n))
 
 
+def choose_seen(entries: Iterable[ZooEntry], n: int, seed: int) -> list[str]:
+    """Up to ``n`` of the tasks that have their own (non-mixed) teachers in ``entries``, stratified by family (sorted).
+
+    Round-robin over the families in a seeded order, each family's tasks in a seeded order: every family is
+    covered once ``n`` reaches the number of families, and all tasks are taken when there are ``n`` or fewer.
+    A deterministic function of the tasks, their families and ``seed``.
+    """
+    if n < 0:
+        raise DatasetError(f"cannot choose {n} seen tasks; ask for 0 or more")
+    family: dict[str, set[str]] = {}
+    for e in entries:
+        if not e.mixed:
+            family.setdefault(e.family, set()).add(e.task)
+    tasks = sorted({t for ts in family.values() for t in ts})
+    if n >= len(tasks):
+        return tasks
+    rng = random.Random(stable_seed("seen", seed, *tasks))
+    queues = [rng.sample(sorted(family[f]), len(family[f])) for f in rng.sample(sorted(family), len(family))]
+    out: list[str] = []
+    while len(out) < n:
+        out += [q.pop(0) for q in queues if q][: n - len(out)]
+    return sorted(out)
+
+
 def split_entries(entries: Sequence[ZooEntry], heldout: Iterable[str]) -> dict[str, list[ZooEntry]]:
     """``{"train", "heldout", "excluded"}``: teachers with no held-out task, with only held-out tasks, and mixed
     teachers with some held-out component (in neither split). Unknown held-out names are an error."""
@@ -253,6 +277,13 @@ class TeacherDataset(Dataset):
         return self.deltas.mean(0)
 
     @property
+    def condition_parts(self) -> dict[str, str]:
+        """Task -> which part of its condition pool the teachers' conditions are drawn from, for every task of the
+        split whose pool is a part (prompts held back for the seen-task evaluation); empty when all are whole. Part
+        of a training run's fingerprint: a generator trained on whole pools is never resumed on split ones."""
+        return {t: p.part for t in self.tasks if (p := self.conditioner.pools[t]).part is not None}
+
+    @property
     def delta_dim(self) -> int:
         return int(self._deltas[0].numel())
 
@@ -303,6 +334,7 @@ __all__ = [
     "TeacherDataset",
     "TeacherExample",
     "choose_heldout",
+    "choose_seen",
     "collate_teachers",
     "components",
     "split_entries",

@@ -102,7 +102,8 @@ def recorded_config(cfg: TrainConfig) -> dict:
 
 
 def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: bool = False) -> str:
-    """What makes a run directory's state reusable: the config, the teacher set, their Δ and the world size.
+    """What makes a run directory's state reusable: the config, the teacher set, their Δ, the world size and, where
+    prompts are held back, which part of each condition pool the teachers draw (``TeacherDataset.condition_parts``).
 
     Without the Δ loss (λ = 0) the Δ-only settings and the teachers' Δ spec are left out. ``legacy`` gives the
     fingerprint that earlier versions wrote (everything included), which a resume still accepts.
@@ -113,6 +114,8 @@ def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: b
         spec = None
     h = hashlib.sha256(cfg.model_dump_json().encode())
     h.update(json.dumps([dataset.ids, dataset.heldout, spec, world, dataset.seed]).encode())
+    if dataset.condition_parts:  # prompts held back for the seen tasks: a state trained on whole pools must not resume
+        h.update(json.dumps(dataset.condition_parts, sort_keys=True).encode())
     return h.hexdigest()
 
 
