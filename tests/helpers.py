@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import torch
 from peft import get_peft_model, set_peft_model_state_dict
 
 from deltalora.conditions import Conditioner, ConditionPool, load_encoder
@@ -15,6 +16,9 @@ from deltalora.lora import LoraWeights, derive_layout, save_adapter
 from deltalora.lora.adapter_io import peft_lora_config
 from deltalora.tasks import TaskSpec, build_task, stable_seed
 from deltalora.zoo import ZooEntry, append_entry, file_sha256
+from deltalora.zoo.canonical import ensure_init
+from deltalora.zoo.manifest import CONFIG_NAME
+from deltalora.zoo.train import TeacherTrainConfig
 
 
 def peft_reference(model, weights: LoraWeights):
@@ -42,9 +46,13 @@ N_PROMPTS = 3
 SPEC = LoraSpec(rank=2, alpha=4, targets="q,v")
 
 
-def add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC) -> ZooEntry:
+def add_teacher(
+    zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC, weights: LoraWeights | None = None
+) -> ZooEntry:
     path = f"{task}/s{seed}"
-    w = LoraWeights.random(derive_layout(backbone.arch, spec), std=0.05, seed=stable_seed(task, seed) % 1000)
+    w = weights
+    if w is None:
+        w = LoraWeights.random(derive_layout(backbone.arch, spec), std=0.05, seed=stable_seed(task, seed) % 1000)
     save_adapter(w, zoo / path)
     e = ZooEntry(
         id=path,
@@ -60,11 +68,30 @@ def add_teacher(zoo: Path, backbone, task: str, seed: int, family: str, parts=()
     return e
 
 
-def teacher_world(root: Path, tiny_qwen2) -> dict:
-    """A tiny zoo on tiny-qwen2 in ``root``: 3 tasks x 2 seeds, mixed teachers a+b and b+c, their Δ
-    (generic5, last token) in a cache, and condition pools from a tiny encoder."""
+def canonical_teacher(init: LoraWeights, task: str, seed: int) -> LoraWeights:
+    """A teacher of a canonical zoo: the zoo's A moved a little (per seed) and a task's B (plus a little seed noise)."""
+    g_task = torch.Generator().manual_seed(stable_seed("B", task) % 2**31)
+    g_seed = torch.Generator().manual_seed(stable_seed("noise", task, seed) % 2**31)
+    A = {k: a + 0.002 * torch.randn(a.shape, generator=g_seed) for k, a in init.A.items()}
+    B = {
+        k: 0.05 * torch.randn(b.shape, generator=g_task) + 0.005 * torch.randn(b.shape, generator=g_seed)
+        for k, b in init.B.items()
+    }
+    return LoraWeights(init.layout, A, B)
+
+
+def teacher_world(root: Path, tiny_qwen2, canonical: bool = False, seeds=(0, 1), mixed: bool = True) -> dict:
+    """A tiny zoo on tiny-qwen2 in ``root``: 3 tasks x ``seeds``, mixed teachers a+b and b+c (``mixed``), their Δ
+    (generic5, last token) in a cache, and condition pools from a tiny encoder. ``canonical``: the zoo has one
+    stored init (as ``teacher.init: canonical`` builds), every teacher starts from its A and a task's teachers share
+    their B up to seed noise; otherwise every teacher is independent random."""
     root.mkdir(parents=True, exist_ok=True)
     zoo = root / "zoo"
+    init = None
+    if canonical:
+        zoo.mkdir(parents=True, exist_ok=True)
+        (zoo / CONFIG_NAME).write_text(json.dumps({"config": {"teacher": {"init": "canonical"}}}))
+        init = ensure_init(zoo, TeacherTrainConfig(lora=SPEC), tiny_qwen2.arch)
     tasks = {}
     for name, fam in TASKS.items():
         f = root / f"{name}.jsonl"
@@ -82,10 +109,13 @@ def teacher_world(root: Path, tiny_qwen2) -> dict:
             n_eval=8,
         )
         tasks[name] = build_task(spec, seed=0)
-        for seed in (0, 1):
-            add_teacher(zoo, tiny_qwen2, name, seed, fam)
-    add_teacher(zoo, tiny_qwen2, "a+b", 0, "math", ("a", "b"))
-    add_teacher(zoo, tiny_qwen2, "b+c", 0, "mixed", ("b", "c"))
+        for seed in seeds:
+            w = canonical_teacher(init, name, seed) if canonical else None
+            add_teacher(zoo, tiny_qwen2, name, seed, fam, weights=w)
+    if mixed:
+        for task, fam, parts in (("a+b", "math", ("a", "b")), ("b+c", "mixed", ("b", "c"))):
+            w = canonical_teacher(init, task, 0) if canonical else None
+            add_teacher(zoo, tiny_qwen2, task, 0, fam, parts, weights=w)
     cache = DeltaCache(root / "deltas")
     report = compute_deltas(tiny_qwen2, sources_from_manifest(zoo), "generic5", "last_token", cache)
     assert not report.broken
@@ -100,4 +130,5 @@ def teacher_world(root: Path, tiny_qwen2) -> dict:
         "spec": DeltaSpec.for_backbone(tiny_qwen2, "generic5", "last_token"),
         "deltas": dict(zip(ids, deltas)),
         "arch": tiny_qwen2.arch,
+        "init": init,
     }

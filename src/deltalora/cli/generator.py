@@ -54,6 +54,9 @@ def info_cmd(
     )
     for name, g in info["generators"].items():
         ratio = g["ratio_to_hyperconv"]
+        if g["num_parameters"] is None:
+            typer.echo(f"  {name:>10}  {'n/a':>15}  ({g.get('note', 'size depends on the teacher library')})")
+            continue
         typer.echo(
             f"  {name:>10}  {g['num_parameters']:>15,} parameters"
             + ("" if ratio is None else f"  ({ratio:.4g} x hyperconv)")

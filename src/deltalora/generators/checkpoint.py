@@ -38,6 +38,7 @@ from ..config import LoraSpec, validation_message
 from ..errors import ConfigError, DeltaLoraError
 from ..lora import LoraLayout, derive_layout
 from ..paths import atomic_write_bytes, safetensors_bytes
+from .library import FROM_CHECKPOINT
 from .registry import build_generator, generator_names, num_parameters
 
 META_KEY = "deltalora_generator"
@@ -322,7 +323,14 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
 
     def build() -> nn.Module:
         try:
-            return build_generator(gspec["name"], layout, gspec["cond_dim"], gspec["n_prompts"], **gspec["options"])
+            return build_generator(
+                gspec["name"],
+                layout,
+                gspec["cond_dim"],
+                gspec["n_prompts"],
+                library=FROM_CHECKPOINT,
+                **gspec["options"],
+            )
         except ConfigError as exc:
             raise GeneratorCheckpointError(
                 path, f"cannot rebuild generator {gspec['name']!r} from its metadata ({exc})", RESAVE

@@ -23,12 +23,20 @@ The price: for one module type, every generated ``B`` lies in the ``p``-dimensio
 ``Q_m`` (and ``A − A0`` in the row space of ``P_m``); raise ``basis_dim`` to loosen it.
 
 **Initialisation (ΔW = 0 at step 0).** Each head's last linear layer (weight and bias) starts at zero,
-so at step 0 ``C = D = 0``: ``B = 0`` exactly and ``A = A0``, where ``A0`` is PEFT's default LoRA-A
-init (``kaiming_uniform_(a=√5)`` on ``[r, in]``: uniform on ``±1/√in``) drawn per slot from a
-dedicated generator seeded by ``base_a_seed``. The first output is thus a sample of PEFT's own
-initial adapter, and injecting it leaves the base model's logits unchanged. ``A0`` is fixed (as in
-LoRA-FA) and regenerated from its seed on every build, so it costs no parameters and no checkpoint
-bytes; ``learn_base_a=True`` makes it a trained parameter instead (``+ Σ_slots r·in`` parameters).
+so at step 0 ``C = D = 0``: ``B = 0`` exactly and ``A = A0``. ``A0`` is where the teachers' A is:
+
+- ``a0="zoo"``: the zoo's canonical init (:mod:`.library`), the A every teacher of a canonical zoo starts
+  from and barely moves in training — so the generator learns B in the teachers' own coordinates. Saved
+  with the generator (``Σ_slots r·in`` checkpoint numbers, no parameters).
+- ``a0="seed"``: PEFT's default LoRA-A init (``kaiming_uniform_(a=√5)`` on ``[r, in]``: uniform on
+  ``±1/√in``) drawn per slot from a dedicated generator seeded by ``base_a_seed``, regenerated on every
+  build (no checkpoint bytes). Unrelated to any teacher's A: only a product-space loss can compare them.
+- ``a0="auto"`` (default): ``zoo`` when the teacher library comes from a canonical zoo, else ``seed``; the
+  checkpoint records which.
+
+The first output is thus a LoRA with B = 0, and injecting it leaves the base model's logits unchanged.
+``A0`` is fixed (as in LoRA-FA); ``learn_base_a=True`` makes it a trained parameter starting there
+(``+ Σ_slots r·in`` parameters).
 As with PEFT, at step 0 only the B-producing path receives gradient; after a step with ``B ≠ 0`` and
 then ``C ≠ 0``, every parameter does. ``P_m`` and ``Q_m`` start orthonormal.
 
@@ -51,6 +59,7 @@ from ..config import MODULE_ORDER, StrictModel, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights
 from ..lora import peft_a_init as _draw_peft_a
+from .library import FROM_CHECKPOINT
 from .registry import register_generator
 
 
@@ -66,7 +75,8 @@ class CompactOptions(StrictModel):
     pooling: Literal["mean", "attention"] = "attention"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     learn_base_a: bool = Field(False, strict=True)  # True: base A is a trained parameter (+ Σ_slots r·in parameters)
-    base_a_seed: int = Field(0, ge=0, strict=True)  # seed of the PEFT-distributed base A
+    a0: Literal["auto", "zoo", "seed"] = "auto"  # where the base A comes from (see the module docstring)
+    base_a_seed: int = Field(0, ge=0, strict=True)  # seed of the PEFT-distributed base A (a0="seed")
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -91,6 +101,17 @@ class PromptPool(nn.Module):
         scores = self.norm(cond) @ self.query / math.sqrt(cond.shape[-1])  # [K, N]
         weights = torch.softmax(scores, dim=1)
         return torch.einsum("kn,knd->kd", weights, cond)
+
+
+def trunk_mlp(in_dim: int, width: int, depth: int, dropout: float = 0.0) -> nn.Sequential:
+    """LN → ``depth`` × (Linear → GELU [→ Dropout]) → LN: the pooled condition [K, in_dim] -> [K, width]."""
+    blocks: list[nn.Module] = [nn.LayerNorm(in_dim)]
+    for i in range(depth):
+        blocks += [nn.Linear(in_dim if i == 0 else width, width), nn.GELU()]
+        if dropout:
+            blocks.append(nn.Dropout(dropout))
+    blocks.append(nn.LayerNorm(width))
+    return nn.Sequential(*blocks)
 
 
 class ModuleHead(nn.Module):
@@ -140,7 +161,14 @@ class CompactGenerator(nn.Module):
 
     flexible_n_prompts = True
 
-    def __init__(self, layout: LoraLayout, cond_dim: int, n_prompts: int, opts: CompactOptions):
+    def __init__(
+        self,
+        layout: LoraLayout,
+        cond_dim: int,
+        n_prompts: int,
+        opts: CompactOptions,
+        base_a: dict[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         if not layout.slots:
             raise ConfigError("compact generator: the LoRA layout has no slots")
@@ -172,13 +200,7 @@ class CompactGenerator(nn.Module):
 
         w = opts.trunk_width
         self.pool = PromptPool(cond_dim, opts.pooling)
-        blocks: list[nn.Module] = [nn.LayerNorm(cond_dim)]
-        for i in range(opts.trunk_depth):
-            blocks += [nn.Linear(cond_dim if i == 0 else w, w), nn.GELU()]
-            if opts.dropout:
-                blocks.append(nn.Dropout(opts.dropout))
-        blocks.append(nn.LayerNorm(w))
-        self.trunk = nn.Sequential(*blocks)
+        self.trunk = trunk_mlp(cond_dim, w, opts.trunk_depth, opts.dropout)
         self.layer_emb = nn.Embedding(len(self.layers), opts.layer_emb_dim)
         self.module_emb = nn.Embedding(len(self.modules_), opts.module_emb_dim)
         head_in = w + opts.layer_emb_dim + opts.module_emb_dim
@@ -188,13 +210,15 @@ class CompactGenerator(nn.Module):
             self.heads[m] = ModuleHead(
                 head_in, opts.head_hidden, s0.rank, opts.basis_dim, s0.in_features, s0.out_features
             )
+        # base_a: module -> [n_layers, r, in] (a0="zoo"; zeros when rebuilding a checkpoint, which holds the values)
+        if opts.a0 == "zoo" and base_a is None:
+            raise ConfigError('compact generator: a0="zoo" needs the zoo\'s canonical init (pass library=)')
+        init = {m: base_a[m] if base_a is not None else peft_a_init(layout, m, opts.base_a_seed) for m in self.modules_}
         if opts.learn_base_a:
-            self.base_a = nn.ParameterDict(
-                {m: nn.Parameter(peft_a_init(layout, m, opts.base_a_seed)) for m in self.modules_}
-            )
+            self.base_a = nn.ParameterDict({m: nn.Parameter(init[m].clone()) for m in self.modules_})
         else:
-            for m in self.modules_:  # regenerated from the seed on every build: not saved
-                self.register_buffer(f"base_a_{m}", peft_a_init(layout, m, opts.base_a_seed), persistent=False)
+            for m in self.modules_:  # from the zoo: saved with the generator; from the seed: regenerated, not saved
+                self.register_buffer(f"base_a_{m}", init[m].clone(), persistent=opts.a0 == "zoo")
 
     def _base_a(self, m: str) -> torch.Tensor:
         return self.base_a[m] if self.opts.learn_base_a else getattr(self, f"base_a_{m}")
@@ -232,13 +256,45 @@ class CompactGenerator(nn.Module):
         return f"slots={len(self.layout.slots)}, cond_dim={self.cond_dim}, n_prompts={self.n_prompts}"
 
 
+def zoo_base_a(layout: LoraLayout, init: LoraWeights) -> dict[str, torch.Tensor]:
+    """The canonical init's A of each module, stacked over its layers ([n_layers, r, in]), checked against layout."""
+    if init.layout.signature != layout.signature:
+        raise ConfigError("compact generator: the zoo's canonical init has another LoRA layout than the teachers")
+    modules = dict.fromkeys(s.module for s in layout.slots)
+    return {m: torch.stack([init.A[s.key].float() for s in layout.slots if s.module == m]) for m in modules}
+
+
 @register_generator("compact")
-def build_compact(layout: LoraLayout, cond_dim: int, n_prompts: int, **options) -> CompactGenerator:
-    """Build the compact generator; ``options`` are :class:`CompactOptions` fields (unknown ones are refused)."""
+def build_compact(layout: LoraLayout, cond_dim: int, n_prompts: int, library=None, **options) -> CompactGenerator:
+    """Build the compact generator; ``options`` are :class:`CompactOptions` fields (unknown ones are refused).
+
+    ``library`` (a :class:`~.library.TeacherLibrary`) supplies the zoo's canonical init for ``a0="zoo"``/``"auto"``;
+    the spec records the resolved ``a0``, so a checkpoint rebuilds (``library=FROM_CHECKPOINT``) the same way."""
     _check_int("cond_dim", cond_dim)
     _check_int("n_prompts", n_prompts)
     opts = model_validate_or_raise(CompactOptions, options, "compact generator options")
-    return CompactGenerator(layout, cond_dim, n_prompts, opts)
+    base_a = None
+    if library == FROM_CHECKPOINT:
+        if opts.a0 == "zoo":
+            base_a = {  # placeholders of the right shape: the checkpoint holds the values
+                m: torch.zeros(
+                    sum(s.module == m for s in layout.slots), *next(s for s in layout.slots if s.module == m).a_shape
+                )
+                for m in dict.fromkeys(s.module for s in layout.slots)
+            }
+        elif opts.a0 == "auto":  # saved before the option existed: the seeded A
+            opts = opts.model_copy(update={"a0": "seed"})
+    else:
+        init = getattr(library, "init", None)
+        if opts.a0 == "zoo" and init is None:
+            raise ConfigError(
+                'compact generator: a0="zoo" needs teachers from a canonical zoo (teacher.init: canonical); '
+                "this zoo has no common init — use a0: seed"
+            )
+        use_zoo = opts.a0 == "zoo" or (opts.a0 == "auto" and init is not None)
+        opts = opts.model_copy(update={"a0": "zoo" if use_zoo else "seed"})
+        base_a = zoo_base_a(layout, init) if use_zoo else None
+    return CompactGenerator(layout, cond_dim, n_prompts, opts, base_a)
 
 
-__all__ = ["CompactGenerator", "CompactOptions", "build_compact"]
+__all__ = ["CompactGenerator", "CompactOptions", "PromptPool", "build_compact", "trunk_mlp", "zoo_base_a"]

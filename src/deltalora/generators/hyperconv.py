@@ -198,8 +198,11 @@ def hyperconv_num_parameters(layout: LoraLayout, cond_dim: int, n_prompts: int, 
 
 
 @register_generator("hyperconv")
-def build_hyperconv(layout: LoraLayout, cond_dim: int, n_prompts: int, **options: Any) -> HyperConvGenerator:
-    """Builder for the registry: validates ``options`` (unknown or bad ones raise ``ConfigError``)."""
+def build_hyperconv(
+    layout: LoraLayout, cond_dim: int, n_prompts: int, library: Any = None, **options: Any
+) -> HyperConvGenerator:
+    """Builder for the registry: validates ``options`` (unknown or bad ones raise ``ConfigError``); DnD's generator
+    does not read the teacher library."""
     opts = model_validate_or_raise(HyperConvOptions, options, "hyperconv generator options")
     return HyperConvGenerator(layout, cond_dim, n_prompts, opts)
 

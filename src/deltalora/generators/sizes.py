@@ -8,6 +8,7 @@ from typing import Any
 from ..lora import LoraLayout
 from ..lora.for_backbone import layout_for
 from .checkpoint import meta_parameters
+from .library import LibraryNeeded
 from .registry import build_generator, generator_names, num_parameters
 
 
@@ -18,18 +19,27 @@ def generator_sizes(
 
     Generators are built with their parameters on the meta device (shapes only: no memory, no init
     cost; see :func:`~deltalora.generators.checkpoint.meta_parameters`) with default options.
-    The ratio is None when hyperconv is not registered.
+    The ratio is None when hyperconv is not registered. A generator whose size depends on the teachers it
+    is built on (``mixture``: one logit per member) has ``num_parameters`` None and says why in ``note``.
     """
     known = generator_names()
     names = list(dict.fromkeys(names or known))
-    counts = {}
+    counts: dict[str, int | None] = {}
+    notes: dict[str, str] = {}
     for name in dict.fromkeys([*names, *(["hyperconv"] if "hyperconv" in known else [])]):
         with meta_parameters():
-            counts[name] = num_parameters(build_generator(name, layout, cond_dim=cond_dim, n_prompts=n_prompts))
+            try:
+                counts[name] = num_parameters(build_generator(name, layout, cond_dim=cond_dim, n_prompts=n_prompts))
+            except LibraryNeeded as exc:
+                counts[name], notes[name] = None, str(exc)
     ref = counts.get("hyperconv")
-    return {
-        n: {"num_parameters": counts[n], "ratio_to_hyperconv": None if ref is None else counts[n] / ref} for n in names
-    }
+    out = {}
+    for n in names:
+        c = counts[n]
+        out[n] = {"num_parameters": c, "ratio_to_hyperconv": None if ref is None or c is None else c / ref}
+        if n in notes:
+            out[n]["note"] = notes[n]
+    return out
 
 
 def generator_info(

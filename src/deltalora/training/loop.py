@@ -32,8 +32,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..deltas import DeltaProbe, remove_shared
+from ..errors import ConfigError
 from ..generators import build_generator
 from ..generators.checkpoint import save_generator
+from ..generators.library import TeacherLibrary
 from ..lora import LoraWeights
 from ..tasks import stable_seed
 from .config import TrainConfig
@@ -187,10 +189,26 @@ def train_generator(
     state_path = out / STATE_NAME
     fp = fingerprint(cfg, dataset, world)
 
+    examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
+    teachers = LoraWeights.stack([e.weights for e in examples])
+    # the teachers and the zoo's canonical init, for generators that read them (compact's A0, mixture's members)
+    library = TeacherLibrary.from_zoo(dataset.zoo, dataset.ids, dataset.layout.arch, weights=teachers)
     torch.manual_seed(cfg.seed)
     gen = build_generator(
-        cfg.generator, dataset.layout, cond_dim=dataset.cond_dim, n_prompts=cfg.n_prompts, **cfg.generator_options
+        cfg.generator,
+        dataset.layout,
+        cond_dim=dataset.cond_dim,
+        n_prompts=cfg.n_prompts,
+        library=library,
+        **cfg.generator_options,
     ).to(device)
+    del library
+    out_layout = getattr(gen, "out_layout", dataset.layout)
+    if out_layout.signature != dataset.layout.signature and cfg.weight_loss != "product":
+        raise ConfigError(
+            f"generator {cfg.generator!r} outputs rank-{out_layout.spec.rank} adapters, which only the product "
+            f"weight loss compares with rank-{dataset.layout.spec.rank} teachers; set train.weight_loss: product"
+        )
     decay = [p for n, p in gen.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in gen.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -209,8 +227,6 @@ def train_generator(
 
         model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
 
-    examples = [dataset.example(i, 0) for i in range(len(dataset))]  # one pass: weights and Δ of every teacher
-    teachers = LoraWeights.stack([e.weights for e in examples])
     wloss = WeightLoss(cfg.weight_loss, teachers, cfg.token_weighting)
     floor = wloss.floor(teachers, ["+".join(e.components) for e in examples])
     wloss = wloss.to(device)

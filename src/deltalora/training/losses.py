@@ -23,18 +23,20 @@ from ..lora import LoraWeights
 
 
 def product_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Tensor:
-    """Σ_slots ‖s·(B₁A₁ − B₂A₂)‖²_F per adapter ([K]) of two batched LoraWeights (w2=None: ‖s·B₁A₁‖²)."""
-    s = float(w1.layout.scale)
+    """Σ_slots ‖s₁·B₁A₁ − s₂·B₂A₂‖²_F per adapter ([K]) of two batched LoraWeights (w2=None: ‖s₁·B₁A₁‖²).
+
+    Each side keeps its own rank and scale (a rank-concatenated mixture against rank-r teachers)."""
+    s1 = float(w1.layout.scale)
     total = None
     for slot in w1.layout.slots:
-        a1, b1 = w1.A[slot.key].float(), w1.B[slot.key].float()
+        a1, b1 = w1.A[slot.key].float(), w1.B[slot.key].float() * s1
         if w2 is None:
             u, v = b1, a1
         else:
-            u = torch.cat([b1, -w2.B[slot.key].float()], dim=-1)  # [K, out, 2r]
-            v = torch.cat([a1, w2.A[slot.key].float()], dim=-2)  # [K, 2r, in]
+            u = torch.cat([b1, -float(w2.layout.scale) * w2.B[slot.key].float()], dim=-1)  # [K, out, r₁+r₂]
+            v = torch.cat([a1, w2.A[slot.key].float()], dim=-2)  # [K, r₁+r₂, in]
         g = (u.transpose(-1, -2) @ u) * (v @ v.transpose(-1, -2))
-        term = g.sum(dim=(-2, -1)) * s * s
+        term = g.sum(dim=(-2, -1))
         total = term if total is None else total + term
     return total
 
