@@ -18,17 +18,21 @@ import torch
 import yaml
 
 from deltalora.backbones import cpu_info
+from deltalora.conditions import ConditionPool
 from deltalora.config import parse_overrides
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.candidates import average_merge, random_conditions
-from deltalora.experiment.config import zoo_config
+from deltalora.experiment.config import SeenConfig, zoo_config
+from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
 from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
+from deltalora.training.data import components
 from deltalora.training.logs import read_log, tail_mean
+from deltalora.training.loop import fingerprint
 from deltalora.zoo import load_zoo_config
 from deltalora.zoo.build import resolved_config, zoo_precision
 from tests.helpers import SPEC
@@ -83,6 +87,66 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     assert (out / "figures" / "tsne.png").exists() and (out / "figures" / "loss.png").exists()
     # the targets the report judged against are recorded with the run config (the defaults: the old constants)
     assert res["config"]["targets"] == {"recovers_oracle_gain": 0.8, "delta_cosine_to_oracle": 0.8, "noise_se": 2.0}
+
+
+def test_seen_tasks_are_scored_like_heldout_tasks(tiny_run):
+    """Every training task with its own teachers (fewer than seen.tasks asks for), scored with the held-out rows."""
+    cfg, out, report = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["seen_tasks"]) == ["colours", "double"] == sorted(set(res["train_tasks"]))
+    heldout_rows = res["tasks"]["pick"]["rows"]
+    n_gen = len(cfg.seeds) * cfg.adapters_per_seed
+    for task, entry in res["seen_tasks"].items():
+        assert set(entry) == set(res["tasks"]["pick"]) and entry["n_items"] == 4  # the task's whole eval split
+        rows = entry["rows"]
+        assert set(rows) == set(heldout_rows)
+        assert all(set(rows[r]) == set(heldout_rows[r]) for r in rows)  # same shape as the held-out block
+        assert [len(rows[r]["accuracies"]) for r in ("base", "average_merge", "delta", "delta_random_condition")] == [
+            1,
+            1,
+            n_gen,
+            n_gen,
+        ]
+        oracle = rows["oracle"]
+        assert len(oracle["arms"]) == 4 and all(a.startswith(f"oracle/{task}/") for a in oracle["arms"])  # its own
+        assert min(oracle["delta_cosines"]) > 0.5  # 2 seeds x 2 tail checkpoints of the task, vs their mean
+    text = report.read_text()
+    seen = text[text.index("## Seen tasks") : text.index("## Timing")]
+    assert "### colours" in seen and "### double" in seen and "### Summary over seen tasks" in seen
+    assert res["seen_row_labels"]["oracle"] in seen and "- Seen tasks (2): colours, double" in text
+
+
+def test_training_conditions_never_draw_the_seen_tasks_held_back_prompts(tiny_run, tiny_qwen2):
+    cfg, out, _ = tiny_run
+    ctx = prepare(cfg, out, progress=False, backbone=tiny_qwen2)
+    form = cfg.train.condition_form
+    assert ctx.train_set.conditioner is ctx.conditioner and ctx.seen == ["colours", "double"]
+    for task in ctx.train_set.tasks:  # every training task's pool is split, not only the seen tasks'
+        whole = ConditionPool.from_task(ctx.tasks[task])
+        kept = ctx.conditioner.texts[task]
+        assert ctx.conditioner.pools[task].part.startswith("kept") and 0 < len(kept) < len(whole)
+        if task in ctx.seen:
+            back = ctx.seen_conditioner.texts[task]
+            assert back and not set(kept) & set(back) and sorted(kept + back) == sorted(whole.texts(form))
+    assert ctx.conditioner.pools["pick"].part is None  # the held-out task keeps its whole pool
+    assert len(ctx.conditioner.pools["pick"]) == len(ctx.tasks["pick"].condition)
+    back = torch.cat([ctx.seen_conditioner.embeddings[t] for t in ctx.seen])
+    for epoch in range(cfg.train.steps):
+        for i, e in enumerate(ctx.train_set.entries):
+            for row in ctx.train_set.example(i, epoch).condition:
+                assert not torch.isclose(back, row).all(1).any()
+            texts = ctx.conditioner.sample_texts(components(e), seed=ctx.train_set.seed, epoch=epoch, key=e.id)
+            assert not set(texts) & {t for s in ctx.seen for t in ctx.seen_conditioner.texts[s]}
+    # the split is a function of (task, seed): prepared again, the same parts; with the section off, whole pools
+    # and another training fingerprint, so generators trained on whole pools are never reused for seen tasks
+    again = prepare(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert (
+        again.conditioner.texts == ctx.conditioner.texts and again.seen_conditioner.texts == ctx.seen_conditioner.texts
+    )
+    off = prepare(cfg.model_copy(update={"seen": SeenConfig(tasks=0)}), out, progress=False, backbone=tiny_qwen2)
+    assert off.seen == [] and off.seen_conditioner is None and off.train_set.condition_parts == {}
+    arm = cfg.arm_config("delta", 0)
+    assert fingerprint(arm, off.train_set, 1) != fingerprint(arm, ctx.train_set, 1)
 
 
 def test_heldout_task_never_reaches_generator_training(tiny_run):

@@ -3,7 +3,8 @@
 A run names a zoo config (the backbone, tasks and teacher recipe live there), which tasks to hold
 out, the generator-training config shared by both generator variants (the Δ-augmented one uses ``train.lam``,
 the weight-only one the same config with λ = 0), how many generator seeds and generated adapters per
-held-out task, how to evaluate, and what the report's targets ask (``targets``). Relative paths are
+held-out task, how to evaluate, what the report's targets ask (``targets``) and which training tasks the
+seen-task section scores from prompts held back from training (``seen``). Relative paths are
 resolved against the YAML's folder.
 """
 
@@ -47,6 +48,20 @@ class TargetConfig(StrictModel):
     noise_se: float = Field(2.0, ge=0)  # (a), (d): the mean difference must exceed this many standard errors
 
 
+class SeenConfig(StrictModel):
+    """The seen-task section: how well the generator reproduces its training tasks from prompts it never saw.
+
+    Every training task's condition pool is split (a deterministic function of the task and ``seed``); the
+    generators train on the kept part only, and ``tasks`` training tasks, stratified by family, get adapters
+    generated from the held-back part, scored beside base and their own teachers. ``tasks: 0`` turns the section
+    off and trains on whole pools, as runs did before it existed.
+    """
+
+    tasks: int = Field(8, ge=0)  # seen tasks to evaluate; all training tasks when they are fewer
+    fraction: float = Field(0.25, gt=0, lt=1)  # share of every training task's condition pool held back
+    seed: int = 0  # the pool split and the choice of seen tasks
+
+
 class RunConfig(StrictModel):
     name: str = "run"
     zoo: str  # zoo YAML (deltalora zoo build --config); relative to this file
@@ -65,6 +80,7 @@ class RunConfig(StrictModel):
     delta_batch_adapters: int = Field(8, ge=1)  # adapters per forward when computing teacher Δ
     eval: EvalConfig = EvalConfig()
     targets: TargetConfig = TargetConfig()
+    seen: SeenConfig = SeenConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -140,6 +156,7 @@ __all__ = [
     "AblationGrid",
     "EvalConfig",
     "RunConfig",
+    "SeenConfig",
     "TargetConfig",
     "load_ablation_config",
     "load_run_config",

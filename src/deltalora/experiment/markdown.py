@@ -82,6 +82,46 @@ def _task_section(task: str, entry: Mapping, order: Sequence[str], labels: Mappi
     )
 
 
+def _summary_table(rows: Mapping[str, Mapping], labels: Mapping[str, str]) -> list[str]:
+    """The across-task means of every row (:func:`~.stats.row_means`)."""
+    return table(
+        ["row", "mean accuracy (%)", "mean Δ-cosine", "mean task-specific Δ-cosine", "tasks"],
+        [
+            [
+                labels.get(r, r),
+                fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"),
+                fmt(s["delta_cosine"], ".3f"),
+                fmt(s.get("delta_cosine_specific"), ".3f"),
+                str(s["n_tasks"]),
+            ]
+            for r, s in rows.items()
+        ],
+    )
+
+
+def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str]) -> list[str]:
+    """The seen tasks (training tasks, adapters generated from prompts held back from generator training): a table
+    per task and their summary, drawn as the held-out ones; nothing for a run without them."""
+    names = summary.get("seen_tasks") or []
+    if not names:
+        return []
+    labels = results.get("seen_row_labels") or results.get("row_labels") or {}
+    seen = ((results.get("config") or {}).get("seen")) or {}
+    held = f"{seen['fraction'] * 100:g} % of" if "fraction" in seen else "part of"
+    out = [
+        "## Seen tasks",
+        "",
+        f"Training tasks: the generators trained on their teachers, but {held} each training task's condition pool "
+        "was held back from generator training, and these adapters are generated from those prompts only. The "
+        "oracle is the task's own training teachers. This measures fit (does the generator reproduce its training "
+        "teachers from new prompts?), not generalisation to new tasks.",
+        "",
+    ]
+    for task in names:
+        out += _task_section(task, results["seen_tasks"][task], order, labels)
+    return out + ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
+
+
 def _total(seconds: Mapping[str, Any]) -> str:
     return f"**{sum(float(v) for v in seconds.values()):.1f}**"
 
@@ -130,6 +170,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     out += [
         f"- Training tasks {listing('train_tasks')}",
         f"- Held-out tasks {listing('heldout_tasks')}",
+        *([f"- Seen tasks {listing('seen_tasks')}"] if results.get("seen_tasks") else []),
         "",
         "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
         "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the "
@@ -144,19 +185,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     missing = [t for t in results.get("heldout_tasks") or [] if t not in results["tasks"]]
     if missing or not summary["heldout_tasks"]:
         out += [f"No results for held-out tasks: {', '.join(missing) or 'any'}.", ""]
-    out += ["## Summary over held-out tasks", ""] + table(
-        ["row", "mean accuracy (%)", "mean Δ-cosine", "mean task-specific Δ-cosine", "tasks"],
-        [
-            [
-                labels.get(r, r),
-                fmt(None if s["accuracy"] is None else s["accuracy"] * 100, ".1f"),
-                fmt(s["delta_cosine"], ".3f"),
-                fmt(s.get("delta_cosine_specific"), ".3f"),
-                str(s["n_tasks"]),
-            ]
-            for r, s in summary["rows"].items()
-        ],
-    )
+    out += ["## Summary over held-out tasks", ""] + _summary_table(summary["rows"], labels)
     out += [
         "## Targets",
         "",
@@ -172,7 +201,8 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
         out.append(f"- {mark} **({letter})** {text}: {d['detail']}")
-    out += ["", "## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
+    out += [""] + _seen_section(results, summary, order)
+    out += ["## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     out += ["## Figures", ""]

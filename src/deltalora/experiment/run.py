@@ -3,9 +3,17 @@
     backbone ─► zoo (build/reuse) ─► teacher Δ (cache) ─► conditions ─► generators: weight-only (λ=0) and
     Δ-augmented, × seeds ─► adapters for the held-out tasks from their condition pools ─► eval + Δ-cosine
     to the oracle ─► report.md
+                                 └─► adapters for seen tasks from held-back prompts ─► the same scores
 
 Held-out tasks (and mixed teachers with a held-out component) never reach generator training; their
 teachers are used only as the oracle row, and only their *condition* split conditions the generators.
+
+Seen tasks (``cfg.seen``) measure fit rather than generalisation: every training task's condition pool is split
+(:meth:`~deltalora.conditions.ConditionPool.split`, a function of the task and ``seen.seed``), the generators
+train on the kept part only (``Context.conditioner``), and for ``seen.tasks`` training tasks, stratified by family
+(:func:`~deltalora.training.choose_seen`), adapters are generated from the held-back part
+(``Context.seen_conditioner``: prompts no generator saw) and scored like a held-out task, the task's own
+training teachers as the oracle. Held-out tasks keep their whole pools.
 
 Words: a *variant* is a generator configuration (:data:`VARIANTS`: weight-only, λ = 0, and Δ-augmented),
 trained once per seed; a *candidate* is one adapter evaluated on a held-out task; a *row* of the report
@@ -25,14 +33,14 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..backbones import cpu_info, describe_machine, load_backbone
-from ..conditions import Conditioner, load_encoder, pools_from_tasks
+from ..conditions import Conditioner, load_encoder, pools_from_tasks, split_pools
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, remove_shared, sources_from_manifest
 from ..errors import ConfigError
@@ -40,7 +48,7 @@ from ..eval.runner import BASE, evaluate_task
 from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
 from ..tasks import build_task
-from ..training import TeacherDataset, choose_heldout, train_generator, zoo_tasks
+from ..training import TeacherDataset, choose_heldout, choose_seen, train_generator, zoo_tasks
 from ..training.logs import read_log
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
@@ -60,6 +68,7 @@ ROW_LABELS = {
     "oracle": "held-out task's own teachers (oracle)",
     "delta_random_condition": "Δ-augmented, random conditions",
 }
+SEEN_ROW_LABELS = {**ROW_LABELS, "oracle": "seen task's own teachers (oracle)"}  # the seen-task section's rows
 
 
 @dataclass
@@ -79,6 +88,8 @@ class Context:
     clock: StageClock
     progress: bool = True
     machine: dict | None = None  # where this call ran and the teachers' effective precision (results.json)
+    seen: list[str] = field(default_factory=list)  # training tasks scored from held-back prompts (cfg.seen)
+    seen_conditioner: Conditioner | None = None  # the held-back parts of the seen tasks' condition pools
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
@@ -138,11 +149,18 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     _, needed = selected_specs(zoo_cfg)
     tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
     encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)
-    conditioner = Conditioner(encoder, pools_from_tasks(tasks.values()), cfg.train.n_prompts, cfg.train.condition_form)
+    pools = pools_from_tasks(tasks.values())
+    held: dict = {}
+    if cfg.seen.tasks:  # generators train on the kept part of every training task's pool, never the held-back one
+        pools, held = split_pools(pools, [t for t in pools if t not in heldout], cfg.seen.fraction, cfg.seen.seed)
+    n_prompts, form = cfg.train.n_prompts, cfg.train.condition_form
+    conditioner = Conditioner(encoder, pools, n_prompts, form)
     spec = DeltaSpec.for_backbone(backbone, cfg.train.probes, cfg.train.representation)
     common = dict(heldout=heldout, cache=cache, arch=backbone.arch)
     train_set = TeacherDataset(zoo_dir, conditioner, spec, split="train", **common)
     heldout_set = TeacherDataset(zoo_dir, conditioner, spec, split="heldout", **common)
+    seen = choose_seen(train_set.entries, cfg.seen.tasks, cfg.seen.seed)
+    seen_conditioner = Conditioner(encoder, {t: held[t] for t in seen}, n_prompts, form) if seen else None
     clock.add("conditions", t0)
     teacher = zoo_precision(zoo_cfg)  # the zoo's saved config matched it, so its teachers trained in this
     info = cpu_info()
@@ -167,6 +185,8 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
         clock,
         progress,
         machine,
+        seen,
+        seen_conditioner,
     )
 
 
@@ -191,18 +211,32 @@ def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
     return dirs
 
 
-def heldout_candidates(
-    ctx: Context, gens: dict[tuple[str, int], torch.nn.Module], task: str, merged: LoraWeights | None = None
+def own_teachers(teachers: TeacherDataset, task: str) -> list[int]:
+    """Positions in ``teachers`` of the task's own (non-mixed) teachers: its oracle row."""
+    return [i for i, e in enumerate(teachers.entries) if e.task == task and not e.mixed]
+
+
+def task_candidates(
+    ctx: Context,
+    gens: dict[tuple[str, int], torch.nn.Module],
+    task: str,
+    teachers: TeacherDataset,
+    conditioner: Conditioner,
+    merged: LoraWeights | None = None,
+    section: str = "heldout",
 ) -> Candidates:
-    """Every candidate for one held-out task: base, oracle teachers, generated (real and random conditions), merge."""
+    """Every candidate for one task of a report ``section``: base, the task's own teachers in ``teachers`` (oracle),
+    generated from conditions of ``conditioner``'s pool for it (real and random conditions), merge.
+
+    Held-out: the held-out teachers and the whole pool; seen: the training teachers and the held-back part.
+    """
     cfg = ctx.cfg
     candidates: Candidates = {BASE: ("base", None)}
-    for i, e in enumerate(ctx.heldout_set.entries):
-        if e.task == task and not e.mixed:
-            candidates[f"oracle/{e.id}"] = ("oracle", ctx.heldout_set.example(i, 0).weights)
+    for i in own_teachers(teachers, task):
+        candidates[f"oracle/{teachers.entries[i].id}"] = ("oracle", teachers.example(i, 0).weights)
     for seed in cfg.seeds:
         conds = torch.stack(
-            [ctx.conditioner.sample(task, seed=seed, epoch=0, key=f"heldout/{j}") for j in range(cfg.adapters_per_seed)]
+            [conditioner.sample(task, seed=seed, epoch=0, key=f"{section}/{j}") for j in range(cfg.adapters_per_seed)]
         )
         for variant in VARIANTS:
             for j, w in enumerate(generate(gens[(variant, seed)], conds)):
@@ -263,19 +297,20 @@ def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
 
 @torch.no_grad()
 def delta_cosines(
-    ctx: Context, probe: DeltaProbe, task: str, candidates: Candidates, shared: torch.Tensor
+    ctx: Context,
+    probe: DeltaProbe,
+    task: str,
+    candidates: Candidates,
+    shared: torch.Tensor,
+    teachers: TeacherDataset | None = None,
 ) -> tuple[dict[str, float], dict[str, float], torch.Tensor, dict[str, torch.Tensor]]:
-    """Cosine of every adapter candidate's Δ to the oracle Δ (the mean Δ of the task's own teachers): raw, and
-    task-specific — with ``shared`` (the training teachers' mean Δ) projected out of both. Every fine-tune
-    shifts along one common direction, and the raw cosine credits an adapter for it even when it carries
-    nothing of the held-out task.
+    """Cosine of every adapter candidate's Δ to the oracle Δ (the mean Δ of the task's own teachers in ``teachers``,
+    default the held-out ones): raw, and task-specific — with ``shared`` (the training teachers' mean Δ) projected
+    out of both. Every fine-tune shifts along one common direction, and the raw cosine credits an adapter for it
+    even when it carries nothing of the task.
     """
-    own = [
-        ctx.heldout_set.example(i, 0).delta
-        for i, e in enumerate(ctx.heldout_set.entries)
-        if e.task == task and not e.mixed
-    ]
-    oracle = torch.stack(own).mean(0)
+    teachers = ctx.heldout_set if teachers is None else teachers
+    oracle = torch.stack([teachers.example(i, 0).delta for i in own_teachers(teachers, task)]).mean(0)
     deltas: dict[str, torch.Tensor] = {}
     names = [n for n, (_, w) in candidates.items() if w is not None]
     by_layout: dict[tuple, list[str]] = {}
@@ -295,6 +330,47 @@ def delta_cosines(
         for n in names
     }
     return cos, scos, oracle, deltas
+
+
+def task_results(
+    ctx: Context,
+    gens: dict[tuple[str, int], torch.nn.Module],
+    probe: DeltaProbe,
+    task: str,
+    teachers: TeacherDataset,
+    conditioner: Conditioner,
+    shared: torch.Tensor,
+    merged: LoraWeights | None = None,
+    section: str = "heldout",
+) -> tuple[dict, torch.Tensor, dict[str, torch.Tensor], Candidates]:
+    """One task of a report ``section`` (:func:`task_candidates`) generated, Δ-compared and scored: its entry of
+    results.json (``kind``, ``n_items``, ``rows``), and the oracle Δ, every candidate's Δ and the candidates."""
+    t0 = time.perf_counter()
+    candidates = task_candidates(ctx, gens, task, teachers, conditioner, merged, section)
+    ctx.stage("generate", t0)
+    t0 = time.perf_counter()
+    cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, candidates, shared, teachers)
+    ctx.stage("Δ of held-out arms" if section == "heldout" else "Δ of seen-task arms", t0)  # held-out: its old name
+    scores = score(ctx, task, candidates)  # times its own eval calls, each as it ends
+    rows: dict[str, dict] = {}
+    for name, (row, _) in candidates.items():
+        r = rows.setdefault(
+            row,
+            {
+                "accuracies": [],
+                "delta_cosines": [] if row != "base" else None,
+                "delta_cosines_specific": [] if row != "base" else None,
+                "arms": [],
+                "item_scores": [],  # per candidate, its per-item scores: the report's paired bootstrap
+            },
+        )  # the row's candidates, under results.json's name for them
+        r["accuracies"].append(scores[name]["accuracy"])
+        r["item_scores"].append(scores[name]["scores"])
+        r["arms"].append(name)
+        if row != "base":
+            r["delta_cosines"].append(cos[name])
+            r["delta_cosines_specific"].append(scos[name])
+    return {"kind": scores[BASE]["kind"], "n_items": scores[BASE]["n"], "rows": rows}, oracle, deltas, candidates
 
 
 def run_experiment(
@@ -317,32 +393,9 @@ def run_experiment(
         average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None
     )  # once, not per task
     for task in ctx.heldout:
-        t0 = time.perf_counter()
-        candidates = heldout_candidates(ctx, gens, task, merged)
-        ctx.stage("generate", t0)
-        t0 = time.perf_counter()
-        cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, candidates, shared)
-        ctx.stage("Δ of held-out arms", t0)  # the stage's name as report.md has always printed it
-        scores = score(ctx, task, candidates)  # times its own eval calls, each as it ends
-        rows: dict[str, dict] = {}
-        for name, (row, _) in candidates.items():
-            r = rows.setdefault(
-                row,
-                {
-                    "accuracies": [],
-                    "delta_cosines": [] if row != "base" else None,
-                    "delta_cosines_specific": [] if row != "base" else None,
-                    "arms": [],
-                    "item_scores": [],  # per candidate, its per-item scores: the report's paired bootstrap
-                },
-            )  # the row's candidates, under results.json's name for them
-            r["accuracies"].append(scores[name]["accuracy"])
-            r["item_scores"].append(scores[name]["scores"])
-            r["arms"].append(name)
-            if row != "base":
-                r["delta_cosines"].append(cos[name])
-                r["delta_cosines_specific"].append(scos[name])
-        results_tasks[task] = {"kind": scores[BASE]["kind"], "n_items": scores[BASE]["n"], "rows": rows}
+        results_tasks[task], oracle, deltas, candidates = task_results(
+            ctx, gens, probe, task, ctx.heldout_set, ctx.conditioner, shared, merged
+        )
         points.append(oracle.numpy())
         labels.append(f"oracle:{task}")
         for name, d in deltas.items():
@@ -350,6 +403,11 @@ def run_experiment(
             if row in ("delta", "weight_only"):
                 points.append(d.numpy())
                 labels.append(f"{row}:{task}")
+    seen_tasks = {}  # training tasks, adapters generated from the prompts held back from generator training
+    for task in ctx.seen:
+        seen_tasks[task] = task_results(
+            ctx, gens, probe, task, ctx.train_set, ctx.seen_conditioner, shared, merged, "seen"
+        )[0]
     wall = time.perf_counter() - t_all
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     step_times = {variant: _median_step_seconds(ctx.out / "generators" / variant) for variant in VARIANTS}
@@ -362,6 +420,8 @@ def run_experiment(
         "rows": list(ROWS),
         "row_labels": ROW_LABELS,
         "tasks": results_tasks,
+        "seen_tasks": seen_tasks,  # same shape as "tasks"
+        "seen_row_labels": SEEN_ROW_LABELS,
         "timing": ctx.clock.call,
         "timing_all_calls": {"calls": ctx.clock.calls, "stages": ctx.clock.total},
         "notes": [
@@ -369,6 +429,7 @@ def run_experiment(
             "component excluded), "
             f"{len(cfg.seeds)} generator seeds × {cfg.adapters_per_seed} generated adapters per held-out task and arm; "
             f"{cfg.eval.limit or 'all'} eval items per task.",
+            _seen_note(ctx),
             f"Generator: {cfg.train.generator}, weight loss {cfg.train.weight_loss}, Δ loss {cfg.train.delta_loss} "
             "with λ → "
             f"{cfg.train.lam.target} (warm-up {cfg.train.lam.warmup_steps}, ramp {cfg.train.lam.ramp_steps}), probes "
@@ -397,6 +458,17 @@ def run_experiment(
     return path
 
 
+def _seen_note(ctx: Context) -> str:
+    s = ctx.cfg.seen
+    if not s.tasks:
+        return "Seen tasks: off (seen.tasks = 0); the generators trained on whole condition pools."
+    return (
+        f"Seen tasks: {len(ctx.seen)} of {len(ctx.train_set.tasks)} training tasks (asked for {s.tasks}, stratified "
+        f"by family, seed {s.seed}); {s.fraction:g} of every training task's condition pool was held back from "
+        "generator training, and their adapters are generated from those prompts only."
+    )
+
+
 def _median_step_seconds(variant_dir: Path) -> float | None:
     """Median step time over a variant's logs, counting only steps that ran the Δ forward when any did."""
     recs = [r for log in sorted(variant_dir.glob("seed*/log.jsonl")) for r in read_log(log).values()]
@@ -409,12 +481,15 @@ __all__ = [
     "CANDIDATES_PER_EVAL_CALL",
     "ROWS",
     "ROW_LABELS",
+    "SEEN_ROW_LABELS",
     "VARIANTS",
     "Context",
     "delta_cosines",
-    "heldout_candidates",
+    "own_teachers",
     "prepare",
     "run_experiment",
     "score",
+    "task_candidates",
+    "task_results",
     "train_variants",
 ]

@@ -53,6 +53,8 @@ def validate(results: Any) -> None:
             raise ConfigError(f"results is missing {key!r}; the pipeline must record it before the report is written")
         if not isinstance(results[key], kind):
             raise ConfigError(f"results[{key!r}] must be a {kind.__name__}, got {type(results[key]).__name__}")
+    if not isinstance(results.get("seen_tasks", {}), Mapping):  # absent in runs from before the seen-task section
+        raise ConfigError(f"results['seen_tasks'] must be a Mapping, got {type(results['seen_tasks']).__name__}")
 
 
 def target_config(results: Mapping) -> TargetConfig:
@@ -79,11 +81,12 @@ def table_rows(results: Mapping) -> list[str]:
     return order
 
 
-def task_means(results: Mapping) -> dict[str, dict[str, dict[str, float | None]]]:
-    """task -> row -> {"accuracy": mean, "delta_cosine": mean, ...}, held-out tasks only, rows that were measured."""
+def task_means(results: Mapping, block: str = "tasks") -> dict[str, dict[str, dict[str, float | None]]]:
+    """task -> row -> {"accuracy": mean, "delta_cosine": mean, ...}, rows that were measured: the held-out tasks
+    (``block`` "tasks"), or every task of another block of the same shape ("seen_tasks")."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for task in heldout_tasks(results):
-        rows = results["tasks"][task].get("rows") or {}
+    for task in heldout_tasks(results) if block == "tasks" else list(results.get(block) or {}):
+        rows = results[block][task].get("rows") or {}
         out[task] = {
             r: {
                 "accuracy": mean(v.get("accuracies")),
@@ -309,12 +312,8 @@ def _over_tasks(per_task: Mapping, row: str, metric: str) -> list[float]:
     return [v[row][metric] for v in per_task.values() if v.get(row, {}).get(metric) is not None]
 
 
-def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str, Any]:
-    """Per-row across-held-out-task means (accuracy, delta_cosine, delta_cosine_specific, n_tasks) and the four target
-    booleans (None = not measurable), judged against ``targets`` (default: the run's own, see :func:`target_config`)."""
-    validate(results)
-    targets = target_config(results) if targets is None else targets
-    per_task = task_means(results)
+def row_means(results: Mapping, per_task: Mapping) -> dict[str, dict[str, Any]]:
+    """Per-row across-task means (accuracy, delta_cosine, delta_cosine_specific, n_tasks) of :func:`task_means`."""
     rows = {}
     for row in table_rows(results):
         accs = _over_tasks(per_task, row, "accuracy")
@@ -324,10 +323,23 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
             "delta_cosine_specific": mean(_over_tasks(per_task, row, "delta_cosine_specific")),
             "n_tasks": len(accs),
         }
+    return rows
+
+
+def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str, Any]:
+    """Per-row across-held-out-task means (accuracy, delta_cosine, delta_cosine_specific, n_tasks), the same over the
+    seen tasks (``seen_rows``; ``results["seen_tasks"]``, a block shaped like ``tasks``) and the four target booleans
+    (None = not measurable), judged against ``targets`` (default: the run's own, see :func:`target_config`)."""
+    validate(results)
+    targets = target_config(results) if targets is None else targets
+    per_task = task_means(results)
+    seen = task_means(results, "seen_tasks")
     details = _verdicts(results, per_task, targets)
     return {
         "heldout_tasks": list(per_task),
-        "rows": rows,
+        "rows": row_means(results, per_task),
+        "seen_tasks": list(seen),  # training tasks scored from held-back prompts; no targets are judged on them
+        "seen_rows": row_means(results, seen),
         "targets": {k: v["ok"] for k, v in details.items()},
         "target_details": details,
     }
@@ -342,6 +354,7 @@ __all__ = [
     "mean_std",
     "paired_bootstrap",
     "recovered",
+    "row_means",
     "summarize",
     "table_rows",
     "target_config",
