@@ -53,11 +53,16 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     res = json.loads((out / "results.json").read_text())
     assert res["heldout_tasks"] == ["pick"] and "pick" not in res["train_tasks"]
     rows = res["tasks"]["pick"]["rows"]
-    assert set(rows) == {"base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition"}
+    assert set(rows) == {"base", "average_merge", "weight_only", "delta", "mixture", "oracle", "delta_random_condition"}
+    assert res["rows"].index("mixture") == res["rows"].index("delta") + 1  # compare's rows follow the Δ-augmented one
+    assert res["row_labels"]["mixture"] == "mixture generator (λ=0)"
     n_gen = len(cfg.seeds) * cfg.adapters_per_seed
     assert [
-        len(rows[r]["accuracies"]) for r in ("base", "average_merge", "weight_only", "delta", "delta_random_condition")
-    ] == [1, 1, n_gen, n_gen, n_gen]
+        len(rows[r]["accuracies"])
+        for r in ("base", "average_merge", "weight_only", "delta", "mixture", "delta_random_condition")
+    ] == [1, 1, n_gen, n_gen, n_gen, n_gen]
+    mix = read_checkpoint_metadata(out / "generators" / "mixture" / "seed0" / "generator.safetensors")
+    assert mix["generator"]["name"] == "mixture" and mix["extra"]["train_config"]["lam"]["target"] == 0.0
     assert len(rows["oracle"]["accuracies"]) == 2 * 2  # pick's 2 seeds x 2 tail checkpoints
     assert all(0 <= a <= 1 for r in rows.values() for a in r["accuracies"])
     assert all(-1 <= c <= 1 for name, r in rows.items() if name != "base" for c in r["delta_cosines"])
@@ -111,9 +116,34 @@ def test_seen_tasks_are_scored_like_heldout_tasks(tiny_run):
         assert len(oracle["arms"]) == 4 and all(a.startswith(f"oracle/{task}/") for a in oracle["arms"])  # its own
         assert min(oracle["delta_cosines"]) > 0.5  # 2 seeds x 2 tail checkpoints of the task, vs their mean
     text = report.read_text()
-    seen = text[text.index("## Seen tasks") : text.index("## Timing")]
+    seen = text[text.index("## Seen tasks") : text.index("## Generator fit")]
     assert "### colours" in seen and "### double" in seen and "### Summary over seen tasks" in seen
     assert res["seen_row_labels"]["oracle"] in seen and "- Seen tasks (2): colours, double" in text
+
+
+def test_report_prints_each_generators_fit(tiny_run):
+    """Floor and tail L_weights from each variant's training, ΔW cosine of seen-task adapters to their teachers."""
+    cfg, out, report = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    fit = res["fit"]
+    assert list(fit) == ["weight_only", "delta", "mixture", "oracle"]
+    for v in cfg.variants:
+        d = out / "generators" / v / "seed0"
+        assert fit[v]["weight_loss_floor"] == pytest.approx(
+            json.loads((d / "fit.json").read_text())["weight_loss_floor"]
+        )
+        logs = [read_log(out / "generators" / v / f"seed{s}" / "log.jsonl") for s in cfg.seeds]
+        tails = [tail_mean(log, "loss_weights") for log in logs]
+        assert fit[v]["tail_weight_loss"] == pytest.approx(sum(tails) / len(tails))
+        assert -1 <= fit[v]["seen_dw_cosine"] <= 1
+    assert fit["oracle"]["seen_dw_cosine"] > 0.5  # own teachers vs their mean
+    # the mixture starts as the library's average, so its adapters already point where the teachers do
+    assert fit["mixture"]["seen_dw_cosine"] > fit["weight_only"]["seen_dw_cosine"]
+    text = report.read_text()
+    section = text[text.index("## Generator fit") : text.index("## Timing")]
+    for v in cfg.variants:
+        assert res["row_labels"][v] in section
+    assert f"{fit['mixture']['tail_weight_loss']:.3f}" in section
 
 
 def test_training_conditions_never_draw_the_seen_tasks_held_back_prompts(tiny_run, tiny_qwen2):

@@ -41,7 +41,9 @@ def report_cmd(
 
 def train_cmd(
     config: Path = typer.Option(..., "--config", help="Run config (YAML): its zoo, held-out tasks and train section."),
-    arm: str = typer.Option("delta", "--arm", help="delta (λ from the config) or weight_only (λ = 0)."),
+    arm: str = typer.Option(
+        "delta", "--arm", help="delta (λ from the config), weight_only (λ = 0) or a name under the config's compare:."
+    ),
     seed: int = typer.Option(0, "--seed", help="Generator seed."),
     out: Path = typer.Option(
         ..., "--out", help="Training directory (log.jsonl, trainer state, generator.safetensors)."

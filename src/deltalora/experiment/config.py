@@ -62,6 +62,18 @@ class SeenConfig(StrictModel):
     seed: int = 0  # the pool split and the choice of seen tasks
 
 
+class CompareGenerator(StrictModel):
+    """Another generator trained beside the two variants (weight loss only, λ = 0), with a row of its own in both
+    report sections: the run's ``train`` config with ``generator`` and ``generator_options`` replaced."""
+
+    generator: str
+    generator_options: dict = Field(default_factory=dict)
+    label: str | None = None  # the report row's label (default: "<generator> generator (λ=0)")
+
+
+BUILTIN_ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
+
+
 class RunConfig(StrictModel):
     name: str = "run"
     zoo: str  # zoo YAML (deltalora zoo build --config); relative to this file
@@ -81,6 +93,9 @@ class RunConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     targets: TargetConfig = TargetConfig()
     seen: SeenConfig = SeenConfig()
+    # more generators to compare, each a variant (trained per seed, λ = 0) and a report row named by its key, e.g.
+    # {mixture: {generator: mixture}}: the library-mixture generator beside the weight-only and Δ-augmented ones
+    compare: dict[str, CompareGenerator] = Field(default_factory=dict)
 
     @field_validator("seeds")
     @classmethod
@@ -88,6 +103,22 @@ class RunConfig(StrictModel):
         if len(set(v)) != len(v) or any(s < 0 for s in v):
             raise ValueError(f"seeds must be distinct non-negative integers, got {v}")
         return v
+
+    @field_validator("compare")
+    @classmethod
+    def _compare(cls, v: dict) -> dict:
+        for name in v:
+            if name in BUILTIN_ROWS or not name.replace("_", "").isalnum():
+                raise ValueError(
+                    f"compare: {name!r} must be a new row name (letters, digits, _), not one of "
+                    f"{', '.join(BUILTIN_ROWS)}"
+                )
+        return v
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Every generator variant of the run, in report order: weight-only, Δ-augmented, then ``compare``'s."""
+        return ("weight_only", "delta", *self.compare)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -100,10 +131,16 @@ class RunConfig(StrictModel):
         return self
 
     def arm_config(self, variant: str, seed: int) -> TrainConfig:
-        """The training config of one generator variant (``weight_only`` or ``delta``: what ``deltalora train
-        --arm`` names) and seed."""
+        """The training config of one generator variant (``weight_only``, ``delta`` or a ``compare`` name: what
+        ``deltalora train --arm`` names) and seed."""
+        if variant not in self.variants:
+            raise ConfigError(f"unknown generator variant {variant!r}; use one of {', '.join(self.variants)}")
         lam = self.train.lam if variant == "delta" else LambdaSchedule()
-        return self.train.model_copy(update={"lam": lam, "seed": seed})
+        update = {"lam": lam, "seed": seed}
+        if variant in self.compare:
+            other = self.compare[variant]
+            update.update(generator=other.generator, generator_options=other.generator_options)
+        return self.train.model_copy(update=update)
 
 
 class AblationGrid(StrictModel):
@@ -152,6 +189,8 @@ def load_ablation_config(path: str | Path) -> AblationConfig:
 
 
 __all__ = [
+    "BUILTIN_ROWS",
+    "CompareGenerator",
     "AblationConfig",
     "AblationGrid",
     "EvalConfig",

@@ -14,7 +14,7 @@ from ..training import TrainResult, train_generator
 from ..training.distributed import barrier, init_distributed, is_distributed, leave_distributed, rank
 from .ablate import run_ablation
 from .config import load_ablation_config, load_run_config
-from .run import VARIANTS, prepare, run_experiment
+from .run import prepare, run_experiment
 
 
 def run_from_config(
@@ -39,15 +39,16 @@ def train_variant(
     run_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> tuple[int, TrainResult]:
-    """Train one generator ``variant`` (see :data:`~deltalora.experiment.run.VARIANTS`) with ``seed`` into ``out``,
-    on the run's zoo and Δ in ``run_dir`` (default ``runs/<name>``); (this process's rank, the result).
+    """Train one generator ``variant`` (``RunConfig.variants``: weight_only, delta, the ``compare`` names) with
+    ``seed`` into ``out``, on the run's zoo and Δ in ``run_dir`` (default ``runs/<name>``); (this process's rank,
+    the result).
 
     Under torchrun it joins the process group: rank 0 prepares what is missing, the other ranks wait and then
     read it, every rank trains its share of each batch (DDP), and the group is left when training ends.
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"--arm {variant!r}: use one of {', '.join(VARIANTS)}")
     cfg = load_run_config(config, parse_overrides(list(overrides)))
+    if variant not in cfg.variants:
+        raise ConfigError(f"--arm {variant!r}: use one of {', '.join(cfg.variants)}")
     init_distributed()
     me = rank()
     dest = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name

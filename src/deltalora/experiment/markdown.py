@@ -122,6 +122,42 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str]) -> l
     return out + ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
 
 
+def _fit_section(results: Mapping) -> list[str]:
+    """How well each generator variant reproduces its training teachers: the L_weights floor, the tail L_weights
+    and the ΔW cosine of seen-task adapters to their teachers' mean; nothing for a run that recorded none."""
+    fit = results.get("fit") or {}
+    variants = [v for v in fit if v != "oracle"]
+    if not variants:
+        return []
+    labels = results.get("row_labels") or {}
+    body = []
+    for v in variants:
+        f = fit[v]
+        floor, tail = f.get("weight_loss_floor"), f.get("tail_weight_loss")
+        gap = None if floor is None or tail is None else tail - floor
+        body.append(
+            [
+                labels.get(v, v),
+                str(f.get("weight_loss", "")),
+                fmt(floor, ".3f"),
+                fmt(tail, ".3f"),
+                fmt(gap, "+.3f"),
+                fmt(f.get("seen_dw_cosine"), ".3f"),
+            ]
+        )
+    ceiling = (fit.get("oracle") or {}).get("seen_dw_cosine")
+    return [
+        "## Generator fit",
+        "",
+        "L_weights is 1.0 for predicting zero; its floor is what a generator would reach by outputting each task's "
+        "mean teacher exactly (teachers of one task differ by data order and seed). Tail: the mean of the last "
+        "tenth of logged steps, mean over seeds. ΔW cosine: a seen-task adapter's ΔW against the mean ΔW of the "
+        "task's own teachers, mean over adapters and seen tasks"
+        + (f" (the teachers themselves: {ceiling:.3f})." if ceiling is not None else "."),
+        "",
+    ] + table(["generator", "weight loss", "floor", "tail L_weights", "tail − floor", "seen-task ΔW cosine"], body)
+
+
 def _total(seconds: Mapping[str, Any]) -> str:
     return f"**{sum(float(v) for v in seconds.values()):.1f}**"
 
@@ -201,7 +237,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
         out.append(f"- {mark} **({letter})** {text}: {d['detail']}")
-    out += [""] + _seen_section(results, summary, order)
+    out += [""] + _seen_section(results, summary, order) + _fit_section(results)
     out += ["## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]

@@ -49,17 +49,19 @@ from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
 from ..tasks import build_task
 from ..training import TeacherDataset, choose_heldout, choose_seen, train_generator, zoo_tasks
-from ..training.logs import read_log
+from ..training.logs import read_log, tail_mean
+from ..training.loop import FIT_NAME
+from ..training.losses import cosine_to_mean
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
 from .candidates import Candidates, average_merge, generate, random_conditions
-from .config import RunConfig, zoo_config
+from .config import BUILTIN_ROWS, RunConfig, zoo_config
 from .eval_cache import EvalCache
 from .report import write_report
 from .timing import StageClock
 
-VARIANTS = ("weight_only", "delta")  # the generator variants, each trained once per seed
-ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
+VARIANTS = ("weight_only", "delta")  # the two generator variants every run trains once per seed (+ cfg.compare)
+ROWS = BUILTIN_ROWS
 ROW_LABELS = {
     "base": "base model",
     "average_merge": "mean of training teachers (ΔW average)",
@@ -190,10 +192,22 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     )
 
 
+def rows(cfg: RunConfig) -> list[str]:
+    """The report's rows for ``cfg``: the built-in ones with ``cfg.compare``'s generators after the Δ-augmented one."""
+    out = list(ROWS)
+    at = out.index("delta") + 1
+    return out[:at] + list(cfg.compare) + out[at:]
+
+
+def row_labels(cfg: RunConfig, base: dict[str, str]) -> dict[str, str]:
+    extra = {k: c.label or f"{c.generator} generator (λ=0)" for k, c in cfg.compare.items()}
+    return {r: {**base, **extra}[r] for r in rows(cfg)}
+
+
 def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
-    """Train (or resume, or reuse) every variant's generator (weight-only and Δ-augmented) for every seed."""
+    """Train (or resume, or reuse) every variant's generator (weight-only, Δ-augmented, ``compare``'s) per seed."""
     dirs = {}
-    for variant in VARIANTS:
+    for variant in ctx.cfg.variants:
         for seed in ctx.cfg.seeds:
             d = ctx.out / "generators" / variant / f"seed{seed}"
             _say(ctx, f"[train] {variant} seed {seed} -> {d}")
@@ -238,7 +252,7 @@ def task_candidates(
         conds = torch.stack(
             [conditioner.sample(task, seed=seed, epoch=0, key=f"{section}/{j}") for j in range(cfg.adapters_per_seed)]
         )
-        for variant in VARIANTS:
+        for variant in cfg.variants:
             for j, w in enumerate(generate(gens[(variant, seed)], conds)):
                 candidates[f"{variant}/s{seed}/g{j}"] = (variant, w)
         if cfg.random_condition:
@@ -404,24 +418,29 @@ def run_experiment(
                 points.append(d.numpy())
                 labels.append(f"{row}:{task}")
     seen_tasks = {}  # training tasks, adapters generated from the prompts held back from generator training
+    seen_dw: dict[str, list[float]] = {}
     for task in ctx.seen:
-        seen_tasks[task] = task_results(
+        seen_tasks[task], _, _, candidates = task_results(
             ctx, gens, probe, task, ctx.train_set, ctx.seen_conditioner, shared, merged, "seen"
-        )[0]
+        )
+        for row, values in dw_cosines(candidates).items():
+            seen_dw.setdefault(row, []).append(float(np.mean(values)))
+    fit = generator_fit(ctx, seen_dw)
     wall = time.perf_counter() - t_all
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    step_times = {variant: _median_step_seconds(ctx.out / "generators" / variant) for variant in VARIANTS}
+    step_times = {variant: _median_step_seconds(ctx.out / "generators" / variant) for variant in cfg.variants}
     results = {
         "title": f"deltalora held-out experiment ({cfg.name})",
         "command": command or f"deltalora run --config <{cfg.name}.yaml> --out {ctx.out}",
         "backbone": ctx.backbone.name,
         "train_tasks": ctx.train_set.tasks,
         "heldout_tasks": ctx.heldout,
-        "rows": list(ROWS),
-        "row_labels": ROW_LABELS,
+        "rows": rows(cfg),
+        "row_labels": row_labels(cfg, ROW_LABELS),
         "tasks": results_tasks,
         "seen_tasks": seen_tasks,  # same shape as "tasks"
-        "seen_row_labels": SEEN_ROW_LABELS,
+        "seen_row_labels": row_labels(cfg, SEEN_ROW_LABELS),
+        "fit": fit,
         "timing": ctx.clock.call,
         "timing_all_calls": {"calls": ctx.clock.calls, "stages": ctx.clock.total},
         "notes": [
@@ -449,13 +468,48 @@ def run_experiment(
     }
     logs = {
         f"{variant} seed {s}": ctx.out / "generators" / variant / f"seed{s}" / "log.jsonl"
-        for variant in VARIANTS
+        for variant in cfg.variants
         for s in cfg.seeds
     }
     tsne = {"points": np.stack(points), "labels": labels} if len(points) >= 4 else None
     path = write_report(ctx.out, results, logs=logs, tsne=tsne)
     _say(ctx, f"report: {path}")
     return path
+
+
+def dw_cosines(candidates: Candidates) -> dict[str, list[float]]:
+    """ΔW cosine of every generated candidate (and each oracle teacher) to the mean ΔW of the task's own teachers
+    (the ``oracle`` row), by row: how close a generated adapter is to what the task's teachers learned."""
+    own = [w for row, w in candidates.values() if row == "oracle"]
+    out: dict[str, list[float]] = {}
+    for row, w in candidates.values():
+        if own and w is not None and row not in ("base", "average_merge"):
+            out.setdefault(row, []).append(cosine_to_mean(w, own))
+    return out
+
+
+def generator_fit(ctx: Context, seen_dw: dict[str, list[float]]) -> dict[str, dict]:
+    """Per variant: the L_weights floor (``fit.json``), the tail L_weights (mean of the last tenth of logged steps,
+    mean over seeds) and the mean ΔW cosine to the own teachers' mean on seen tasks (``seen_dw``, by row)."""
+    out = {}
+    for variant in ctx.cfg.variants:
+        floors, tails = [], []
+        for seed in ctx.cfg.seeds:
+            d = ctx.out / "generators" / variant / f"seed{seed}"
+            if (d / FIT_NAME).is_file():
+                floors.append(json.loads((d / FIT_NAME).read_text(encoding="utf-8"))["weight_loss_floor"])
+            tail = tail_mean(read_log(d / "log.jsonl"), "loss_weights")
+            if tail is not None:
+                tails.append(tail)
+        out[variant] = {
+            "weight_loss": ctx.cfg.arm_config(variant, 0).weight_loss,
+            "weight_loss_floor": float(np.mean(floors)) if floors else None,
+            "tail_weight_loss": float(np.mean(tails)) if tails else None,
+            "seen_dw_cosine": float(np.mean(seen_dw[variant])) if seen_dw.get(variant) else None,
+        }
+    if seen_dw.get("oracle"):
+        out["oracle"] = {"seen_dw_cosine": float(np.mean(seen_dw["oracle"]))}  # own teachers to their mean: the ceiling
+    return out
 
 
 def _seen_note(ctx: Context) -> str:

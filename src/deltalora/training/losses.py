@@ -41,6 +41,27 @@ def product_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Ten
     return total
 
 
+def product_inner(w1: LoraWeights, w2: LoraWeights) -> torch.Tensor:
+    """Σ_slots ⟨ΔW₁, ΔW₂⟩ per adapter pair of two batches ([K]); no ΔW formed (⟨a, b⟩ = (‖a‖² + ‖b‖² − ‖a − b‖²)/2)."""
+    return (product_sq_norm(w1) + product_sq_norm(w2) - product_sq_norm(w1, w2)) / 2
+
+
+def product_cosine(w1: LoraWeights, w2: LoraWeights) -> torch.Tensor:
+    """ΔW cosine over every slot, ⟨ΔW₁, ΔW₂⟩ / (‖ΔW₁‖ ‖ΔW₂‖), per adapter pair of two batches ([K])."""
+    return product_inner(w1, w2) / (product_sq_norm(w1) * product_sq_norm(w2)).sqrt().clamp_min(1e-30)
+
+
+def cosine_to_mean(adapter: LoraWeights, group: Sequence[LoraWeights]) -> float:
+    """ΔW cosine of one adapter to the mean ΔW of ``group`` (single adapters): ⟨w, mean⟩ = mean_i ⟨w, T_i⟩ and
+    ‖mean‖² = mean_ij ⟨T_i, T_j⟩, so the mean (whose rank may exceed r) is never formed."""
+    n = len(group)
+    stack = LoraWeights.stack(list(group))
+    gram = sum(float(product_inner(LoraWeights.stack([t] * n), stack).sum()) for t in group)
+    inner = float(product_inner(LoraWeights.stack([adapter] * n), stack).mean())
+    norm = float(product_sq_norm(LoraWeights.stack([adapter]))[0]) ** 0.5
+    return inner / max(norm * (max(gram, 0.0) / n / n) ** 0.5, 1e-30)
+
+
 def slot_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Tensor:
     """Σ_slots ‖A₁−A₂‖² + ‖B₁−B₂‖² per adapter ([K])."""
     total = None
@@ -172,4 +193,15 @@ def cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(pred.detach().float(), target.detach().float(), dim=-1, eps=1e-8)
 
 
-__all__ = ["DELTA_LOSSES", "WeightLoss", "cosine", "delta_loss", "head", "product_sq_norm", "slot_sq_norm"]
+__all__ = [
+    "DELTA_LOSSES",
+    "WeightLoss",
+    "cosine",
+    "delta_loss",
+    "head",
+    "cosine_to_mean",
+    "product_cosine",
+    "product_inner",
+    "product_sq_norm",
+    "slot_sq_norm",
+]
