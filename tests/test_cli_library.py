@@ -248,8 +248,9 @@ def test_evaluate_backbone_on_a_data_file(tiny_qwen2, tmp_path):
 
 
 def test_experiment_jobs_check_their_options_first(tmp_path):
-    with pytest.raises(ConfigError, match="--arm 'bad': use one of"):
-        train_variant(tmp_path / "missing.yaml", tmp_path / "out", "bad")  # before the config is read
+    # the arms are the config's (weight_only, delta and its compare: names): checked once it is read, before any work
+    with pytest.raises(ConfigError, match="--arm 'bad': use one of weight_only, delta, mixture$"):
+        train_variant(FIX / "run" / "tiny.yaml", tmp_path / "out", "bad")
     with pytest.raises(ConfigError, match="--set 'nokey'"):
         train_variant(FIX / "run" / "tiny.yaml", tmp_path / "out", overrides=["nokey"])
     with pytest.raises(ConfigError, match="invalid config: train.nope"):
