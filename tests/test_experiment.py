@@ -118,6 +118,7 @@ def test_seen_tasks_are_scored_like_heldout_tasks(tiny_run):
     text = report.read_text()
     seen = text[text.index("## Seen tasks") : text.index("## Generator fit")]
     assert "### colours" in seen and "### double" in seen and "### Summary over seen tasks" in seen
+    assert "### Fit checks" in seen and "loses accuracy with random conditions on seen tasks" in seen
     assert res["seen_row_labels"]["oracle"] in seen and "- Seen tasks (2): colours, double" in text
 
 

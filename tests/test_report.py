@@ -459,3 +459,47 @@ def test_ablation_table_lines():
         "| centre | - | 1.0003 | — | 0.312 ± 0.174 | -0.041 ± 0.109 | — | 56.2 | 4.2 |",
         "",
     ]
+
+
+def test_seen_checks_judge_recovery_and_random_conditions(tmp_path):
+    """The seen-task section's two checks: median share of the own teachers' gain (≥ 90 % by default) and random
+    conditions losing accuracy beyond noise (paired bootstrap), on the seen block alone."""
+    n = 25
+
+    def rows(delta_right: int, random_right: int, oracle_right: int = 15) -> dict:
+        def row(right: int, k: int) -> dict:
+            m = [[1.0] * right + [0.0] * (n - right) for _ in range(k)]
+            return {
+                "accuracies": [right / n] * k,
+                "item_scores": m,
+                "delta_cosines": None if k == 1 and right == 5 else [0.5] * k,
+                "delta_cosines_specific": None if k == 1 and right == 5 else [0.1] * k,
+            }
+
+        out = {r: row(5, 1) for r in ("base",)}  # base: 5 of 25
+        out.update(oracle=row(oracle_right, 2), delta=row(delta_right, 3), weight_only=row(delta_right, 3))
+        out.update(delta_random_condition=row(random_right, 3), average_merge=row(8, 1))
+        return {"kind": "short", "n_items": n, "rows": out}
+
+    results = make_results([0.5])
+    # recovers 100 %, 90 % and 50 % of the own teachers' gain (15 − 5 = 10 items): median 90 %
+    results["seen_tasks"] = {"s1": rows(15, 5), "s2": rows(14, 5), "s3": rows(10, 5)}
+    summary = summarize(results)
+    checks = summary["seen_checks"]
+    assert checks["seen_recovers_gain"]["ok"] is True and checks["seen_recovers_gain"]["value"] == pytest.approx(0.9)
+    assert checks["seen_random_conditions_hurt"]["ok"] is True
+    acc = checks["seen_random_conditions_hurt"]["accuracy"]
+    assert acc["test"] == "items and adapters" and acc["low"] > 0
+    text = write_report(tmp_path, results).read_text()
+    section = text[text.index("### Fit checks") :]
+    assert "- ✅ Δ-augmented adapters recover ≥ 90 % of the own teachers' gain" in section
+    assert "median 90 % over 3 seen tasks (s1 100 %, s2 90 %, s3 50 %)" in section
+    # the same prompts as random conditions: no loss, and a weaker generator fails the recovery check
+    results["seen_tasks"] = {"s1": rows(10, 10), "s2": rows(9, 9)}
+    checks = summarize(results)["seen_checks"]
+    assert checks["seen_recovers_gain"]["ok"] is False and checks["seen_random_conditions_hurt"]["ok"] is False
+    assert "not above 0" in checks["seen_random_conditions_hurt"]["detail"]
+    # a run without seen tasks has no checks and no section
+    del results["seen_tasks"]
+    assert summarize(results)["seen_checks"] == {}
+    assert "### Fit checks" not in write_report(tmp_path, results).read_text()

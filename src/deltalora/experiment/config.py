@@ -46,6 +46,9 @@ class TargetConfig(StrictModel):
     recovers_oracle_gain: float = Field(0.8, gt=0)  # (b): share of the oracle's gain over base to recover
     delta_cosine_to_oracle: float = Field(0.8, ge=-1, le=1)  # (c): mean Δ-cosine to the oracle teacher to reach
     noise_se: float = Field(2.0, ge=0)  # (a), (d): the mean difference must exceed this many standard errors
+    # seen tasks: median share of the own teachers' gain the Δ-augmented adapters recover (random conditions must
+    # also lose accuracy there, beyond noise as in (d))
+    seen_recovers_gain: float = Field(0.9, gt=0)
 
 
 class SeenConfig(StrictModel):

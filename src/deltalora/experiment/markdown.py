@@ -99,7 +99,7 @@ def _summary_table(rows: Mapping[str, Mapping], labels: Mapping[str, str]) -> li
     )
 
 
-def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str]) -> list[str]:
+def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targets: TargetConfig) -> list[str]:
     """The seen tasks (training tasks, adapters generated from prompts held back from generator training): a table
     per task and their summary, drawn as the held-out ones; nothing for a run without them."""
     names = summary.get("seen_tasks") or []
@@ -119,7 +119,21 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str]) -> l
     ]
     for task in names:
         out += _task_section(task, results["seen_tasks"][task], order, labels)
-    return out + ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
+    out += ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
+    checks = summary.get("seen_checks") or {}
+    texts = {
+        "seen_recovers_gain": "Δ-augmented adapters recover ≥ "
+        f"{targets.seen_recovers_gain * 100:.0f} % of the own teachers' gain over base (median over seen tasks)",
+        "seen_random_conditions_hurt": "Δ-augmented loses accuracy with random conditions on seen tasks "
+        "(paired bootstrap as in (d))",
+    }
+    if checks:
+        out += ["### Fit checks", ""]
+        for key, text in texts.items():
+            d = checks[key]
+            out.append(f"- {({True: '✅', False: '❌', None: '➖'})[d['ok']]} {text}: {d['detail']}")
+        out.append("")
+    return out
 
 
 def _fit_section(results: Mapping) -> list[str]:
@@ -237,7 +251,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
         out.append(f"- {mark} **({letter})** {text}: {d['detail']}")
-    out += [""] + _seen_section(results, summary, order) + _fit_section(results)
+    out += [""] + _seen_section(results, summary, order, targets) + _fit_section(results)
     out += ["## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]

@@ -185,11 +185,12 @@ def _var_of_mean(values: Sequence[float]) -> float:
 
 
 def _difference(
-    results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str, level: float
+    results: Mapping, per_task: Mapping, hi: str, lo: str, metric: str, level: float, block: str = "tasks"
 ) -> dict[str, Any] | None:
     """Across-task mean of row ``hi`` minus row ``lo`` on ``metric``, with what says whether it is beyond noise.
 
-    Over the held-out tasks where both rows have the metric. ``test`` names how: ``"items and adapters"`` — a
+    Over the tasks of results' ``block`` (held-out: ``tasks``; ``seen_tasks``) where both rows have the metric, with
+    ``per_task`` that block's :func:`task_means`. ``test`` names how: ``"items and adapters"`` — a
     :func:`paired_bootstrap` interval (``low``, ``high``) at ``level`` over eval items and adapters, for accuracy with
     per-item scores on every task; ``"adapters"`` — the same over adapters alone, for Δ-cosine, which has no items;
     ``"s.e."`` — for accuracy without per-item scores (an old results.json), the standard error over adapters
@@ -200,7 +201,7 @@ def _difference(
     tasks = [t for t, r in per_task.items() if all(r.get(x, {}).get(metric) is not None for x in (hi, lo))]
     if not tasks:
         return None
-    rows = [results["tasks"][t]["rows"] for t in tasks]
+    rows = [results[block][t]["rows"] for t in tasks]
     means = {x: float(np.mean([per_task[t][x][metric] for t in tasks])) for x in (hi, lo)}
     out: dict[str, Any] = {**means, "diff": means[hi] - means[lo]}
     if metric == "accuracy":
@@ -307,6 +308,46 @@ def _verdicts(results: Mapping, per_task: Mapping, targets: TargetConfig) -> dic
     return t
 
 
+def seen_checks(results: Mapping, seen: Mapping, targets: TargetConfig) -> dict[str, dict[str, Any]]:
+    """What the seen-task section asks (fit, not generalisation): the Δ-augmented adapters recover at least
+    ``targets.seen_recovers_gain`` of the own teachers' gain over base (median over the seen tasks whose teachers
+    beat base), and random conditions lose accuracy beyond noise (as target (d), over the seen tasks)."""
+    out: dict[str, dict[str, Any]] = {}
+    shares = {
+        t: r
+        for t, v in seen.items()
+        if all(v.get(x, {}).get("accuracy") is not None for x in ("base", "delta", "oracle"))
+        and (r := recovered(v["delta"]["accuracy"], v["base"]["accuracy"], v["oracle"]["accuracy"])) is not None
+    }
+    if not shares:
+        out["seen_recovers_gain"] = {"ok": None, "detail": "not measured (no seen task whose teachers beat base)"}
+    else:
+        med = float(np.median(list(shares.values())))
+        out["seen_recovers_gain"] = {
+            "ok": med >= targets.seen_recovers_gain,
+            "value": med,
+            "detail": f"median {med * 100:.0f} % over {len(shares)} seen tasks ("
+            + ", ".join(f"{t} {r * 100:.0f} %" for t, r in shares.items())
+            + ")",
+        }
+    level = interval_level(targets.noise_se)
+    r = _difference(results, seen, "delta", "delta_random_condition", "accuracy", level, block="seen_tasks")
+    out["seen_random_conditions_hurt"] = (
+        {
+            "ok": None,
+            "detail": _not_measured(["delta", "delta_random_condition"], "accuracy").replace("held-out", "seen"),
+        }
+        if r is None
+        else {
+            "ok": _beyond_noise(r, targets.noise_se),
+            "accuracy": r,
+            "detail": f"random conditions {r['delta_random_condition'] * 100:.1f} vs {r['delta'] * 100:.1f} "
+            f"(Δ-augmented minus random: {_diff_text(r, 100, '.1f', targets.noise_se)})",
+        }
+    )
+    return out
+
+
 def _over_tasks(per_task: Mapping, row: str, metric: str) -> list[float]:
     """``row``'s per-task means of ``metric``, over the held-out tasks where it was measured."""
     return [v[row][metric] for v in per_task.values() if v.get(row, {}).get(metric) is not None]
@@ -338,8 +379,9 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
     return {
         "heldout_tasks": list(per_task),
         "rows": row_means(results, per_task),
-        "seen_tasks": list(seen),  # training tasks scored from held-back prompts; no targets are judged on them
+        "seen_tasks": list(seen),  # training tasks scored from held-back prompts; judged by seen_checks
         "seen_rows": row_means(results, seen),
+        "seen_checks": seen_checks(results, seen, targets) if seen else {},
         "targets": {k: v["ok"] for k, v in details.items()},
         "target_details": details,
     }
@@ -355,6 +397,7 @@ __all__ = [
     "paired_bootstrap",
     "recovered",
     "row_means",
+    "seen_checks",
     "summarize",
     "table_rows",
     "target_config",
