@@ -152,6 +152,21 @@ def test_mixture_starts_at_the_library_average_and_mixes_exactly(canon):
     assert torch.allclose(fresh.mixture_weights(cond), torch.full((2, 3), 1 / 3))
 
 
+def test_svd_mixture_gradient_stays_finite_when_one_member_is_picked(canon):
+    """Weights on one member make the core's trailing singular values repeat at 0, where the SVD's own gradient is
+    NaN; the truncated mixture's gradient must stay finite (and reach the logits)."""
+    lib = _library(canon)
+    for bias, moves in ((200.0, False), (5.0, True)):  # 200: the others underflow to exactly 0 (softmax saturated)
+        gen = build_generator("mixture", lib.weights.layout, 16, N_PROMPTS, library=lib, mix="svd", trunk_width=8)
+        with torch.no_grad():
+            gen.logits.bias.copy_(torch.tensor([bias, 0.0, 0.0]))
+        pred = gen(torch.randn(2, N_PROMPTS, 16))
+        WeightLoss("product", lib.weights)(pred, LoraWeights.stack([lib.weights.select(1)] * 2)).backward()
+        grads = [p.grad for p in gen.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert (float(gen.logits.bias.grad.abs().sum()) > 0) == moves
+
+
 def test_mixture_checkpoint_reads_its_library_back(canon, tmp_path):
     lib = _library(canon)
     gen = build_generator("mixture", lib.weights.layout, 16, N_PROMPTS, library=lib, trunk_width=8)

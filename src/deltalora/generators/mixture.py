@@ -19,7 +19,8 @@ How the mixture is formed (``mix``):
   compare it with rank-r teachers.
 - ``svd``: the exact mixture truncated to rank r per slot. Cheap because the members are fixed: with
   [s·B_1 … s·B_L] = Q_b R_b and [A_1; …; A_L]ᵀ = Q_a R_a (QR once, at build), ΔW_k = Q_b (R_b D_k R_aᵀ) Q_aᵀ
-  with D_k = diag(w_k ⊗ 1_r), so each adapter needs only the SVD of an (L·r)² core.
+  with D_k = diag(w_k ⊗ 1_r), so each adapter needs only the SVD of an (L·r)² core. The gradient treats the
+  kept singular subspaces as constants (the SVD's own gradient is NaN when singular values repeat).
 - ``auto`` (default): ``factors`` on a canonical zoo, else ``svd``. The checkpoint records the choice.
 """
 
@@ -124,11 +125,17 @@ class MixtureGenerator(nn.Module):
             else:
                 qb, rb, qa, ra = (getattr(self, f"{name}{i}") for name in ("qb", "rb", "qa", "ra"))
                 core = (rb.unsqueeze(0) * w.repeat_interleave(r, dim=1).unsqueeze(1)) @ ra.T  # [K, m_b, m_a]
-                u, sv, vh = torch.linalg.svd(core, full_matrices=False)
+                # The top-t singular subspaces (U_t, V_t) are taken as constants: the SVD's own gradient has
+                # 1/(σᵢ² − σⱼ²) terms and turns NaN once the weights pick one member (σ's repeat at 0). The gradient
+                # flows through C = U_tᵀ·core·V_t (= diag(S_t) in value), so s·B·A = Q_b U_t C V_tᵀ Q_aᵀ is the best
+                # rank-t approximation forward, and its gradient is the loss's projected onto those subspaces.
+                u, sv, vh = torch.linalg.svd(core.detach(), full_matrices=False)
                 t = min(r, sv.shape[-1])
-                root = sv[:, :t].clamp_min(0).sqrt()
-                b = qb @ (u[..., :t] * root.unsqueeze(1)) / s  # [K, out, t]: s·B·A = Q_b U S Vᵀ Q_aᵀ
-                a = (root.unsqueeze(-1) * vh[:, :t]) @ qa.T  # [K, t, in]
+                ut, vt = u[..., :t], vh[:, :t].transpose(-1, -2)  # [K, m_b, t], [K, m_a, t]
+                c = ut.transpose(-1, -2) @ core @ vt  # [K, t, t]
+                root = sv[:, :t].clamp_min(1e-12).sqrt()  # B and A share the norm, as √S each
+                b = qb @ (ut @ (c / root.unsqueeze(1))) / s  # [K, out, t]
+                a = (root.unsqueeze(-1) * vt.transpose(-1, -2)) @ qa.T  # [K, t, in]
                 if t < r:  # a member set smaller than the rank: pad with zero directions
                     b = torch.nn.functional.pad(b, (0, r - t))
                     a = torch.nn.functional.pad(a, (0, 0, 0, r - t))
