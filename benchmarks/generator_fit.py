@@ -38,7 +38,7 @@ from deltalora.zoo.build import selected_specs
 
 PRESETS = {  # row -> (registered generator, options): the defaults, and the variants worth measuring
     "compact": ("compact", {}),
-    "compact-p40": ("compact", {"basis_dim": 40}),  # ~1/20 of hyperconv for Qwen2.5-1.5B r16 all-7
+    "compact-p40": ("compact", {"basis_dim": 40}),  # capacity probe: 2.5 M params on Qwen2.5-1.5B r16 all-7, > 1/20
     "mixture": ("mixture", {}),  # factors on a canonical zoo
     "mixture-svd": ("mixture", {"mix": "svd"}),
     "mixture-exact": ("mixture", {"mix": "exact"}),
