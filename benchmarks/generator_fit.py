@@ -32,7 +32,7 @@ from deltalora.paths import atomic_write_bytes
 from deltalora.tasks import build_task
 from deltalora.training import LambdaSchedule, TeacherDataset, TrainConfig, train_generator
 from deltalora.training.logs import read_log
-from deltalora.training.losses import product_sq_norm
+from deltalora.training.losses import product_cosine
 from deltalora.zoo import load_zoo_config, read_manifest
 from deltalora.zoo.build import selected_specs
 
@@ -54,13 +54,6 @@ def finished_tasks(zoo: Path) -> tuple[list[str], list[str]]:
     every = set().union(*seeds_of.values())
     done = sorted(t for t, s in seeds_of.items() if s == every)
     return done, sorted(set(seeds_of) - set(done))
-
-
-def cosine_to(pred: LoraWeights, target: LoraWeights) -> torch.Tensor:
-    """ΔW cosine (over every slot) of each adapter of ``pred`` to the one of ``target`` ([K] each)."""
-    sp, st = product_sq_norm(pred), product_sq_norm(target)
-    inner = (sp + st - product_sq_norm(pred, target)) / 2
-    return inner / (sp * st).sqrt().clamp_min(1e-30)
 
 
 def main() -> None:
@@ -108,7 +101,7 @@ def main() -> None:
             {k: v[rows].mean(0) for k, v in teachers.B.items()},
         )
     own = {
-        t: cosine_to(
+        t: product_cosine(
             LoraWeights.stack([teachers.select(i) for i in singles if ds.entries[i].task == t]),
             LoraWeights.stack([means[t]] * sum(ds.entries[i].task == t for i in singles)),
         )
@@ -154,7 +147,7 @@ def main() -> None:
             for t in done:
                 cond = torch.stack([heldback.sample(t, seed=args.seed, key=f"fit/{j}") for j in range(3)])
                 pred = gen(cond)
-                cos[t] = float(cosine_to(pred, LoraWeights.stack([means[t]] * 3)).mean())
+                cos[t] = float(product_cosine(pred, LoraWeights.stack([means[t]] * 3)).mean())
         report["generators"][name] = {
             "options": gen.spec["options"],
             "floor": res.weight_loss_floor,

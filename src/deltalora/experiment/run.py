@@ -51,7 +51,7 @@ from ..tasks import build_task
 from ..training import TeacherDataset, choose_heldout, choose_seen, train_generator, zoo_tasks
 from ..training.logs import read_log, tail_mean
 from ..training.loop import FIT_NAME
-from ..training.losses import cosine_to_mean
+from ..training.losses import cosines_to_mean
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
 from .candidates import Candidates, average_merge, generate, random_conditions
@@ -481,10 +481,11 @@ def dw_cosines(candidates: Candidates) -> dict[str, list[float]]:
     """ΔW cosine of every generated candidate (and each oracle teacher) to the mean ΔW of the task's own teachers
     (the ``oracle`` row), by row: how close a generated adapter is to what the task's teachers learned."""
     own = [w for row, w in candidates.values() if row == "oracle"]
+    scored = [(row, w) for row, w in candidates.values() if w is not None and row not in ("base", "average_merge")]
     out: dict[str, list[float]] = {}
-    for row, w in candidates.values():
-        if own and w is not None and row not in ("base", "average_merge"):
-            out.setdefault(row, []).append(cosine_to_mean(w, own))
+    if own:
+        for (row, _), cos in zip(scored, cosines_to_mean([w for _, w in scored], own)):
+            out.setdefault(row, []).append(cos)
     return out
 
 

@@ -79,9 +79,10 @@ class CompactOptions(StrictModel):
     base_a_seed: int = Field(0, ge=0, strict=True)  # seed of the PEFT-distributed base A (a0="seed")
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
+def check_int(name: str, value, minimum: int = 1, generator: str = "compact") -> int:
+    """A builder's integer argument, refused with a one-line ConfigError naming the generator."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"compact generator: {name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{generator} generator: {name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -270,8 +271,8 @@ def build_compact(layout: LoraLayout, cond_dim: int, n_prompts: int, library=Non
 
     ``library`` (a :class:`~.library.TeacherLibrary`) supplies the zoo's canonical init for ``a0="zoo"``/``"auto"``;
     the spec records the resolved ``a0``, so a checkpoint rebuilds (``library=FROM_CHECKPOINT``) the same way."""
-    _check_int("cond_dim", cond_dim)
-    _check_int("n_prompts", n_prompts)
+    check_int("cond_dim", cond_dim)
+    check_int("n_prompts", n_prompts)
     opts = model_validate_or_raise(CompactOptions, options, "compact generator options")
     base_a = None
     if library == FROM_CHECKPOINT:
@@ -297,4 +298,12 @@ def build_compact(layout: LoraLayout, cond_dim: int, n_prompts: int, library=Non
     return CompactGenerator(layout, cond_dim, n_prompts, opts, base_a)
 
 
-__all__ = ["CompactGenerator", "CompactOptions", "PromptPool", "build_compact", "trunk_mlp", "zoo_base_a"]
+__all__ = [
+    "CompactGenerator",
+    "CompactOptions",
+    "PromptPool",
+    "build_compact",
+    "check_int",
+    "trunk_mlp",
+    "zoo_base_a",
+]

@@ -35,7 +35,7 @@ from torch import nn
 from ..config import LoraSpec, StrictModel, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, derive_layout
-from .compact import PromptPool, trunk_mlp
+from .compact import PromptPool, check_int, trunk_mlp
 from .library import FROM_CHECKPOINT, LibraryNeeded, TeacherLibrary
 from .registry import register_generator
 
@@ -150,9 +150,8 @@ class MixtureGenerator(nn.Module):
 def build_mixture(layout: LoraLayout, cond_dim: int, n_prompts: int, library=None, **options) -> MixtureGenerator:
     """Build the mixture generator over ``library`` (a :class:`TeacherLibrary`; with ``FROM_CHECKPOINT``, the one
     the recorded ``library_ref`` option references, read back from its zoo)."""
-    for name, value in (("cond_dim", cond_dim), ("n_prompts", n_prompts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"mixture generator: {name} must be an integer >= 1, got {value!r}")
+    check_int("cond_dim", cond_dim, generator="mixture")
+    check_int("n_prompts", n_prompts, generator="mixture")
     opts = model_validate_or_raise(MixtureOptions, options, "mixture generator options")
     if library == FROM_CHECKPOINT or library is None:
         if opts.library_ref is None:

@@ -51,15 +51,19 @@ def product_cosine(w1: LoraWeights, w2: LoraWeights) -> torch.Tensor:
     return product_inner(w1, w2) / (product_sq_norm(w1) * product_sq_norm(w2)).sqrt().clamp_min(1e-30)
 
 
-def cosine_to_mean(adapter: LoraWeights, group: Sequence[LoraWeights]) -> float:
-    """ΔW cosine of one adapter to the mean ΔW of ``group`` (single adapters): ⟨w, mean⟩ = mean_i ⟨w, T_i⟩ and
-    ‖mean‖² = mean_ij ⟨T_i, T_j⟩, so the mean (whose rank may exceed r) is never formed."""
+def cosines_to_mean(adapters: Sequence[LoraWeights], group: Sequence[LoraWeights]) -> list[float]:
+    """ΔW cosine of each adapter to the mean ΔW of ``group`` (single adapters): ⟨w, mean⟩ = mean_i ⟨w, T_i⟩ and
+    ‖mean‖² = mean_ij ⟨T_i, T_j⟩ (computed once), so the mean (whose rank may exceed r) is never formed."""
     n = len(group)
     stack = LoraWeights.stack(list(group))
     gram = sum(float(product_inner(LoraWeights.stack([t] * n), stack).sum()) for t in group)
-    inner = float(product_inner(LoraWeights.stack([adapter] * n), stack).mean())
-    norm = float(product_sq_norm(LoraWeights.stack([adapter]))[0]) ** 0.5
-    return inner / max(norm * (max(gram, 0.0) / n / n) ** 0.5, 1e-30)
+    mean_norm = (max(gram, 0.0) / n / n) ** 0.5
+    out = []
+    for w in adapters:
+        inner = float(product_inner(LoraWeights.stack([w] * n), stack).mean())
+        norm = float(product_sq_norm(LoraWeights.stack([w]))[0]) ** 0.5
+        out.append(inner / max(norm * mean_norm, 1e-30))
+    return out
 
 
 def slot_sq_norm(w1: LoraWeights, w2: LoraWeights | None = None) -> torch.Tensor:
@@ -199,7 +203,7 @@ __all__ = [
     "cosine",
     "delta_loss",
     "head",
-    "cosine_to_mean",
+    "cosines_to_mean",
     "product_cosine",
     "product_inner",
     "product_sq_norm",
