@@ -280,7 +280,7 @@ def test_a_corrupt_timing_ledger_is_a_one_line_error(tiny_run, tiny_qwen2, tmp_p
 def test_average_merge_is_the_mean_weight_update(tiny_qwen2):
     layout = derive_layout(tiny_qwen2.arch, SPEC)
     ts = [LoraWeights.random(layout, std=0.1, seed=s) for s in range(3)]
-    merged = average_merge(ts, tiny_qwen2)
+    merged = average_merge(ts)
     assert merged.layout.spec.rank == 3 * SPEC.rank and merged.layout.scale == 1.0
     for k in merged.A:
         mean = sum(layout.scale * t.B[k] @ t.A[k] for t in ts) / 3

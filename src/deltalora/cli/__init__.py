@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from . import adapter, deltas, evaluate, generate, generator, lora, models, run, tasks, zoo
+from . import adapter, deltas, evaluate, generate, generator, lora, merge, models, run, tasks, zoo
 
 app = typer.Typer(
     name="deltalora",
@@ -23,6 +23,7 @@ app.add_typer(zoo.app, name="zoo", help="Build, list and import teacher zoos (PE
 app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, extraction, cache, clustering.")
 app.add_typer(generator.app, name="generator", help="Generators: parameter counts for a backbone + LoRA config.")
 app.command("generate")(generate.generate_cmd)
+app.command("merge")(merge.merge_cmd)
 app.command("run")(run.run_cmd)
 app.command("train")(run.train_cmd)
 app.command("ablate")(run.ablate_cmd)

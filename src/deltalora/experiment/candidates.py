@@ -11,29 +11,18 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import LoraSpec
-from ..lora import LoraWeights, derive_layout
+from ..lora import LoraWeights
+from ..lora.merge import merge_adapters
 from ..tasks import stable_seed
 
 Candidates = dict[str, tuple[str, LoraWeights | None]]  # candidate name -> (report row, weights; None = base)
 
 
-def average_merge(teachers: Sequence[LoraWeights], backbone) -> LoraWeights:
-    """One adapter whose weight update is the exact mean of the teachers' ΔW = s·B·A in every slot.
-
-    Averaging A and B separately is meaningless for teachers that start from different random A (the
-    zoo's do), so the merge concatenates them: rank N·r, scale 1, A = [A₁; …; A_N], B = [s·B₁/N, …, s·B_N/N].
-    """
-    if not teachers:
-        raise ValueError("average_merge needs at least one teacher")
-    layout = teachers[0].layout
-    n, spec = len(teachers), layout.spec
-    merged_spec = LoraSpec(rank=n * spec.rank, alpha=float(n * spec.rank), targets=spec.targets, layers=spec.layers)
-    merged = derive_layout(backbone.arch, merged_spec)
-    s = float(layout.scale)
-    A = {k: torch.cat([t.A[k] for t in teachers], dim=0) for k in teachers[0].A}
-    B = {k: torch.cat([t.B[k] * (s / n) for t in teachers], dim=1) for k in teachers[0].B}
-    return LoraWeights(merged, A, B)
+def average_merge(teachers: Sequence[LoraWeights]) -> LoraWeights:
+    """One adapter whose weight update is the exact mean of the teachers' ΔW = s·B·A in every slot (the ``avg``
+    merge: rank concatenation, rank N·r, scale 1). Averaging A and B separately would be meaningless for teachers
+    that start from different random A."""
+    return merge_adapters(teachers, method="avg")
 
 
 def random_conditions(like: torch.Tensor, n: int, seed: int) -> torch.Tensor:

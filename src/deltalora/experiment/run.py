@@ -403,9 +403,7 @@ def run_experiment(
         points.append(ex.delta.numpy())
         labels.append(f"teacher:{e.family}")
     shared = ctx.train_set.mean_delta()
-    merged = (
-        average_merge([e.weights for e in train_examples], ctx.backbone) if cfg.average_merge else None
-    )  # once, not per task
+    merged = average_merge([e.weights for e in train_examples]) if cfg.average_merge else None  # once, not per task
     for task in ctx.heldout:
         results_tasks[task], oracle, deltas, candidates = task_results(
             ctx, gens, probe, task, ctx.heldout_set, ctx.conditioner, shared, merged

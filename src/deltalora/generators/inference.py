@@ -29,7 +29,7 @@ from .. import __version__
 from ..conditions import ConditionPool, load_encoder, read_prompt_file, sample_indices
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..lora.adapter_io import CONFIG_NAME, WEIGHTS_NAME, save_adapter
+from ..lora.adapter_io import check_adapter_out, save_adapter
 from .checkpoint import LoadedGenerator, load_generator
 
 # ------------------------------------------------------------------------- conditions (one place)
@@ -69,22 +69,6 @@ def texts_sha256(texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace anything but a previous adapter directory (the write replaces ``out`` whole)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(
-            f"{out}: exists and is not a directory; pass --out a new directory (or a previous adapter directory)"
-        )
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
-    if foreign:
-        raise ConfigError(
-            f"{out}: exists and holds other files ({', '.join(foreign[:3])}); "
-            "pass --out a new directory — it would be replaced whole"
-        )
-
-
 def generate_adapter(
     generator: str | Path | LoadedGenerator,
     prompts: str | Path,
@@ -103,7 +87,7 @@ def generate_adapter(
     out = Path(out)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    _check_out(out)
+    check_adapter_out(out)
     items = condition_items(prompts)  # a bad file fails here: nothing loaded, nothing written
     t0 = time.perf_counter()
     loaded = generator if isinstance(generator, LoadedGenerator) else load_generator(generator, runtime.torch_device)

@@ -3,10 +3,13 @@
 from .adapter_io import inspect_adapter, load_adapter, save_adapter
 from .injection import InjectionError, inject
 from .layout import LoraLayout, Slot, derive_layout
+from .merge import MERGE_METHODS, MergeError, merge_adapters
 from .weights import LoraWeights, peft_a_init
 
 __all__ = [
     "InjectionError",
+    "MERGE_METHODS",
+    "MergeError",
     "LoraLayout",
     "LoraWeights",
     "Slot",
@@ -14,6 +17,7 @@ __all__ = [
     "inject",
     "inspect_adapter",
     "load_adapter",
+    "merge_adapters",
     "peft_a_init",
     "save_adapter",
 ]

@@ -107,6 +107,23 @@ def peft_lora_config(spec: LoraSpec, base_model_name_or_path: str | None = None)
     )
 
 
+def check_adapter_out(out: str | Path) -> None:
+    """Refuse to replace anything but a previous adapter directory (an adapter write replaces ``out`` whole)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(
+            f"{out}: exists and is not a directory; pass --out a new directory (or a previous adapter directory)"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
+    if foreign:
+        raise ConfigError(
+            f"{out}: exists and holds other files ({', '.join(foreign[:3])}); "
+            "pass --out a new directory — it would be replaced whole"
+        )
+
+
 def save_adapter(
     weights: LoraWeights,
     out_dir: str | Path,
