@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from . import adapter, deltas, evaluate, generate, generator, lora, merge, models, run, tasks, zoo
+from . import adapter, deltas, evaluate, generate, generator, lora, merge, models, retrieve, run, tasks, zoo
 
 app = typer.Typer(
     name="deltalora",
@@ -24,6 +24,7 @@ app.add_typer(deltas.app, name="deltas", help="Delta activations: probe sets, ex
 app.add_typer(generator.app, name="generator", help="Generators: parameter counts for a backbone + LoRA config.")
 app.command("generate")(generate.generate_cmd)
 app.command("merge")(merge.merge_cmd)
+app.command("retrieve")(retrieve.retrieve_cmd)
 app.command("run")(run.run_cmd)
 app.command("train")(run.train_cmd)
 app.command("ablate")(run.ablate_cmd)
