@@ -1,4 +1,4 @@
-"""``deltalora zoo build | list | import``."""
+"""``deltalora zoo build | list | import | multitask``."""
 
 # Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
 # lazily keeps `deltalora --help` fast (~0.2 s).
@@ -98,3 +98,42 @@ def import_cmd(
         emit_json(s)
         return
     _print_summary(s)
+
+
+@app.command("multitask")
+def multitask_cmd(
+    config: Path = typer.Option(..., "--config", help="The zoo's config YAML (the one it was built with)."),
+    zoo: Path = typer.Option(..., "--zoo", help="Zoo directory; the LoRA is cached under <zoo>/multitask/."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated training tasks, e.g. a,b,c (any order)."),
+    steps: int = typer.Option(None, "--steps", help="Training steps (default: teacher.steps x number of tasks)."),
+    seed: int = typer.Option(0, "--seed", help="Zoo seed whose teachers' train items are used."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="A config override the zoo was built with, e.g. --set teacher.precision=float32."
+    ),
+) -> None:
+    """One LoRA trained with the teachers' recipe on the union of TASKS' train items (the multi-task baseline);
+    cached in the zoo."""
+    from ..zoo.multitask import multitask_from_config
+
+    s = run_guarded(
+        multitask_from_config,
+        config,
+        zoo,
+        tasks,
+        steps=steps,
+        seed=seed,
+        overrides=overrides,
+        progress=not json_out,
+    )
+    if json_out:
+        emit_json(s)
+        return
+    b = s["budget"]
+    how = "cached" if s["cached"] else f"trained in {s['train_seconds']} s"
+    typer.echo(s["path"])
+    typer.echo(
+        f"{len(s['tasks'])} tasks ({', '.join(s['tasks'])}), seed {s['seed']}: {b['steps']} steps "
+        f"({b['steps_per_task']:g} per task) x batch {b['batch_size']} = {b['examples']} examples, "
+        f"lr {b['lr']:g}, warm-up {b['warmup_steps']}, {s['precision']}; {how}"
+    )
