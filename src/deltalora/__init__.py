@@ -12,6 +12,7 @@ PIPELINE = (
     "deltas",
     "conditions",
     "generators",
+    "retrieval",
     "training",
     "eval",
     "experiment",

@@ -15,6 +15,14 @@ import torch
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError
+from ..generators.inference import (
+    condition_items,
+    condition_texts,
+    encode_condition,
+    load_condition_encoder,
+    sample_condition,
+    texts_sha256,
+)
 from ..lora import LoraWeights, load_adapter
 from ..lora.adapter_io import check_adapter_out, save_adapter
 from ..lora.merge import merge_adapters, merge_method
@@ -65,15 +73,6 @@ def retrieve_to_dir(
 ) -> dict[str, Any]:
     """Read ``prompts``, retrieve from the index file, merge, write a PEFT adapter to ``out``; returns a report
     naming every teacher used with its cosine and weight. Bad input fails before anything is written."""
-    from ..generators.inference import (
-        condition_items,
-        condition_texts,
-        encode_condition,
-        load_condition_encoder,
-        sample_condition,
-        texts_sha256,
-    )
-
     t0 = time.perf_counter()
     out = Path(out)
     check_adapter_out(out)
