@@ -28,6 +28,7 @@ from deltalora.experiment.config import SeenConfig, zoo_config
 from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
+from deltalora.retrieval import RetrievalIndex
 from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
 from deltalora.training.data import components
@@ -53,7 +54,20 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     res = json.loads((out / "results.json").read_text())
     assert res["heldout_tasks"] == ["pick"] and "pick" not in res["train_tasks"]
     rows = res["tasks"]["pick"]["rows"]
-    assert set(rows) == {"base", "average_merge", "weight_only", "delta", "mixture", "oracle", "delta_random_condition"}
+    baselines = {"retrieval_delta_avg", "retrieval_delta_ties", "retrieval_condition_avg", "multitask", "arrow"}
+    assert (
+        set(rows)
+        == {
+            "base",
+            "average_merge",
+            "weight_only",
+            "delta",
+            "mixture",
+            "oracle",
+            "delta_random_condition",
+        }
+        | baselines
+    )
     assert res["rows"].index("mixture") == res["rows"].index("delta") + 1  # compare's rows follow the Δ-augmented one
     assert res["row_labels"]["mixture"] == "mixture generator (λ=0)"
     n_gen = len(cfg.seeds) * cfg.adapters_per_seed
@@ -68,7 +82,7 @@ def test_run_reports_every_row_for_the_heldout_task(tiny_run):
     assert all(-1 <= c <= 1 for name, r in rows.items() if name != "base" for c in r["delta_cosines"])
     assert min(rows["oracle"]["delta_cosines"]) > 0.5  # each own teacher vs the mean of them
     for name, r in rows.items():  # the training teachers' mean Δ projected out: one value per adapter, a cosine
-        if name != "base":
+        if name not in ("base", "arrow"):  # Arrow routes per token: no single adapter to probe
             assert len(r["delta_cosines_specific"]) == len(r["accuracies"])
             assert all(-1 <= c <= 1 for c in r["delta_cosines_specific"])
     assert rows["delta"]["delta_cosines_specific"] != rows["delta"]["delta_cosines"]
@@ -125,6 +139,38 @@ def test_seen_tasks_are_scored_like_heldout_tasks(tiny_run):
     assert "### colours" in seen and "### double" in seen and "### Summary over seen tasks" in seen
     assert "### Fit checks" in seen and "loses accuracy with random conditions on seen tasks" in seen
     assert res["seen_row_labels"]["oracle"] in seen and "- Seen tasks (2): colours, double" in text
+
+
+def test_baselines_are_rows_built_from_training_teachers_only_and_set_the_floor(tiny_run):
+    cfg, out, report = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    b = cfg.baselines
+    assert res["baseline_rows"] == ["average_merge", *b.retrieval, "multitask", "arrow"]
+    assert res["generator_rows"] == ["weight_only", "delta", "mixture"]
+    assert res["rows"][res["rows"].index("average_merge") + 1] == "retrieval_delta_avg"
+    for block in (res["tasks"], res["seen_tasks"]):
+        for entry in block.values():
+            rows = entry["rows"]
+            for name in b.retrieval:  # one retrieved merge per seed and condition
+                assert len(rows[name]["accuracies"]) == len(cfg.seeds) * b.adapters_per_seed
+                assert len(rows[name]["delta_cosines"]) == len(rows[name]["accuracies"])
+            assert rows["multitask"]["arms"] == ["multitask/s0"] and len(rows["multitask"]["delta_cosines"]) == 1
+            assert rows["arrow"]["arms"] == ["arrow"] and rows["arrow"]["delta_cosines"] == []
+    # the predictor and index know only the training teachers; the held-out task is never retrieved
+    for seed in cfg.seeds:
+        index = RetrievalIndex.load(out / "retrieval" / f"index-s{seed}.safetensors")
+        assert index.ids and not any(i.startswith("pick/") for i in index.ids)
+        assert set(index.groups) == {"colours", "double", "colours+double"}  # the mixed teacher is a training one
+    info = res["baselines"]
+    assert set(info["predictor"]) == {"0", "1"} and info["predictor"]["0"]["steps"] == 20
+    assert set(info["predictor_cosine"]["heldout"]) == {"pick"}
+    assert -1 <= info["predictor_cosine"]["heldout"]["pick"] <= 1
+    assert info["multitask"]["0"]["tasks"] == 2 and info["arrow"]["experts"] == ["colours/s0/step4", "double/s0/step4"]
+    text = report.read_text()
+    assert "**The floor** (held-out tasks): the best baseline is" in text
+    assert "**The floor** (seen tasks)" in text and "Δ-augmented generator vs the floor:" in text
+    for label in ("Δ-retrieval, top 2 + ties merge", "multi-task LoRA", "Arrow routing (PEFT, top 2"):
+        assert label in text
 
 
 def test_report_prints_each_generators_fit(tiny_run):

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from ..backbones.precision import canonical_precision
 from ..config import StrictModel, load_yaml
 from ..errors import ConfigError
+from ..lora.merge import MERGE_METHODS
 from ..training import LambdaSchedule, TrainConfig
 from ..zoo import load_zoo_config
 
@@ -74,6 +75,70 @@ class CompareGenerator(StrictModel):
     label: str | None = None  # the report row's label (default: "<generator> generator (λ=0)")
 
 
+class RetrievalRow(StrictModel):
+    """A retrieve-and-merge baseline row: the top-k training teachers by ``by``, merged with ``merge``."""
+
+    by: str = "delta"  # delta (predicted Δ̂ vs teacher Δ) | condition (prompt embeddings, no Δ)
+    merge: str = "avg"  # a merge method of deltalora.lora.merge (avg, svd, ties, dare, dare_ties)
+    label: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, v: str) -> str:
+        if v not in ("delta", "condition"):
+            raise ValueError(f"by must be delta or condition, got {v!r}")
+        return v
+
+    @field_validator("merge")
+    @classmethod
+    def _merge(cls, v: str) -> str:
+        if v not in MERGE_METHODS:
+            raise ValueError(f"unknown merge method {v!r}; use one of {', '.join(MERGE_METHODS)}")
+        return v
+
+
+class PredictorConfig(StrictModel):
+    """The Δ predictor of the Δ-retrieval rows (one per generator seed, trained on the training teachers' Δ)."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    hidden: int = Field(256, ge=1)
+    loss: str = "cosine"
+
+
+class MultitaskBaseline(StrictModel):
+    """One LoRA trained with the teachers' recipe on the union of the training tasks' train splits, per zoo seed."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    steps: int | None = Field(None, ge=1)  # None: the teachers' steps × the number of training tasks
+
+
+class ArrowBaseline(StrictModel):
+    """PEFT's Arrow routing over one expert per training task (its zoo seed-``expert_seed`` teacher, last step)."""
+
+    top_k: int = Field(3, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    expert_seed: int = 0
+    batch_rows: int = Field(8, ge=1)  # Arrow runs every expert for every token: smaller batches than the evaluator's
+
+
+class BaselineConfig(StrictModel):
+    """The baselines a user would try without a generator, each a report row. Empty: none (as runs before them)."""
+
+    retrieval: dict[str, RetrievalRow] = Field(default_factory=dict)  # row name -> retrieve-and-merge row
+    k: int = Field(3, ge=1)  # teachers retrieved per adapter
+    temperature: float = Field(0.1, gt=0)  # merge weights softmax(cosine / temperature) over the k
+    # conditions per generator seed each retrieval row answers (None: the run's adapters_per_seed, the generators')
+    adapters_per_seed: int | None = Field(None, ge=1)
+    predictor: PredictorConfig = PredictorConfig()
+    multitask: MultitaskBaseline | None = None
+    arrow: ArrowBaseline | None = None
+
+    def rows(self) -> list[str]:
+        return [*self.retrieval, *(["multitask"] if self.multitask else []), *(["arrow"] if self.arrow else [])]
+
+
 BUILTIN_ROWS = ("base", "average_merge", "weight_only", "delta", "oracle", "delta_random_condition")
 
 
@@ -99,6 +164,8 @@ class RunConfig(StrictModel):
     # more generators to compare, each a variant (trained per seed, λ = 0) and a report row named by its key, e.g.
     # {mixture: {generator: mixture}}: the library-mixture generator beside the weight-only and Δ-augmented ones
     compare: dict[str, CompareGenerator] = Field(default_factory=dict)
+    # baselines without a generator (retrieve-and-merge, multi-task LoRA, Arrow), rows after the average merge
+    baselines: BaselineConfig = BaselineConfig()
 
     @field_validator("seeds")
     @classmethod
@@ -125,6 +192,13 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        taken = [r for r in self.baselines.rows() if r in BUILTIN_ROWS or r in self.compare]
+        bad = [r for r in self.baselines.retrieval if not r.replace("_", "").isalnum() or r in ("multitask", "arrow")]
+        if taken or bad:
+            raise ValueError(
+                f"baselines.retrieval: row name(s) {taken + bad} are taken or not letters, digits and _; name each "
+                "row anew"
+            )
         if bool(self.heldout) == bool(self.heldout_count):
             raise ValueError("name the held-out tasks with exactly one of heldout: [...] or heldout_count: N")
         if not self.train.uses_delta:

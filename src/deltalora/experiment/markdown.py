@@ -99,6 +99,24 @@ def _summary_table(rows: Mapping[str, Mapping], labels: Mapping[str, str]) -> li
     )
 
 
+def floor_lines(fl: Mapping | None, labels: Mapping[str, str], where: str) -> list[str]:
+    """The floor (best baseline) of a section and every generator row against it."""
+    if not fl:
+        return []
+    others = ", ".join(f"{labels.get(r, r)} {m * 100:.1f}" for r, m in fl["baselines"].items() if r != fl["row"])
+    out = [
+        f"**The floor** ({where}): the best baseline is **{labels.get(fl['row'], fl['row'])}**, "
+        f"{fl['accuracy'] * 100:.1f} % mean accuracy" + (f" (others: {others})." if others else "."),
+        "",
+    ]
+    for g, d in fl["generators"].items():
+        mark = "✅" if d["beyond_noise"] else ("❌" if d["diff"] <= 0 else "➖")
+        out.append(
+            f"- {mark} {labels.get(g, g)} vs the floor: {d[g] * 100:.1f} vs {d[fl['row']] * 100:.1f} ({d['text']})"
+        )
+    return out + [""]
+
+
 def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targets: TargetConfig) -> list[str]:
     """The seen tasks (training tasks, adapters generated from prompts held back from generator training): a table
     per task and their summary, drawn as the held-out ones; nothing for a run without them."""
@@ -120,6 +138,7 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
     for task in names:
         out += _task_section(task, results["seen_tasks"][task], order, labels)
     out += ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
+    out += floor_lines(summary.get("seen_floor"), labels, "seen tasks")
     checks = summary.get("seen_checks") or {}
     texts = {
         "seen_recovers_gain": "Δ-augmented adapters recover ≥ "
@@ -251,7 +270,12 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         d = summary["target_details"][key]
         mark = {True: "✅", False: "❌", None: "➖"}[d["ok"]]
         out.append(f"- {mark} **({letter})** {text}: {d['detail']}")
-    out += [""] + _seen_section(results, summary, order, targets) + _fit_section(results)
+    out += (
+        [""]
+        + floor_lines(summary.get("floor"), labels, "held-out tasks")
+        + _seen_section(results, summary, order, targets)
+        + _fit_section(results)
+    )
     out += ["## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     if results.get("notes"):
         out += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]

@@ -44,6 +44,7 @@ from ..conditions import Conditioner, load_encoder, pools_from_tasks, split_pool
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, remove_shared, sources_from_manifest
 from ..errors import ConfigError
+from ..eval.arrow import Routed, evaluate_routed
 from ..eval.runner import BASE, evaluate_task
 from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
@@ -54,6 +55,8 @@ from ..training.loop import FIT_NAME
 from ..training.losses import cosines_to_mean
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
+from .baselines import Baselines, baseline_candidates, prepare_baselines
+from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import BUILTIN_ROWS, RunConfig, zoo_config
 from .eval_cache import EvalCache
@@ -193,15 +196,31 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
 
 
 def rows(cfg: RunConfig) -> list[str]:
-    """The report's rows for ``cfg``: the built-in ones with ``cfg.compare``'s generators after the Δ-augmented one."""
+    """The report's rows for ``cfg``: the built-in ones, ``cfg.baselines``' after the average merge and
+    ``cfg.compare``'s generators after the Δ-augmented one."""
     out = list(ROWS)
+    at = out.index("average_merge") + 1
+    out = out[:at] + cfg.baselines.rows() + out[at:]
     at = out.index("delta") + 1
     return out[:at] + list(cfg.compare) + out[at:]
 
 
+def baseline_labels(cfg: RunConfig) -> dict[str, str]:
+    b = cfg.baselines
+    out = {
+        name: r.label or f"{'Δ' if r.by == 'delta' else 'condition'}-retrieval, top {b.k} + {r.merge} merge"
+        for name, r in b.retrieval.items()
+    }
+    if b.multitask:
+        out["multitask"] = "multi-task LoRA (union of the training tasks)"
+    if b.arrow:
+        out["arrow"] = f"Arrow routing (PEFT, top {b.arrow.top_k} of the training task experts)"
+    return out
+
+
 def row_labels(cfg: RunConfig, base: dict[str, str]) -> dict[str, str]:
     extra = {k: c.label or f"{c.generator} generator (λ=0)" for k, c in cfg.compare.items()}
-    return {r: {**base, **extra}[r] for r in rows(cfg)}
+    return {r: {**base, **baseline_labels(cfg), **extra}[r] for r in rows(cfg)}
 
 
 def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
@@ -230,6 +249,15 @@ def own_teachers(teachers: TeacherDataset, task: str) -> list[int]:
     return [i for i, e in enumerate(teachers.entries) if e.task == task and not e.mixed]
 
 
+def task_conditions(ctx: Context, conditioner: Conditioner, task: str, section: str, n: int) -> dict[int, torch.Tensor]:
+    """Per generator seed, the first ``n`` of the conditions ([n, n_prompts, dim]) its adapters for ``task`` are
+    generated from (the same ones for every variant and baseline of the seed)."""
+    return {
+        seed: torch.stack([conditioner.sample(task, seed=seed, epoch=0, key=f"{section}/{j}") for j in range(n)])
+        for seed in ctx.cfg.seeds
+    }
+
+
 def task_candidates(
     ctx: Context,
     gens: dict[tuple[str, int], torch.nn.Module],
@@ -238,9 +266,11 @@ def task_candidates(
     conditioner: Conditioner,
     merged: LoraWeights | None = None,
     section: str = "heldout",
+    baselines: Baselines | None = None,
 ) -> Candidates:
     """Every candidate for one task of a report ``section``: base, the task's own teachers in ``teachers`` (oracle),
-    generated from conditions of ``conditioner``'s pool for it (real and random conditions), merge.
+    generated from conditions of ``conditioner``'s pool for it (real and random conditions), merge, and the
+    ``baselines`` (retrieval answers the same conditions as the generators).
 
     Held-out: the held-out teachers and the whole pool; seen: the training teachers and the held-back part.
     """
@@ -248,10 +278,9 @@ def task_candidates(
     candidates: Candidates = {BASE: ("base", None)}
     for i in own_teachers(teachers, task):
         candidates[f"oracle/{teachers.entries[i].id}"] = ("oracle", teachers.example(i, 0).weights)
+    all_conds = task_conditions(ctx, conditioner, task, section, cfg.adapters_per_seed)
     for seed in cfg.seeds:
-        conds = torch.stack(
-            [conditioner.sample(task, seed=seed, epoch=0, key=f"{section}/{j}") for j in range(cfg.adapters_per_seed)]
-        )
+        conds = all_conds[seed]
         for variant in cfg.variants:
             for j, w in enumerate(generate(gens[(variant, seed)], conds)):
                 candidates[f"{variant}/s{seed}/g{j}"] = (variant, w)
@@ -261,6 +290,9 @@ def task_candidates(
                 candidates[f"delta_random_condition/s{seed}/g{j}"] = ("delta_random_condition", w)
     if merged is not None:
         candidates["average_merge"] = ("average_merge", merged)
+    if baselines is not None:
+        n = cfg.baselines.adapters_per_seed or cfg.adapters_per_seed
+        candidates.update(baseline_candidates(ctx, baselines, task, {s: c[:n] for s, c in all_conds.items()}))
     return candidates
 
 
@@ -272,14 +304,15 @@ def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
     :class:`EvalCache` (an entry cached without per-item scores is scored again)."""
     ev = ctx.cfg.eval
     cache = EvalCache(ctx.out, task, ev, ctx.backbone)
-    keys = {name: cache.key(w) for name, (_, w) in candidates.items()}
+    keys = {name: w.key(cache.salt) if isinstance(w, Routed) else cache.key(w) for name, (_, w) in candidates.items()}
     results = {name: r for name in candidates if (r := cache.get(keys[name])) is not None}
-    todo = [n for n in candidates if n not in results]
+    routed = [n for n in candidates if n not in results and isinstance(candidates[n][1], Routed)]
+    todo = [n for n in candidates if n not in results and n not in routed]
     # one evaluate_task call per LoRA layout (the average merge has a larger rank)
     groups: dict[tuple, list[str]] = {}
     for n in sorted(todo, key=lambda n: candidates[n][1] is None):  # the base model (no adapter) joins the first group
         w = candidates[n][1]
-        key = (w.layout.spec.rank,) if w is not None else next((k for k in groups), ())
+        key = w.layout.signature if w is not None else next((k for k in groups), ())
         groups.setdefault(key, []).append(n)
     # a few candidates per call, each call's results cached as it ends: a held-out task of the large preset has
     # ~35 candidates (tens of minutes on CPU), and a kill must not lose them all. Batches are adapter-major, so
@@ -306,6 +339,16 @@ def score(ctx: Context, task: str, candidates: Candidates) -> dict[str, dict]:
             cache.put(keys[n], r)
             results[n] = r
         ctx.stage("evaluate", t0)
+    for n in routed:  # Arrow: its own model (experts injected by PEFT), scored as that model's only arm
+        _say(ctx, f"[eval] {task}: {n} (routed) × {ev.limit or 'all'} items")
+        t0 = time.perf_counter()
+        res = evaluate_routed(
+            ctx.backbone, ctx.tasks[task], candidates[n][1], n, split=ev.split, limit=ev.limit, precision=ev.precision
+        )
+        r = {**res["arms"][n], "kind": res["kind"]}
+        cache.put(keys[n], r)
+        results[n] = r
+        ctx.stage("evaluate routed", t0)
     return results
 
 
@@ -326,10 +369,10 @@ def delta_cosines(
     teachers = ctx.heldout_set if teachers is None else teachers
     oracle = torch.stack([teachers.example(i, 0).delta for i in own_teachers(teachers, task)]).mean(0)
     deltas: dict[str, torch.Tensor] = {}
-    names = [n for n, (_, w) in candidates.items() if w is not None]
+    names = [n for n, (_, w) in candidates.items() if isinstance(w, LoraWeights)]  # not base, not routed
     by_layout: dict[tuple, list[str]] = {}
     for n in names:
-        by_layout.setdefault((candidates[n][1].layout.spec.rank,), []).append(n)
+        by_layout.setdefault(candidates[n][1].layout.signature, []).append(n)
     k = ctx.cfg.delta_batch_adapters
     for group in by_layout.values():
         for i in range(0, len(group), k):
@@ -356,11 +399,12 @@ def task_results(
     shared: torch.Tensor,
     merged: LoraWeights | None = None,
     section: str = "heldout",
+    baselines: Baselines | None = None,
 ) -> tuple[dict, torch.Tensor, dict[str, torch.Tensor], Candidates]:
     """One task of a report ``section`` (:func:`task_candidates`) generated, Δ-compared and scored: its entry of
     results.json (``kind``, ``n_items``, ``rows``), and the oracle Δ, every candidate's Δ and the candidates."""
     t0 = time.perf_counter()
-    candidates = task_candidates(ctx, gens, task, teachers, conditioner, merged, section)
+    candidates = task_candidates(ctx, gens, task, teachers, conditioner, merged, section, baselines)
     ctx.stage("generate", t0)
     t0 = time.perf_counter()
     cos, scos, oracle, deltas = delta_cosines(ctx, probe, task, candidates, shared, teachers)
@@ -381,7 +425,7 @@ def task_results(
         r["accuracies"].append(scores[name]["accuracy"])
         r["item_scores"].append(scores[name]["scores"])
         r["arms"].append(name)
-        if row != "base":
+        if name in cos:  # every adapter; not base, not a routed candidate (Arrow has no single adapter to probe)
             r["delta_cosines"].append(cos[name])
             r["delta_cosines_specific"].append(scos[name])
     return {"kind": scores[BASE]["kind"], "n_items": scores[BASE]["n"], "rows": rows}, oracle, deltas, candidates
@@ -404,10 +448,15 @@ def run_experiment(
         labels.append(f"teacher:{e.family}")
     shared = ctx.train_set.mean_delta()
     merged = average_merge([e.weights for e in train_examples]) if cfg.average_merge else None  # once, not per task
+    base = prepare_baselines(ctx, train_examples)
+    predicted: dict[str, dict[str, float]] = {"heldout": {}, "seen": {}}  # Δ predictor's cosine to each oracle
     for task in ctx.heldout:
         results_tasks[task], oracle, deltas, candidates = task_results(
-            ctx, gens, probe, task, ctx.heldout_set, ctx.conditioner, shared, merged
+            ctx, gens, probe, task, ctx.heldout_set, ctx.conditioner, shared, merged, baselines=base
         )
+        if base.indexes:
+            conds = task_conditions(ctx, ctx.conditioner, task, "heldout", cfg.adapters_per_seed)
+            predicted["heldout"][task] = float(np.mean(baseline_predictor_cosines(base, conds, oracle)))
         points.append(oracle.numpy())
         labels.append(f"oracle:{task}")
         for name, d in deltas.items():
@@ -418,10 +467,13 @@ def run_experiment(
     seen_tasks = {}  # training tasks, adapters generated from the prompts held back from generator training
     seen_dw: dict[str, list[float]] = {}
     for task in ctx.seen:
-        seen_tasks[task], _, _, candidates = task_results(
-            ctx, gens, probe, task, ctx.train_set, ctx.seen_conditioner, shared, merged, "seen"
+        seen_tasks[task], oracle, _, candidates = task_results(
+            ctx, gens, probe, task, ctx.train_set, ctx.seen_conditioner, shared, merged, "seen", base
         )
-        for row, values in dw_cosines(candidates).items():
+        if base.indexes:
+            conds = task_conditions(ctx, ctx.seen_conditioner, task, "seen", cfg.adapters_per_seed)
+            predicted["seen"][task] = float(np.mean(baseline_predictor_cosines(base, conds, oracle)))
+        for row, values in dw_cosines(candidates, tuple(cfg.baselines.rows())).items():
             seen_dw.setdefault(row, []).append(float(np.mean(values)))
     fit = generator_fit(ctx, seen_dw)
     wall = time.perf_counter() - t_all
@@ -435,6 +487,9 @@ def run_experiment(
         "heldout_tasks": ctx.heldout,
         "rows": rows(cfg),
         "row_labels": row_labels(cfg, ROW_LABELS),
+        "baseline_rows": [r for r in rows(cfg) if r == "average_merge" or r in cfg.baselines.rows()],
+        "generator_rows": list(cfg.variants),
+        "baselines": {**base.report, **({"predictor_cosine": predicted} if base.indexes else {})},
         "tasks": results_tasks,
         "seen_tasks": seen_tasks,  # same shape as "tasks"
         "seen_row_labels": row_labels(cfg, SEEN_ROW_LABELS),
@@ -475,11 +530,13 @@ def run_experiment(
     return path
 
 
-def dw_cosines(candidates: Candidates) -> dict[str, list[float]]:
+def dw_cosines(candidates: Candidates, skip: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """ΔW cosine of every generated candidate (and each oracle teacher) to the mean ΔW of the task's own teachers
-    (the ``oracle`` row), by row: how close a generated adapter is to what the task's teachers learned."""
+    (the ``oracle`` row), by row: how close a generated adapter is to what the task's teachers learned. Rows in
+    ``skip`` (the baselines) and the average merge are left out."""
     own = [w for row, w in candidates.values() if row == "oracle"]
-    scored = [(row, w) for row, w in candidates.values() if w is not None and row not in ("base", "average_merge")]
+    left_out = ("base", "average_merge", *skip)
+    scored = [(row, w) for row, w in candidates.values() if isinstance(w, LoraWeights) and row not in left_out]
     out: dict[str, list[float]] = {}
     if own:
         for (row, _), cos in zip(scored, cosines_to_mean([w for _, w in scored], own)):

@@ -348,6 +348,29 @@ def seen_checks(results: Mapping, seen: Mapping, targets: TargetConfig) -> dict[
     return out
 
 
+def floor(results: Mapping, per_task: Mapping, targets: TargetConfig, block: str = "tasks") -> dict[str, Any] | None:
+    """The floor a generator row is judged against: the best baseline row (``results["baseline_rows"]``, default the
+    average merge) by across-task mean accuracy over the tasks of ``block`` where every measured baseline has a
+    score, and each generator row's (``results["generator_rows"]``) difference to it, paired-bootstrapped as (a).
+    None when no baseline was measured."""
+    names = [r for r in results.get("baseline_rows") or ["average_merge"] if _over_tasks(per_task, r, "accuracy")]
+    means = _paired(per_task, names, "accuracy") if names else None
+    if not means:
+        return None
+    best = max(means, key=means.get)
+    level = interval_level(targets.noise_se)
+    gens = {}
+    for g in results.get("generator_rows") or ["weight_only", "delta"]:
+        d = _difference(results, per_task, g, best, "accuracy", level, block)
+        if d is not None:
+            gens[g] = {
+                **d,
+                "beyond_noise": _beyond_noise(d, targets.noise_se),
+                "text": _diff_text(d, 100, ".1f", targets.noise_se),
+            }
+    return {"row": best, "accuracy": means[best], "baselines": means, "generators": gens}
+
+
 def _over_tasks(per_task: Mapping, row: str, metric: str) -> list[float]:
     """``row``'s per-task means of ``metric``, over the held-out tasks where it was measured."""
     return [v[row][metric] for v in per_task.values() if v.get(row, {}).get(metric) is not None]
@@ -379,6 +402,8 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
     return {
         "heldout_tasks": list(per_task),
         "rows": row_means(results, per_task),
+        "floor": floor(results, per_task, targets),
+        "seen_floor": floor(results, seen, targets, "seen_tasks") if seen else None,
         "seen_tasks": list(seen),  # training tasks scored from held-back prompts; judged by seen_checks
         "seen_rows": row_means(results, seen),
         "seen_checks": seen_checks(results, seen, targets) if seen else {},
@@ -394,6 +419,7 @@ __all__ = [
     "interval_level",
     "mean",
     "mean_std",
+    "floor",
     "paired_bootstrap",
     "recovered",
     "row_means",

@@ -234,7 +234,7 @@ def merge_adapters(
             else:
                 dws = [s * (w.B[k].float() @ w.A[k].float()) for w, s in zip(adapters, scales)]
                 dw = m.combine(dws, p.float(), density, majority_sign)
-                u, sv, vh = torch.linalg.svd(dw.double(), full_matrices=False)
+                u, sv, vh = torch.linalg.svd(dw, full_matrices=False)  # float32, as PEFT
                 A[k], B[k] = _balanced(u, sv, vh, out_rank)
     return LoraWeights(layout, {k: v.float() for k, v in A.items()}, {k: v.float() for k, v in B.items()})
 

@@ -1,0 +1,174 @@
+"""The baselines a user would try without a generator, as candidates of the experiment (``cfg.baselines``).
+
+- **retrieve-and-merge** rows (``baselines.retrieval``): per generator seed, a Δ predictor trained on the
+  training teachers' Δ and an index over them (:mod:`deltalora.retrieval`, saved as
+  ``<run>/retrieval/index-s<seed>.safetensors`` and reused by a rerun); for each condition a generator of that
+  seed is given, the top-k teachers by predicted Δ (``by: delta``) or by prompt embedding (``by: condition``),
+  merged at their retrieval weights with the row's merge method.
+- **multi-task LoRA** (``baselines.multitask``): one LoRA per zoo seed, trained with the teachers' recipe on the
+  union of the training tasks' train splits (:func:`deltalora.zoo.build_multitask`, cached in the zoo).
+- **Arrow** (``baselines.arrow``): PEFT's per-token routing over one expert per training task
+  (:mod:`deltalora.eval.arrow`); a :class:`~deltalora.eval.arrow.Routed` candidate, scored by its own model.
+
+A baseline never sees a held-out task: the predictor, the index, the multi-task LoRA and the Arrow experts are
+all built from the training teachers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..deltas import remove_shared
+from ..eval.arrow import Routed
+from ..lora import LoraWeights
+from ..retrieval import RetrievalIndex, build_index, fit_delta_predictor, retrieve_adapter
+from ..zoo import build_multitask
+from ..zoo.manifest import adapter_dir
+from .candidates import Candidates
+from .config import zoo_config
+
+
+@dataclass
+class Baselines:
+    """What the baseline rows of one run are built from."""
+
+    indexes: dict[int, RetrievalIndex] = field(default_factory=dict)  # generator seed -> index (with predictor)
+    teachers: dict[str, LoraWeights] = field(default_factory=dict)  # training teacher id -> adapter
+    multitask: dict[str, LoraWeights] = field(default_factory=dict)  # candidate name -> multi-task LoRA
+    arrow: Routed | None = None
+    report: dict = field(default_factory=dict)  # results.json's "baselines": predictor fit, budgets, experts
+
+
+def _index_fingerprint(ctx, seed: int) -> str:
+    p = ctx.cfg.baselines.predictor
+    body = {
+        "predictor": p.model_dump(mode="json"),
+        "seed": seed,
+        "teachers": sorted((e.id, e.sha256) for e in ctx.train_set.entries),
+        "parts": ctx.train_set.condition_parts,
+        "encoder": ctx.cfg.train.encoder,
+        "n_prompts": ctx.train_set.n_prompts,
+        "form": ctx.conditioner.form,
+        "probes": [ctx.cfg.train.probes, ctx.cfg.train.representation],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _index(ctx, seed: int) -> RetrievalIndex:
+    """The seed's retrieval index, trained now or read back when a previous call trained the same one."""
+    path = ctx.out / "retrieval" / f"index-s{seed}.safetensors"
+    fp = _index_fingerprint(ctx, seed)
+    if path.is_file():
+        index = RetrievalIndex.load(path)
+        if (index.info or {}).get("fingerprint") == fp:
+            return index
+    p = ctx.cfg.baselines.predictor
+    t0 = time.perf_counter()
+    pred, log = fit_delta_predictor(
+        ctx.train_set, steps=p.steps, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden, loss=p.loss, seed=seed
+    )
+    log = {**log, "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 2)}
+    index = build_index(ctx.train_set, pred, info=log)
+    index.save(path)
+    return index
+
+
+def _arrow_experts(ctx, seed: int) -> tuple[list[str], list[Path]]:
+    """One expert per training task with its own teachers: its zoo seed-``seed`` teacher at the last step."""
+    best: dict[str, object] = {}
+    for e in ctx.train_set.entries:
+        if e.mixed or e.seed != seed:
+            continue
+        if e.task not in best or (e.step or 0) > (best[e.task].step or 0):
+            best[e.task] = e
+    chosen = [best[t] for t in sorted(best)]
+    return [e.id for e in chosen], [adapter_dir(ctx.zoo_dir, e) for e in chosen]
+
+
+def prepare_baselines(ctx, train_examples) -> Baselines:
+    """Train or read back everything ``ctx.cfg.baselines`` asks for (timed as the "baselines" stage)."""
+    b = ctx.cfg.baselines
+    out = Baselines()
+    if not b.rows():
+        return out
+    t0 = time.perf_counter()
+    if b.retrieval:
+        out.teachers = {e.id: ex.weights for e, ex in zip(ctx.train_set.entries, train_examples)}
+        for seed in ctx.cfg.seeds:
+            out.indexes[seed] = _index(ctx, seed)
+        out.report["predictor"] = {
+            str(s): {k: i.info.get(k) for k in ("train_cosine", "tail_loss", "steps", "loss", "seconds")}
+            for s, i in out.indexes.items()
+        }
+        out.report["retrieval"] = {"k": b.k, "temperature": b.temperature}
+    if b.multitask:
+        tasks = sorted({e.task for e in ctx.train_set.entries if not e.mixed})
+        info = {}
+        for seed in b.multitask.seeds:
+            mt = build_multitask(
+                ctx.zoo_dir,
+                zoo_config(ctx.cfg),
+                tasks,
+                steps=b.multitask.steps,
+                seed=seed,
+                backbone=ctx.backbone,
+                progress=ctx.progress,
+            )
+            out.multitask[f"multitask/s{seed}"] = mt.weights(ctx.backbone.arch)
+            info[str(seed)] = {"steps": mt.steps, "tasks": len(mt.tasks), "path": str(mt.path)}
+        out.report["multitask"] = info
+    if b.arrow:
+        ids, dirs = _arrow_experts(ctx, b.arrow.expert_seed)
+        out.arrow = Routed(tuple(dirs), b.arrow.top_k, b.arrow.temperature, b.arrow.batch_rows)
+        out.report["arrow"] = {"experts": ids, "top_k": b.arrow.top_k, "temperature": b.arrow.temperature}
+    ctx.stage("baselines", t0)
+    return out
+
+
+def baseline_candidates(ctx, base: Baselines, task: str, conditions: dict[int, torch.Tensor]) -> Candidates:
+    """The baseline candidates for one task; ``conditions`` maps each generator seed to the [n, n_prompts, dim]
+    conditions its generators are given for the task (retrieval answers the same conditions)."""
+    b = ctx.cfg.baselines
+    out: Candidates = {}
+    for row, spec in b.retrieval.items():
+        for seed, conds in conditions.items():
+            for j, cond in enumerate(conds):
+                w, _ = retrieve_adapter(
+                    base.indexes[seed],
+                    cond,
+                    by=spec.by,
+                    k=b.k,
+                    temperature=b.temperature,
+                    merge=spec.merge,
+                    teachers=lambda hits: [base.teachers[h.id] for h in hits],
+                    seed=seed,
+                )
+                out[f"{row}/s{seed}/g{j}"] = (row, w)
+    for name, w in base.multitask.items():
+        out[name] = ("multitask", w)
+    if base.arrow is not None:
+        out["arrow"] = ("arrow", base.arrow)
+    return out
+
+
+@torch.no_grad()
+def predictor_cosines(base: Baselines, conditions: dict[int, torch.Tensor], oracle: torch.Tensor) -> list[float]:
+    """Task-specific cosine of every predicted Δ̂ (each seed's predictor, each condition) to the task's oracle Δ."""
+    out = []
+    for seed, conds in conditions.items():
+        index = base.indexes.get(seed)
+        if index is None or index.predictor is None:
+            continue
+        got = remove_shared(index.predictor(conds), index.shared)
+        want = remove_shared(oracle[None].float(), index.shared)
+        out += torch.nn.functional.cosine_similarity(got, want, dim=-1).tolist()
+    return out
+
+
+__all__ = ["Baselines", "baseline_candidates", "predictor_cosines", "prepare_baselines"]
