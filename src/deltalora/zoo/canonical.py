@@ -15,8 +15,6 @@ Generators, merges and analyses read the init with :func:`read_init`, never by r
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import torch
 from ..backbones import Architecture
 from ..lora import LoraWeights, derive_layout, load_adapter, save_adapter
 from ..lora.adapter_io import WEIGHTS_NAME
-from ..paths import atomic_write_bytes
+from ..paths import atomic_write_bytes, file_lock
 from .manifest import CONFIG_NAME, ZooError, file_sha256
 from .train import TeacherTrainConfig, peft_init
 
@@ -82,15 +80,8 @@ def read_init(zoo: str | Path, arch: Architecture | None = None) -> LoraWeights 
     return load_adapter(d, arch, dtype=torch.float32)
 
 
-@contextlib.contextmanager
 def _lock(zoo: Path):
-    zoo.mkdir(parents=True, exist_ok=True)
-    with open(zoo / ".init.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(zoo / ".init.lock")
 
 
 def ensure_init(zoo: Path, teacher: TeacherTrainConfig, arch: Architecture, reuse: list[Path] = ()) -> LoraWeights:

@@ -22,14 +22,12 @@ built with (compared, never saved), so a zoo being built meanwhile stays valid.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from ..backbones import load_backbone
 from ..config import parse_overrides
 from ..lora import LoraWeights, load_adapter
 from ..lora.adapter_io import WEIGHTS_NAME
-from ..paths import atomic_dir, atomic_write_bytes
+from ..paths import atomic_dir, atomic_write_bytes, file_lock
 from ..tasks import build_task, format_prompt, format_target, prefetch, stable_seed
 from .build import (
     ZooConfig,
@@ -137,15 +135,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_lock = file_lock
 
 
 def _clear_scratch(final: Path) -> None:
