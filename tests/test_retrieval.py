@@ -151,6 +151,9 @@ def test_a_changed_zoo_is_refused(world, tmp_path, tiny_qwen2):
     manifest.write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(RetrievalError, match="differ from those the index was built on"):
         index.adapter_dirs(hits, zoo)
+    manifest.write_text("".join(json.dumps(x) + "\n" for x in lines[1:]))  # a teacher of the index is gone
+    with pytest.raises(RetrievalError, match=rf"teacher\(s\) \['{lines[0]['id']}'\] of the index are not in this zoo"):
+        index.adapter_dirs(hits, zoo)
     with pytest.raises(RetrievalError, match="no zoo there"):
         index.adapter_dirs(hits, tmp_path / "nowhere")
 
