@@ -23,7 +23,14 @@ def compute_cmd(
         None, "--model", help="Fine-tuned model directory of the same architecture (Mode B); repeat for several."
     ),
     probes: str = typer.Option(
-        "generic5", help="Probe set name (see `deltalora deltas probes`) or a .txt/.jsonl probe file."
+        "generic5",
+        help=(
+            "Probe set name (see `deltalora deltas probes`), a .txt/.jsonl probe file, or task:train:N — each "
+            "teacher's N own-task train prompts (needs --zoo)."
+        ),
+    ),
+    zoo_config: str = typer.Option(
+        None, "--zoo-config", help="The zoo's YAML, for task probes when the zoo read tasks from user files."
     ),
     repr_: str = typer.Option(
         "last_token",
@@ -79,6 +86,7 @@ def compute_cmd(
         backend=backend,
         ray_actors=ray_actors,
         progress=not json_out,
+        zoo_config=zoo_config,
     )
     if json_out:
         emit_json(report.to_dict())
@@ -96,7 +104,10 @@ def compute_cmd(
 def analyze_cmd(
     backbone: str = typer.Option(..., help="Backbone the zoo was trained on."),
     zoo: str = typer.Option(..., help="Zoo manifest (manifest.jsonl or its directory); families come from it."),
-    probes: str = typer.Option("generic5", help="Probe set name or file."),
+    probes: str = typer.Option("generic5", help="Probe set name or file, or task:train:N (each teacher's own task)."),
+    zoo_config: str = typer.Option(
+        None, "--zoo-config", help="The zoo's YAML, for task probes when the zoo read tasks from user files."
+    ),
     repr_: str = typer.Option("last_token", "--repr", help="Representation (see `compute`)."),
     batch_adapters: int = typer.Option(8, "--batch-adapters", min=1, help="Adapters per forward for missing Δ."),
     cache: str = typer.Option(
@@ -120,6 +131,7 @@ def analyze_cmd(
         png=out,
         weights=not no_weights,
         progress=not json_out,
+        zoo_config=zoo_config,
     )
     if json_out:
         emit_json(result)

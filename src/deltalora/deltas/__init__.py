@@ -1,6 +1,8 @@
 """Delta activations: probe sets, representations, the LoRA Δ forward (batched teacher extraction without
-gradients, :class:`DeltaProbe` with them), the Δ spec that keys the content-addressed cache, and Δ-space analysis."""
+gradients, :class:`DeltaProbe` with them), the Δ spec that keys the content-addressed cache, and Δ-space analysis
+(clustering; the Δ algebra of mixed teachers, Δ_mix against Δ₁ + Δ₂)."""
 
+from .algebra import AlgebraError, algebra_figure, pair_algebra, single_task_mean, summarize_pairs, zoo_algebra
 from .analyze import remove_shared
 from .cache import DELTA_CODE_VERSION, DeltaCache, DeltaCacheError, adapter_content_hash, cache_key, default_cache_dir
 from .extract import (
@@ -20,7 +22,19 @@ from .extract import (
     sources_from_models,
 )
 from .forward import PROBE_DTYPES, DeltaProbe, lora_activations
-from .probes import ProbeError, ProbeSet, get_probe_set, load_probe_file, probe_set_names, register_probe_set
+from .probes import (
+    ProbeError,
+    ProbeSet,
+    TaskProbes,
+    TaskProbeSpec,
+    get_probe_set,
+    is_task_probes,
+    load_probe_file,
+    parse_task_probes,
+    probe_set_names,
+    register_probe_set,
+    task_probe_set,
+)
 from .represent import (
     Representation,
     encode_probes,
@@ -38,6 +52,12 @@ __all__ = [
     "lora_activations",
     "lora_content",
     "remove_shared",
+    "AlgebraError",
+    "algebra_figure",
+    "pair_algebra",
+    "single_task_mean",
+    "summarize_pairs",
+    "zoo_algebra",
     "DELTA_CODE_VERSION",
     "BrokenSource",
     "DeltaCache",
@@ -50,6 +70,8 @@ __all__ = [
     "ProbeError",
     "ProbeSet",
     "Representation",
+    "TaskProbeSpec",
+    "TaskProbes",
     "adapter_content_hash",
     "cache_key",
     "compute_deltas",
@@ -57,10 +79,12 @@ __all__ = [
     "delta_stats",
     "encode_probes",
     "get_probe_set",
+    "is_task_probes",
     "load_probe_file",
     "mean_over_probes",
     "parse_representation",
     "parse_shard",
+    "parse_task_probes",
     "probe_set_names",
     "probe_vectors",
     "register_probe_set",
@@ -70,4 +94,5 @@ __all__ = [
     "sources_from_adapters",
     "sources_from_manifest",
     "sources_from_models",
+    "task_probe_set",
 ]

@@ -14,6 +14,7 @@ files) are named, skipped with a warning and reported; they never stop the job.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import statistics
@@ -35,7 +36,7 @@ from ..sharding import parse_shard, take_shard
 from ..zoo.manifest import adapter_dir, read_manifest
 from .cache import DeltaCache, DeltaCacheError
 from .forward import lora_activations
-from .probes import ProbeSet, get_probe_set
+from .probes import ProbeSet, TaskProbes, get_probe_set
 from .represent import Representation, encode_probes, parse_representation
 from .spec import DeltaSpec, lora_content
 
@@ -64,6 +65,7 @@ class DeltaSource:
     path: Path
     kind: str = "lora"
     family: str | None = None
+    tasks: tuple[str, ...] = ()  # the tasks it was trained on (a zoo entry's): what task probes are drawn from
 
 
 def sources_from_adapters(dirs: Iterable[str | Path]) -> list[DeltaSource]:
@@ -78,7 +80,13 @@ def sources_from_manifest(manifest: str | Path) -> list[DeltaSource]:
     """Every entry of a zoo manifest (a ``manifest.jsonl`` or its zoo directory), with its family."""
     return _unique(
         [
-            DeltaSource(id=e.id, path=adapter_dir(Path(manifest), e), kind="lora", family=e.family)
+            DeltaSource(
+                id=e.id,
+                path=adapter_dir(Path(manifest), e),
+                kind="lora",
+                family=e.family,
+                tasks=tuple(e.tasks) if e.tasks else (e.task,),
+            )
             for e in read_manifest(Path(manifest))
         ]
     )
@@ -447,18 +455,54 @@ class DeltaExtractor:
 def compute_deltas(
     backbone: Backbone,
     sources: Sequence[DeltaSource],
-    probes: ProbeSet | str = "generic5",
+    probes: ProbeSet | TaskProbes | str = "generic5",
     representation: Representation | str = "last_token",
     cache: DeltaCache | str | Path | None = None,
     batch_adapters: int = 8,
     shard: tuple[int, int] | str | None = None,
     progress: bool = False,
 ) -> DeltaReport:
-    """Δ of every source (or of shard i/n of them, by sorted id), through the cache; see :class:`DeltaExtractor`."""
+    """Δ of every source (or of shard i/n of them, by sorted id), through the cache; see :class:`DeltaExtractor`.
+
+    With :class:`TaskProbes` every source is probed on its own tasks' prompts (``DeltaSource.tasks``): one extractor
+    (and one v(B)) per task group, the results in source order in one report whose ``probes`` is the spec."""
     if isinstance(shard, str):
         shard = parse_shard(shard)
-    extractor = DeltaExtractor(backbone, probes, representation, cache, batch_adapters)
-    return extractor.run(select_shard(sources, shard), progress=progress)
+    chosen = select_shard(sources, shard)
+    if not isinstance(probes, TaskProbes):
+        extractor = DeltaExtractor(backbone, probes, representation, cache, batch_adapters)
+        return extractor.run(chosen, progress=progress)
+    untasked = [s for s in chosen if not s.tasks]
+    if untasked:
+        raise DeltaError(
+            f"{untasked[0].path}: task probes need each adapter's task; compute them over a zoo (--zoo DIR), whose "
+            "manifest names every teacher's task"
+        )
+    groups: dict[tuple[str, ...], list[DeltaSource]] = defaultdict(list)
+    for s in chosen:
+        groups[s.tasks].append(s)
+    t0 = time.perf_counter()
+    parts = [
+        DeltaExtractor(backbone, probes.probe_set(g), representation, cache, batch_adapters).run(group, progress)
+        for g, group in groups.items()
+    ]
+    first = parts[0] if parts else DeltaExtractor(backbone, "generic5", representation, cache, batch_adapters)
+    by_id = {r.id: r for p in parts for r in p.results}
+    shas = sorted(p.probes_sha256 for p in parts)
+    report = DeltaReport(
+        backbone=backbone.name,
+        weights_id=backbone.weights_id,
+        probes=probes.name,
+        probes_sha256=hashlib.sha256("\n".join(shas).encode()).hexdigest(),
+        representation=parse_representation(representation).spec,
+        dtype=first.dtype,
+        cache_dir=str(first.cache_dir if parts else first.cache.root),
+        base_key="",  # one v(B) per task group
+        results=[by_id[s.id] for s in chosen],
+    )
+    report.stats = delta_stats(report.results)
+    report.seconds = time.perf_counter() - t0
+    return report
 
 
 # ------------------------------------------------------------------------------------------ stats

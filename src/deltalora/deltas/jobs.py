@@ -3,19 +3,71 @@ well Δ clusters a zoo by task family. Each loads the backbone itself."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..backbones import load_backbone
 from ..config import RuntimeConfig, model_validate_or_raise
 from ..sharding import parse_shard
+from ..tasks import Task, TaskSpec, build_task
+from ..zoo import CONFIG_NAME, load_zoo_config
+from ..zoo.build import selected_specs
 from . import DeltaError, DeltaReport, compute_deltas, sources_from_adapters, sources_from_manifest, sources_from_models
 from .analyze import clustering_report
 from .listing import zoo_labels
+from .probes import ProbeSet, TaskProbes, is_task_probes, parse_task_probes
 from .ray_backend import compute_deltas_ray, require_ray
 
 BACKENDS = ("local", "ray")
+
+
+def zoo_tasks(zoo: str | Path, zoo_config: str | Path | None = None) -> dict[str, Task]:
+    """The tasks a zoo was built from (name -> Task, with the zoo's splits): from its YAML ``zoo_config`` when given,
+    else from the task specs its ``zoo_config.json`` recorded — which cannot rebuild a task read from a user file
+    (the zoo records that file's name and hash, not its path)."""
+    if zoo_config is not None:
+        cfg = load_zoo_config(zoo_config)
+        return {s.name: build_task(s, seed=cfg.split_seed) for s in selected_specs(cfg)[1]}
+    root = Path(zoo)
+    path = (root if root.is_dir() else root.parent) / CONFIG_NAME
+    if not path.is_file():
+        raise DeltaError(f"{path}: missing, so the zoo's tasks are unknown; pass --zoo-config (the zoo's YAML)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        specs = saved["task_specs"]
+        seed = int((saved.get("config") or {}).get("split_seed", 0))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise DeltaError(f"{path}: not a zoo config; pass --zoo-config (the zoo's YAML)") from None
+    out = {}
+    for d in specs:
+        if isinstance((d.get("args") or {}).get("path"), dict):
+            raise DeltaError(
+                f"{path}: task {d.get('name')!r} was read from a user file whose path the zoo does not record; pass "
+                "--zoo-config (the zoo's YAML)"
+            )
+        try:
+            spec = TaskSpec.model_validate(d)
+        except ValidationError:
+            raise DeltaError(f"{path}: task spec {d.get('name')!r} is invalid; pass --zoo-config") from None
+        out[spec.name] = build_task(spec, seed=seed)
+    return out
+
+
+def resolve_probes(
+    probes: str, backbone, zoo: str | Path | None, zoo_config: str | Path | None = None
+) -> str | ProbeSet | TaskProbes:
+    """``probes`` as :func:`compute_deltas` takes it: a name or file, or task probes (``task:train:N``) resolved
+    against the zoo's tasks and the backbone's tokenizer."""
+    if not is_task_probes(probes):
+        return probes
+    spec = parse_task_probes(probes)
+    if not zoo:
+        raise DeltaError(f"--probes {probes}: task probes are each teacher's own task's prompts; pass --zoo DIR")
+    return TaskProbes(spec, zoo_tasks(zoo, zoo_config), backbone.tokenizer)
 
 
 def compute_deltas_for(
@@ -33,6 +85,7 @@ def compute_deltas_for(
     backend: str = "local",
     ray_actors: int = 2,
     progress: bool = True,
+    zoo_config: str | Path | None = None,
 ) -> DeltaReport:
     """Δ of one kind of source (the adapters of a ``zoo`` manifest, PEFT ``adapters`` or fine-tuned ``models``)
     on ``backbone`` (loaded here with ``device``/``dtype``), shard ``"i/n"`` of them, through the cache.
@@ -44,6 +97,12 @@ def compute_deltas_for(
         raise DeltaError("pass exactly one of --zoo MANIFEST, --adapter DIR (repeatable) or --model DIR (repeatable)")
     if backend not in BACKENDS:
         raise DeltaError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if is_task_probes(probes):
+        parse_task_probes(probes)  # before the backbone is loaded
+        if not zoo:
+            raise DeltaError(f"--probes {probes}: task probes are each teacher's own task's prompts; pass --zoo DIR")
+        if backend == "ray":
+            raise DeltaError(f"--probes {probes}: task probes run with --backend local only")
     if backend == "ray":
         require_ray()  # before the backbone is loaded
     shard_t = parse_shard(shard)
@@ -57,7 +116,8 @@ def compute_deltas_for(
         return compute_deltas_ray(
             b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True, num_actors=ray_actors
         )
-    return compute_deltas(b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True)
+    resolved = resolve_probes(probes, b, zoo, zoo_config)
+    return compute_deltas(b, sources, resolved, representation, cache, batch_adapters, shard_t, progress=True)
 
 
 def analyze_zoo(
@@ -70,13 +130,17 @@ def analyze_zoo(
     png: str | Path | None = None,
     weights: bool = True,
     progress: bool = True,
+    zoo_config: str | Path | None = None,
 ) -> dict[str, Any]:
     """Δ of every adapter of ``zoo`` (missing ones computed) and :func:`~deltalora.deltas.analyze.clustering_report`
     over them: silhouettes by family (and by task), next to flattened weights' unless ``weights`` is False, and a
     t-SNE PNG at ``png``. The result also names the backbone, probes, representation and the broken adapters."""
     sources = sources_from_manifest(zoo)
+    if is_task_probes(probes):
+        parse_task_probes(probes)
     b = load_backbone(backbone, progress=progress)
-    report = compute_deltas(b, sources, probes, representation, cache, batch_adapters, progress=progress)
+    resolved = resolve_probes(probes, b, zoo, zoo_config)
+    report = compute_deltas(b, sources, resolved, representation, cache, batch_adapters, progress=progress)
     ids, deltas = report.load()
     labels = zoo_labels(zoo, ids)
     result = clustering_report(
@@ -96,4 +160,4 @@ def analyze_zoo(
     }
 
 
-__all__ = ["BACKENDS", "analyze_zoo", "compute_deltas_for"]
+__all__ = ["BACKENDS", "analyze_zoo", "compute_deltas_for", "resolve_probes", "zoo_tasks"]

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DeltaLoraError
 from ..registry import Registry
+from ..tasks import Task, format_prompt, stable_seed
 
 
 class ProbeError(DeltaLoraError):
@@ -60,6 +63,12 @@ def probe_set_names() -> list[str]:
 def get_probe_set(name_or_path: str | Path) -> ProbeSet:
     """A registered probe set by name, or a user probe file (``.txt`` / ``.jsonl``) by path."""
     key = str(name_or_path)
+    if is_task_probes(key):
+        parse_task_probes(key)  # a malformed spec gets its own message
+        raise ProbeError(
+            f"{key}: task probes differ per teacher (its own task's prompts); they need the teachers' tasks — pass a "
+            "zoo (deltalora deltas compute --zoo DIR) or use deltalora.deltas.TaskProbes"
+        )
     if key in _REGISTRY:
         probes = _REGISTRY[key]()
         if probes.name != key:
@@ -192,4 +201,110 @@ def _neutral24() -> ProbeSet:
     return ProbeSet("neutral24", tuple(texts))
 
 
-__all__ = ["ProbeError", "ProbeSet", "get_probe_set", "load_probe_file", "probe_set_names", "register_probe_set"]
+# ------------------------------------------------------------------------------------ task probes
+
+TASK_PROBES = "task:"
+TASK_PROBE_SPLITS = ("train",)  # never condition or eval items: those condition the generator and score it
+
+
+@dataclass(frozen=True)
+class TaskProbeSpec:
+    """``task:<split>:<n>[:<seed>]``: for every teacher, ``n`` prompts of its own task's ``split`` (for a mixed
+    teacher, of the union of its tasks'), a seeded sample formatted with the chat template exactly as the teacher
+    was trained on them (:func:`deltalora.tasks.format_prompt`)."""
+
+    split: str = "train"
+    n: int = 16
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{TASK_PROBES}{self.split}:{self.n}" + (f":{self.seed}" if self.seed else "")
+
+
+def is_task_probes(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(TASK_PROBES)
+
+
+def parse_task_probes(spec: str) -> TaskProbeSpec:
+    """``"task:train:16"`` (or ``task:train:16:SEED``) -> :class:`TaskProbeSpec`; a one-line error otherwise."""
+    parts = spec.split(":")
+    usage = "write task:train:N[:SEED], e.g. task:train:16"
+    if len(parts) not in (3, 4) or parts[0] + ":" != TASK_PROBES:
+        raise ProbeError(f"task probes {spec!r}: {usage}")
+    split = parts[1]
+    if split not in TASK_PROBE_SPLITS:
+        raise ProbeError(
+            f"task probes {spec!r}: split {split!r} is not allowed (condition and eval items condition and score the "
+            f"generator, so they are never probes); {usage}"
+        )
+    try:
+        n, seed = int(parts[2]), int(parts[3]) if len(parts) == 4 else 0
+    except ValueError:
+        raise ProbeError(f"task probes {spec!r}: N and SEED must be integers; {usage}") from None
+    if n < 1 or seed < 0:
+        raise ProbeError(f"task probes {spec!r}: N must be ≥ 1 and SEED ≥ 0; {usage}")
+    return TaskProbeSpec(split, n, seed)
+
+
+def task_probe_set(spec: TaskProbeSpec, tasks: Sequence[Task], tokenizer) -> ProbeSet:
+    """The probes of a teacher trained on ``tasks`` (one task, or a mixed teacher's components): ``spec.n`` of their
+    ``spec.split`` items, sampled without replacement (a function of the task names and ``spec.seed``), formatted
+    as the teacher saw them. Every teacher gets exactly ``n`` probes, so adapters of different tasks batch together:
+    a task with fewer items is an error that names the largest ``n`` it allows."""
+    names = [t.name for t in tasks]
+    pool = [(t, it) for t in tasks for it in t.split(spec.split)]
+    if len(pool) < spec.n:
+        raise ProbeError(
+            f"task probes {spec.name}: {'+'.join(names)} has {len(pool)} {spec.split} items, fewer than {spec.n}; "
+            f"use task:{spec.split}:{max(1, len(pool))} or fewer"
+        )
+    rng = random.Random(stable_seed("task-probes", spec.split, spec.seed, *names))
+    chosen = rng.sample(pool, spec.n)
+    texts = tuple(format_prompt(tokenizer, t, it) for t, it in chosen)
+    return ProbeSet(f"{TASK_PROBES}{'+'.join(names)}:{spec.split}:{spec.n}", texts)
+
+
+class TaskProbes:
+    """Resolves each teacher's probe set from its tasks (``probe_set(("rg_gcd",))``), memoised; ``name`` is the
+    spec (``task:train:16``) that reports and configs use."""
+
+    def __init__(self, spec: TaskProbeSpec | str, tasks: Mapping[str, Task], tokenizer):
+        self.spec = spec if isinstance(spec, TaskProbeSpec) else parse_task_probes(spec)
+        self.tasks = dict(tasks)
+        self.tokenizer = tokenizer
+        self._sets: dict[tuple[str, ...], ProbeSet] = {}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def probe_set(self, components: Sequence[str]) -> ProbeSet:
+        key = tuple(components)
+        if not key:
+            raise ProbeError(f"task probes {self.name}: an adapter without a task has no task probes; pass a zoo")
+        if key not in self._sets:
+            missing = [t for t in key if t not in self.tasks]
+            if missing:
+                raise ProbeError(
+                    f"task probes {self.name}: no task {missing[0]!r} among the {len(self.tasks)} tasks given; pass "
+                    "the zoo's config (the suite it was built from)"
+                )
+            self._sets[key] = task_probe_set(self.spec, [self.tasks[t] for t in key], self.tokenizer)
+        return self._sets[key]
+
+
+__all__ = [
+    "TASK_PROBES",
+    "ProbeError",
+    "ProbeSet",
+    "TaskProbeSpec",
+    "TaskProbes",
+    "get_probe_set",
+    "is_task_probes",
+    "load_probe_file",
+    "parse_task_probes",
+    "probe_set_names",
+    "register_probe_set",
+    "task_probe_set",
+]

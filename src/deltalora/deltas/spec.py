@@ -10,12 +10,12 @@ this one class, so a Δ computed by ``deltalora deltas compute`` is the Δ train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backbones.precision import dtype_name
 from .cache import adapter_content_hash, cache_key
-from .probes import ProbeSet, get_probe_set
+from .probes import ProbeSet, TaskProbes, get_probe_set
 from .represent import Representation, parse_representation
 
 
@@ -35,22 +35,37 @@ class DeltaSpec:
 
     @classmethod
     def for_backbone(
-        cls, backbone, probes: ProbeSet | str = "generic5", representation: Representation | str = "last_token"
+        cls,
+        backbone,
+        probes: ProbeSet | TaskProbes | str = "generic5",
+        representation: Representation | str = "last_token",
     ) -> DeltaSpec:
-        """The spec of Δ over ``backbone`` (a loaded :class:`Backbone`) in its runtime dtype."""
-        ps = probes if isinstance(probes, ProbeSet) else get_probe_set(probes)
+        """The spec of Δ over ``backbone`` (a loaded :class:`Backbone`) in its runtime dtype. For
+        :class:`TaskProbes` it names the spec only (``probes_sha256`` empty): each teacher's key comes from
+        :meth:`with_probes` of its own probe set."""
         rep = representation if isinstance(representation, Representation) else parse_representation(representation)
+        if isinstance(probes, TaskProbes):
+            name, sha = probes.name, ""
+        else:
+            ps = probes if isinstance(probes, ProbeSet) else get_probe_set(probes)
+            name, sha = ps.name, ps.sha256
         return cls(
             backbone=backbone.name,
             weights_id=backbone.weights_id,
-            probes=ps.name,
-            probes_sha256=ps.sha256,
+            probes=name,
+            probes_sha256=sha,
             representation=rep.spec,
             dtype=dtype_name(backbone.runtime.torch_dtype),
         )
 
+    def with_probes(self, probes: ProbeSet) -> DeltaSpec:
+        """The same backbone, representation and dtype over another probe set (a teacher's own task probes)."""
+        return replace(self, probes=probes.name, probes_sha256=probes.sha256)
+
     def key_for(self, content: str) -> str:
         """The cache key of the Δ of ``content`` (``"base"``, ``"lora:<hash>"`` or ``"model:<weights id>"``)."""
+        if not self.probes_sha256:
+            raise ValueError(f"Δ spec over {self.probes} has no probe set of its own; key each teacher's with_probes()")
         return cache_key(
             backbone=self.weights_id,
             probes=self.probes_sha256,

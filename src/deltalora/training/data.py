@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from ..backbones.architecture import Architecture
 from ..conditions import Conditioner
 from ..deltas import DeltaCache, DeltaSpec
+from ..deltas.probes import TaskProbes
 from ..errors import DeltaLoraError
 from ..lora import LoraWeights, load_adapter
 from ..tasks import stable_seed
@@ -168,12 +169,14 @@ class TeacherDataset(Dataset):
         arch: Architecture | None = None,
         preload: bool = True,
         verify: bool = False,
+        task_probes: TaskProbes | None = None,
     ):
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         self.zoo = Path(zoo)
         self.conditioner = conditioner
         self.deltas_spec = deltas
+        self.task_probes = task_probes  # each teacher's Δ over its own task's prompts (deltas names the spec)
         self.split = split
         self.seed = int(seed)
         self.epoch = 0
@@ -205,7 +208,7 @@ class TeacherDataset(Dataset):
         out, missing = [], []
         for e, d in zip(self.entries, self._dirs):
             try:
-                key = self.deltas_spec.key(d)
+                key = self.spec_of(e).key(d)
             except DeltaLoraError as exc:
                 raise DatasetError(f"teacher {e.id}: {exc}") from None
             hit = self.cache.get(key)
@@ -240,6 +243,12 @@ class TeacherDataset(Dataset):
                 "mixes representations — recompute with one --repr"
             )
         return out
+
+    def spec_of(self, entry: ZooEntry) -> DeltaSpec:
+        """The Δ spec a teacher's cached Δ is keyed by: the run's, or with task probes its own task's probe set."""
+        if self.task_probes is None:
+            return self.deltas_spec
+        return self.deltas_spec.with_probes(self.task_probes.probe_set(components(entry)))
 
     def _load(self, i: int) -> LoraWeights:
         try:

@@ -1,0 +1,111 @@
+"""Task probes: each teacher's Δ over a seeded sample of its own task's train prompts (never condition or eval items),
+formatted as the teacher saw them, computed per task group through the cache and read back by the teacher dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deltalora.cli import app
+from deltalora.deltas import (
+    DeltaCache,
+    DeltaExtractor,
+    DeltaSpec,
+    ProbeError,
+    TaskProbes,
+    compute_deltas,
+    get_probe_set,
+    parse_task_probes,
+    sources_from_manifest,
+    task_probe_set,
+)
+from deltalora.deltas.jobs import zoo_tasks
+from deltalora.tasks import format_prompt
+from deltalora.training.data import TeacherDataset
+from deltalora.zoo import build_zoo, load_zoo_config, read_manifest
+from tests.helpers import teacher_world
+
+ZOO = "tests/fixtures/zoo/tiny.yaml"
+
+
+def test_task_probe_specs_parse_and_refuse_condition_and_eval_items():
+    assert parse_task_probes("task:train:16").name == "task:train:16"
+    assert parse_task_probes("task:train:4:3").seed == 3
+    for bad, match in (
+        ("task:eval:4", "never probes"),
+        ("task:condition:4", "never probes"),
+        ("task:train:x", "integers"),
+        ("task:train:0", "≥ 1"),
+        ("task:train", "task:train:N"),
+    ):
+        with pytest.raises(ProbeError, match=match):
+            parse_task_probes(bad)
+    with pytest.raises(ProbeError, match="pass a zoo"):
+        get_probe_set("task:train:4")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_qwen2):
+    return teacher_world(tmp_path_factory.mktemp("task-probes"), tiny_qwen2)
+
+
+def test_a_teachers_probes_are_its_own_train_prompts_as_it_saw_them(world, tiny_qwen2):
+    tok = tiny_qwen2.tokenizer
+    tasks = world["tasks"]
+    spec = parse_task_probes("task:train:4")
+    ps = task_probe_set(spec, [tasks["a"]], tok)
+    train = {format_prompt(tok, tasks["a"], it) for it in tasks["a"].train}
+    others = {format_prompt(tok, tasks["a"], it) for it in tasks["a"].condition + tasks["a"].eval}
+    assert len(ps) == 4 and set(ps.texts) <= train and not set(ps.texts) & others
+    assert ps == task_probe_set(spec, [tasks["a"]], tok)  # seeded: the same set every time
+    assert ps != task_probe_set(parse_task_probes("task:train:4:1"), [tasks["a"]], tok)
+    mixed = task_probe_set(parse_task_probes("task:train:8"), [tasks["a"], tasks["b"]], tok)
+    both = train | {format_prompt(tok, tasks["b"], it) for it in tasks["b"].train}
+    assert set(mixed.texts) <= both and mixed.name == "task:a+b:train:8"
+    with pytest.raises(ProbeError, match=r"has 8 train items, fewer than 9; use task:train:8"):
+        task_probe_set(parse_task_probes("task:train:9"), [tasks["a"]], tok)
+
+
+def test_compute_deltas_probes_every_teacher_on_its_own_task(world, tiny_qwen2, tmp_path):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    sources = sorted(sources_from_manifest(world["zoo"]), key=lambda s: s.id)  # results come in sorted id order
+    report = compute_deltas(tiny_qwen2, sources, probes, "last_token", cache)
+    assert report.probes == "task:train:4" and not report.broken
+    assert [r.id for r in report.results] == [s.id for s in sources]
+    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
+    for src, res in zip(sources, report.results):
+        own = probes.probe_set(src.tasks)
+        assert res.key == spec.with_probes(own).key(src.path)
+        direct = DeltaExtractor(tiny_qwen2, own, "last_token", DeltaCache(tmp_path / f"direct-{res.id[:1]}"))
+        want = direct.run([src]).load()[1][0]
+        assert torch.allclose(cache.get(res.key).tensor, want, atol=1e-5)
+    generic = dict(zip(*compute_deltas(tiny_qwen2, sources, "generic5", "last_token", cache).load()))
+    ids, task_deltas = report.load()
+    assert not torch.allclose(task_deltas[0], generic[ids[0]])
+    # a rerun is all cache hits, and the teacher dataset finds every Δ under its teacher's own probe set
+    assert compute_deltas(tiny_qwen2, sources, probes, "last_token", cache).counts()["cached"] == len(sources)
+    ds = TeacherDataset(world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], task_probes=probes)
+    for e, d in zip(ds.entries, ds.deltas):
+        assert torch.equal(d, dict(zip(ids, task_deltas))[e.id])
+
+
+def test_task_probes_over_a_built_zoo_from_the_cli(tiny_qwen2, tmp_path):
+    zoo = tmp_path / "zoo"
+    build_zoo(load_zoo_config(ZOO), zoo, progress=False, backbone=tiny_qwen2)
+    with pytest.raises(Exception, match="user file"):  # the fixture suite reads JSONL files: their paths are not kept
+        zoo_tasks(zoo)
+    assert set(zoo_tasks(zoo, ZOO)) == {"colours", "double", "pick"}
+    runner = CliRunner()
+    base = ["deltas", "compute", "--backbone", "tiny-qwen2", "--zoo", str(zoo), "--cache", str(tmp_path / "c")]
+    res = runner.invoke(app, [*base, "--probes", "task:train:4", "--zoo-config", ZOO, "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    assert report["probes"] == "task:train:4" and report["counts"]["computed"] == len(read_manifest(zoo))
+    res = runner.invoke(app, [*base, "--probes", "task:eval:4"])
+    assert res.exit_code != 0 and "never probes" in res.output
+    res = runner.invoke(app, [*base, "--probes", "task:train:4"])
+    assert res.exit_code != 0 and "--zoo-config" in res.output
