@@ -13,6 +13,7 @@ from deltalora.cli import app
 from deltalora.deltas import (
     DeltaCache,
     DeltaExtractor,
+    DeltaProbe,
     DeltaSpec,
     ProbeError,
     TaskProbes,
@@ -23,10 +24,14 @@ from deltalora.deltas import (
     task_probe_set,
 )
 from deltalora.deltas.jobs import zoo_tasks
+from deltalora.errors import ConfigError
+from deltalora.lora import LoraWeights, load_adapter
 from deltalora.tasks import format_prompt
+from deltalora.training import LambdaSchedule, TrainConfig, train_generator
 from deltalora.training.data import TeacherDataset
+from deltalora.training.logs import read_log
 from deltalora.zoo import build_zoo, load_zoo_config, read_manifest
-from tests.helpers import teacher_world
+from tests.helpers import N_PROMPTS, teacher_world
 
 ZOO = "tests/fixtures/zoo/tiny.yaml"
 
@@ -109,3 +114,57 @@ def test_task_probes_over_a_built_zoo_from_the_cli(tiny_qwen2, tmp_path):
     assert res.exit_code != 0 and "never probes" in res.output
     res = runner.invoke(app, [*base, "--probes", "task:train:4"])
     assert res.exit_code != 0 and "--zoo-config" in res.output
+
+
+def test_the_differentiable_probe_matches_the_cached_task_deltas_and_passes_gradients(world, tiny_qwen2, tmp_path):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    sources = sorted(sources_from_manifest(world["zoo"]), key=lambda s: s.id)
+    report = compute_deltas(tiny_qwen2, sources, probes, "last_token", cache)
+    cached = dict(zip(*report.load()))
+    chosen = [s for s in sources if s.id in ("a/s0", "c/s1", "a+b/s0")]  # three groups, different probe lengths
+    weights = LoraWeights.stack([load_adapter(s.path, tiny_qwen2.arch) for s in chosen])
+    probe = DeltaProbe(tiny_qwen2, probes, "last_token")
+    got = probe(weights, [s.tasks for s in chosen])
+    for s, d in zip(chosen, got):
+        assert torch.allclose(d, cached[s.id], atol=1e-4), s.id
+    with pytest.raises(ValueError, match="one task group per adapter"):
+        probe(weights)
+    leaf = {k: v.clone().requires_grad_(True) for k, v in weights.B.items()}
+    probe(LoraWeights(weights.layout, weights.A, leaf), [s.tasks for s in chosen]).square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaf.values())
+
+
+def test_generator_training_matches_task_probe_deltas(world, tiny_qwen2, tmp_path):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
+    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
+    kw = dict(cache=cache, arch=world["arch"], heldout=["c"])
+    ds = TeacherDataset(world["zoo"], world["conditioner"], spec, task_probes=probes, **kw)
+    cfg = TrainConfig(
+        generator="compact",
+        generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
+        encoder="tiny-encoder",
+        n_prompts=N_PROMPTS,
+        steps=4,
+        batch_size=3,
+        delta_batch=2,
+        lr=3e-3,
+        warmup_steps=1,
+        probes="task:train:4",
+        lam=LambdaSchedule(target=1.0, warmup_steps=1, ramp_steps=1),
+        save_every=2,
+    )
+    train_generator(cfg, ds, tiny_qwen2, tmp_path / "gen", progress=False)
+    log = read_log(tmp_path / "gen" / "log.jsonl")
+    with_delta = [r for r in log.values() if r.get("loss_delta") is not None]
+    assert with_delta and all(r["loss_delta"] > 0 for r in with_delta)
+    # a dataset of generic-probe Δ under a task-probe Δ loss (or the reverse) is refused before training
+    generic = TeacherDataset(world["zoo"], world["conditioner"], world["spec"], **{**kw, "cache": world["cache"]})
+    with pytest.raises(ConfigError, match="train.probes is task:train:4 but the teacher dataset holds Δ over generic5"):
+        train_generator(cfg, generic, tiny_qwen2, tmp_path / "gen2", progress=False)
+    with pytest.raises(ConfigError, match="holds Δ over task:train:4"):
+        train_generator(
+            cfg.model_copy(update={"probes": "generic5"}), ds, tiny_qwen2, tmp_path / "gen3", progress=False
+        )

@@ -24,7 +24,7 @@ from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.candidates import average_merge, random_conditions
-from deltalora.experiment.config import SeenConfig, zoo_config
+from deltalora.experiment.config import BaselineConfig, SeenConfig, zoo_config
 from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
@@ -252,6 +252,32 @@ def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2):
     assert (out / "generators/delta/seed1/generator.safetensors").read_bytes() == gen
     assert sorted(p.name for p in (out / "eval").rglob("*.json")) == evals
     assert json.loads((out / "results.json").read_text())["tasks"] == before
+
+
+def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(tiny_qwen2, tmp_path):
+    """train.probes: task:train:N — teacher Δ, the Δ loss and the report's Δ-cosines all on each task's own prompts."""
+    cfg = load_run_config(TINY)
+    cfg = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(update={"probes": "task:train:4"}),
+            "seeds": [0],
+            "compare": {},
+            "baselines": BaselineConfig(),
+            "seen": SeenConfig(tasks=1),
+        }
+    )
+    out = tmp_path / "run"
+    run_experiment(cfg, out, progress=False, backbone=tiny_qwen2)
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["train"]["probes"] == "task:train:4"
+    index = [json.loads(x) for x in (out / "deltas" / "index.jsonl").read_text().splitlines()]
+    by_id = {r["adapter"]: r["probes"] for r in index}
+    assert by_id["pick/s0/step4"] == "task:pick:train:4"
+    assert by_id["colours+double/s0/step4"] == "task:colours+double:train:4"  # a mixed teacher: both tasks' prompts
+    log = read_log(out / "generators" / "delta" / "seed0" / "log.jsonl")
+    assert any(r.get("loss_delta") is not None for r in log.values())
+    rows = res["tasks"]["pick"]["rows"]
+    assert all(-1 <= c <= 1 for c in rows["delta"]["delta_cosines"]) and min(rows["oracle"]["delta_cosines"]) > 0.5
 
 
 def test_a_killed_eval_keeps_the_candidates_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..deltas import DeltaProbe, DeltaSpec, compute_deltas, sources_from_manifest
+from ..deltas import DeltaProbe, DeltaSpec, TaskProbes, compute_deltas, sources_from_manifest
 from ..generators.checkpoint import load_generator
 from ..paths import atomic_write_bytes
 from ..training import LambdaSchedule, TeacherDataset, train_generator
@@ -20,7 +20,7 @@ from ..training.logs import read_log, tail_mean, values
 from .candidates import generate
 from .config import AblationConfig, load_run_config
 from .markdown import ablation_table
-from .run import Context, delta_cosines, prepare, score
+from .run import Context, delta_cosines, prepare, resolve_probes, score
 
 
 def variants(cfg: AblationConfig, base) -> list[tuple[str, str, object, object]]:
@@ -58,18 +58,26 @@ def _dataset(ctx: Context, train_cfg) -> TeacherDataset:
     """The run's training split with the teacher Δ of this variant's probes and representation."""
     if (train_cfg.probes, train_cfg.representation) == (ctx.cfg.train.probes, ctx.cfg.train.representation):
         return ctx.train_set
+    probes = resolve_probes(train_cfg.probes, ctx.tasks, ctx.backbone)
     compute_deltas(
         ctx.backbone,
         sources_from_manifest(ctx.zoo_dir),
-        train_cfg.probes,
+        probes,
         train_cfg.representation,
         ctx.cache,
         batch_adapters=ctx.cfg.delta_batch_adapters,
         progress=ctx.progress,
     )
-    spec = DeltaSpec.for_backbone(ctx.backbone, train_cfg.probes, train_cfg.representation)
+    spec = DeltaSpec.for_backbone(ctx.backbone, probes, train_cfg.representation)
     return TeacherDataset(
-        ctx.zoo_dir, ctx.conditioner, spec, split="train", heldout=ctx.heldout, cache=ctx.cache, arch=ctx.backbone.arch
+        ctx.zoo_dir,
+        ctx.conditioner,
+        spec,
+        split="train",
+        heldout=ctx.heldout,
+        cache=ctx.cache,
+        arch=ctx.backbone.arch,
+        task_probes=probes if isinstance(probes, TaskProbes) else None,
     )
 
 
@@ -79,7 +87,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
     out = Path(out)
     run_cfg = load_run_config(cfg.run)
     ctx = prepare(run_cfg, out / "run", progress, backbone)
-    probe = DeltaProbe(ctx.backbone, run_cfg.train.probes, run_cfg.train.representation)
+    probe = DeltaProbe(ctx.backbone, ctx.train_set.task_probes or run_cfg.train.probes, run_cfg.train.representation)
     shared = ctx.train_set.mean_delta()
     rows = []
     for name, factor, value, tcfg in variants(cfg, run_cfg):

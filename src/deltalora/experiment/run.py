@@ -42,7 +42,16 @@ import torch
 from ..backbones import cpu_info, describe_machine, load_backbone
 from ..conditions import Conditioner, load_encoder, pools_from_tasks, split_pools
 from ..config import RuntimeConfig
-from ..deltas import DeltaCache, DeltaProbe, DeltaSpec, compute_deltas, remove_shared, sources_from_manifest
+from ..deltas import (
+    DeltaCache,
+    DeltaProbe,
+    DeltaSpec,
+    TaskProbes,
+    compute_deltas,
+    is_task_probes,
+    remove_shared,
+    sources_from_manifest,
+)
 from ..errors import ConfigError
 from ..eval.arrow import Routed, evaluate_routed
 from ..eval.runner import BASE, evaluate_task
@@ -131,13 +140,16 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
             "of the zoo"
         )
 
+    _, needed = selected_specs(zoo_cfg)
+    tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
+    probes = resolve_probes(cfg.train.probes, tasks, backbone)
     t0 = time.perf_counter()
     cache = DeltaCache(out / "deltas")
     _say(progress, f"[deltas] teacher Δ of {len(entries)} adapters ({cfg.train.probes}, {cfg.train.representation})")
     report = compute_deltas(
         backbone,
         sources_from_manifest(zoo_dir),
-        cfg.train.probes,
+        probes,
         cfg.train.representation,
         cache,
         batch_adapters=cfg.delta_batch_adapters,
@@ -151,8 +163,6 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     clock.add("teacher Δ", t0)
 
     t0 = time.perf_counter()
-    _, needed = selected_specs(zoo_cfg)
-    tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
     encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)
     pools = pools_from_tasks(tasks.values())
     held: dict = {}
@@ -160,8 +170,9 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
         pools, held = split_pools(pools, [t for t in pools if t not in heldout], cfg.seen.fraction, cfg.seen.seed)
     n_prompts, form = cfg.train.n_prompts, cfg.train.condition_form
     conditioner = Conditioner(encoder, pools, n_prompts, form)
-    spec = DeltaSpec.for_backbone(backbone, cfg.train.probes, cfg.train.representation)
-    common = dict(heldout=heldout, cache=cache, arch=backbone.arch)
+    spec = DeltaSpec.for_backbone(backbone, probes, cfg.train.representation)
+    task_probes = probes if isinstance(probes, TaskProbes) else None
+    common = dict(heldout=heldout, cache=cache, arch=backbone.arch, task_probes=task_probes)
     train_set = TeacherDataset(zoo_dir, conditioner, spec, split="train", **common)
     heldout_set = TeacherDataset(zoo_dir, conditioner, spec, split="heldout", **common)
     seen = choose_seen(train_set.entries, cfg.seen.tasks, cfg.seen.seed)
@@ -193,6 +204,11 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
         seen,
         seen_conditioner,
     )
+
+
+def resolve_probes(name: str, tasks: dict, backbone) -> str | TaskProbes:
+    """The run's probes as the Δ code takes them: a probe set's name, or task probes over the run's tasks."""
+    return TaskProbes(name, tasks, backbone.tokenizer) if is_task_probes(name) else name
 
 
 def rows(cfg: RunConfig) -> list[str]:
@@ -377,7 +393,8 @@ def delta_cosines(
     for group in by_layout.values():
         for i in range(0, len(group), k):
             chunk = group[i : i + k]
-            d = probe(LoraWeights.stack([candidates[n][1] for n in chunk])).cpu()
+            groups = [(task,)] * len(chunk) if probe.task_probes is not None else None  # the task's own probes
+            d = probe(LoraWeights.stack([candidates[n][1] for n in chunk]), groups).cpu()
             deltas.update(zip(chunk, d))
     oracle, shared = oracle.cpu(), shared.cpu()
     cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle, dim=0)) for n in names}
@@ -439,7 +456,7 @@ def run_experiment(
     ctx = prepare(cfg, out, progress, backbone)
     dirs = train_variants(ctx)
     gens = {key: load_generator(d / "generator.safetensors", ctx.backbone.device).gen for key, d in dirs.items()}
-    probe = DeltaProbe(ctx.backbone, cfg.train.probes, cfg.train.representation)
+    probe = DeltaProbe(ctx.backbone, ctx.train_set.task_probes or cfg.train.probes, cfg.train.representation)
     results_tasks: dict[str, dict] = {}
     points, labels = [], []
     train_examples = [ctx.train_set.example(i, 0) for i in range(len(ctx.train_set))]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -124,6 +124,7 @@ class TeacherBatch:
     weights: LoraWeights  # K stacked adapters
     conditions: torch.Tensor  # [K, n_prompts, cond_dim]
     deltas: torch.Tensor  # [K, delta_dim]
+    components: list[tuple[str, ...]] = field(default_factory=list)  # each teacher's tasks (its task probes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -136,6 +137,7 @@ class TeacherBatch:
             self.weights.to(*args, **kwargs),
             self.conditions.to(*args, **kwargs),
             self.deltas.to(*args, **kwargs),
+            self.components,
         )
 
 
@@ -150,6 +152,7 @@ def collate_teachers(examples: Sequence[TeacherExample]) -> TeacherBatch:
         weights=LoraWeights.stack([e.weights for e in examples]),
         conditions=torch.stack([e.condition for e in examples]),
         deltas=torch.stack([e.delta for e in examples]),
+        components=[e.components for e in examples],
     )
 
 

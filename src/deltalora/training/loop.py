@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..deltas import DeltaProbe, remove_shared
+from ..deltas import DeltaProbe, is_task_probes, remove_shared
 from ..errors import ConfigError
 from ..generators import build_generator
 from ..generators.checkpoint import save_generator
@@ -236,7 +236,18 @@ def train_generator(
     del examples, teachers
     delta_scale = max(float(dataset.deltas.square().sum(-1).mean()), 1e-12)
     shared = dataset.mean_delta().to(device)  # the shift every teacher shares (specific_cosine loss, log)
-    probe = DeltaProbe(backbone, cfg.probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
+    task_probes = dataset.task_probes
+    if cfg.uses_delta and (
+        is_task_probes(cfg.probes) != (task_probes is not None)
+        or (task_probes is not None and task_probes.name != cfg.probes)
+    ):
+        have = task_probes.name if task_probes is not None else dataset.deltas_spec.probes
+        raise ConfigError(
+            f"train.probes is {cfg.probes} but the teacher dataset holds Δ over {have}; build the dataset with the "
+            "probes the Δ loss uses (task probes: TeacherDataset(..., task_probes=TaskProbes(...)))"
+        )
+    probes = task_probes if task_probes is not None else cfg.probes
+    probe = DeltaProbe(backbone, probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
 
     log = (out / LOG_NAME).open("a", encoding="utf-8") if rank == 0 else None
     tb = _tensorboard(out) if rank == 0 else None
@@ -261,7 +272,8 @@ def train_generator(
             loss = lw
             ld = cos = scos = pnorm = tnorm = None
             if lam > 0 and n_delta > 0:
-                d_pred = probe(head(pred, n_delta))
+                groups = batch.components[:n_delta] if task_probes is not None else None
+                d_pred = probe(head(pred, n_delta), groups)
                 d_t = batch.deltas[:n_delta]
                 ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale, shared=shared)
                 loss = lw + lam * ld_t
