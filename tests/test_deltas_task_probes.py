@@ -11,12 +11,14 @@ from typer.testing import CliRunner
 
 from deltalora.cli import app
 from deltalora.deltas import (
+    AnswerLogProbs,
     DeltaCache,
     DeltaExtractor,
     DeltaProbe,
     DeltaSpec,
     ProbeError,
     TaskProbes,
+    answer_kl,
     compute_deltas,
     get_probe_set,
     parse_task_probes,
@@ -31,7 +33,7 @@ from deltalora.training import LambdaSchedule, TrainConfig, train_generator
 from deltalora.training.data import TeacherDataset
 from deltalora.training.logs import read_log
 from deltalora.zoo import build_zoo, load_zoo_config, read_manifest
-from tests.helpers import N_PROMPTS, teacher_world
+from tests.helpers import N_PROMPTS, peft_reference, teacher_world
 
 ZOO = "tests/fixtures/zoo/tiny.yaml"
 
@@ -168,3 +170,79 @@ def test_generator_training_matches_task_probe_deltas(world, tiny_qwen2, tmp_pat
         train_generator(
             cfg.model_copy(update={"probes": "generic5"}), ds, tiny_qwen2, tmp_path / "gen3", progress=False
         )
+
+
+def test_answer_log_probs_are_the_teacher_forced_answer_tokens_and_kl_vanishes_on_the_teacher(world, tiny_qwen2):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    answers = AnswerLogProbs(tiny_qwen2, probes, max_answer_tokens=6)
+    sources = sorted(sources_from_manifest(world["zoo"]), key=lambda s: s.id)
+    chosen = [s for s in sources if s.id in ("a/s0", "b+c/s0")]
+    weights = LoraWeights.stack([load_adapter(s.path, tiny_qwen2.arch) for s in chosen])
+    groups = [s.tasks for s in chosen]
+    got = answers(weights, groups)
+    mask = answers.mask(groups)
+    assert got.shape[:2] == mask.shape and mask.any(-1).all()
+    # reference for the first adapter: stock PEFT, the full logits of prompt + answer, read at the answer positions
+    tok = tiny_qwen2.tokenizer
+    ref = peft_reference(tiny_qwen2.model, weights.select(0))
+    row = 0
+    for task, item in probes.items(groups[0]):
+        p = tok(format_prompt(tok, task, item), add_special_tokens=False)["input_ids"]
+        a = tok(item.answer + tok.eos_token, add_special_tokens=False)["input_ids"][:6]
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([p + a])).logits[0].float()
+        want = torch.log_softmax(logits[len(p) - 1 : len(p) - 1 + len(a)], -1)
+        assert torch.allclose(got[0, row : row + len(a)], want, atol=1e-4)
+        row += len(a)
+    assert row == int(mask[0].sum())
+    assert torch.allclose(answer_kl(got, got, mask), torch.zeros(2), atol=1e-6)
+    base = answers(None, groups)
+    kl = answer_kl(got, base, mask)
+    assert (kl > 0).all()
+    leaf = {k: v.clone().requires_grad_(True) for k, v in weights.B.items()}
+    answer_kl(got.detach(), answers(LoraWeights(weights.layout, weights.A, leaf), groups), mask).sum().backward()
+    assert all(t.grad is not None for t in leaf.values())
+
+
+def test_b1_delta_only_training_with_kl_tether_and_norm_penalty(world, tiny_qwen2, tmp_path):
+    """B1: no weight loss; task-probe Δ + KL(teacher ‖ generated) on answer tokens + μ‖ΔW‖², all logged."""
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
+    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
+    ds = TeacherDataset(
+        world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], heldout=["c"], task_probes=probes
+    )
+    cfg = TrainConfig(
+        generator="compact",
+        generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
+        encoder="tiny-encoder",
+        n_prompts=N_PROMPTS,
+        steps=4,
+        batch_size=3,
+        delta_batch=2,
+        lr=3e-3,
+        warmup_steps=1,
+        probes="task:train:4",
+        lam=LambdaSchedule(target=1.0),
+        weight_scale=0.0,
+        kl=LambdaSchedule(target=0.5, warmup_steps=1),
+        kl_probes="task:train:4",
+        kl_answer_tokens=4,
+        norm_penalty=0.1,
+        save_every=2,
+    )
+    with pytest.raises(ConfigError, match="needs the zoo's tasks"):
+        train_generator(cfg, ds, tiny_qwen2, tmp_path / "no-tasks", progress=False)
+    train_generator(cfg, ds, tiny_qwen2, tmp_path / "b1", progress=False, tasks=world["tasks"])
+    log = list(read_log(tmp_path / "b1" / "log.jsonl").values())
+    assert log[0]["loss_kl"] is None and all(r["loss_kl"] > 0 for r in log[1:])  # after the KL warm-up
+    assert all(r["weight_norm"] is not None and r["loss_delta"] is not None for r in log)
+    # the weight loss is logged but not trained on: the total is Δ + KL + norm
+    last = log[-1]
+    total = last["loss_delta"] + last["lambda_kl"] * last["loss_kl"] + 0.1 * last["weight_norm"]
+    assert last["loss"] == pytest.approx(total, rel=1e-5)
+    with pytest.raises(ValueError, match="weight_scale 0 leaves no loss"):
+        TrainConfig(weight_scale=0.0)
+    with pytest.raises(ValueError, match="kl_probes must be task probes"):
+        TrainConfig(kl_probes="generic5")

@@ -22,6 +22,7 @@ from .extract import (
     sources_from_models,
 )
 from .forward import PROBE_DTYPES, DeltaProbe, lora_activations
+from .logits import AnswerLogProbs, answer_kl
 from .probes import (
     ProbeError,
     ProbeSet,
@@ -47,6 +48,8 @@ from .spec import DeltaSpec, lora_content
 
 __all__ = [
     "PROBE_DTYPES",
+    "AnswerLogProbs",
+    "answer_kl",
     "DeltaProbe",
     "DeltaSpec",
     "lora_activations",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import DeltaLoraError
 from ..registry import Registry
-from ..tasks import Task, format_prompt, stable_seed
+from ..tasks import Task, TaskItem, format_prompt, stable_seed
 
 
 class ProbeError(DeltaLoraError):
@@ -247,11 +247,10 @@ def parse_task_probes(spec: str) -> TaskProbeSpec:
     return TaskProbeSpec(split, n, seed)
 
 
-def task_probe_set(spec: TaskProbeSpec, tasks: Sequence[Task], tokenizer) -> ProbeSet:
-    """The probes of a teacher trained on ``tasks`` (one task, or a mixed teacher's components): ``spec.n`` of their
-    ``spec.split`` items, sampled without replacement (a function of the task names and ``spec.seed``), formatted
-    as the teacher saw them. Every teacher gets exactly ``n`` probes, so adapters of different tasks batch together:
-    a task with fewer items is an error that names the largest ``n`` it allows."""
+def task_probe_items(spec: TaskProbeSpec, tasks: Sequence[Task]) -> list[tuple[Task, TaskItem]]:
+    """The items behind a teacher's task probes: ``spec.n`` of its tasks' ``spec.split`` items, sampled without
+    replacement (a function of the task names and ``spec.seed``). Every teacher gets exactly ``n``, so adapters of
+    different tasks batch together: a task with fewer items is an error that names the largest ``n`` it allows."""
     names = [t.name for t in tasks]
     pool = [(t, it) for t in tasks for it in t.split(spec.split)]
     if len(pool) < spec.n:
@@ -260,8 +259,14 @@ def task_probe_set(spec: TaskProbeSpec, tasks: Sequence[Task], tokenizer) -> Pro
             f"use task:{spec.split}:{max(1, len(pool))} or fewer"
         )
     rng = random.Random(stable_seed("task-probes", spec.split, spec.seed, *names))
-    chosen = rng.sample(pool, spec.n)
-    texts = tuple(format_prompt(tokenizer, t, it) for t, it in chosen)
+    return rng.sample(pool, spec.n)
+
+
+def task_probe_set(spec: TaskProbeSpec, tasks: Sequence[Task], tokenizer) -> ProbeSet:
+    """The probes of a teacher trained on ``tasks`` (one task, or a mixed teacher's components): the prompts of
+    :func:`task_probe_items`, formatted as the teacher saw them."""
+    names = [t.name for t in tasks]
+    texts = tuple(format_prompt(tokenizer, t, it) for t, it in task_probe_items(spec, tasks))
     return ProbeSet(f"{TASK_PROBES}{'+'.join(names)}:{spec.split}:{spec.n}", texts)
 
 
@@ -278,6 +283,18 @@ class TaskProbes:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def items(self, components: Sequence[str]) -> list[tuple[Task, TaskItem]]:
+        """The (task, item) pairs behind ``probe_set(components)``, in the same order."""
+        return task_probe_items(self.spec, [self._task(t) for t in components])
+
+    def _task(self, name: str) -> Task:
+        if name not in self.tasks:
+            raise ProbeError(
+                f"task probes {self.name}: no task {name!r} among the {len(self.tasks)} tasks given; pass the zoo's "
+                "config (the suite it was built from)"
+            )
+        return self.tasks[name]
 
     def probe_set(self, components: Sequence[str]) -> ProbeSet:
         key = tuple(components)
@@ -306,5 +323,6 @@ __all__ = [
     "parse_task_probes",
     "probe_set_names",
     "register_probe_set",
+    "task_probe_items",
     "task_probe_set",
 ]

@@ -99,6 +99,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
             out / name,
             progress=progress,
             meta={"encoder": tcfg.encoder, "heldout_tasks": ctx.heldout},
+            tasks=ctx.tasks,
         )
         gen = load_generator(res.generator, ctx.backbone.device).gen
         cosines, specific, accs = [], [], []

@@ -66,6 +66,7 @@ def train_variant(
             out,
             progress=me == 0,
             meta={"encoder": cfg.train.encoder, "heldout_tasks": ctx.heldout},
+            tasks=ctx.tasks,
         )
     finally:
         leave_distributed()

@@ -254,6 +254,7 @@ def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
                 d,
                 progress=ctx.progress,
                 meta={"encoder": ctx.cfg.train.encoder, "heldout_tasks": ctx.heldout},
+                tasks=ctx.tasks,
             )
             ctx.stage(f"train {variant}", t0)
             dirs[(variant, seed)] = d

@@ -54,6 +54,13 @@ class TrainConfig(StrictModel):
     representation: str = "last_token"
     probe_dtype: Literal["float32", "bfloat16"] = "float32"  # dtype of the probe forward; Δ always in float32
 
+    # L = weight_scale·L_weights + λ(t)·L_Δ + kl(t)·L_KL + norm_penalty·‖ΔW‖² (B1 Δ-only: weight_scale 0)
+    weight_scale: float = Field(1.0, ge=0)
+    kl: LambdaSchedule = LambdaSchedule()  # KL(teacher ‖ generated) on the answer tokens of the teacher's task probes
+    kl_probes: str = "task:train:8"  # the items the KL is taken on (task probes: each teacher's own task)
+    kl_answer_tokens: int = Field(16, ge=1)  # answer tokens scored per item
+    norm_penalty: float = Field(0.0, ge=0)  # μ on Σ‖ΔW‖² of the generated adapter / the teachers' mean
+
     log_every: int = Field(1, ge=1)
     save_every: int = Field(25, ge=1)
 
@@ -63,11 +70,29 @@ class TrainConfig(StrictModel):
             raise ValueError(f"delta_batch ({self.delta_batch}) cannot exceed batch_size ({self.batch_size})")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        if not self.kl_probes.startswith("task:"):
+            raise ValueError(f"kl_probes must be task probes (task:train:N), got {self.kl_probes!r}")
+        if self.weight_scale == 0 and not (self.uses_delta or self.uses_kl):
+            raise ValueError("weight_scale 0 leaves no loss: set lam.target or kl.target > 0 (B1: Δ-only training)")
         return self
 
     @property
     def uses_delta(self) -> bool:
         return self.lam.target > 0
 
+    @property
+    def uses_kl(self) -> bool:
+        return self.kl.target > 0
 
-__all__ = ["LambdaSchedule", "TrainConfig"]
+
+# Fields added after runs were fingerprinted: left out of a fingerprint while at these defaults, so those runs resume.
+LATER_DEFAULTS: dict[str, Any] = {
+    "weight_scale": 1.0,
+    "kl": {"target": 0.0, "warmup_steps": 0, "ramp_steps": 0},
+    "kl_probes": "task:train:8",
+    "kl_answer_tokens": 16,
+    "norm_penalty": 0.0,
+}
+
+
+__all__ = ["LATER_DEFAULTS", "LambdaSchedule", "TrainConfig"]

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..deltas import DeltaProbe, is_task_probes, remove_shared
+from ..deltas import AnswerLogProbs, DeltaProbe, TaskProbes, answer_kl, is_task_probes, remove_shared
 from ..errors import ConfigError
 from ..generators import build_generator
 from ..generators.checkpoint import save_generator
 from ..generators.library import TeacherLibrary
 from ..lora import LoraWeights
-from ..tasks import stable_seed
-from .config import TrainConfig
+from ..tasks import Task, stable_seed
+from .config import LATER_DEFAULTS, TrainConfig
 from .data import TeacherDataset, collate_teachers
-from .losses import WeightLoss, cosine, delta_loss, head
+from .losses import WeightLoss, cosine, delta_loss, head, product_sq_norm
 from .state import STATE_NAME, read_state, restore_state, save_state
 
 LOG_NAME = "log.jsonl"
@@ -103,6 +104,13 @@ def recorded_config(cfg: TrainConfig) -> dict:
     return out
 
 
+def _fingerprint_json(cfg: TrainConfig) -> str:
+    """The config's JSON without the fields added later while they hold their defaults: a run fingerprinted before
+    they existed keeps its fingerprint (and resumes)."""
+    at_default = {k for k, v in LATER_DEFAULTS.items() if json.loads(cfg.model_dump_json(include={k}))[k] == v}
+    return cfg.model_dump_json(exclude=at_default)
+
+
 def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: bool = False) -> str:
     """What makes a run directory's state reusable: the config, the teacher set, their Δ, the world size and, where
     prompts are held back, which part of each condition pool the teachers draw (``TeacherDataset.condition_parts``).
@@ -114,7 +122,7 @@ def fingerprint(cfg: TrainConfig, dataset: TeacherDataset, world: int, legacy: b
     if not cfg.uses_delta and not legacy:
         cfg = effective_config(cfg)
         spec = None
-    h = hashlib.sha256(cfg.model_dump_json().encode())
+    h = hashlib.sha256(_fingerprint_json(cfg).encode())
     h.update(json.dumps([dataset.ids, dataset.heldout, spec, world, dataset.seed]).encode())
     if dataset.condition_parts:  # prompts held back for the seen tasks: a state trained on whole pools must not resume
         h.update(json.dumps(dataset.condition_parts, sort_keys=True).encode())
@@ -172,11 +180,13 @@ def train_generator(
     meta: dict | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    tasks: Mapping[str, Task] | None = None,
 ) -> TrainResult:
     """Train (or resume, or return a finished) generator on ``dataset``; see the module docstring.
 
     ``meta`` goes into the generator checkpoint (``encoder`` must name the condition encoder);
-    ``stop_after`` stops after that many steps of this call (for tests and time-boxed runs).
+    ``stop_after`` stops after that many steps of this call (for tests and time-boxed runs); ``tasks`` (name ->
+    Task) are the zoo's tasks, which the KL tether (``cfg.kl``) reads its answer items from.
     """
     out = Path(out_dir)
     rank, world = _dist()
@@ -227,6 +237,13 @@ def train_generator(
 
         model = DDP(gen, device_ids=[device.index] if device.type == "cuda" else None)
 
+    answers = None
+    if cfg.uses_kl:
+        if tasks is None:
+            raise ConfigError("train.kl needs the zoo's tasks (its answer items): pass tasks= to train_generator")
+        answers = AnswerLogProbs(backbone, TaskProbes(cfg.kl_probes, tasks, backbone.tokenizer), cfg.kl_answer_tokens)
+    # the teachers' mean Σ‖ΔW‖²: the norm penalty's unit, so μ is scale-free like λ
+    norm_unit = float(product_sq_norm(teachers).mean()) if cfg.norm_penalty > 0 else 1.0
     wloss = WeightLoss(cfg.weight_loss, teachers, cfg.token_weighting)
     floor = wloss.floor(teachers, ["+".join(e.components) for e in examples])
     wloss = wloss.to(device)
@@ -269,18 +286,30 @@ def train_generator(
             pred = model(batch.conditions)
             lw = wloss(pred, batch.weights)
             lam = cfg.lam.at(step)
-            loss = lw
-            ld = cos = scos = pnorm = tnorm = None
+            loss = cfg.weight_scale * lw
+            ld = cos = scos = pnorm = tnorm = lkl = lnorm = None
             if lam > 0 and n_delta > 0:
                 groups = batch.components[:n_delta] if task_probes is not None else None
                 d_pred = probe(head(pred, n_delta), groups)
                 d_t = batch.deltas[:n_delta]
                 ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale, shared=shared)
-                loss = lw + lam * ld_t
+                loss = loss + lam * ld_t
                 ld = float(ld_t.detach())
                 cos = float(cosine(d_pred, d_t).mean())
                 scos = float(cosine(remove_shared(d_pred, shared), remove_shared(d_t, shared)).mean())
                 pnorm, tnorm = float(d_pred.detach().norm(dim=-1).mean()), float(d_t.norm(dim=-1).mean())
+            lam_kl = cfg.kl.at(step)
+            if lam_kl > 0 and n_delta > 0:  # the KL tether, on the same prefix of the batch as the Δ loss
+                groups = batch.components[:n_delta]
+                with torch.no_grad():
+                    teacher_logp = answers(head(batch.weights, n_delta), groups)
+                kl_t = answer_kl(teacher_logp, answers(head(pred, n_delta), groups), answers.mask(groups)).mean()
+                loss = loss + lam_kl * kl_t
+                lkl = float(kl_t.detach())
+            if cfg.norm_penalty > 0:
+                norm_t = product_sq_norm(pred).mean() / norm_unit
+                loss = loss + cfg.norm_penalty * norm_t
+                lnorm = float(norm_t.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = float(torch.nn.utils.clip_grad_norm_(gen.parameters(), cfg.grad_clip))
@@ -294,6 +323,8 @@ def train_generator(
                     "delta_cosine_specific": scos,
                     "delta_norm_pred": pnorm,
                     "delta_norm_teacher": tnorm,
+                    "loss_kl": lkl,
+                    "weight_norm": lnorm,
                 },
                 world,
             )
@@ -301,6 +332,7 @@ def train_generator(
                 "step": step,
                 **vals,
                 "lambda": lam,
+                "lambda_kl": lam_kl,
                 "lr": lr,
                 "grad_norm": gnorm,
                 "epoch": positions[0][1],
