@@ -24,7 +24,7 @@ from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.candidates import average_merge, random_conditions
-from deltalora.experiment.config import BaselineConfig, SeenConfig, zoo_config
+from deltalora.experiment.config import BaselineConfig, CompareGenerator, SeenConfig, zoo_config
 from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
@@ -261,7 +261,20 @@ def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(
         update={
             "train": cfg.train.model_copy(update={"probes": "task:train:4"}),
             "seeds": [0],
-            "compare": {},
+            "compare": {
+                "b1": CompareGenerator(
+                    generator="compact",
+                    generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
+                    train={
+                        "weight_scale": 0.0,
+                        "lam": {"target": 1.0},
+                        "kl": {"target": 0.5},
+                        "kl_probes": "task:train:4",
+                        "kl_answer_tokens": 4,
+                        "norm_penalty": 0.1,
+                    },
+                )
+            },
             "baselines": BaselineConfig(),
             "seen": SeenConfig(tasks=1),
         }
@@ -278,6 +291,11 @@ def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(
     assert any(r.get("loss_delta") is not None for r in log.values())
     rows = res["tasks"]["pick"]["rows"]
     assert all(-1 <= c <= 1 for c in rows["delta"]["delta_cosines"]) and min(rows["oracle"]["delta_cosines"]) > 0.5
+    # B1 (Δ-only with the KL tether and a norm penalty) is a variant with a row of its own
+    b1 = list(read_log(out / "generators" / "b1" / "seed0" / "log.jsonl").values())
+    assert all(r["loss_kl"] is not None and r["weight_norm"] is not None for r in b1)
+    assert len(rows["b1"]["accuracies"]) == cfg.adapters_per_seed
+    assert res["row_labels"]["b1"].startswith("compact generator (weight_scale=0.0, lam.target=1.0, kl.target=0.5")
 
 
 def test_a_killed_eval_keeps_the_candidates_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):

@@ -151,13 +151,13 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _merged(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` laid on top, mappings merged key by key (so ``{"train": {"lr": 1}}`` keeps train's other
     keys).
     """
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -197,7 +197,7 @@ def load_yaml(path: str | Path, model: type[M], overrides: dict | None = None) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys to values, got {type(raw).__name__}")
     if overrides:
-        raw = _merged(raw, overrides)
+        raw = deep_merge(raw, overrides)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..deltas import DeltaProbe, DeltaSpec, TaskProbes, compute_deltas, sources_from_manifest
+from ..deltas import DeltaProbe
 from ..generators.checkpoint import load_generator
 from ..paths import atomic_write_bytes
-from ..training import LambdaSchedule, TeacherDataset, train_generator
+from ..training import LambdaSchedule, train_generator
 from ..training.logs import read_log, tail_mean, values
 from .candidates import generate
 from .config import AblationConfig, load_run_config
 from .markdown import ablation_table
-from .run import Context, delta_cosines, prepare, resolve_probes, score
+from .run import dataset_for, delta_cosines, prepare, score
 
 
 def variants(cfg: AblationConfig, base) -> list[tuple[str, str, object, object]]:
@@ -54,33 +54,6 @@ def variants(cfg: AblationConfig, base) -> list[tuple[str, str, object, object]]
     return out
 
 
-def _dataset(ctx: Context, train_cfg) -> TeacherDataset:
-    """The run's training split with the teacher Δ of this variant's probes and representation."""
-    if (train_cfg.probes, train_cfg.representation) == (ctx.cfg.train.probes, ctx.cfg.train.representation):
-        return ctx.train_set
-    probes = resolve_probes(train_cfg.probes, ctx.tasks, ctx.backbone)
-    compute_deltas(
-        ctx.backbone,
-        sources_from_manifest(ctx.zoo_dir),
-        probes,
-        train_cfg.representation,
-        ctx.cache,
-        batch_adapters=ctx.cfg.delta_batch_adapters,
-        progress=ctx.progress,
-    )
-    spec = DeltaSpec.for_backbone(ctx.backbone, probes, train_cfg.representation)
-    return TeacherDataset(
-        ctx.zoo_dir,
-        ctx.conditioner,
-        spec,
-        split="train",
-        heldout=ctx.heldout,
-        cache=ctx.cache,
-        arch=ctx.backbone.arch,
-        task_probes=probes if isinstance(probes, TaskProbes) else None,
-    )
-
-
 def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, backbone=None) -> Path:
     """Train every variant into ``out/<name>``, write ``out/ablation.md`` and ``ablation.json``; returns the .md
     path."""
@@ -94,7 +67,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True, ba
         t0 = time.perf_counter()
         res = train_generator(
             tcfg,
-            _dataset(ctx, tcfg),
+            dataset_for(ctx, tcfg),
             ctx.backbone,
             out / name,
             progress=progress,

@@ -10,12 +10,13 @@ resolved against the YAML's folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
 from ..backbones.precision import canonical_precision
-from ..config import StrictModel, load_yaml
+from ..config import StrictModel, deep_merge, load_yaml, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora.merge import MERGE_METHODS
 from ..training import LambdaSchedule, TrainConfig
@@ -67,11 +68,14 @@ class SeenConfig(StrictModel):
 
 
 class CompareGenerator(StrictModel):
-    """Another generator trained beside the two variants (weight loss only, λ = 0), with a row of its own in both
-    report sections: the run's ``train`` config with ``generator`` and ``generator_options`` replaced."""
+    """Another generator trained beside the two variants, with a row of its own in both report sections: the run's
+    ``train`` config with ``generator`` and ``generator_options`` replaced, at λ = 0 (weight loss only) unless
+    ``train`` overrides more — any training settings, merged key by key onto the run's, e.g. B1 Δ-only training:
+    ``{weight_scale: 0, lam: {target: 1}, probes: task:train:8, kl: {target: 0.5}, norm_penalty: 0.1}``."""
 
     generator: str
     generator_options: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
     label: str | None = None  # the report row's label (default: "<generator> generator (λ=0)")
 
 
@@ -217,6 +221,10 @@ class RunConfig(StrictModel):
         if variant in self.compare:
             other = self.compare[variant]
             update.update(generator=other.generator, generator_options=other.generator_options)
+            if other.train:
+                base = json.loads(self.train.model_copy(update=update).model_dump_json())
+                merged = deep_merge(base, {**other.train, "seed": seed})
+                return model_validate_or_raise(TrainConfig, merged, f"compare.{variant}.train")
         return self.train.model_copy(update=update)
 
 

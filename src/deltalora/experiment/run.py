@@ -104,6 +104,7 @@ class Context:
     machine: dict | None = None  # where this call ran and the teachers' effective precision (results.json)
     seen: list[str] = field(default_factory=list)  # training tasks scored from held-back prompts (cfg.seen)
     seen_conditioner: Conditioner | None = None  # the held-back parts of the seen tasks' condition pools
+    datasets: dict = field(default_factory=dict)  # (probes, representation) -> training set of a variant's Δ
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
@@ -234,9 +235,53 @@ def baseline_labels(cfg: RunConfig) -> dict[str, str]:
     return out
 
 
+def _overrides_text(over: dict, prefix: str = "") -> str:
+    """``{"lam": {"target": 1}, "weight_scale": 0}`` -> ``"lam.target=1, weight_scale=0"``."""
+    parts = []
+    for k, v in over.items():
+        parts.append(_overrides_text(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}")
+    return ", ".join(p for p in parts if p)
+
+
 def row_labels(cfg: RunConfig, base: dict[str, str]) -> dict[str, str]:
-    extra = {k: c.label or f"{c.generator} generator (λ=0)" for k, c in cfg.compare.items()}
+    extra = {
+        k: c.label or f"{c.generator} generator ({_overrides_text(c.train) or 'λ=0'})" for k, c in cfg.compare.items()
+    }
     return {r: {**base, **baseline_labels(cfg), **extra}[r] for r in rows(cfg)}
+
+
+def dataset_for(ctx: Context, train_cfg) -> TeacherDataset:
+    """The run's training split with the teacher Δ of this variant's probes and representation (computed into the
+    run's Δ cache when missing); the run's own training set when they are the run's, or when the variant has no Δ
+    loss (it never reads Δ)."""
+    same = (train_cfg.probes, train_cfg.representation) == (ctx.cfg.train.probes, ctx.cfg.train.representation)
+    if same or not train_cfg.uses_delta:
+        return ctx.train_set
+    key = (train_cfg.probes, train_cfg.representation)
+    if key in ctx.datasets:
+        return ctx.datasets[key]
+    probes = resolve_probes(train_cfg.probes, ctx.tasks, ctx.backbone)
+    compute_deltas(
+        ctx.backbone,
+        sources_from_manifest(ctx.zoo_dir),
+        probes,
+        train_cfg.representation,
+        ctx.cache,
+        batch_adapters=ctx.cfg.delta_batch_adapters,
+        progress=ctx.progress,
+    )
+    spec = DeltaSpec.for_backbone(ctx.backbone, probes, train_cfg.representation)
+    ctx.datasets[key] = TeacherDataset(
+        ctx.zoo_dir,
+        ctx.conditioner,
+        spec,
+        split="train",
+        heldout=ctx.heldout,
+        cache=ctx.cache,
+        arch=ctx.backbone.arch,
+        task_probes=probes if isinstance(probes, TaskProbes) else None,
+    )
+    return ctx.datasets[key]
 
 
 def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
@@ -247,9 +292,10 @@ def train_variants(ctx: Context) -> dict[tuple[str, int], Path]:
             d = ctx.out / "generators" / variant / f"seed{seed}"
             _say(ctx, f"[train] {variant} seed {seed} -> {d}")
             t0 = time.perf_counter()
+            tcfg = ctx.cfg.arm_config(variant, seed)
             train_generator(
-                ctx.cfg.arm_config(variant, seed),
-                ctx.train_set,
+                tcfg,
+                dataset_for(ctx, tcfg),
                 ctx.backbone,
                 d,
                 progress=ctx.progress,
