@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--loss", default="product", choices=("product", "slots", "tokens"))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, action="append", help="generator seed (and pool split); repeatable (default 0)")
     ap.add_argument("--fraction", type=float, default=0.25, help="share of each condition pool held back")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-fit"))
     ap.add_argument("--out", type=Path, default=Path("results/generator_fit"))
@@ -84,84 +84,92 @@ def main() -> None:
     _, specs = selected_specs(zcfg)
     tasks = {s.name: build_task(s, seed=zcfg.split_seed) for s in specs}
     encoder = load_encoder("minilm", RuntimeConfig(device="cpu"))
-    kept, held = split_pools(pools_from_tasks(tasks.values()), done, args.fraction, args.seed)
-    conditioner = Conditioner(encoder, kept, n_prompts=8)
-    heldback = Conditioner(encoder, held, n_prompts=8)
     spec = DeltaSpec.for_backbone(backbone, probes, rep)
-    out_of_fit = partial  # tasks with some seeds still to train: left out like held-out tasks
-    ds = TeacherDataset(args.zoo, conditioner, spec, split="train", heldout=out_of_fit, cache=cache, arch=backbone.arch)
-    teachers = LoraWeights.stack([ds.example(i, 0).weights for i in range(len(ds))])
-    singles = [i for i, e in enumerate(ds.entries) if not e.mixed]
-    means = {}
-    for t in done:
-        rows = [i for i in singles if ds.entries[i].task == t]
-        means[t] = LoraWeights(
-            teachers.layout,
-            {k: v[rows].mean(0) for k, v in teachers.A.items()},
-            {k: v[rows].mean(0) for k, v in teachers.B.items()},
-        )
-    own = {
-        t: product_cosine(
-            LoraWeights.stack([teachers.select(i) for i in singles if ds.entries[i].task == t]),
-            LoraWeights.stack([means[t]] * sum(ds.entries[i].task == t for i in singles)),
-        )
-        for t in done
-    }
+    seeds = args.seed or [0]
     report = {
         "command": command_line(),
         "machine": machine(),
         "zoo": str(args.zoo),
         "tasks": done,
-        "teachers": len(ds),
-        "left_out": out_of_fit,
+        "left_out": partial,  # tasks with some seeds still to train: left out like held-out tasks
         "steps": args.steps,
         "loss": args.loss,
-        "generators": {},
+        "seeds": seeds,
+        "generators": {name: {"seeds": {}} for name in names},
     }
-    curves = {}
-    for name in names:
-        generator, options = PRESETS[name]
-        cfg = TrainConfig(
-            generator=generator,
-            generator_options=options,
-            encoder="minilm",
-            n_prompts=8,
-            steps=args.steps,
-            batch_size=8,
-            lr=args.lr,
-            warmup_steps=min(10, args.steps - 1),
-            weight_loss=args.loss,
-            lam=LambdaSchedule(),
-            seed=args.seed,
-            save_every=50,
-        )
-        run = args.work / f"{name}-{args.loss}-s{args.seed}"
-        res = train_generator(cfg, ds, backbone, run, progress=True)
-        log = read_log(run / "log.jsonl")
-        lw = [log[s]["loss_weights"] for s in sorted(log)]
-        curves[name] = lw
-        tail = statistics.fmean(lw[-max(1, len(lw) // 10) :])
-        gen = res.module.eval()
-        cos = {}
-        with torch.no_grad():
-            for t in done:
-                cond = torch.stack([heldback.sample(t, seed=args.seed, key=f"fit/{j}") for j in range(3)])
-                pred = gen(cond)
-                cos[t] = float(product_cosine(pred, LoraWeights.stack([means[t]] * 3)).mean())
-        report["generators"][name] = {
-            "options": gen.spec["options"],
-            "floor": res.weight_loss_floor,
-            "first": lw[0],
-            "tail": tail,
-            "tail_minus_floor": tail - res.weight_loss_floor,
-            "seen_dw_cosine": cos,
-            "seen_dw_cosine_median": statistics.median(cos.values()),
-        }
-        if "library_ref" in report["generators"][name]["options"]:
-            report["generators"][name]["options"] = {
-                k: v for k, v in report["generators"][name]["options"].items() if k != "library_ref"
+    curves: dict[str, dict[int, list[float]]] = {name: {} for name in names}
+    for seed in seeds:  # the pool split, and so the training set, depends on the seed
+        kept, held = split_pools(pools_from_tasks(tasks.values()), done, args.fraction, seed)
+        conditioner = Conditioner(encoder, kept, n_prompts=8)
+        heldback = Conditioner(encoder, held, n_prompts=8)
+        common = dict(split="train", heldout=partial, cache=cache, arch=backbone.arch)
+        ds = TeacherDataset(args.zoo, conditioner, spec, **common)
+        teachers = LoraWeights.stack([ds.example(i, 0).weights for i in range(len(ds))])
+        singles = [i for i, e in enumerate(ds.entries) if not e.mixed]
+        means = {}
+        for t in done:
+            rows = [i for i in singles if ds.entries[i].task == t]
+            means[t] = LoraWeights(
+                teachers.layout,
+                {k: v[rows].mean(0) for k, v in teachers.A.items()},
+                {k: v[rows].mean(0) for k, v in teachers.B.items()},
+            )
+        if "own_teachers_dw_cosine_median" not in report:
+            own = {
+                t: product_cosine(
+                    LoraWeights.stack([teachers.select(i) for i in singles if ds.entries[i].task == t]),
+                    LoraWeights.stack([means[t]] * sum(ds.entries[i].task == t for i in singles)),
+                )
+                for t in done
             }
-    report["own_teachers_dw_cosine_median"] = statistics.median(float(c.mean()) for c in own.values())
+            report["own_teachers_dw_cosine_median"] = statistics.median(float(c.mean()) for c in own.values())
+            report["teachers"] = len(ds)
+        for name in names:
+            generator, options = PRESETS[name]
+            cfg = TrainConfig(
+                generator=generator,
+                generator_options=options,
+                encoder="minilm",
+                n_prompts=8,
+                steps=args.steps,
+                batch_size=8,
+                lr=args.lr,
+                warmup_steps=min(10, args.steps - 1),
+                weight_loss=args.loss,
+                lam=LambdaSchedule(),
+                seed=seed,
+                save_every=50,
+            )
+            run = args.work / f"{name}-{args.loss}-s{seed}"
+            res = train_generator(cfg, ds, backbone, run, progress=True)
+            log = read_log(run / "log.jsonl")
+            lw = [log[s]["loss_weights"] for s in sorted(log)]
+            curves[name][seed] = lw
+            tail = statistics.fmean(lw[-max(1, len(lw) // 10) :])
+            gen = res.module.eval()
+            cos = {}
+            with torch.no_grad():
+                for t in done:
+                    cond = torch.stack([heldback.sample(t, seed=seed, key=f"fit/{j}") for j in range(3)])
+                    cos[t] = float(product_cosine(gen(cond), LoraWeights.stack([means[t]] * 3)).mean())
+            g = report["generators"][name]
+            g["options"] = {k: v for k, v in gen.spec["options"].items() if k != "library_ref"}
+            g["seeds"][seed] = {
+                "floor": res.weight_loss_floor,
+                "first": lw[0],
+                "tail": tail,
+                "tail_minus_floor": tail - res.weight_loss_floor,
+                "seen_dw_cosine": cos,
+                "seen_dw_cosine_median": statistics.median(cos.values()),
+            }
+            step_s = [log[s]["step_seconds"] for s in sorted(log)]
+            g["seeds"][seed]["step_seconds_median"] = statistics.median(step_s)
+        del ds, teachers, means
+    for g in report["generators"].values():
+        for key in ("floor", "first", "tail", "tail_minus_floor", "seen_dw_cosine_median", "step_seconds_median"):
+            vals = [r[key] for r in g["seeds"].values()]
+            g[key] = statistics.fmean(vals)
+            g[f"{key}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
     write_json(args.out.with_suffix(".json"), report)
     _figure(curves, report, args.out.with_suffix(".png"))
     _markdown(report, args.out.with_suffix(".md"))
@@ -179,13 +187,14 @@ def _figure(curves: dict, report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, lw in curves.items():
-        ax.plot(range(len(lw)), lw, label=name)
+    for (name, by_seed), colour in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for j, (seed, lw) in enumerate(sorted(by_seed.items())):
+            ax.plot(range(len(lw)), lw, color=colour, alpha=0.8, lw=1, label=name if j == 0 else None)
     floor = next(iter(report["generators"].values()))["floor"]
     ax.axhline(floor, color="k", ls="--", lw=1, label="floor (task-mean teachers)")
     ax.set_xlabel("step")
     ax.set_ylabel(f"L_weights ({report['loss']}, 1 = predicting zero)")
-    ax.set_ylim(0, max(1.05, max(max(c) for c in curves.values()) * 1.02))
+    ax.set_ylim(0, max(1.05, max(max(c) for by_seed in curves.values() for c in by_seed.values()) * 1.02))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -200,15 +209,21 @@ def _markdown(report: dict, path: Path) -> None:
         "",
         f"Machine: {report['machine'].get('cpu', report['machine'])}. Zoo `{report['zoo']}`: {len(report['tasks'])} "
         f"finished tasks, {report['teachers']} training teachers; weight loss `{report['loss']}`, "
-        f"{report['steps']} steps, λ = 0.",
+        f"{report['steps']} steps, λ = 0; mean ± std over generator seeds {report['seeds']} (each seed also splits "
+        "the condition pools).",
         "",
-        "| generator | floor | first L_w | tail L_w | tail − floor | seen-task ΔW cosine (median) |",
-        "|---|---|---|---|---|---|",
+        "| generator | floor | first L_w | tail L_w | tail − floor | seen-task ΔW cosine (median) | s/step |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def pm(g: dict, key: str, spec: str) -> str:
+        return f"{format(g[key], spec)} ± {format(g[key + '_std'], spec.lstrip('+'))}"
+
     for name, g in report["generators"].items():
         lines.append(
-            f"| {name} | {g['floor']:.3f} | {g['first']:.3f} | {g['tail']:.3f} | {g['tail_minus_floor']:+.3f} | "
-            f"{g['seen_dw_cosine_median']:.3f} |"
+            f"| {name} | {pm(g, 'floor', '.3f')} | {pm(g, 'first', '.3f')} | {pm(g, 'tail', '.3f')} | "
+            f"{pm(g, 'tail_minus_floor', '+.3f')} | {pm(g, 'seen_dw_cosine_median', '.3f')} | "
+            f"{g['step_seconds_median']:.2f} |"
         )
     lines += [
         "",
