@@ -171,6 +171,10 @@ def test_baselines_are_rows_built_from_training_teachers_only_and_set_the_floor(
     assert "**The floor** (seen tasks)" in text and "Δ-augmented generator vs the floor:" in text
     for label in ("Δ-retrieval, top 2 + ties merge", "multi-task LoRA", "Arrow routing (PEFT, top 2"):
         assert label in text
+    section = text[text.index("## Baselines") : text.index("## Generator fit")]
+    assert "Δ predictor (task-specific Δ, 20 steps): training cosine seed 0 " in section
+    assert "held-out tasks' own teachers (task-specific Δ-cosine): pick " in section
+    assert "Arrow: top 2 of 2 experts" in section and "Multi-task LoRA (zoo seed 0): 2 training tasks" in section
 
 
 def test_report_prints_each_generators_fit(tiny_run):

@@ -3,11 +3,13 @@ its file, refuses a changed zoo, and `deltalora retrieve` writes a merged PEFT a
 
 from __future__ import annotations
 
+import copy
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+from peft import PeftModel
 from typer.testing import CliRunner
 
 from deltalora.cli import app
@@ -158,7 +160,7 @@ def test_a_changed_zoo_is_refused(world, tmp_path, tiny_qwen2):
         index.adapter_dirs(hits, tmp_path / "nowhere")
 
 
-def test_retrieve_cli_writes_a_merged_adapter_and_names_the_teachers(world, tmp_path):
+def test_retrieve_cli_writes_a_merged_adapter_and_names_the_teachers(world, tmp_path, tiny_qwen2):
     path = world["index"].save(tmp_path / "index.safetensors")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"task b item {i}?"}) + "\n" for i in range(10)))
@@ -169,6 +171,7 @@ def test_retrieve_cli_writes_a_merged_adapter_and_names_the_teachers(world, tmp_
     report = json.loads(res.output)
     assert [t["task"] for t in report["teachers"]] == ["b", "b"] and report["rank"] == 2
     assert load_adapter(out, world["arch"]).layout.spec.rank == 2
+    PeftModel.from_pretrained(copy.deepcopy(tiny_qwen2.model), str(out))  # stock PEFT loads it
     res = CliRunner().invoke(app, [*args, "--k", "3"])
     assert res.exit_code == 0 and res.output.count("(cosine") == 3
 

@@ -155,6 +155,41 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
     return out
 
 
+def baselines_section(results: Mapping) -> list[str]:
+    """What the baseline rows were built from: the Δ predictor's fit (training cosine per seed; task-specific cosine
+    of its predictions to each held-out and seen task's own teachers), the retrieval settings, the multi-task LoRA's
+    budget and Arrow's experts; nothing for a run without baselines."""
+    b = results.get("baselines") or {}
+    if not b:
+        return []
+    out = ["## Baselines", ""]
+    if b.get("retrieval"):
+        r = b["retrieval"]
+        out.append(
+            f"Retrieve-and-merge: the top {r['k']} training teachers, merge weights softmax(cosine / "
+            f"{r['temperature']})."
+        )
+    pred = b.get("predictor") or {}
+    if pred:
+        fits = ", ".join(f"seed {s} {fmt(p.get('train_cosine'), '.3f')}" for s, p in pred.items())
+        steps = next(iter(pred.values())).get("steps")
+        out.append(f"Δ predictor (task-specific Δ, {steps} steps): training cosine {fits}.")
+    cos = b.get("predictor_cosine") or {}
+    for where, name in (("heldout", "held-out"), ("seen", "seen")):
+        if cos.get(where):
+            vals = ", ".join(f"{t} {fmt(c, '+.3f')}" for t, c in cos[where].items())
+            out.append(f"Its predictions against the {name} tasks' own teachers (task-specific Δ-cosine): {vals}.")
+    for seed, m in (b.get("multitask") or {}).items():
+        out.append(f"Multi-task LoRA (zoo seed {seed}): {m.get('tasks')} training tasks, {m.get('steps')} steps.")
+    if b.get("arrow"):
+        a = b["arrow"]
+        out.append(
+            f"Arrow: top {a['top_k']} of {len(a['experts'])} experts (one per training task), temperature "
+            f"{a['temperature']}."
+        )
+    return out + [""]
+
+
 def _fit_section(results: Mapping) -> list[str]:
     """How well each generator variant reproduces its training teachers: the L_weights floor, the tail L_weights
     and the ΔW cosine of seen-task adapters to their teachers' mean; nothing for a run that recorded none."""
@@ -274,6 +309,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         [""]
         + floor_lines(summary.get("floor"), labels, "held-out tasks")
         + _seen_section(results, summary, order, targets)
+        + baselines_section(results)
         + _fit_section(results)
     )
     out += ["## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
