@@ -137,14 +137,9 @@ def test_the_differentiable_probe_matches_the_cached_task_deltas_and_passes_grad
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaf.values())
 
 
-def test_generator_training_matches_task_probe_deltas(world, tiny_qwen2, tmp_path):
-    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
-    cache = DeltaCache(tmp_path / "cache")
-    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
-    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
-    kw = dict(cache=cache, arch=world["arch"], heldout=["c"])
-    ds = TeacherDataset(world["zoo"], world["conditioner"], spec, task_probes=probes, **kw)
-    cfg = TrainConfig(
+def _task_cfg(**kw) -> TrainConfig:
+    """A tiny compact generator trained against task-probe Δ (task:train:4)."""
+    base = dict(
         generator="compact",
         generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
         encoder="tiny-encoder",
@@ -155,9 +150,19 @@ def test_generator_training_matches_task_probe_deltas(world, tiny_qwen2, tmp_pat
         lr=3e-3,
         warmup_steps=1,
         probes="task:train:4",
-        lam=LambdaSchedule(target=1.0, warmup_steps=1, ramp_steps=1),
         save_every=2,
     )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_generator_training_matches_task_probe_deltas(world, tiny_qwen2, tmp_path):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
+    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
+    kw = dict(cache=cache, arch=world["arch"], heldout=["c"])
+    ds = TeacherDataset(world["zoo"], world["conditioner"], spec, task_probes=probes, **kw)
+    cfg = _task_cfg(lam=LambdaSchedule(target=1.0, warmup_steps=1, ramp_steps=1))
     train_generator(cfg, ds, tiny_qwen2, tmp_path / "gen", progress=False)
     log = read_log(tmp_path / "gen" / "log.jsonl")
     with_delta = [r for r in log.values() if r.get("loss_delta") is not None]
@@ -213,24 +218,13 @@ def test_b1_delta_only_training_with_kl_tether_and_norm_penalty(world, tiny_qwen
     ds = TeacherDataset(
         world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], heldout=["c"], task_probes=probes
     )
-    cfg = TrainConfig(
-        generator="compact",
-        generator_options={"trunk_width": 32, "head_hidden": 16, "basis_dim": 4},
-        encoder="tiny-encoder",
-        n_prompts=N_PROMPTS,
-        steps=4,
-        batch_size=3,
-        delta_batch=2,
-        lr=3e-3,
-        warmup_steps=1,
-        probes="task:train:4",
+    cfg = _task_cfg(
         lam=LambdaSchedule(target=1.0),
         weight_scale=0.0,
         kl=LambdaSchedule(target=0.5, warmup_steps=1),
         kl_probes="task:train:4",
         kl_answer_tokens=4,
         norm_penalty=0.1,
-        save_every=2,
     )
     with pytest.raises(ConfigError, match="needs the zoo's tasks"):
         train_generator(cfg, ds, tiny_qwen2, tmp_path / "no-tasks", progress=False)
