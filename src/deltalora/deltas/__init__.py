@@ -34,6 +34,7 @@ from .probes import (
     parse_task_probes,
     probe_set_names,
     register_probe_set,
+    resolve_probes,
     task_probe_set,
 )
 from .represent import (
@@ -92,6 +93,7 @@ __all__ = [
     "probe_vectors",
     "register_probe_set",
     "repeat_batch",
+    "resolve_probes",
     "robust_z",
     "select_shard",
     "sources_from_adapters",

@@ -19,7 +19,7 @@ from ..zoo.build import selected_specs
 from . import DeltaError, DeltaReport, compute_deltas, sources_from_adapters, sources_from_manifest, sources_from_models
 from .analyze import clustering_report
 from .listing import zoo_labels
-from .probes import ProbeSet, TaskProbes, is_task_probes, parse_task_probes
+from .probes import is_task_probes, parse_task_probes, resolve_probes
 from .ray_backend import compute_deltas_ray, require_ray
 
 BACKENDS = ("local", "ray")
@@ -55,19 +55,6 @@ def zoo_tasks(zoo: str | Path, zoo_config: str | Path | None = None) -> dict[str
             raise DeltaError(f"{path}: task spec {d.get('name')!r} is invalid; pass --zoo-config") from None
         out[spec.name] = build_task(spec, seed=seed)
     return out
-
-
-def resolve_probes(
-    probes: str, backbone, zoo: str | Path | None, zoo_config: str | Path | None = None
-) -> str | ProbeSet | TaskProbes:
-    """``probes`` as :func:`compute_deltas` takes it: a name or file, or task probes (``task:train:N``) resolved
-    against the zoo's tasks and the backbone's tokenizer."""
-    if not is_task_probes(probes):
-        return probes
-    spec = parse_task_probes(probes)
-    if not zoo:
-        raise DeltaError(f"--probes {probes}: task probes are each teacher's own task's prompts; pass --zoo DIR")
-    return TaskProbes(spec, zoo_tasks(zoo, zoo_config), backbone.tokenizer)
 
 
 def compute_deltas_for(
@@ -116,7 +103,7 @@ def compute_deltas_for(
         return compute_deltas_ray(
             b, sources, probes, representation, cache, batch_adapters, shard_t, progress=True, num_actors=ray_actors
         )
-    resolved = resolve_probes(probes, b, zoo, zoo_config)
+    resolved = resolve_probes(probes, zoo_tasks(zoo, zoo_config) if is_task_probes(probes) else {}, b.tokenizer)
     return compute_deltas(b, sources, resolved, representation, cache, batch_adapters, shard_t, progress=True)
 
 
@@ -139,7 +126,7 @@ def analyze_zoo(
     if is_task_probes(probes):
         parse_task_probes(probes)
     b = load_backbone(backbone, progress=progress)
-    resolved = resolve_probes(probes, b, zoo, zoo_config)
+    resolved = resolve_probes(probes, zoo_tasks(zoo, zoo_config) if is_task_probes(probes) else {}, b.tokenizer)
     report = compute_deltas(b, sources, resolved, representation, cache, batch_adapters, progress=progress)
     ids, deltas = report.load()
     labels = zoo_labels(zoo, ids)
@@ -160,4 +147,4 @@ def analyze_zoo(
     }
 
 
-__all__ = ["BACKENDS", "analyze_zoo", "compute_deltas_for", "resolve_probes", "zoo_tasks"]
+__all__ = ["BACKENDS", "analyze_zoo", "compute_deltas_for", "zoo_tasks"]

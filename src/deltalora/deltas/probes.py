@@ -311,6 +311,12 @@ class TaskProbes:
         return self._sets[key]
 
 
+def resolve_probes(name: str, tasks: Mapping[str, Task], tokenizer) -> str | TaskProbes:
+    """A probe setting as the Δ code takes it: a probe set's name (or file) unchanged, or ``task:…`` resolved to
+    :class:`TaskProbes` over ``tasks`` (name -> Task; unused otherwise) and the backbone's tokenizer."""
+    return TaskProbes(name, tasks, tokenizer) if is_task_probes(name) else name
+
+
 __all__ = [
     "TASK_PROBES",
     "ProbeError",
@@ -323,6 +329,7 @@ __all__ = [
     "parse_task_probes",
     "probe_set_names",
     "register_probe_set",
+    "resolve_probes",
     "task_probe_items",
     "task_probe_set",
 ]

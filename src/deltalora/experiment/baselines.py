@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from ..deltas import remove_shared
 from ..eval.arrow import Routed
 from ..lora import LoraWeights
 from ..retrieval import RetrievalIndex, build_index, fit_delta_predictor, retrieve_adapter
+from ..retrieval import predictor_cosines as retrieval_cosines
 from ..zoo import build_multitask
 from ..zoo.manifest import adapter_dir
 from .candidates import Candidates
@@ -165,9 +165,7 @@ def predictor_cosines(base: Baselines, conditions: dict[int, torch.Tensor], orac
         index = base.indexes.get(seed)
         if index is None or index.predictor is None:
             continue
-        got = remove_shared(index.predictor(conds), index.shared)
-        want = remove_shared(oracle[None].float(), index.shared)
-        out += torch.nn.functional.cosine_similarity(got, want, dim=-1).tolist()
+        out += retrieval_cosines(index.predictor, conds, oracle.float().expand(len(conds), -1), index.shared)
     return out
 
 

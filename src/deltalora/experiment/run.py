@@ -48,8 +48,8 @@ from ..deltas import (
     DeltaSpec,
     TaskProbes,
     compute_deltas,
-    is_task_probes,
     remove_shared,
+    resolve_probes,
     sources_from_manifest,
 )
 from ..errors import ConfigError
@@ -143,7 +143,7 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
 
     _, needed = selected_specs(zoo_cfg)
     tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
-    probes = resolve_probes(cfg.train.probes, tasks, backbone)
+    probes = resolve_probes(cfg.train.probes, tasks, backbone.tokenizer)
     t0 = time.perf_counter()
     cache = DeltaCache(out / "deltas")
     _say(progress, f"[deltas] teacher Δ of {len(entries)} adapters ({cfg.train.probes}, {cfg.train.representation})")
@@ -207,11 +207,6 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     )
 
 
-def resolve_probes(name: str, tasks: dict, backbone) -> str | TaskProbes:
-    """The run's probes as the Δ code takes them: a probe set's name, or task probes over the run's tasks."""
-    return TaskProbes(name, tasks, backbone.tokenizer) if is_task_probes(name) else name
-
-
 def rows(cfg: RunConfig) -> list[str]:
     """The report's rows for ``cfg``: the built-in ones, ``cfg.baselines``' after the average merge and
     ``cfg.compare``'s generators after the Δ-augmented one."""
@@ -260,7 +255,7 @@ def dataset_for(ctx: Context, train_cfg) -> TeacherDataset:
     key = (train_cfg.probes, train_cfg.representation)
     if key in ctx.datasets:
         return ctx.datasets[key]
-    probes = resolve_probes(train_cfg.probes, ctx.tasks, ctx.backbone)
+    probes = resolve_probes(train_cfg.probes, ctx.tasks, ctx.backbone.tokenizer)
     compute_deltas(
         ctx.backbone,
         sources_from_manifest(ctx.zoo_dir),

@@ -31,7 +31,7 @@ from ..backbones.architecture import Architecture
 from ..errors import ConfigError
 from ..lora import LoraWeights, load_adapter
 from ..zoo.canonical import read_init
-from ..zoo.manifest import adapter_dir, read_manifest
+from ..zoo.manifest import ZooEntry, adapter_dir, read_manifest
 
 FROM_CHECKPOINT = "from-checkpoint"  # ``library=`` of a builder that rebuilds a saved generator
 
@@ -42,6 +42,12 @@ class LibraryError(ConfigError):
 
 class LibraryNeeded(ConfigError):
     """A generator built without the teacher library it reads (its size and weights depend on it)."""
+
+
+def teachers_sha256(entries: Sequence[ZooEntry]) -> str:
+    """The hash that names a set of zoo teachers: of their sorted (id, adapter sha256) pairs, as the manifest records
+    them. A saved generator or retrieval index records it, and refuses a zoo whose teachers changed."""
+    return _fingerprint([(e.id, e.sha256) for e in entries])
 
 
 def _fingerprint(pairs: Sequence[tuple[str, str]]) -> str:
@@ -87,7 +93,7 @@ class TeacherLibrary:
         if init is not None and init.layout.signature != weights.layout.signature:
             init = None  # the zoo's init is of another LoRA layout than these teachers: not their common A
         groups = tuple("+".join(e.tasks) if e.tasks else e.task for e in chosen)
-        return cls(zoo, tuple(ids), groups, weights, init, _fingerprint([(e.id, e.sha256) for e in chosen]))
+        return cls(zoo, tuple(ids), groups, weights, init, teachers_sha256(chosen))
 
     @classmethod
     def from_reference(cls, ref: dict, arch: Architecture | None) -> TeacherLibrary:
@@ -123,4 +129,4 @@ class TeacherLibrary:
         return order, LoraWeights(w.layout, A, B)
 
 
-__all__ = ["FROM_CHECKPOINT", "LibraryError", "LibraryNeeded", "TeacherLibrary"]
+__all__ = ["FROM_CHECKPOINT", "LibraryError", "LibraryNeeded", "TeacherLibrary", "teachers_sha256"]

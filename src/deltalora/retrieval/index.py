@@ -17,7 +17,6 @@ mixture generator does, and refuses a zoo that changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from safetensors import safe_open
 
 from ..deltas.analyze import remove_shared
 from ..errors import ConfigError
+from ..generators.library import teachers_sha256
 from ..paths import atomic_write_bytes, safetensors_bytes
-from ..zoo.manifest import ZooEntry, adapter_dir, read_manifest
+from ..zoo.manifest import adapter_dir, read_manifest
 from .predictor import DeltaPredictor
 
 BY = ("delta", "condition")
@@ -39,10 +39,6 @@ FORMAT = 1
 
 class RetrievalError(ConfigError):
     """A retrieval index, its zoo or a retrieval request is unusable."""
-
-
-def teachers_sha256(entries: Sequence[ZooEntry]) -> str:
-    return hashlib.sha256(json.dumps(sorted((e.id, e.sha256) for e in entries)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -233,4 +229,4 @@ def build_index(train_set, predictor: DeltaPredictor | None = None, info: dict |
     )
 
 
-__all__ = ["BY", "Hit", "RetrievalError", "RetrievalIndex", "build_index", "teachers_sha256"]
+__all__ = ["BY", "Hit", "RetrievalError", "RetrievalIndex", "build_index"]

@@ -163,6 +163,21 @@ def sample_train(task, cfg: ZooConfig, seed: int) -> list[TaskItem]:
 # ---------------------------------------------------------------------------------------- resolved config
 
 
+def training_pairs(
+    cfg: ZooConfig, specs: dict[str, TaskSpec], names: Sequence[str], seed: int, tokenizer
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The (prompt, target) pairs a zoo-seed-``seed`` teacher of the tasks ``names`` trains on — each task's
+    :func:`sample_train` items, formatted — and how many items each task gave."""
+    pairs: list[tuple[str, str]] = []
+    n_items: dict[str, int] = {}
+    for name in names:
+        task = build_task(specs[name], seed=cfg.split_seed)
+        items = sample_train(task, cfg, seed)
+        n_items[name] = len(items)
+        pairs += [(format_prompt(tokenizer, task, it), format_target(task, it)) for it in items]
+    return pairs, n_items
+
+
 def _file_digest(p: str) -> str:
     path = Path(p)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
@@ -427,13 +442,7 @@ def build_zoo(
     bar.update(len(jobs) - len(todo))
     for job in todo:
         bar.set_description(f"zoo {job.id}")
-        pairs = []
-        n_items = {}
-        for name in job.components:
-            task = build_task(specs[name], seed=cfg.split_seed)
-            items = sample_train(task, cfg, job.seed)
-            n_items[name] = len(items)
-            pairs += [(format_prompt(backbone.tokenizer, task, it), format_target(task, it)) for it in items]
+        pairs, n_items = training_pairs(cfg, specs, job.components, job.seed, backbone.tokenizer)
         job_dir = out / job.task / f"s{job.seed}"
         _clear_scratch(job_dir)
 

@@ -37,7 +37,7 @@ from ..config import parse_overrides
 from ..lora import LoraWeights, load_adapter
 from ..lora.adapter_io import WEIGHTS_NAME
 from ..paths import atomic_dir, atomic_write_bytes, file_lock
-from ..tasks import build_task, format_prompt, format_target, prefetch, stable_seed
+from ..tasks import prefetch, stable_seed
 from .build import (
     ZooConfig,
     ZooJob,
@@ -47,8 +47,8 @@ from .build import (
     job_recipe,
     load_zoo_config,
     resolved_config,
-    sample_train,
     selected_specs,
+    training_pairs,
     zoo_precision,
 )
 from .canonical import init_record, read_init
@@ -234,12 +234,7 @@ def build_multitask(
             init = read_init(zoo, backbone.arch)  # checked against the record's sha256
         elif cfg.teacher.init == "per_seed":
             init_seed = stable_seed("zoo-teacher-init", str(seed)) % (1 << 63)  # as build_zoo: the seed's teachers'
-        pairs, n_items = [], {}
-        for name in names:
-            task = build_task(specs[name], seed=cfg.split_seed)
-            items = sample_train(task, cfg, seed)
-            n_items[name] = len(items)
-            pairs += [(format_prompt(backbone.tokenizer, task, it), format_target(task, it)) for it in items]
+        pairs, n_items = training_pairs(cfg, specs, names, seed, backbone.tokenizer)
         if progress:
             print(
                 f"[zoo] multi-task LoRA on {len(names)} tasks ({len(pairs)} items, seed {seed}): {n_steps} steps "
