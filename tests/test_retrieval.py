@@ -96,6 +96,22 @@ def test_index_ranks_by_cosine_and_weights_by_softmax(world):
     assert max(h.weight for h in flat) - min(h.weight for h in flat) < 0.01
 
 
+def test_a_delta_query_finds_the_teacher_it_equals_and_a_sum_finds_both_components(world):
+    index = world["index"]
+    i, j = 0, len(index) - 1  # two teachers of different tasks
+    assert index.groups[i] != index.groups[j]
+    hit = index.retrieve_delta(index.deltas[i], k=1)[0]
+    assert hit.id == index.ids[i] and hit.cosine == pytest.approx(1.0, abs=1e-5)
+    # the query's shared-direction component is projected out like the keys': adding it changes nothing
+    moved = index.retrieve_delta(index.deltas[i] + 3.0 * index.shared, k=3)
+    assert [h.id for h in moved] == [h.id for h in index.retrieve_delta(index.deltas[i], k=3)]
+    # a condition's Δ scores are the Δ scores of its predicted Δ̂
+    cond = world["conditioner"].sample("b", seed=5)
+    assert torch.allclose(index.scores(cond, "delta"), index.delta_scores(index.predict(cond)))
+    with pytest.raises(RetrievalError, match="Δ query has shape"):
+        index.retrieve_delta(index.deltas[i][:-1])
+
+
 def test_index_round_trips_through_its_file(world, tmp_path):
     index = world["index"]
     back = RetrievalIndex.load(index.save(tmp_path / "index.safetensors"))

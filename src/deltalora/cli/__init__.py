@@ -28,6 +28,7 @@ app.command("retrieve")(retrieve.retrieve_cmd)
 app.command("run")(run.run_cmd)
 app.command("train")(run.train_cmd)
 app.command("ablate")(run.ablate_cmd)
+app.command("compose")(run.compose_cmd)
 app.command("report")(run.report_cmd)
 
 

@@ -1,5 +1,6 @@
 """``deltalora run`` (the held-out experiment), ``deltalora train`` (one generator; torchrun-ready),
-``deltalora ablate`` (the one-factor-at-a-time sweep) and ``deltalora report`` (re-render a finished run's report)."""
+``deltalora ablate`` (the one-factor-at-a-time sweep), ``deltalora compose`` (the compositionality study) and
+``deltalora report`` (re-render a finished run's report)."""
 
 # Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
 # lazily keeps `deltalora --help` fast (~0.2 s).
@@ -28,6 +29,23 @@ def run_cmd(
 
     command = "deltalora " + shlex.join(sys.argv[1:])
     typer.echo(f"report: {run_guarded(run_from_config, config, out, overrides, progress=not quiet, command=command)}")
+
+
+def compose_cmd(
+    config: Path = typer.Option(..., "--config", help="Compose config (YAML), e.g. configs/compose.yaml."),
+    out: Path = typer.Option(None, "--out", help="Study directory (default: runs/<name>). Rerunning resumes."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set eval.limit=50 (repeatable)."
+    ),
+) -> None:
+    """Mixed-task teachers: Δ algebra (Δ_mix vs Δ₁+Δ₂) and interference of composed adapters → compositionality.md."""
+    from ..experiment.jobs import compose_from_config
+
+    command = "deltalora " + shlex.join(sys.argv[1:])
+    typer.echo(
+        f"report: {run_guarded(compose_from_config, config, out, overrides, progress=not quiet, command=command)}"
+    )
 
 
 def report_cmd(

@@ -45,38 +45,58 @@ class Baselines:
     report: dict = field(default_factory=dict)  # results.json's "baselines": predictor fit, budgets, experts
 
 
-def _index_fingerprint(ctx, seed: int) -> str:
-    p = ctx.cfg.baselines.predictor
+def _index_fingerprint(train_set, predictor, seed: int, encoder: str, form: str, probes: list) -> str:
     body = {
-        "predictor": p.model_dump(mode="json"),
+        "predictor": predictor.model_dump(mode="json"),
         "seed": seed,
-        "teachers": sorted((e.id, e.sha256) for e in ctx.train_set.entries),
-        "parts": ctx.train_set.condition_parts,
-        "encoder": ctx.cfg.train.encoder,
-        "n_prompts": ctx.train_set.n_prompts,
-        "form": ctx.conditioner.form,
-        "probes": [ctx.cfg.train.probes, ctx.cfg.train.representation],
+        "teachers": sorted((e.id, e.sha256) for e in train_set.entries),
+        "parts": train_set.condition_parts,
+        "encoder": encoder,
+        "n_prompts": train_set.n_prompts,
+        "form": form,
+        "probes": probes,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _index(ctx, seed: int) -> RetrievalIndex:
-    """The seed's retrieval index, trained now or read back when a previous call trained the same one."""
-    path = ctx.out / "retrieval" / f"index-s{seed}.safetensors"
-    fp = _index_fingerprint(ctx, seed)
+def cached_index(
+    path: Path, train_set, predictor, seed: int, *, encoder: str, form: str, probes: list
+) -> RetrievalIndex:
+    """The retrieval index over ``train_set`` with a Δ predictor (``predictor``: a :class:`PredictorConfig`) trained
+    with ``seed``, saved at ``path``: read back when a previous call trained the same one (same teachers, conditions,
+    predictor settings, seed and Δ space ``probes``), trained now otherwise."""
+    fp = _index_fingerprint(train_set, predictor, seed, encoder, form, probes)
     if path.is_file():
         index = RetrievalIndex.load(path)
         if (index.info or {}).get("fingerprint") == fp:
             return index
-    p = ctx.cfg.baselines.predictor
     t0 = time.perf_counter()
     pred, log = fit_delta_predictor(
-        ctx.train_set, steps=p.steps, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden, loss=p.loss, seed=seed
+        train_set,
+        steps=predictor.steps,
+        batch_size=predictor.batch_size,
+        lr=predictor.lr,
+        hidden=predictor.hidden,
+        loss=predictor.loss,
+        seed=seed,
     )
     log = {**log, "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 2)}
-    index = build_index(ctx.train_set, pred, info=log)
+    index = build_index(train_set, pred, info=log)
     index.save(path)
     return index
+
+
+def _index(ctx, seed: int) -> RetrievalIndex:
+    """The seed's retrieval index of the run (``<run>/retrieval/index-s<seed>.safetensors``)."""
+    return cached_index(
+        ctx.out / "retrieval" / f"index-s{seed}.safetensors",
+        ctx.train_set,
+        ctx.cfg.baselines.predictor,
+        seed,
+        encoder=ctx.cfg.train.encoder,
+        form=ctx.conditioner.form,
+        probes=[ctx.cfg.train.probes, ctx.cfg.train.representation],
+    )
 
 
 def _arrow_experts(ctx, seed: int) -> tuple[list[str], list[Path]]:
@@ -169,4 +189,4 @@ def predictor_cosines(base: Baselines, conditions: dict[int, torch.Tensor], orac
     return out
 
 
-__all__ = ["Baselines", "baseline_candidates", "predictor_cosines", "prepare_baselines"]
+__all__ = ["Baselines", "baseline_candidates", "cached_index", "predictor_cosines", "prepare_baselines"]

@@ -244,17 +244,76 @@ class AblationConfig(StrictModel):
     grid: AblationGrid = AblationGrid()
 
 
+class ComposeRetrieval(StrictModel):
+    """The compositional retrieval row: one Δ predictor per generator seed (on the single-task teachers), queried with
+    Δ̂₁ + Δ̂₂ (the sum of the two component tasks' predicted Δ), top ``k`` merged with ``merge``."""
+
+    k: int = Field(3, ge=1)
+    temperature: float = Field(0.1, gt=0)
+    merge: str = "avg"
+    predictor: PredictorConfig = PredictorConfig()
+
+    @field_validator("merge")
+    @classmethod
+    def _merge(cls, v: str) -> str:
+        return RetrievalRow._merge(v)
+
+
+class ComposeConfig(StrictModel):
+    """``deltalora compose``: do mixed-task teachers' Δ add up, and do adapters for two tasks at once interfere?
+
+    On a zoo with mixed-task teachers (``mixed:`` pairs of the zoo YAML), for every pair: the Δ algebra of each
+    mixed teacher against its components' teachers (per probe set of ``algebra_probes``), and, on both component
+    tasks' eval splits, the mixed teacher, the ``merges`` of the two components' teachers, the adapter the generator
+    writes from a condition of both tasks' prompts, and Δ-retrieval queried with Δ̂₁ + Δ̂₂, each against the
+    component's own teacher. The generator and the predictor train on the single-task teachers only (no mixed one).
+    """
+
+    name: str = "compose"
+    zoo: str
+    zoo_dir: str | None = None
+    zoo_set: dict = Field(default_factory=dict)
+    pairs: list[str] = Field(default_factory=list)  # mixed tasks ("a+b") to study; empty: every pair of the zoo
+    train: TrainConfig  # the generator that writes the mixed-condition adapter
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)  # generator (and predictor) seeds
+    merges: list[str] = Field(default_factory=lambda: ["avg", "ties"], min_length=1)
+    retrieval: ComposeRetrieval | None = ComposeRetrieval()
+    # probe sets of the Δ algebra; task:train:N probes a pair's three adapters on the union of both tasks' prompts
+    algebra_probes: list[str] = Field(default_factory=lambda: ["generic5"], min_length=1)
+    delta_batch_adapters: int = Field(8, ge=1)
+    eval: EvalConfig = EvalConfig()
+    # a composed adapter interferes catastrophically on a component task when it keeps less than this share of the
+    # component's own teacher's gain over the base model
+    retained: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("merges")
+    @classmethod
+    def _merges(cls, v: list[str]) -> list[str]:
+        for m in v:
+            RetrievalRow._merge(m)
+        if len(set(v)) != len(v):
+            raise ValueError(f"merges must be distinct, got {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        return RunConfig._seeds(v)
+
+
 def _resolve(path: Path, value: str | None) -> str | None:
     if value is None or Path(value).expanduser().is_absolute():
         return value
     return str((path.parent / value).resolve())
 
 
-def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+def _load_with_zoo(path: str | Path, model, overrides: dict | None):
+    """A run or compose config with its zoo paths resolved against the YAML's folder and its ``zoo_set`` checked (a
+    wrong key fails here, not after the backbone has loaded)."""
     path = Path(path)
-    cfg = load_yaml(path, RunConfig, overrides)
+    cfg = load_yaml(path, model, overrides)
     cfg = cfg.model_copy(update={"zoo": _resolve(path, cfg.zoo), "zoo_dir": _resolve(path, cfg.zoo_dir)})
-    if cfg.zoo_set:  # a wrong zoo_set key fails here, not after the backbone has loaded
+    if cfg.zoo_set:
         try:
             zoo_config(cfg)
         except ConfigError as exc:
@@ -262,9 +321,17 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfi
     return cfg
 
 
-def zoo_config(cfg: RunConfig):
-    """The run's zoo config: the zoo YAML with ``zoo_set`` applied."""
+def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    return _load_with_zoo(path, RunConfig, overrides)
+
+
+def zoo_config(cfg: RunConfig | ComposeConfig):
+    """The run's (or compose study's) zoo config: the zoo YAML with ``zoo_set`` applied."""
     return load_zoo_config(cfg.zoo, cfg.zoo_set or None)
+
+
+def load_compose_config(path: str | Path, overrides: dict | None = None) -> ComposeConfig:
+    return _load_with_zoo(path, ComposeConfig, overrides)
 
 
 def load_ablation_config(path: str | Path) -> AblationConfig:
@@ -276,6 +343,8 @@ def load_ablation_config(path: str | Path) -> AblationConfig:
 __all__ = [
     "BUILTIN_ROWS",
     "CompareGenerator",
+    "ComposeConfig",
+    "ComposeRetrieval",
     "AblationConfig",
     "AblationGrid",
     "EvalConfig",
@@ -283,6 +352,7 @@ __all__ = [
     "SeenConfig",
     "TargetConfig",
     "load_ablation_config",
+    "load_compose_config",
     "load_run_config",
     "zoo_config",
 ]

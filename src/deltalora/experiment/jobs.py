@@ -13,7 +13,8 @@ from ..errors import ConfigError
 from ..training import TrainResult, train_generator
 from ..training.distributed import barrier, init_distributed, is_distributed, leave_distributed, rank
 from .ablate import run_ablation
-from .config import load_ablation_config, load_run_config
+from .compose import run_compose
+from .config import load_ablation_config, load_compose_config, load_run_config
 from .run import prepare, run_experiment
 
 
@@ -78,4 +79,18 @@ def ablate_from_config(config: str | Path, out: str | Path = "runs/ablate", prog
     return run_ablation(load_ablation_config(config), out, progress=progress)
 
 
-__all__ = ["ablate_from_config", "run_from_config", "train_variant"]
+def compose_from_config(
+    config: str | Path,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """:func:`~deltalora.experiment.compose.run_compose` of the compose config into ``out`` (default
+    ``runs/<name>``); the path of compositionality.md."""
+    cfg = load_compose_config(config, parse_overrides(list(overrides)))
+    dest = Path(out) if out is not None else Path("runs") / cfg.name
+    return run_compose(cfg, dest, progress=progress, command=command)
+
+
+__all__ = ["ablate_from_config", "compose_from_config", "run_from_config", "train_variant"]

@@ -111,15 +111,13 @@ class Context:
 
 
 def _say(ctx_or_flag, msg: str) -> None:
-    if ctx_or_flag.progress if isinstance(ctx_or_flag, Context) else ctx_or_flag:
+    if getattr(ctx_or_flag, "progress", ctx_or_flag):  # a context (run or compose) or a plain flag
         print(msg, flush=True)
 
 
-def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=None) -> Context:
-    """Backbone, zoo, teacher Δ, conditions and the two task-level splits (all reused when already there)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = StageClock(out)
+def zoo_stage(cfg, out: Path, progress: bool, backbone, clock: StageClock):
+    """The backbone (loaded unless given) and the zoo of ``cfg`` (a run or compose config: ``zoo``, ``zoo_set``,
+    ``zoo_dir``) built or reused: (zoo config, backbone, zoo dir, manifest entries)."""
     zoo_cfg = zoo_config(cfg)
     t0 = time.perf_counter()
     backbone = backbone or load_backbone(zoo_cfg.backbone, zoo_cfg.runtime, progress=progress)
@@ -129,24 +127,19 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     _say(progress, f"[zoo] building / reusing {zoo_dir}")
     build_zoo(zoo_cfg, zoo_dir, progress=progress, backbone=backbone)
     clock.add("zoo build", t0)
-    entries = read_manifest(zoo_dir)
-    heldout = (
-        sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
-    )
-    singles = {e.task for e in entries if not e.mixed}
-    no_oracle = [t for t in heldout if t not in singles]
-    if no_oracle:
-        raise ConfigError(
-            f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks "
-            "of the zoo"
-        )
+    return zoo_cfg, backbone, zoo_dir, read_manifest(zoo_dir)
 
+
+def teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir: Path, out: Path, progress: bool, clock: StageClock):
+    """The zoo's tasks and every teacher's Δ on ``cfg.train``'s probes and representation, into ``out/deltas``:
+    (tasks by name, resolved probes, the Δ cache). A teacher with a non-finite Δ is a one-line error."""
     _, needed = selected_specs(zoo_cfg)
     tasks = {s.name: build_task(s, seed=zoo_cfg.split_seed) for s in needed}
     probes = resolve_probes(cfg.train.probes, tasks, backbone.tokenizer)
     t0 = time.perf_counter()
     cache = DeltaCache(out / "deltas")
-    _say(progress, f"[deltas] teacher Δ of {len(entries)} adapters ({cfg.train.probes}, {cfg.train.representation})")
+    n = len(read_manifest(zoo_dir))
+    _say(progress, f"[deltas] teacher Δ of {n} adapters ({cfg.train.probes}, {cfg.train.representation})")
     report = compute_deltas(
         backbone,
         sources_from_manifest(zoo_dir),
@@ -162,6 +155,39 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
             f"them from {zoo_dir}"
         )
     clock.add("teacher Δ", t0)
+    return tasks, probes, cache
+
+
+def machine_of(backbone, zoo_cfg) -> dict:
+    """Where this call ran and the zoo teachers' effective precision (results.json's ``machine``)."""
+    teacher = zoo_precision(zoo_cfg)  # the zoo's saved config matched it, so its teachers trained in this
+    info = cpu_info()
+    return {
+        "description": describe_machine(info),
+        "cpu": info,
+        "device": str(backbone.device),
+        "teacher_precision": teacher.name,
+        "teacher_precision_reason": teacher.reason,
+    }
+
+
+def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=None) -> Context:
+    """Backbone, zoo, teacher Δ, conditions and the two task-level splits (all reused when already there)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(out)
+    zoo_cfg, backbone, zoo_dir, entries = zoo_stage(cfg, out, progress, backbone, clock)
+    heldout = (
+        sorted(cfg.heldout) if cfg.heldout else choose_heldout(zoo_tasks(entries), cfg.heldout_count, cfg.heldout_seed)
+    )
+    singles = {e.task for e in entries if not e.mixed}
+    no_oracle = [t for t in heldout if t not in singles]
+    if no_oracle:
+        raise ConfigError(
+            f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks "
+            "of the zoo"
+        )
+    tasks, probes, cache = teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir, out, progress, clock)
 
     t0 = time.perf_counter()
     encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)
@@ -179,15 +205,7 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
     seen = choose_seen(train_set.entries, cfg.seen.tasks, cfg.seen.seed)
     seen_conditioner = Conditioner(encoder, {t: held[t] for t in seen}, n_prompts, form) if seen else None
     clock.add("conditions", t0)
-    teacher = zoo_precision(zoo_cfg)  # the zoo's saved config matched it, so its teachers trained in this
-    info = cpu_info()
-    machine = {
-        "description": describe_machine(info),
-        "cpu": info,
-        "device": str(backbone.device),
-        "teacher_precision": teacher.name,
-        "teacher_precision_reason": teacher.reason,
-    }
+    machine = machine_of(backbone, zoo_cfg)
     return Context(
         cfg,
         out,

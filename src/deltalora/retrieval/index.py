@@ -69,41 +69,63 @@ class RetrievalIndex:
 
     # ------------------------------------------------------------------------------------ querying
 
-    def scores(self, condition: torch.Tensor, by: str = "delta") -> torch.Tensor:
-        """Cosine of one condition ([n_prompts, dim]) to every teacher ([N])."""
-        if by not in BY:
-            raise RetrievalError(f"unknown retrieval key {by!r}; use one of {', '.join(BY)}")
+    def _check_condition(self, condition: torch.Tensor) -> torch.Tensor:
         condition = condition.float()
         if condition.dim() != 2 or condition.shape[-1] != self.conditions.shape[-1]:
             raise RetrievalError(
                 f"a condition is [n_prompts, {self.conditions.shape[-1]}] embeddings of encoder {self.encoder}, got "
                 f"{tuple(condition.shape)}; encode the prompts with that encoder"
             )
-        if by == "condition":
-            q, keys = condition.mean(0), self.conditions
-        else:
-            if self.predictor is None:
-                raise RetrievalError(
-                    "this index has no Δ predictor; retrieve by condition, or build the index with a predictor"
-                )
-            with torch.no_grad():
-                q = remove_shared(self.predictor(condition[None])[0], self.shared)
-            keys = remove_shared(self.deltas, self.shared)
-        return torch.nn.functional.cosine_similarity(keys, q[None], dim=-1)
+        return condition
 
-    def retrieve(self, condition: torch.Tensor, by: str = "delta", k: int = 3, temperature: float = 0.1) -> list[Hit]:
-        """The ``k`` teachers closest to ``condition``, best first, with softmax(cosine / temperature) weights."""
+    def predict(self, condition: torch.Tensor) -> torch.Tensor:
+        """The predicted Δ̂ of one condition ([n_prompts, dim] → [delta_dim])."""
+        if self.predictor is None:
+            raise RetrievalError(
+                "this index has no Δ predictor; retrieve by condition, or build the index with a predictor"
+            )
+        with torch.no_grad():
+            return self.predictor(self._check_condition(condition)[None])[0]
+
+    def delta_scores(self, delta: torch.Tensor) -> torch.Tensor:
+        """Cosine of a Δ query ([delta_dim], e.g. Δ̂₁ + Δ̂₂ for a composition) to every teacher's Δ ([N]), both with
+        the shared direction projected out."""
+        delta = torch.as_tensor(delta).float()
+        if tuple(delta.shape) != (self.deltas.shape[-1],):
+            raise RetrievalError(f"a Δ query has shape ({self.deltas.shape[-1]},), got {tuple(delta.shape)}")
+        q = remove_shared(delta, self.shared)
+        return torch.nn.functional.cosine_similarity(remove_shared(self.deltas, self.shared), q[None], dim=-1)
+
+    def scores(self, condition: torch.Tensor, by: str = "delta") -> torch.Tensor:
+        """Cosine of one condition ([n_prompts, dim]) to every teacher ([N])."""
+        if by not in BY:
+            raise RetrievalError(f"unknown retrieval key {by!r}; use one of {', '.join(BY)}")
+        condition = self._check_condition(condition)
+        if by == "condition":
+            return torch.nn.functional.cosine_similarity(self.conditions, condition.mean(0)[None], dim=-1)
+        return self.delta_scores(self.predict(condition))
+
+    def _top(self, cos: torch.Tensor, k: int, temperature: float) -> list[Hit]:
         if not isinstance(k, int) or not 1 <= k <= len(self):
             raise RetrievalError(f"k must be between 1 and the {len(self)} teachers of the index, got {k}")
         if not (temperature > 0 and temperature == temperature and temperature != float("inf")):
             raise RetrievalError(f"temperature must be a positive finite number, got {temperature}")
-        cos = self.scores(condition, by)
         top = torch.topk(cos, k)
         w = torch.softmax(top.values.double() / temperature, dim=0)
         return [
             Hit(self.ids[i], self.groups[i], float(c), float(x))
             for i, c, x in zip(top.indices.tolist(), top.values.tolist(), w.tolist())
         ]
+
+    def retrieve(self, condition: torch.Tensor, by: str = "delta", k: int = 3, temperature: float = 0.1) -> list[Hit]:
+        """The ``k`` teachers closest to ``condition``, best first, with softmax(cosine / temperature) weights."""
+        self._top(torch.zeros(len(self)), k, temperature)  # bad k / temperature fail before any work
+        return self._top(self.scores(condition, by), k, temperature)
+
+    def retrieve_delta(self, delta: torch.Tensor, k: int = 3, temperature: float = 0.1) -> list[Hit]:
+        """The ``k`` teachers whose Δ is closest to a Δ query (:meth:`delta_scores`), weighted as :meth:`retrieve`."""
+        self._top(torch.zeros(len(self)), k, temperature)
+        return self._top(self.delta_scores(delta), k, temperature)
 
     def adapter_dirs(self, hits: Sequence[Hit], zoo: str | Path | None = None) -> list[Path]:
         """Where the hit teachers' adapters are: in ``zoo`` (default: the index's), which must be unchanged."""

@@ -10,8 +10,9 @@
 
 Splits are by *task* (leave-tasks-out): a teacher belongs to ``"train"`` only if none of its tasks is held
 out, to ``"heldout"`` only if all of them are; a mixed teacher with one held-out component is in neither
-(it would leak the held-out task into training). Everything is checked when the dataset is built: the
-Δ of every teacher must be in the cache (the error says which ``deltalora deltas compute`` fills it), Δ
+(it would leak the held-out task into training); ``mixed=False`` keeps every mixed teacher out of both splits
+(the compositionality study: a generator that never saw a mixed teacher). Everything is checked when the dataset is
+built: the Δ of every teacher must be in the cache (the error says which ``deltalora deltas compute`` fills it), Δ
 vectors must be finite float32 of one width, adapters must load against the backbone and share one layout.
 
 A condition is keyed by the teacher's manifest id rather than its position, so the prompts a teacher sees
@@ -173,6 +174,7 @@ class TeacherDataset(Dataset):
         preload: bool = True,
         verify: bool = False,
         task_probes: TaskProbes | None = None,
+        mixed: bool = True,
     ):
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -188,6 +190,12 @@ class TeacherDataset(Dataset):
         entries = read_manifest(self.zoo, verify=verify)
         self.heldout = sorted(set(heldout))
         parts = split_entries(entries, self.heldout)
+        if not mixed:  # single-task teachers only (the compositionality study keeps every mixed teacher out)
+            parts = {
+                "train": [e for e in parts["train"] if not e.mixed],
+                "heldout": [e for e in parts["heldout"] if not e.mixed],
+                "excluded": parts["excluded"] + [e for e in parts["train"] + parts["heldout"] if e.mixed],
+            }
         self.excluded = [e.id for e in parts["excluded"]]
         self.entries: list[ZooEntry] = sorted(parts[split], key=lambda e: e.id)
         if not self.entries:
