@@ -503,3 +503,42 @@ def test_seen_checks_judge_recovery_and_random_conditions(tmp_path):
     del results["seen_tasks"]
     assert summarize(results)["seen_checks"] == {}
     assert "### Fit checks" not in write_report(tmp_path, results).read_text()
+
+
+def _aligned(cos: list[float], gains: list[float], tasks: int = 3) -> dict:
+    """``tasks`` tasks with one generated row whose adapters have these Δ-cosines and accuracy gains over base 0.4."""
+    rows = {
+        "base": {"accuracies": [0.4]},
+        "oracle": {"accuracies": [0.9], "delta_cosines": [1.0], "delta_cosines_specific": [1.0]},
+        "delta": {
+            "accuracies": [0.4 + g for g in gains],
+            "delta_cosines": cos,
+            "delta_cosines_specific": [c - 0.5 for c in cos],
+        },
+    }
+    return {"tasks": {f"t{i}": {"rows": rows} for i in range(tasks)}}
+
+
+def test_alignment_finds_a_monotone_relation_and_not_a_shuffled_one():
+    from deltalora.experiment.stats import alignment, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [1, 1, 2, 3]) == pytest.approx(1.0)  # ties at their mean rank
+    cos = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    up = alignment(_aligned(cos, [0.00, 0.01, 0.03, 0.04, 0.06, 0.07, 0.09, 0.10]))
+    assert up["n_adapters"] == 24 and up["n_tasks"] == 3  # the oracle and base are left out
+    for key in ("raw", "specific"):
+        assert up[key]["spearman"] == pytest.approx(1.0) and up[key]["within_task_spearman"] == pytest.approx(1.0)
+        assert up[key]["correlates"] is True and up[key]["spearman_interval"][0] > 0
+    flat = alignment(_aligned(cos, [0.05, -0.02, 0.08, 0.0, 0.01, 0.07, -0.01, 0.03]))
+    assert flat["raw"]["correlates"] is False and abs(flat["raw"]["spearman"]) < 0.5
+    assert alignment(_aligned([0.1], [0.0], tasks=2)) is None  # fewer than 3 adapters
+
+
+def test_report_states_the_alignment_criterion(tmp_path):
+    res = make_results([0.50, 0.52])
+    res["tasks"]["bb_navigate"]["rows"]["delta"]["accuracies"] = [0.50, 0.52]
+    write_report(tmp_path, res)
+    text = (tmp_path / "report.md").read_text()
+    assert "**Δ alignment vs accuracy** (held-out tasks;" in text and "Spearman ρ" in text

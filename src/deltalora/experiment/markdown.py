@@ -155,6 +155,30 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
     return out
 
 
+def alignment_lines(a: Mapping | None, where: str) -> list[str]:
+    """The seed criterion "better Δ alignment correlates with better task performance" over ``where``'s adapters."""
+    if not a:
+        return []
+    out = [
+        f"**Δ alignment vs accuracy** ({where}; {a['n_adapters']} adapters of every row but base and the oracle, "
+        f"{a['n_tasks']} tasks): accuracy gain over base against the adapter's Δ-cosine to the oracle.",
+        "",
+    ]
+    for key, label in (("raw", "Δ-cosine"), ("specific", "task-specific Δ-cosine")):
+        d = a.get(key)
+        if not d:
+            continue
+        iv = d.get("spearman_interval")
+        mark = {True: "✅", False: "❌", None: "➖"}[d.get("correlates")]
+        out.append(
+            f"- {mark} {label}: Spearman ρ {fmt(d['spearman'], '+.2f')}"
+            + (f" (interval {iv[0]:+.2f} … {iv[1]:+.2f})" if iv else "")
+            + f", Pearson r {fmt(d['pearson'], '+.2f')}; within a task, mean ρ {fmt(d['within_task_spearman'], '+.2f')}"
+            f" over {d['tasks_with_spread']} tasks"
+        )
+    return out + [""]
+
+
 def baselines_section(results: Mapping) -> list[str]:
     """What the baseline rows were built from: the Δ predictor's fit (training cosine per seed; task-specific cosine
     of its predictions to each held-out and seen task's own teachers), the retrieval settings, the multi-task LoRA's
@@ -308,7 +332,9 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     out += (
         [""]
         + floor_lines(summary.get("floor"), labels, "held-out tasks")
+        + alignment_lines(summary.get("alignment"), "held-out tasks")
         + _seen_section(results, summary, order, targets)
+        + alignment_lines(summary.get("seen_alignment"), "seen tasks")
         + baselines_section(results)
         + _fit_section(results)
     )

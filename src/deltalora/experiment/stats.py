@@ -390,6 +390,84 @@ def row_means(results: Mapping, per_task: Mapping) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` (0-based; ties share their mean rank)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = np.arange(len(x), dtype=float)
+    for v in np.unique(x):  # ties: the mean of their ranks
+        tied = x == v
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's on ranks; ties at their mean rank); None with < 3 points or no
+    spread."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return _pearson(_ranks(x), _ranks(y))
+
+
+def alignment(results: Mapping, block: str = "tasks", noise_se: float = 2.0) -> dict[str, Any] | None:
+    """Does better Δ alignment go with better accuracy? Over every adapter candidate of ``block`` with both scores
+    (every row but base and the oracle — the oracle's teachers define the Δ target), the accuracy gain over the
+    task's base model against the adapter's Δ-cosine to the oracle (raw and task-specific): Pearson's r and
+    Spearman's ρ pooled over adapters and tasks, ρ's bootstrap interval over adapters (the coverage of ± ``noise_se``
+    standard errors), and the mean of the per-task ρ (within a task, so task difficulty cannot make the correlation).
+    None when fewer than 3 adapters have both."""
+    points: list[tuple[str, float, float, float | None]] = []  # (task, gain, cos, specific cos)
+    for task, entry in (results.get(block) or {}).items():
+        rows = entry.get("rows") or {}
+        base = mean(rows.get("base", {}).get("accuracies"))
+        if base is None:
+            continue
+        for row, r in rows.items():
+            if row in ("base", "oracle"):
+                continue
+            accs, cos = r.get("accuracies") or [], r.get("delta_cosines") or []
+            spec = r.get("delta_cosines_specific") or []
+            if not cos or len(cos) != len(accs):
+                continue  # a row without a Δ per adapter (a routed one)
+            spec = spec if len(spec) == len(cos) else [None] * len(cos)
+            points += [(task, a - base, c, s) for a, c, s in zip(accs, cos, spec)]
+    if len(points) < 3:
+        return None
+    gain = np.array([p[1] for p in points])
+    out: dict[str, Any] = {"n_adapters": len(points), "n_tasks": len({p[0] for p in points})}
+    level = interval_level(noise_se)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    idx = rng.integers(0, len(points), size=(BOOTSTRAP_RESAMPLES, len(points)))
+    for key, col in (("raw", 2), ("specific", 3)):
+        if any(p[col] is None for p in points):
+            continue
+        x = np.array([p[col] for p in points], float)
+        rho = spearman(x, gain)
+        boots = [b for b in (spearman(x[i], gain[i]) for i in idx) if b is not None]
+        lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if boots else (None, None)
+        within = []
+        for t in sorted({p[0] for p in points}):
+            sel = np.array([p[0] == t for p in points])
+            r_t = spearman(x[sel], gain[sel])
+            if r_t is not None:
+                within.append(r_t)
+        out[key] = {
+            "pearson": _pearson(x, gain),
+            "spearman": rho,
+            "spearman_interval": None if lo is None else [float(lo), float(hi)],
+            "within_task_spearman": mean(within),
+            "tasks_with_spread": len(within),
+            "correlates": None if lo is None else bool(lo > 0),
+        }
+    return out
+
+
 def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str, Any]:
     """Per-row across-held-out-task means (accuracy, delta_cosine, delta_cosine_specific, n_tasks), the same over the
     seen tasks (``seen_rows``; ``results["seen_tasks"]``, a block shaped like ``tasks``) and the four target booleans
@@ -409,11 +487,15 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
         "seen_checks": seen_checks(results, seen, targets) if seen else {},
         "targets": {k: v["ok"] for k, v in details.items()},
         "target_details": details,
+        "alignment": alignment(results, noise_se=targets.noise_se),
+        "seen_alignment": alignment(results, "seen_tasks", targets.noise_se) if seen else None,
     }
 
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
+    "alignment",
+    "spearman",
     "BOOTSTRAP_SEED",
     "heldout_tasks",
     "interval_level",
