@@ -46,7 +46,7 @@ def test_study_scores_every_composed_row_on_both_component_tasks(study):
     assert res["mixed_excluded"] == 4 and res["train_teachers"] == 12
     text = report.read_text()
     assert "## Δ algebra" in text and "## Interference" in text and PAIR in text
-    assert (out / "figures" / "interference.png").is_file()
+    assert (out / "figures" / "compose_interference.png").is_file()
 
 
 def test_interference_is_accuracy_minus_own_teacher_and_the_criterion_follows_it(study):

@@ -19,7 +19,8 @@ teachers' gain over base.
 Everything lands in the output directory and is reused by a rerun: ``deltas/`` (Δ cache), ``algebra/<probes>.json``
 (keyed by the pair teachers' content, the probes and the backbone), ``generators/seed<N>/``, ``retrieval/``,
 ``eval/<task>/<key>.json`` (scores keyed by adapter content: a merge or a generated adapter is scored once),
-``results.json``, ``compositionality.md`` and ``figures/``.
+``results.json``, ``compositionality.md`` and ``figures/compose_*.png`` (named so that the report and its figures
+copy into ``results/`` as they are).
 """
 
 from __future__ import annotations
@@ -433,7 +434,7 @@ def run_compose(
         "title": f"deltalora compositionality study ({cfg.name})",
         "command": command or f"deltalora compose --config <{cfg.name}.yaml> --out {ctx.out}",
         "backbone": ctx.backbone.name,
-        "zoo": str(ctx.zoo_dir),
+        "zoo": _relative(ctx.zoo_dir),
         "train_teachers": len(ctx.train_set),
         "mixed_excluded": len(ctx.train_set.excluded),
         "rows": rows(cfg),
@@ -446,12 +447,20 @@ def run_compose(
         "machine": ctx.machine,
     }
     figures = {
-        name: algebra_figure(a["records"], ctx.out / "figures" / f"algebra_{_slug(name)}.png")
+        name: algebra_figure(a["records"], ctx.out / "figures" / f"compose_algebra_{_slug(name)}.png")
         for name, a in alg.items()
     }
     path = write_compose_report(ctx.out, results, figures)
     _say(ctx, f"report: {path}")
     return path
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (reports name no machine's absolute paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _slug(name: str) -> str:

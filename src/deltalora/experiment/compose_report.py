@@ -184,7 +184,8 @@ def render(results: Mapping, algebra_figures: Mapping) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Backbone {results['backbone']}; zoo `{results['zoo']}`; {len(results['pairs'])} pairs "
+        f"Backbone {results['backbone']}; zoo `{results['zoo']}`; {len(results['pairs'])} pair"
+        f"{'s' if len(results['pairs']) != 1 else ''} "
         f"({sum(p['cross_family'] for p in results['pairs'].values())} across families). Machine: "
         f"{m.get('description', DASH)}; teachers in {m.get('teacher_precision', DASH)}. Wall time of this call: "
         f"{results['wall_seconds']:.0f} s.",
@@ -212,7 +213,7 @@ def render(results: Mapping, algebra_figures: Mapping) -> str:
 def write_compose_report(out: str | Path, results: dict, algebra_figures: Mapping) -> Path:
     """results.json and compositionality.md (with the interference figure) into ``out``; the report's path."""
     out = Path(out)
-    fig = interference_figure(results, out / "figures" / "interference.png")
+    fig = interference_figure(results, out / "figures" / "compose_interference.png")
     results = {**results, "interference_figure": str(fig) if isinstance(fig, Path) else None}
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
     path = out / REPORT
