@@ -25,11 +25,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import command_line, machine, write_json  # noqa: E402
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.eval import evaluate_task  # noqa: E402
+from deltalora.experiment.config import EvalConfig  # noqa: E402
+from deltalora.experiment.eval_cache import EvalCache  # noqa: E402
 from deltalora.lora import load_adapter  # noqa: E402
 from deltalora.paths import atomic_write_bytes  # noqa: E402
 from deltalora.tasks import build_task  # noqa: E402
 from deltalora.zoo import build_zoo, load_zoo_config, parse_shard  # noqa: E402
 from deltalora.zoo.build import selected_specs, zoo_precision  # noqa: E402
+
+
+def reused_scores(
+    run_dirs, task, split: str, limit: int | None, run_limit: int | None, backbone, arms: dict
+) -> dict[str, dict]:
+    """The arms of ``arms`` (name -> adapter, None = base) that a run's eval cache scored on the same items. A run keys
+    a score by the adapter's content, the task, split, its configured item limit (``run_limit``; default: the items
+    this call scores) and the backbone weights; a hit must have scored as many items as this call does (the first n
+    of the split, so the same items)."""
+    n = len(task.split(split)[: limit or None])
+    found: dict[str, dict] = {}
+    for run_dir in run_dirs:
+        cache = EvalCache(Path(run_dir), task.name, EvalConfig(split=split, limit=run_limit or n), backbone)
+        for name, w in arms.items():
+            if name not in found and (r := cache.get(cache.key(w))) is not None and r.get("n") == n:
+                found[name] = r
+    return found
 
 
 def main() -> None:
@@ -52,6 +71,20 @@ def main() -> None:
         action="append",
         default=[],
         help="another zoo dir whose same-recipe jobs are copied (zoo build --reuse)",
+    )
+    ap.add_argument(
+        "--reuse-eval",
+        action="append",
+        default=[],
+        type=Path,
+        help="a `deltalora run` / `deltalora compose` directory whose eval cache already scored some of these arms "
+        "(same adapter content, task, split and items, float32): those scores are read instead of computed",
+    )
+    ap.add_argument(
+        "--reuse-eval-limit",
+        type=int,
+        default=None,
+        help="the eval.limit those runs were configured with (default: the items this call scores per task)",
     )
     ap.add_argument(
         "--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)"
@@ -88,7 +121,15 @@ def main() -> None:
         else:
             task = build_task(spec, seed=cfg.split_seed)
             arms = {"base": None, **{f"s{e.seed}": load_adapter(out / e.path, arch=backbone.arch) for e in teachers}}
-            res = evaluate_task(backbone, task, arms, split=args.split, limit=args.limit, batch_rows=args.batch_rows)
+            found = reused_scores(args.reuse_eval, task, args.split, args.limit, args.reuse_eval_limit, backbone, arms)
+            todo = {k: w for k, w in arms.items() if k not in found}
+            res = {"arms": {}, "seconds": 0.0, "kind": spec.kind}
+            if todo:
+                res = evaluate_task(
+                    backbone, task, todo, split=args.split, limit=args.limit, batch_rows=args.batch_rows
+                )
+            res["arms"] = {k: found.get(k) or res["arms"][k] for k in arms}
+            res["reused"] = sorted(found)
             atomic_write_bytes(cache, (json.dumps({"key": key, "result": res}, indent=1) + "\n").encode())
         base = res["arms"]["base"]
         teach = {k: v for k, v in res["arms"].items() if k != "base"}
@@ -106,6 +147,7 @@ def main() -> None:
                 "gain_points": 100 * (mean_t - base["accuracy"]),
                 "worse_than_base": [k for k, v in teach.items() if v["accuracy"] < base["accuracy"]],
                 "eval_seconds": res["seconds"],
+                "reused_arms": res.get("reused", []),
             }
         )
         print(
@@ -130,6 +172,8 @@ def main() -> None:
         "train_seconds_per_adapter": round(sum(jobs) / max(1, len(entries)), 1),
         "build_call_seconds_this_run": round(build_call_s, 1),
         "eval_seconds_total": round(sum(r["eval_seconds"] for r in rows), 1),
+        "reused_arms": sum(len(r["reused_arms"]) for r in rows),
+        "scored_arms": sum(1 + len(r["teachers"]) for r in rows),
         "teacher": cfg.teacher.model_dump(mode="json"),
         "teacher_precision": zoo_precision(cfg).name,
         "seeds": cfg.seeds,
@@ -161,7 +205,13 @@ def main() -> None:
         "",
         f"Training wall time: {summary['train_seconds_total']:.0f} s in all, median "
         f"{summary['train_seconds_per_job_median']} s per run, "
-        f"{summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s.",
+        f"{summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s"
+        + (
+            f" ({summary['reused_arms']} of {summary['scored_arms']} scores read from the eval caches of "
+            f"{', '.join(str(d) for d in args.reuse_eval)}: same adapters, items and float32 evaluator)."
+            if summary["reused_arms"]
+            else "."
+        ),
         "",
         "| task | family | kind | n | base | teachers | gain (pts) |",
         "|---|---|---|---:|---:|---|---:|",
