@@ -396,9 +396,12 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
     assert [r["variant"] for r in rows] == [
         "centre",
         "lam=0",
+        "kl=0.5",
         "probes=neutral24",
         "representation=mean",
         "delta_loss=cosine",
+        "weight_scale=0.0",
+        "norm_penalty=0.1",
     ]
     assert all(-1 <= r["heldout_delta_cosine_mean"] <= 1 for r in rows)
     assert all(-1 <= r["heldout_specific_cosine_mean"] <= 1 for r in rows)
@@ -409,6 +412,11 @@ def test_ablation_sweeps_one_factor_at_a_time(tmp_path, tiny_qwen2):
         assert logged > 0 and r["train_seconds"] == round(logged, 1)
         assert r["tail_loss_weights"] == tail_mean(curves, "loss_weights")
     assert "probes=neutral24" in md.read_text()
+    b1 = read_log(tmp_path / "ab" / "weight_scale=0.0" / "log.jsonl")  # B1: Δ-only, the weight loss scaled to 0
+    assert json.loads((tmp_path / "ab" / "weight_scale=0.0" / "train_config.json").read_text())["weight_scale"] == 0
+    assert all(r.get("loss_delta") is not None for r in list(b1.values())[-2:])
+    kl = read_log(tmp_path / "ab" / "kl=0.5" / "log.jsonl")
+    assert any(r.get("loss_kl") is not None for r in kl.values())
 
 
 def test_run_config_errors(tmp_path):

@@ -1,5 +1,6 @@
 """``deltalora ablate``: one factor at a time around a run's Δ-augmented config — λ, probe set,
-representation, Δ loss — each variant a generator trained on the run's zoo and split, scored by the
+representation, Δ loss and, when the grid names them, the KL tether, the weight loss's scale (0: B1, Δ-only) and the
+norm penalty — each variant a generator trained on the run's zoo and split, scored by the
 Δ-cosine of its adapters for the held-out tasks to the oracle in one common Δ space (the run's probes and
 representation, so variants trained on other probes stay comparable), and optionally by accuracy."""
 
@@ -43,10 +44,16 @@ def variants(cfg: AblationConfig, base) -> list[tuple[str, str, object, object]]
                     ),
                 )
             )
+    for v in cfg.grid.kl:
+        if v != t.kl.target:
+            kl = LambdaSchedule(target=v, warmup_steps=t.lam.warmup_steps, ramp_steps=t.lam.ramp_steps)
+            out.append((f"kl={v:g}", "KL tether", v, t.model_copy(update={"kl": kl})))
     for factor, key, grid in (
         ("probes", "probes", cfg.grid.probes),
         ("representation", "representation", cfg.grid.representation),
         ("Δ loss", "delta_loss", cfg.grid.delta_loss),
+        ("weight loss scale", "weight_scale", cfg.grid.weight_scale),
+        ("norm penalty", "norm_penalty", cfg.grid.norm_penalty),
     ):
         for v in grid:
             if v != getattr(t, key):

@@ -235,6 +235,11 @@ class AblationGrid(StrictModel):
     probes: list[str] = Field(default_factory=lambda: ["generic5", "neutral24"])
     representation: list[str] = Field(default_factory=lambda: ["last_token", "mean", "layers:[-4,-1]:concat"])
     delta_loss: list[str] = Field(default_factory=lambda: ["mse", "cosine"])
+    # the behavioural losses (empty: not swept): the KL tether's target (on λ's schedule), the weight loss's scale
+    # (0: the seed's B1, Δ-only training) and the norm penalty μ
+    kl: list[float] = Field(default_factory=list)
+    weight_scale: list[float] = Field(default_factory=list)
+    norm_penalty: list[float] = Field(default_factory=list)
 
 
 class AblationConfig(StrictModel):
