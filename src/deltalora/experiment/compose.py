@@ -29,17 +29,13 @@ import hashlib
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..conditions import Conditioner, load_encoder, pools_from_tasks
-from ..config import RuntimeConfig
 from ..deltas import (
-    DeltaCache,
     DeltaProbe,
-    DeltaSpec,
     TaskProbes,
     compute_deltas,
     resolve_probes,
@@ -58,31 +54,17 @@ from .baselines import cached_index
 from .candidates import Candidates, generate
 from .compose_report import write_compose_report
 from .config import ComposeConfig
-from .run import _say, machine_of, score, teacher_delta_stage, zoo_stage
-from .timing import StageClock
+from .run import _say, score
+from .world import World, prepare_world
 
 
 @dataclass
-class ComposeContext:
-    """What every stage of one compositionality study shares (``score`` reads ``cfg.eval``, ``out``, ``backbone``,
-    ``tasks`` and ``stage`` as it does a run's)."""
+class ComposeContext(World):
+    """A compositionality study's world, with the pairs it studies and the single-task teachers the generator and the
+    Δ predictor learn from."""
 
-    cfg: ComposeConfig
-    out: Path
-    backbone: object
-    zoo_dir: Path
-    entries: list[ZooEntry]
-    tasks: dict
-    pairs: dict[str, tuple[str, str]]  # mixed task -> its two component tasks
-    conditioner: Conditioner
-    train_set: TeacherDataset  # the single-task teachers: what the generator and the predictor learn from
-    cache: DeltaCache
-    clock: StageClock
-    progress: bool = True
-    machine: dict | None = None
-
-    def stage(self, name: str, t0: float) -> None:
-        self.clock.add(name, t0)
+    pairs: dict[str, tuple[str, str]] = field(default_factory=dict)  # mixed task -> its two component tasks
+    train_set: TeacherDataset | None = None
 
 
 def mixed_pairs(entries: list[ZooEntry], wanted: list[str], zoo_dir: Path) -> dict[str, tuple[str, str]]:
@@ -105,42 +87,17 @@ def mixed_pairs(entries: list[ZooEntry], wanted: list[str], zoo_dir: Path) -> di
 
 def prepare_compose(cfg: ComposeConfig, out: str | Path, progress: bool = True, backbone=None) -> ComposeContext:
     """Backbone, zoo, teacher Δ on the generator's probes, conditions and the single-task training set."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = StageClock(out)
-    zoo_cfg, backbone, zoo_dir, entries = zoo_stage(cfg, out, progress, backbone, clock)
-    pairs = mixed_pairs(entries, cfg.pairs, zoo_dir)
-    tasks, probes, cache = teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir, out, progress, clock)
+    found: dict = {}
+
+    def check(entries, zoo_dir):
+        found.update(mixed_pairs(entries, cfg.pairs, zoo_dir))
+
+    ctx = prepare_world(cfg, out, progress, backbone, check=check, kind=ComposeContext)
+    ctx.pairs = found
     t0 = time.perf_counter()
-    encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)
-    conditioner = Conditioner(encoder, pools_from_tasks(tasks.values()), cfg.train.n_prompts, cfg.train.condition_form)
-    spec = DeltaSpec.for_backbone(backbone, probes, cfg.train.representation)
-    train_set = TeacherDataset(
-        zoo_dir,
-        conditioner,
-        spec,
-        split="train",
-        cache=cache,
-        arch=backbone.arch,
-        task_probes=probes if isinstance(probes, TaskProbes) else None,
-        mixed=False,
-    )
-    clock.add("conditions", t0)
-    return ComposeContext(
-        cfg,
-        out,
-        backbone,
-        zoo_dir,
-        entries,
-        tasks,
-        pairs,
-        conditioner,
-        train_set,
-        cache,
-        clock,
-        progress,
-        machine_of(backbone, zoo_cfg),
-    )
+    ctx.train_set = ctx.teachers(mixed=False)
+    ctx.stage("conditions", t0)
+    return ctx
 
 
 # ------------------------------------------------------------------------------------------------ the Δ algebra
