@@ -24,7 +24,14 @@ from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
 from deltalora.experiment.candidates import average_merge, random_conditions
-from deltalora.experiment.config import BaselineConfig, CompareGenerator, SeenConfig, load_compose_config, zoo_config
+from deltalora.experiment.config import (
+    BaselineConfig,
+    CompareGenerator,
+    SeenConfig,
+    load_compose_config,
+    load_scaling_config,
+    zoo_config,
+)
 from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
@@ -498,6 +505,11 @@ def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
 def test_shipped_run_configs_validate(path):
+    if "scaling" in path:
+        cfg = load_scaling_config(path)
+        zoo = load_zoo_config(cfg.zoo)
+        assert len(zoo.tasks or load_suite(zoo.suite)) >= 2 * cfg.folds
+        return
     if "compose" in path:
         cfg = load_compose_config(path)
         zoo = load_zoo_config(cfg.zoo)

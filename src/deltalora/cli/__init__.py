@@ -29,6 +29,7 @@ app.command("run")(run.run_cmd)
 app.command("train")(run.train_cmd)
 app.command("ablate")(run.ablate_cmd)
 app.command("compose")(run.compose_cmd)
+app.command("scale")(run.scale_cmd)
 app.command("report")(run.report_cmd)
 
 

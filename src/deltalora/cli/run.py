@@ -1,6 +1,7 @@
 """``deltalora run`` (the held-out experiment), ``deltalora train`` (one generator; torchrun-ready),
-``deltalora ablate`` (the one-factor-at-a-time sweep), ``deltalora compose`` (the compositionality study) and
-``deltalora report`` (re-render a finished run's report)."""
+``deltalora ablate`` (the one-factor-at-a-time sweep), ``deltalora compose`` (the compositionality study),
+``deltalora scale`` (held-out gain against the number of training tasks) and ``deltalora report`` (re-render a
+finished run's report)."""
 
 # Library imports sit inside the commands: the library pulls in torch/transformers (~5 s), so importing it
 # lazily keeps `deltalora --help` fast (~0.2 s).
@@ -46,6 +47,21 @@ def compose_cmd(
     typer.echo(
         f"report: {run_guarded(compose_from_config, config, out, overrides, progress=not quiet, command=command)}"
     )
+
+
+def scale_cmd(
+    config: Path = typer.Option(..., "--config", help="Scaling config (YAML), e.g. configs/scaling.yaml."),
+    out: Path = typer.Option(None, "--out", help="Study directory (default: runs/<name>). Rerunning resumes."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set run_folds=[0,1] (repeatable)."
+    ),
+) -> None:
+    """k folds over tasks: held-out gain against the number of training tasks → scaling.md (curve with error bars)."""
+    from ..experiment.jobs import scale_from_config
+
+    command = "deltalora " + shlex.join(sys.argv[1:])
+    typer.echo(f"report: {run_guarded(scale_from_config, config, out, overrides, progress=not quiet, command=command)}")
 
 
 def report_cmd(

@@ -306,6 +306,50 @@ class ComposeConfig(StrictModel):
         return RunConfig._seeds(v)
 
 
+class ScalingConfig(StrictModel):
+    """``deltalora scale``: held-out gain against the number of training tasks, every task held out once.
+
+    The zoo's single-task tasks are dealt into ``folds`` folds stratified by family; each fold is held out once, and
+    its *pool* is every other task. Per ``draw``, a seeded random order of the pool gives nested training sets (its
+    first n tasks, for every n of ``sizes`` below the pool's size, and the whole pool); on each set a generator
+    (``train``, seed = the draw), the mean merge of its teachers and the ``retrieval`` row are built, and every
+    held-out task of the fold is scored with them (``adapters_per_task`` generated and retrieved adapters each).
+    """
+
+    name: str = "scaling"
+    zoo: str
+    zoo_dir: str | None = None
+    zoo_set: dict = Field(default_factory=dict)
+    folds: int = Field(5, ge=2)
+    fold_seed: int = 0
+    run_folds: list[int] | None = None  # only these folds in this call (the report covers the folds done)
+    sizes: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1)  # and always the whole pool
+    draws: int = Field(2, ge=1)
+    train: TrainConfig
+    adapters_per_task: int = Field(1, ge=1)
+    retrieval: RetrievalRow = RetrievalRow()  # the retrieval row (fixed before any run, not chosen on held-out tasks)
+    k: int = Field(3, ge=1)
+    temperature: float = Field(0.1, gt=0)
+    predictor: PredictorConfig = PredictorConfig()
+    delta_batch_adapters: int = Field(8, ge=1)
+    eval: EvalConfig = EvalConfig()
+    # the "% of own-teacher gain" column counts only tasks whose own teachers gain at least this much over base
+    min_own_gain: float = Field(0.05, ge=0)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v) or len(set(v)) != len(v):
+            raise ValueError(f"sizes must be distinct positive task counts, got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.run_folds is not None and any(not 0 <= f < self.folds for f in self.run_folds):
+            raise ValueError(f"run_folds {self.run_folds} must name folds 0..{self.folds - 1}")
+        return self
+
+
 def _resolve(path: Path, value: str | None) -> str | None:
     if value is None or Path(value).expanduser().is_absolute():
         return value
@@ -330,13 +374,17 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfi
     return _load_with_zoo(path, RunConfig, overrides)
 
 
-def zoo_config(cfg: RunConfig | ComposeConfig):
+def zoo_config(cfg: RunConfig | ComposeConfig | ScalingConfig):
     """The run's (or compose study's) zoo config: the zoo YAML with ``zoo_set`` applied."""
     return load_zoo_config(cfg.zoo, cfg.zoo_set or None)
 
 
 def load_compose_config(path: str | Path, overrides: dict | None = None) -> ComposeConfig:
     return _load_with_zoo(path, ComposeConfig, overrides)
+
+
+def load_scaling_config(path: str | Path, overrides: dict | None = None) -> ScalingConfig:
+    return _load_with_zoo(path, ScalingConfig, overrides)
 
 
 def load_ablation_config(path: str | Path) -> AblationConfig:
@@ -354,10 +402,12 @@ __all__ = [
     "AblationGrid",
     "EvalConfig",
     "RunConfig",
+    "ScalingConfig",
     "SeenConfig",
     "TargetConfig",
     "load_ablation_config",
     "load_compose_config",
     "load_run_config",
+    "load_scaling_config",
     "zoo_config",
 ]

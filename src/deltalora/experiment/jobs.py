@@ -14,8 +14,9 @@ from ..training import TrainResult, train_generator
 from ..training.distributed import barrier, init_distributed, is_distributed, leave_distributed, rank
 from .ablate import run_ablation
 from .compose import run_compose
-from .config import load_ablation_config, load_compose_config, load_run_config
+from .config import load_ablation_config, load_compose_config, load_run_config, load_scaling_config
 from .run import prepare, run_experiment
+from .scaling import run_scaling
 
 
 def run_from_config(
@@ -93,4 +94,18 @@ def compose_from_config(
     return run_compose(cfg, dest, progress=progress, command=command)
 
 
-__all__ = ["ablate_from_config", "compose_from_config", "run_from_config", "train_variant"]
+def scale_from_config(
+    config: str | Path,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """:func:`~deltalora.experiment.scaling.run_scaling` of the scaling config into ``out`` (default
+    ``runs/<name>``); the path of scaling.md."""
+    cfg = load_scaling_config(config, parse_overrides(list(overrides)))
+    dest = Path(out) if out is not None else Path("runs") / cfg.name
+    return run_scaling(cfg, dest, progress=progress, command=command)
+
+
+__all__ = ["ablate_from_config", "compose_from_config", "run_from_config", "scale_from_config", "train_variant"]

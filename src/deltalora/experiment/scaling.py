@@ -1,0 +1,298 @@
+"""``deltalora scale``: held-out gain against the number of training tasks, every task held out once (k folds).
+
+    zoo ─► teacher Δ ─► folds of tasks (stratified by family) ─► per fold and draw: a seeded order of the other
+    tasks (the pool); per size n its first n tasks (nested sets) ─► a generator, the mean merge and Δ-retrieval on
+    those tasks' teachers ─► adapters for every task of the fold ─► eval ─► gain over base and % of the own
+    teachers' gain, per row and size, over all folds ─► scaling.md (curve with error bars)
+
+Every number is a held-out number: a fold's tasks never reach the generator, the merge or the retrieval index of
+that fold. The base model and each task's own teachers (each zoo seed's last checkpoint) are scored once per task.
+Error bars: the standard error over tasks (each task's gain averaged over draws and adapters first); the spread
+between draws is reported beside it. Whether more tasks help the generator more than the baselines is the paired
+difference, over tasks, of (gain at the largest size − gain at the smallest) between the generator and each
+baseline.
+
+Resumable: generators resume, retrieval indexes and every score are cached by content under ``out``; ``run_folds``
+splits the folds over several calls (the report covers every fold whose scores are all there).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..eval.runner import BASE
+from ..lora import load_adapter
+from ..paths import atomic_write_bytes
+from ..retrieval import retrieve_adapter
+from ..tasks import stable_seed
+from ..training import train_generator
+from ..zoo.manifest import ZooEntry, adapter_dir
+from .baselines import cached_index
+from .candidates import Candidates, average_merge, generate
+from .compose import last_teachers
+from .config import ScalingConfig
+from .run import _say, score
+from .scaling_report import write_scaling_report
+from .world import World, prepare_world
+
+ROWS = ("generator", "average_merge", "retrieval")  # the curve's rows, in report order
+
+
+def make_folds(families: Mapping[str, str], k: int, seed: int) -> list[list[str]]:
+    """``k`` folds of the tasks of ``families`` (task -> family), stratified: each family's tasks, in a seeded order,
+    are dealt round-robin, continuing from where the previous family stopped, so fold sizes differ by at most one
+    and every family is spread over the folds."""
+    if len(families) < k:
+        raise ConfigError(f"{len(families)} tasks cannot fill {k} folds; use fewer folds or a larger zoo")
+    folds: list[list[str]] = [[] for _ in range(k)]
+    i = 0
+    for fam in sorted(set(families.values())):
+        tasks = sorted(t for t, f in families.items() if f == fam)
+        random.Random(stable_seed("folds", seed, fam)).shuffle(tasks)
+        for t in tasks:
+            folds[i % k].append(t)
+            i += 1
+    return [sorted(f) for f in folds]
+
+
+def pool_order(pool: Sequence[str], fold: int, draw: int, seed: int) -> list[str]:
+    """A seeded random order of a fold's pool; its first n tasks are the size-n training set (nested in n)."""
+    order = sorted(pool)
+    random.Random(stable_seed("scaling-order", seed, fold, draw)).shuffle(order)
+    return order
+
+
+def sizes_for(cfg: ScalingConfig, pool: int) -> list[int]:
+    """The training-set sizes of a fold: ``cfg.sizes`` below the pool's size, and the whole pool."""
+    return sorted({n for n in cfg.sizes if n < pool} | {pool})
+
+
+def _own(world: World, task: str) -> dict[int, ZooEntry]:
+    return {s: e for s, e in last_teachers(world.entries, task).items() if not e.mixed}
+
+
+def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> list[dict]:
+    """Train, build and score everything of one fold; one record per scored candidate."""
+    cfg: ScalingConfig = world.cfg
+    records = []
+    reference: Candidates = {}
+    for task in tasks:  # base and the own teachers: once per task
+        cands: Candidates = {BASE: ("base", None)}
+        for seed, e in _own(world, task).items():
+            cands[f"own/s{seed}"] = ("own", load_adapter(adapter_dir(world.zoo_dir, e), world.backbone.arch))
+        for name, r in score(world, task, cands).items():
+            records.append({"fold": fold, "task": task, "row": cands[name][0], "arm": name, "accuracy": r["accuracy"]})
+        reference.update(cands)
+    singles = sorted({e.task for e in world.entries if not e.mixed})
+    for draw in range(cfg.draws):
+        order = pool_order(pool, fold, draw, cfg.fold_seed)
+        for n in sizes_for(cfg, len(pool)):
+            chosen = order[:n]
+            where = f"f{fold}/d{draw}/n{n}"
+            _say(world, f"[scale] fold {fold} draw {draw}: {n} training tasks")
+            t0 = time.perf_counter()
+            train_set = world.teachers(exclude=[t for t in singles if t not in chosen], mixed=False)
+            res = train_generator(
+                cfg.train.model_copy(update={"seed": draw}),
+                train_set,
+                world.backbone,
+                world.out / "generators" / where,
+                progress=world.progress,
+                meta={"encoder": cfg.train.encoder, "heldout_tasks": tasks, "train_tasks": chosen},
+                tasks=world.tasks,
+            )
+            world.stage("train generator", t0)
+            t0 = time.perf_counter()
+            examples = [train_set.example(i, 0) for i in range(len(train_set))]
+            weights = {e.id: ex.weights for e, ex in zip(train_set.entries, examples)}
+            merged = average_merge(list(weights.values()))
+            index = cached_index(
+                world.out / "retrieval" / f"index-f{fold}-d{draw}-n{n}.safetensors",
+                train_set,
+                cfg.predictor,
+                draw,
+                encoder=cfg.train.encoder,
+                form=world.conditioner.form,
+                probes=[cfg.train.probes, cfg.train.representation],
+            )
+            world.stage("baselines", t0)
+            gen = res.module.eval()
+            for task in tasks:
+                conds = torch.stack(
+                    [
+                        world.conditioner.sample(task, seed=draw, epoch=0, key=f"scale/{j}")
+                        for j in range(cfg.adapters_per_task)
+                    ]
+                )
+                cands: Candidates = {"average_merge": ("average_merge", merged)}
+                for j, w in enumerate(generate(gen, conds)):
+                    cands[f"generator/g{j}"] = ("generator", w)
+                for j, cond in enumerate(conds):
+                    w, _ = retrieve_adapter(
+                        index,
+                        cond,
+                        by=cfg.retrieval.by,
+                        k=min(cfg.k, len(index)),
+                        temperature=cfg.temperature,
+                        merge=cfg.retrieval.merge,
+                        teachers=lambda hits: [weights[h.id] for h in hits],
+                        seed=draw,
+                    )
+                    cands[f"retrieval/g{j}"] = ("retrieval", w)
+                for name, r in score(world, task, cands).items():
+                    records.append(
+                        {
+                            "fold": fold,
+                            "draw": draw,
+                            "size": n,
+                            "task": task,
+                            "row": cands[name][0],
+                            "arm": name,
+                            "accuracy": r["accuracy"],
+                        }
+                    )
+            del train_set, examples, merged, index, gen, res  # a pool's teachers are GBs: free them per size
+    return records
+
+
+def _se(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) -> dict:
+    """The curve from the records: per row and size, the mean gain over base across tasks (each task's gain averaged
+    over draws and adapters first) with its standard error over tasks, the spread of the across-task mean between
+    draws, and the mean share of the own teachers' gain (tasks whose own teachers gain ≥ ``min_own_gain``); and,
+    per baseline, the paired difference over tasks of the generator's (largest − smallest size) gain change and the
+    baseline's."""
+    base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
+    own_acc: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r["row"] == "own":
+            own_acc[r["task"]].append(r["accuracy"])
+    own_gain = {t: statistics.fmean(v) - base[t] for t, v in own_acc.items() if t in base}
+    cells: dict[tuple[str, int, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        if r["row"] in ROWS and r["task"] in base:
+            cells[(r["row"], r["size"], r["task"])][r["draw"]].append(r["accuracy"] - base[r["task"]])
+            sizes[r["row"]].add(r["size"])
+    curve: dict[str, dict[int, dict]] = {}
+    per_task: dict[tuple[str, int], dict[str, float]] = {}
+    for row in ROWS:
+        curve[row] = {}
+        for n in sorted(sizes[row]):
+            tasks = sorted({t for (r_, n_, t) in cells if r_ == row and n_ == n})
+            gains = {t: statistics.fmean(x for d in cells[(row, n, t)].values() for x in d) for t in tasks}
+            per_task[(row, n)] = gains
+            draws = sorted({d for t in tasks for d in cells[(row, n, t)]})
+            by_draw = [
+                statistics.fmean(statistics.fmean(cells[(row, n, t)][d]) for t in tasks if d in cells[(row, n, t)])
+                for d in draws
+            ]
+            pct = [gains[t] / own_gain[t] for t in tasks if own_gain.get(t, 0) >= min_own_gain]
+            curve[row][n] = {
+                "gain": statistics.fmean(gains.values()),
+                "gain_se": _se(list(gains.values())),
+                "draw_std": statistics.stdev(by_draw) if len(by_draw) > 1 else 0.0,
+                "share_of_own_gain": statistics.fmean(pct) if pct else None,
+                "share_se": _se(pct) if pct else None,
+                "n_tasks": len(tasks),
+                "n_tasks_share": len(pct),
+                "draws": len(draws),
+            }
+    slopes = {}
+    gen_sizes = sorted(curve["generator"])
+    if len(gen_sizes) >= 2:
+        lo, hi = gen_sizes[0], gen_sizes[-1]
+
+        def change(row: str) -> dict[str, float]:
+            a, b = per_task.get((row, lo), {}), per_task.get((row, hi), {})
+            return {t: b[t] - a[t] for t in a if t in b}
+
+        g = change("generator")
+        for row in ROWS[1:]:
+            c = change(row)
+            diffs = [g[t] - c[t] for t in g if t in c]
+            if len(diffs) >= 2:
+                m, se = statistics.fmean(diffs), _se(diffs)
+                slopes[row] = {
+                    "from": lo,
+                    "to": hi,
+                    "generator_change": statistics.fmean(g[t] for t in g if t in c),
+                    "baseline_change": statistics.fmean(c[t] for t in g if t in c),
+                    "difference": m,
+                    "se": se,
+                    "n_tasks": len(diffs),
+                    "beyond_2se": abs(m) > 2 * se,
+                }
+    return {
+        "curve": curve,
+        "slopes": slopes,
+        "tasks": len(base),
+        "own_gain_median": statistics.median(own_gain.values()) if own_gain else None,
+    }
+
+
+def run_scaling(
+    cfg: ScalingConfig, out: str | Path, progress: bool = True, command: str | None = None, backbone=None
+) -> Path:
+    """Every fold of ``cfg.run_folds`` (all by default) into ``out``; the report over every finished fold. Returns the
+    path of scaling.md."""
+    t_all = time.perf_counter()
+    folds: list[list[str]] = []
+
+    def check(entries: list[ZooEntry], zoo_dir: Path) -> None:
+        families = {e.task: e.family for e in entries if not e.mixed}
+        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed))
+        smallest = min(len(families) - len(f) for f in folds)
+        if smallest < 1:
+            raise ConfigError(f"{zoo_dir}: a fold leaves no training task; use more tasks or fewer folds")
+
+    world = prepare_world(cfg, out, progress, backbone, check=check)
+    done_path = world.out / "folds"
+    all_tasks = sorted(t for f in folds for t in f)
+    for fold in cfg.run_folds if cfg.run_folds is not None else range(cfg.folds):
+        path = done_path / f"fold{fold}.json"
+        if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("tasks") == folds[fold]:
+            continue
+        pool = [t for t in all_tasks if t not in folds[fold]]
+        records = fold_records(world, fold, folds[fold], pool)
+        atomic_write_bytes(path, json.dumps({"tasks": folds[fold], "pool": pool, "records": records}).encode())
+    records, finished = [], []
+    for fold in range(cfg.folds):
+        path = done_path / f"fold{fold}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("tasks") == folds[fold]:
+                records += saved["records"]
+                finished.append(fold)
+    results = {
+        "title": f"deltalora task-scaling study ({cfg.name})",
+        "command": command or f"deltalora scale --config <{cfg.name}.yaml> --out {world.out}",
+        "backbone": world.backbone.name,
+        "folds": folds,
+        "finished_folds": finished,
+        "summary": summarize_scaling(records, cfg.min_own_gain),
+        "records": records,
+        "timing": world.clock.call,
+        "wall_seconds": round(time.perf_counter() - t_all, 1),
+        "config": json.loads(cfg.model_dump_json()),
+        "machine": world.machine,
+    }
+    path = write_scaling_report(world.out, results)
+    _say(world, f"report: {path}")
+    return path
+
+
+__all__ = ["ROWS", "fold_records", "make_folds", "pool_order", "run_scaling", "sizes_for", "summarize_scaling"]

@@ -1,0 +1,116 @@
+"""The task-scaling study (`deltalora scale`) on tiny-qwen2: stratified folds over tasks, nested training sets,
+held-out tasks kept out of every fold's generator and baselines, the curve's arithmetic, resumption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deltalora.errors import ConfigError
+from deltalora.experiment.config import ScalingConfig, load_scaling_config
+from deltalora.experiment.scaling import make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
+from deltalora.generators.checkpoint import read_checkpoint_metadata
+from deltalora.retrieval import RetrievalIndex
+
+TINY = Path("tests/fixtures/run/scaling.yaml")
+
+
+def test_folds_partition_the_tasks_stratified_by_family():
+    families = {f"{fam}{i}": fam for fam in "abcd" for i in range(5 if fam != "d" else 2)}  # 17 tasks, 4 families
+    folds = make_folds(families, 5, seed=0)
+    assert sorted(t for f in folds for t in f) == sorted(families)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    for fam in "abc":  # a family with as many tasks as folds lands once in every fold
+        assert all(sum(families[t] == fam for t in f) == 1 for f in folds)
+    assert make_folds(families, 5, seed=0) == folds and make_folds(families, 5, seed=1) != folds
+    with pytest.raises(ConfigError, match="cannot fill"):
+        make_folds({"x": "a", "y": "a"}, 3, 0)
+
+
+def test_training_sets_are_nested_and_include_the_whole_pool():
+    pool = [f"t{i}" for i in range(20)]
+    order = pool_order(pool, fold=1, draw=0, seed=0)
+    assert sorted(order) == sorted(pool) and order == pool_order(pool, 1, 0, 0) and order != pool_order(pool, 1, 1, 0)
+    cfg = ScalingConfig(zoo="z.yaml", train={"generator": "mixture"}, sizes=[32, 8, 16])
+    assert cfg.sizes == [8, 16, 32] and sizes_for(cfg, 20) == [8, 16, 20] and sizes_for(cfg, 64) == [8, 16, 32, 64]
+
+
+def _recs(row, size, task, draws):
+    return [{"row": row, "size": size, "task": task, "draw": d, "accuracy": a} for d, a in enumerate(draws)]
+
+
+def test_the_curve_is_the_mean_gain_over_tasks_with_its_standard_error():
+    recs = [{"row": "base", "task": t, "accuracy": 0.2} for t in ("a", "b")]
+    recs += [{"row": "own", "task": t, "accuracy": 0.6} for t in ("a", "b")]
+    recs += _recs("generator", 2, "a", [0.3, 0.3]) + _recs("generator", 2, "b", [0.2, 0.2])
+    recs += _recs("generator", 4, "a", [0.5, 0.3]) + _recs("generator", 4, "b", [0.4, 0.2])
+    recs += _recs("average_merge", 2, "a", [0.3, 0.3]) + _recs("average_merge", 2, "b", [0.3, 0.3])
+    recs += _recs("average_merge", 4, "a", [0.3, 0.3]) + _recs("average_merge", 4, "b", [0.3, 0.3])
+    s = summarize_scaling(recs)
+    g2, g4 = s["curve"]["generator"][2], s["curve"]["generator"][4]
+    assert g2["gain"] == pytest.approx(0.05) and g2["gain_se"] == pytest.approx(0.05)  # task gains 0.1 and 0.0
+    # task gains 0.2 (draws 0.3, 0.1) and 0.1 (0.2, 0.0); the across-task mean is 0.25 in draw 0 and 0.05 in draw 1
+    assert g4["gain"] == pytest.approx(0.15) and g4["draw_std"] == pytest.approx(0.1414213, abs=1e-6)
+    assert g4["share_of_own_gain"] == pytest.approx((0.2 / 0.4 + 0.1 / 0.4) / 2)
+    slope = s["slopes"]["average_merge"]
+    assert slope["generator_change"] == pytest.approx(0.1) and slope["baseline_change"] == pytest.approx(0.0)
+    assert slope["difference"] == pytest.approx(0.1) and slope["se"] == pytest.approx(0.0) and slope["n_tasks"] == 2
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_qwen2):
+    out = tmp_path_factory.mktemp("scale") / "tiny"
+    cfg = load_scaling_config(TINY)
+    report = run_scaling(cfg, out, progress=False, backbone=tiny_qwen2)
+    return cfg, out, report
+
+
+def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_baselines(study):
+    cfg, out, report = study
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(t for f in res["folds"] for t in f) == ["colours", "double", "pick"] and res["finished_folds"] == [
+        0,
+        1,
+        2,
+    ]
+    for fold, tasks in enumerate(res["folds"]):
+        for draw in range(2):
+            for n in (1, 2):
+                meta = read_checkpoint_metadata(
+                    out / "generators" / f"f{fold}" / f"d{draw}" / f"n{n}" / "generator.safetensors"
+                )
+                trained = meta["extra"]["train_tasks"]
+                assert len(trained) == n and not set(trained) & set(tasks)
+                assert set(tasks) <= set(meta["extra"]["heldout"])  # the training set left the fold's tasks out
+                index = RetrievalIndex.load(out / "retrieval" / f"index-f{fold}-d{draw}-n{n}.safetensors")
+                assert set(index.groups) == set(trained)
+        order = [pool_order([t for t in ("colours", "double", "pick") if t not in tasks], fold, d, 0) for d in (0, 1)]
+        assert all(len(o) == 2 for o in order)
+    # per fold: base + 2 own teachers + 2 draws x 2 sizes x (generator, merge, retrieval)
+    assert len(res["records"]) == 3 * (1 + 2 + 2 * 2 * 3)
+    assert "## Do more tasks help the generator more than the baselines?" in report.read_text()
+    assert (out / "figures" / "scaling_curve.png").is_file()
+
+
+def test_a_rerun_reuses_the_finished_folds_and_run_folds_splits_the_work(study, tiny_qwen2, tmp_path, monkeypatch):
+    import deltalora.experiment.run as run
+
+    cfg, out, _ = study
+    calls = []
+    monkeypatch.setattr(run, "evaluate_task", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    run_scaling(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert not calls
+    monkeypatch.undo()
+    part = cfg.model_copy(update={"run_folds": [1], "zoo_dir": str(out / "zoo")})
+    run_scaling(part, tmp_path / "part", progress=False, backbone=tiny_qwen2)
+    res = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert res["finished_folds"] == [1] and {r["fold"] for r in res["records"]} == {1}
+
+
+def test_scaling_config_errors():
+    with pytest.raises(ValueError, match="run_folds"):
+        ScalingConfig(zoo="z.yaml", train={"generator": "mixture"}, folds=3, run_folds=[3])
+    with pytest.raises(ValueError, match="distinct positive"):
+        ScalingConfig(zoo="z.yaml", train={"generator": "mixture"}, sizes=[0, 4])
