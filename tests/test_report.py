@@ -542,3 +542,13 @@ def test_report_states_the_alignment_criterion(tmp_path):
     write_report(tmp_path, res)
     text = (tmp_path / "report.md").read_text()
     assert "**Δ alignment vs accuracy** (held-out tasks;" in text and "Spearman ρ" in text
+
+
+def test_report_names_the_probes_of_its_delta_cosine_columns(tmp_path):
+    res = make_results([0.50, 0.52])
+    write_report(tmp_path / "none", res)
+    assert "Every Δ-cosine column is measured on probes" not in (tmp_path / "none" / "report.md").read_text()
+    res["config"] = {"name": "t", "train": {"probes": "task:train:8", "representation": "mean"}}
+    write_report(tmp_path / "task", res)
+    text = (tmp_path / "task" / "report.md").read_text()
+    assert "measured on probes `task:train:8` (each task's own train prompts), representation `mean`" in text

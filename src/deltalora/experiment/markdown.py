@@ -155,6 +155,19 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
     return out
 
 
+def _delta_space(results: Mapping) -> str:
+    """Which probes and representation every Δ-cosine column of the report uses (the run's training Δ space)."""
+    train = (results.get("config") or {}).get("train") or {}
+    if not train.get("probes"):
+        return ""
+    probes = train["probes"]
+    where = "each task's own train prompts" if str(probes).startswith("task:") else "the same prompts for every task"
+    return (
+        f" Every Δ-cosine column is measured on probes `{probes}` ({where}), representation "
+        f"`{train.get('representation', 'last_token')}`."
+    )
+
+
 def alignment_lines(a: Mapping | None, where: str) -> list[str]:
     """The seed criterion "better Δ alignment correlates with better task performance" over ``where``'s adapters."""
     if not a:
@@ -303,7 +316,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         "Accuracy is in points (mean ± population std over the evaluated adapters); gain and % of oracle gain "
         "use the row's mean; Δ-cosine is each adapter's Δ against the held-out task's own teacher; the "
         "task-specific Δ-cosine first projects the training teachers' mean Δ (the shift every fine-tune shares) "
-        "out of both.",
+        "out of both." + _delta_space(results),
         "",
         "## Held-out tasks",
         "",
