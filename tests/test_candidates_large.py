@@ -1,0 +1,68 @@
+"""The larger candidate list of issue 22 (configs/tasks/candidates-large.yaml) and its screen recipe
+(configs/zoo/screen-large.yaml). Fast: the list is only loaded; three small tasks are built (no model)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deltalora.tasks import build_task, get_spec, load_suite
+from deltalora.tasks.registry import get_source, source_names
+from deltalora.tasks.sources.bigbench import task_json_path
+from deltalora.zoo.build import load_zoo_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LARGE = CONFIGS / "tasks" / "candidates-large.yaml"
+FAMILY_MIN = {"math": 8, "string": 8, "logic": 8, "commonsense": 8, "language": 8, "code": 3}
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return load_suite(LARGE)
+
+
+def test_large_list_size_families_and_names(specs):
+    names = [s.name for s in specs]
+    assert len(specs) >= 120
+    assert len(set(names)) == len(names)
+    families = Counter(s.family for s in specs)
+    assert len(families) >= 6
+    for family, least in FAMILY_MIN.items():
+        assert families[family] >= least, f"{family}: {families[family]} candidates, need {least}"
+
+
+def test_large_list_includes_every_candidate_unchanged(specs):
+    by_name = {s.name: s for s in specs}
+    for old in load_suite(CONFIGS / "tasks" / "candidates.yaml"):
+        assert by_name.get(old.name) == old, f"{old.name} missing or changed"
+
+
+def test_large_list_sources_kinds_and_sizes(specs):
+    registered = set(source_names())
+    for s in specs:
+        assert s.source in registered
+        assert s.kind in get_source(s.source).kinds
+        assert s.kind in ("short", "mc"), f"{s.name}: kind {s.kind!r} has no scorer the screen can use"
+        assert s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
+
+
+def test_screen_large_recipe_is_screen_all_on_the_large_list():
+    large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
+    assert Path(large.suite) == LARGE
+    everything = load_zoo_config(CONFIGS / "zoo" / "screen-all.yaml")
+    assert large.model_dump(exclude={"suite"}) == everything.model_dump(exclude={"suite"})
+
+
+# one reasoning-gym task, one BIG-bench task, one code task (about 1 s together)
+@pytest.mark.parametrize("name", ["rg_time_intervals", "bb_arithmetic_3d_add", "rg_bf"])
+def test_new_tasks_build_with_full_splits(specs, name):
+    spec = get_spec(specs, name)
+    if spec.source == "bigbench" and not task_json_path(spec.args["task"]).is_file():
+        pytest.skip(f"BIG-bench {spec.args['task']} is not extracted in this cache; building it would read the sdist")
+    task = build_task(spec, seed=0)
+    assert task.sizes() == spec.sizes
+    prompts = [{it.prompt for it in task.split(s)} for s in ("train", "condition", "eval")]
+    assert sum(map(len, prompts)) == sum(spec.sizes.values())  # distinct prompts ...
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])  # ... in disjoint splits
