@@ -10,7 +10,6 @@ import pytest
 
 from deltalora.tasks import build_task, get_spec, load_suite
 from deltalora.tasks.registry import get_source, source_names
-from deltalora.tasks.sources.bigbench import task_json_path
 from deltalora.zoo.build import load_zoo_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,12 +54,11 @@ def test_screen_large_recipe_is_screen_all_on_the_large_list():
     assert large.model_dump(exclude={"suite"}) == everything.model_dump(exclude={"suite"})
 
 
-# one reasoning-gym task, one BIG-bench task, one code task (about 1 s together)
-@pytest.mark.parametrize("name", ["rg_time_intervals", "bb_arithmetic_3d_add", "rg_bf"])
+# a reasoning-gym task and a code task (generated, no download; about 1 s together). BIG-bench tasks read the
+# 358 MB sdist on a fresh machine, so their build is left to the screen, which records every task's split sizes.
+@pytest.mark.parametrize("name", ["rg_time_intervals", "rg_bf"])
 def test_new_tasks_build_with_full_splits(specs, name):
     spec = get_spec(specs, name)
-    if spec.source == "bigbench" and not task_json_path(spec.args["task"]).is_file():
-        pytest.skip(f"BIG-bench {spec.args['task']} is not extracted in this cache; building it would read the sdist")
     task = build_task(spec, seed=0)
     assert task.sizes() == spec.sizes
     prompts = [{it.prompt for it in task.split(s)} for s in ("train", "condition", "eval")]
