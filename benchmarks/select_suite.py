@@ -48,7 +48,7 @@ def main() -> None:
         )
     s = screen["summary"]
     lines = [
-        "# The default task suite: the candidates (candidates.yaml) on which a small LoRA measurably helps.",
+        f"# The task suite: the candidates ({Path(args.candidates).name}) on which a small LoRA measurably helps.",
         f"# Written by `{' '.join(['python', 'benchmarks/select_suite.py'] + sys.argv[1:])}` from {args.screen}:",
         f"# each candidate's seed-0 teacher ({s['backbone']}, r{s['teacher']['lora']['rank']}, "
         f"{s['teacher']['steps']} steps) vs the base model on the first {s['limit']} items of the",
