@@ -7,8 +7,8 @@ Variants (each the preset's ``train`` section with only these keys changed, ever
 
 - ``weight_only``: L_weights (λ = 0);
 - ``delta_generic``: + λ·L_Δ on the preset's probes (generic5) for ``delta_batch`` adapters per step;
-- ``delta_task``: + λ·L_Δ on task probes (``--task-probes``, each teacher's own train prompts);
 - ``kl``: + KL(teacher ‖ generated) on the answer tokens of the teachers' task probes (``kl_probes``);
+- ``delta_task``: + λ·L_Δ on task probes (``--task-probes``, each teacher's own train prompts);
 - ``delta_task_kl``: both;
 - ``b1``: the seed's B1 — weight_scale 0, task-probe Δ + KL + norm penalty.
 
@@ -48,8 +48,8 @@ def variants(task_probes: str, kl: float, norm_penalty: float) -> dict[str, dict
     return {
         "weight_only": {"lam": {"target": 0.0}},
         "delta_generic": delta,
-        "delta_task": {**delta, "probes": task_probes},
         "kl": {"lam": {"target": 0.0}, **tether},
+        "delta_task": {**delta, "probes": task_probes},
         "delta_task_kl": {**delta, "probes": task_probes, **tether},
         "b1": {**delta, "probes": task_probes, **tether, "weight_scale": 0.0, "norm_penalty": norm_penalty},
     }
@@ -101,6 +101,7 @@ def main() -> None:
         key = f"{tcfg.probes}|{tcfg.representation}"
         delta_seconds = None
         if key not in datasets:
+            datasets.clear()  # one probe set's teachers at a time: each preloads every training adapter (GBs)
             probes = resolve_probes(tcfg.probes, tasks, backbone.tokenizer)
             t0 = time.perf_counter()
             rep = compute_deltas(backbone, sources_from_manifest(zoo_dir), probes, tcfg.representation, cache)
@@ -127,11 +128,15 @@ def main() -> None:
             "step_seconds": [round(s, 3) for s in steps],
         }
         print(f"[loss_cost] {name}: median {statistics.median(steps):.2f} s/step", flush=True)
+        _write(report, args.out)  # after every variant: a kill (or the OOM killer) keeps what was measured
+
+
+def _write(report: dict, out: Path) -> None:
     ref = report["variants"].get("weight_only", {}).get("median_step_seconds")
     for v in report["variants"].values():
         v["ratio_to_weight_only"] = v["median_step_seconds"] / ref if ref else None
-    write_json(args.out.with_suffix(".json"), report)
-    atomic_write_bytes(args.out.with_suffix(".md"), _markdown(report).encode())
+    write_json(out.with_suffix(".json"), report)
+    atomic_write_bytes(out.with_suffix(".md"), _markdown(report).encode())
 
 
 def _markdown(r: dict) -> str:
