@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..paths import atomic_write_bytes
+from .figures import new_figure, save_png
 from .markdown import DASH, fmt, table
 
 REPORT = "compositionality.md"
@@ -148,18 +149,11 @@ def interference_lines(results: Mapping) -> list[str]:
 
 def interference_figure(results: Mapping, path: Path):
     """Grouped bars: per pair, each composed row's mean drop against the own teachers."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "interference figure skipped: install matplotlib"
     order = [r for r in results["rows"] if r not in ("base", "own")]
     pairs = list(results["pairs"])
     if not pairs:
         return "interference figure skipped: no pair"
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(pairs)), 4))
+    fig, (ax,) = new_figure(width=max(6, 1.2 * len(pairs)))
     width = 0.8 / len(order)
     for j, row in enumerate(order):
         ys = [100 * results["pairs"][p]["interference"].get(row, {}).get("mean_drop", float("nan")) for p in pairs]
@@ -169,10 +163,7 @@ def interference_figure(results: Mapping, path: Path):
     ax.set_ylabel("accuracy − own teacher (points)")
     ax.set_title("Interference on the component tasks")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

@@ -23,12 +23,14 @@ from ..training.logs import LogCurves, series
 from .stats import heldout_tasks, mean_std, table_rows
 
 
-def _figure(ncols: int = 1, width: float = 6.0) -> tuple[Figure, Any]:
+def new_figure(ncols: int = 1, width: float = 6.0) -> tuple[Figure, Any]:
+    """A figure of ``ncols`` axes side by side (no pyplot: see the module docstring)."""
     fig = Figure(figsize=(width * ncols, 4.0))
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
+    """Lay out and write ``fig`` to ``path`` as PNG, atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -45,7 +47,7 @@ def accuracy_png(results: Mapping, labels: Mapping[str, str], path: Path) -> str
     }
     if all(s is None for s in stats.values()):
         return "no held-out task has accuracies"
-    fig, (ax,) = _figure(width=max(6.0, 1.6 * len(tasks) + 3))
+    fig, (ax,) = new_figure(width=max(6.0, 1.6 * len(tasks) + 3))
     width = 0.8 / len(order)
     for i, row in enumerate(order):
         xs = [j - 0.4 + (i + 0.5) * width for j, t in enumerate(tasks) if stats[t, row] is not None]
@@ -56,7 +58,7 @@ def accuracy_png(results: Mapping, labels: Mapping[str, str], path: Path) -> str
     ax.set_ylabel("accuracy (%)")
     ax.set_title("held-out accuracy (mean ± std over adapters)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, len(order)))
-    _save(fig, path)
+    save_png(fig, path)
     return None
 
 
@@ -67,7 +69,7 @@ def curves_png(logs: Mapping[str, LogCurves], panels: Sequence[tuple[str, str, b
     data = [{name: series(c, key) for name, c in logs.items()} for key, _, _ in panels]
     if not any(xs for panel in data for xs, _ in panel.values()):
         return f"the logs record no {' or '.join(k for k, _, _ in panels)} values"
-    fig, axes = _figure(len(panels))
+    fig, axes = new_figure(len(panels))
     for ax, (key, ylabel, logy), lines in zip(axes, panels, data):
         for name, (xs, ys) in lines.items():
             if xs:
@@ -79,7 +81,7 @@ def curves_png(logs: Mapping[str, LogCurves], panels: Sequence[tuple[str, str, b
             ax.legend(fontsize=7, loc="best")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-    _save(fig, path)
+    save_png(fig, path)
     return None
 
 

@@ -19,6 +19,13 @@ from .run import prepare, run_experiment
 from .scaling import run_scaling
 
 
+def _study(load, study, config, out, overrides: Sequence[str], progress: bool, command: str | None) -> Path:
+    """Load a study's YAML (``overrides`` laid over it) and run it into ``out`` (default ``runs/<name>``)."""
+    cfg = load(config, parse_overrides(list(overrides)))
+    dest = Path(out) if out is not None else Path("runs") / cfg.name
+    return study(cfg, dest, progress=progress, command=command)
+
+
 def run_from_config(
     config: str | Path,
     out: str | Path | None = None,
@@ -28,9 +35,7 @@ def run_from_config(
 ) -> Path:
     """:func:`~deltalora.experiment.run_experiment` of the run config into ``out`` (default ``runs/<name>``); the
     report's path. ``command`` is recorded in the results as what started the run."""
-    cfg = load_run_config(config, parse_overrides(list(overrides)))
-    dest = Path(out) if out is not None else Path("runs") / cfg.name
-    return run_experiment(cfg, dest, progress=progress, command=command)
+    return _study(load_run_config, run_experiment, config, out, overrides, progress, command)
 
 
 def train_variant(
@@ -87,11 +92,8 @@ def compose_from_config(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """:func:`~deltalora.experiment.compose.run_compose` of the compose config into ``out`` (default
-    ``runs/<name>``); the path of compositionality.md."""
-    cfg = load_compose_config(config, parse_overrides(list(overrides)))
-    dest = Path(out) if out is not None else Path("runs") / cfg.name
-    return run_compose(cfg, dest, progress=progress, command=command)
+    """:func:`~deltalora.experiment.compose.run_compose` of the compose config; the path of compositionality.md."""
+    return _study(load_compose_config, run_compose, config, out, overrides, progress, command)
 
 
 def scale_from_config(
@@ -101,11 +103,8 @@ def scale_from_config(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """:func:`~deltalora.experiment.scaling.run_scaling` of the scaling config into ``out`` (default
-    ``runs/<name>``); the path of scaling.md."""
-    cfg = load_scaling_config(config, parse_overrides(list(overrides)))
-    dest = Path(out) if out is not None else Path("runs") / cfg.name
-    return run_scaling(cfg, dest, progress=progress, command=command)
+    """:func:`~deltalora.experiment.scaling.run_scaling` of the scaling config; the path of scaling.md."""
+    return _study(load_scaling_config, run_scaling, config, out, overrides, progress, command)
 
 
 __all__ = ["ablate_from_config", "compose_from_config", "run_from_config", "scale_from_config", "train_variant"]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..paths import atomic_write_bytes
+from .figures import new_figure, save_png
 from .markdown import DASH, fmt, table
 
 REPORT = "scaling.md"
@@ -28,18 +29,11 @@ def _labels(cfg: Mapping) -> dict[str, str]:
 
 def curve_figure(results: Mapping, path: Path):
     """Gain over base (points) against the number of training tasks (log₂ axis), ± 1 SE over tasks, per row."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "curve skipped: install matplotlib"
     curve = results["summary"]["curve"]
     if not any(curve.values()):
         return "curve skipped: no finished fold"
     labels = _labels(results["config"])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = new_figure()
     for row, pts in curve.items():
         sizes = sorted(int(n) for n in pts)
         if not sizes:
@@ -53,10 +47,7 @@ def curve_figure(results: Mapping, path: Path):
     ax.set_ylabel("held-out gain over base (points, ± 1 SE over tasks)")
     ax.set_title("Held-out gain against the number of training tasks")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
