@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from deltalora.errors import ConfigError
-from deltalora.experiment.compose import interference, last_teachers, pair_candidates, rows, run_compose
+from deltalora.experiment.compose import interference, pair_candidates, rows, run_compose
 from deltalora.experiment.config import ComposeConfig, load_compose_config
 from deltalora.experiment.hashing import weights_hash
 from deltalora.lora.merge import merge_adapters
 from deltalora.zoo import read_manifest
+from deltalora.zoo.manifest import last_teachers
 
 TINY = Path("tests/fixtures/run/compose.yaml")
 PAIR = "colours+double"
@@ -115,9 +116,7 @@ def test_task_probe_algebra_probes_all_three_adapters_on_the_pairs_prompts(study
     res = json.loads((out / "results.json").read_text())
     rec = next(r for r in res["algebra"]["task:train:2"]["records"] if r["status"] == "ok")
     entries = {e.id: e for e in ctx.entries}
-    from deltalora.experiment.compose import _load
-
-    ws = [_load(ctx, entries[i]) for i in [rec["id"], *rec["components"]]]
+    ws = [ctx.adapter(entries[i]) for i in [rec["id"], *rec["components"]]]
     from deltalora.lora import LoraWeights
 
     with torch.no_grad():
@@ -130,18 +129,18 @@ def test_task_probe_algebra_probes_all_three_adapters_on_the_pairs_prompts(study
 
 
 def test_merges_are_the_components_teachers_of_one_seed(study, tiny_qwen2):
-    from deltalora.experiment.compose import _load, prepare_compose
+    from deltalora.experiment.compose import prepare_compose
 
     cfg, out, _ = study
     ctx = prepare_compose(cfg, out, progress=False, backbone=tiny_qwen2)
     cands = pair_candidates(ctx, PAIR, {}, {})
     for seed in (0, 1):
-        a = _load(ctx, last_teachers(ctx.entries, "colours")[seed])
-        b = _load(ctx, last_teachers(ctx.entries, "double")[seed])
+        a = ctx.adapter(last_teachers(ctx.entries, "colours")[seed])
+        b = ctx.adapter(last_teachers(ctx.entries, "double")[seed])
         want = merge_adapters([a, b], method="avg")
         got = cands[f"merge_avg/s{seed}"][1]
         assert weights_hash(got, "") == weights_hash(want, "")
-        mixed = _load(ctx, last_teachers(ctx.entries, PAIR)[seed])
+        mixed = ctx.adapter(last_teachers(ctx.entries, PAIR)[seed])
         assert weights_hash(cands[f"mixed/s{seed}"][1], "") == weights_hash(mixed, "")
     assert max(e.step for e in read_manifest(ctx.zoo_dir) if e.task == PAIR) == last_teachers(ctx.entries, PAIR)[0].step
 

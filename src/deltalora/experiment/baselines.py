@@ -29,7 +29,7 @@ from ..lora import LoraWeights
 from ..retrieval import RetrievalIndex, build_index, fit_delta_predictor, retrieve_adapter
 from ..retrieval import predictor_cosines as retrieval_cosines
 from ..zoo import build_multitask
-from ..zoo.manifest import adapter_dir
+from ..zoo.manifest import adapter_dir, last_teachers
 from .candidates import Candidates
 from .config import zoo_config
 
@@ -101,13 +101,8 @@ def _index(ctx, seed: int) -> RetrievalIndex:
 
 def _arrow_experts(ctx, seed: int) -> tuple[list[str], list[Path]]:
     """One expert per training task with its own teachers: its zoo seed-``seed`` teacher at the last step."""
-    best: dict[str, object] = {}
-    for e in ctx.train_set.entries:
-        if e.mixed or e.seed != seed:
-            continue
-        if e.task not in best or (e.step or 0) > (best[e.task].step or 0):
-            best[e.task] = e
-    chosen = [best[t] for t in sorted(best)]
+    tasks = sorted({e.task for e in ctx.train_set.entries if not e.mixed})
+    chosen = [t for task in tasks if (t := last_teachers(ctx.train_set.entries, task).get(seed)) is not None]
     return [e.id for e in chosen], [adapter_dir(ctx.zoo_dir, e) for e in chosen]
 
 

@@ -45,11 +45,11 @@ from ..deltas.algebra import algebra_figure, single_task_mean, summarize_pairs, 
 from ..errors import ConfigError
 from ..eval.runner import BASE
 from ..generators.checkpoint import load_generator
-from ..lora import LoraWeights, load_adapter
+from ..lora import LoraWeights
 from ..lora.merge import merge_adapters
 from ..paths import atomic_write_bytes
 from ..training import TeacherDataset, train_generator
-from ..zoo.manifest import ZooEntry, adapter_dir
+from ..zoo.manifest import ZooEntry, last_teachers
 from .baselines import cached_index
 from .candidates import Candidates, generate
 from .compose_report import write_compose_report
@@ -112,10 +112,6 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _load(ctx: ComposeContext, e: ZooEntry) -> LoraWeights:
-    return load_adapter(adapter_dir(ctx.zoo_dir, e), ctx.backbone.arch, dtype=torch.float32)
-
-
 @torch.no_grad()
 def _union_deltas(ctx: ComposeContext, probe: DeltaProbe, pair: str) -> dict[str, torch.Tensor]:
     """Δ of the pair's mixed teachers and its components' teachers, all on the union of both tasks' probes."""
@@ -125,7 +121,7 @@ def _union_deltas(ctx: ComposeContext, probe: DeltaProbe, pair: str) -> dict[str
     k = ctx.cfg.delta_batch_adapters
     for i in range(0, len(entries), k):
         chunk = entries[i : i + k]
-        d = probe(LoraWeights.stack([_load(ctx, e) for e in chunk]), [group] * len(chunk)).cpu()
+        d = probe(LoraWeights.stack([ctx.adapter(e) for e in chunk]), [group] * len(chunk)).cpu()
         out.update({e.id: row for e, row in zip(chunk, d)})
     return out
 
@@ -140,11 +136,11 @@ def algebra(ctx: ComposeContext) -> dict[str, dict]:
     components' teachers on the union of the two tasks' prompts (the same prompts for all three), with no shared
     direction removed (the single-task mean would have to be recomputed on every pair's prompts)."""
     rep = ctx.cfg.train.representation
+    used = [e for p in ctx.pairs for e in _pair_entries(ctx, p)]
+    mixed_ids = {e.id for e in used if e.mixed}
     out = {}
     for name in ctx.cfg.algebra_probes:
         probes = resolve_probes(name, ctx.tasks, ctx.backbone.tokenizer)
-        used = [e for p in ctx.pairs for e in _pair_entries(ctx, p)]
-        mixed_ids = {e.id for e in used if e.mixed}
         fp = _fingerprint(
             sorted((e.id, e.sha256) for e in (ctx.entries if not isinstance(probes, TaskProbes) else used)),
             name,
@@ -188,15 +184,6 @@ def algebra(ctx: ComposeContext) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ composed adapters
-
-
-def last_teachers(entries: list[ZooEntry], task: str) -> dict[int, ZooEntry]:
-    """Per zoo seed, the teacher of ``task`` (a task or a mixed pair) at that seed's last checkpoint."""
-    out: dict[int, ZooEntry] = {}
-    for e in entries:
-        if e.task == task and (e.seed not in out or e.step > out[e.seed].step):
-            out[e.seed] = e
-    return dict(sorted(out.items()))
 
 
 def train_generators(ctx: ComposeContext) -> dict[int, torch.nn.Module]:
@@ -263,22 +250,22 @@ def pair_candidates(ctx: ComposeContext, pair: str, gens: dict, indexes: dict) -
     mixed = last_teachers(ctx.entries, pair)
     first, second = last_teachers(ctx.entries, t1), last_teachers(ctx.entries, t2)
     for seed, e in mixed.items():
-        out[f"mixed/s{seed}"] = ("mixed", _load(ctx, e))
+        out[f"mixed/s{seed}"] = ("mixed", ctx.adapter(e))
     for seed in sorted(set(first) & set(second)):
-        adapters = [_load(ctx, first[seed]), _load(ctx, second[seed])]
+        adapters = [ctx.adapter(first[seed]), ctx.adapter(second[seed])]
         for m in ctx.cfg.merges:
             w = merge_adapters(adapters, method=m, names=[first[seed].id, second[seed].id], seed=seed)
             out[f"{merge_row(m)}/s{seed}"] = (merge_row(m), w)
     r = ctx.cfg.retrieval
+    position = {e.id: i for i, e in enumerate(ctx.train_set.entries)}  # the index's teachers, held by the train set
     for seed, gen in gens.items():
         cond, c1, c2 = pair_conditions(ctx, pair, seed)
         out[f"generated/s{seed}"] = ("generated", generate(gen, cond[None])[0])
         if r is not None:
             index = indexes[seed]
             hits = index.retrieve_delta(index.predict(c1) + index.predict(c2), k=r.k, temperature=r.temperature)
-            teachers = {e.id: e for e in ctx.train_set.entries}
             w = merge_adapters(
-                [_load(ctx, teachers[h.id]) for h in hits],
+                [ctx.train_set.adapter(position[h.id]) for h in hits],
                 [h.weight for h in hits],
                 r.merge,
                 names=[h.id for h in hits],
@@ -371,7 +358,7 @@ def run_compose(
         for task in (t1, t2):
             candidates: Candidates = {BASE: ("base", None)}
             for seed, e in last_teachers(ctx.entries, task).items():
-                candidates[f"own/s{seed}"] = ("own", _load(ctx, e))
+                candidates[f"own/s{seed}"] = ("own", ctx.adapter(e))
             candidates.update(composed)
             scores = score(ctx, task, candidates)
             grouped: dict[str, dict] = {}
@@ -428,7 +415,6 @@ __all__ = [
     "ComposeContext",
     "algebra",
     "interference",
-    "last_teachers",
     "mixed_pairs",
     "pair_candidates",
     "prepare_compose",

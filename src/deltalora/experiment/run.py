@@ -138,11 +138,11 @@ def teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir: Path, out: Path, progre
     probes = resolve_probes(cfg.train.probes, tasks, backbone.tokenizer)
     t0 = time.perf_counter()
     cache = DeltaCache(out / "deltas")
-    n = len(read_manifest(zoo_dir))
-    _say(progress, f"[deltas] teacher Δ of {n} adapters ({cfg.train.probes}, {cfg.train.representation})")
+    sources = sources_from_manifest(zoo_dir)
+    _say(progress, f"[deltas] teacher Δ of {len(sources)} adapters ({cfg.train.probes}, {cfg.train.representation})")
     report = compute_deltas(
         backbone,
-        sources_from_manifest(zoo_dir),
+        sources,
         probes,
         cfg.train.representation,
         cache,

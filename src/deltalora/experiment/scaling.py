@@ -31,15 +31,13 @@ import torch
 
 from ..errors import ConfigError
 from ..eval.runner import BASE
-from ..lora import load_adapter
 from ..paths import atomic_write_bytes
 from ..retrieval import retrieve_adapter
 from ..tasks import stable_seed
 from ..training import train_generator
-from ..zoo.manifest import ZooEntry, adapter_dir
+from ..zoo.manifest import ZooEntry, last_teachers
 from .baselines import cached_index
 from .candidates import Candidates, average_merge, generate
-from .compose import last_teachers
 from .config import ScalingConfig
 from .run import _say, score
 from .scaling_report import write_scaling_report
@@ -77,22 +75,16 @@ def sizes_for(cfg: ScalingConfig, pool: int) -> list[int]:
     return sorted({n for n in cfg.sizes if n < pool} | {pool})
 
 
-def _own(world: World, task: str) -> dict[int, ZooEntry]:
-    return {s: e for s, e in last_teachers(world.entries, task).items() if not e.mixed}
-
-
 def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> list[dict]:
     """Train, build and score everything of one fold; one record per scored candidate."""
     cfg: ScalingConfig = world.cfg
     records = []
-    reference: Candidates = {}
     for task in tasks:  # base and the own teachers: once per task
         cands: Candidates = {BASE: ("base", None)}
-        for seed, e in _own(world, task).items():
-            cands[f"own/s{seed}"] = ("own", load_adapter(adapter_dir(world.zoo_dir, e), world.backbone.arch))
+        for seed, e in last_teachers(world.entries, task).items():
+            cands[f"own/s{seed}"] = ("own", world.adapter(e))
         for name, r in score(world, task, cands).items():
             records.append({"fold": fold, "task": task, "row": cands[name][0], "arm": name, "accuracy": r["accuracy"]})
-        reference.update(cands)
     singles = sorted({e.task for e in world.entries if not e.mixed})
     for draw in range(cfg.draws):
         order = pool_order(pool, fold, draw, cfg.fold_seed)
@@ -113,8 +105,7 @@ def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> 
             )
             world.stage("train generator", t0)
             t0 = time.perf_counter()
-            examples = [train_set.example(i, 0) for i in range(len(train_set))]
-            weights = {e.id: ex.weights for e, ex in zip(train_set.entries, examples)}
+            weights = {e.id: train_set.adapter(i) for i, e in enumerate(train_set.entries)}
             merged = average_merge(list(weights.values()))
             index = cached_index(
                 world.out / "retrieval" / f"index-f{fold}-d{draw}-n{n}.safetensors",
@@ -145,7 +136,7 @@ def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> 
                         k=min(cfg.k, len(index)),
                         temperature=cfg.temperature,
                         merge=cfg.retrieval.merge,
-                        teachers=lambda hits: [weights[h.id] for h in hits],
+                        teachers=lambda hits, w=weights: [w[h.id] for h in hits],
                         seed=draw,
                     )
                     cands[f"retrieval/g{j}"] = ("retrieval", w)
@@ -161,7 +152,7 @@ def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> 
                             "accuracy": r["accuracy"],
                         }
                     )
-            del train_set, examples, merged, index, gen, res  # a pool's teachers are GBs: free them per size
+            del train_set, weights, merged, index, gen, res  # a pool's teachers are GBs: free them per size
     return records
 
 

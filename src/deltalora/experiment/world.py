@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..conditions import Conditioner, load_encoder, pools_from_tasks
 from ..config import RuntimeConfig
 from ..deltas import DeltaCache, DeltaSpec, TaskProbes
+from ..lora import LoraWeights, load_adapter
 from ..training import TeacherDataset
-from ..zoo.manifest import ZooEntry
+from ..zoo.manifest import ZooEntry, adapter_dir
 from .run import machine_of, teacher_delta_stage, zoo_stage
 from .timing import StageClock
 
@@ -40,6 +43,10 @@ class World:
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
+
+    def adapter(self, entry: ZooEntry) -> LoraWeights:
+        """One zoo teacher's adapter, read from the zoo (float32, checked against the backbone's layout)."""
+        return load_adapter(adapter_dir(self.zoo_dir, entry), self.backbone.arch, dtype=torch.float32)
 
     def teachers(self, exclude: Iterable[str] = (), mixed: bool = True) -> TeacherDataset:
         """The zoo's teachers of every task but ``exclude`` (a teacher with an excluded component is left out), with

@@ -105,11 +105,13 @@ class RetrievalIndex:
             return torch.nn.functional.cosine_similarity(self.conditions, condition.mean(0)[None], dim=-1)
         return self.delta_scores(self.predict(condition))
 
-    def _top(self, cos: torch.Tensor, k: int, temperature: float) -> list[Hit]:
+    def _check_top(self, k: int, temperature: float) -> None:
         if not isinstance(k, int) or not 1 <= k <= len(self):
             raise RetrievalError(f"k must be between 1 and the {len(self)} teachers of the index, got {k}")
         if not (temperature > 0 and temperature == temperature and temperature != float("inf")):
             raise RetrievalError(f"temperature must be a positive finite number, got {temperature}")
+
+    def _top(self, cos: torch.Tensor, k: int, temperature: float) -> list[Hit]:
         top = torch.topk(cos, k)
         w = torch.softmax(top.values.double() / temperature, dim=0)
         return [
@@ -119,12 +121,12 @@ class RetrievalIndex:
 
     def retrieve(self, condition: torch.Tensor, by: str = "delta", k: int = 3, temperature: float = 0.1) -> list[Hit]:
         """The ``k`` teachers closest to ``condition``, best first, with softmax(cosine / temperature) weights."""
-        self._top(torch.zeros(len(self)), k, temperature)  # bad k / temperature fail before any work
+        self._check_top(k, temperature)  # bad k / temperature fail before any work
         return self._top(self.scores(condition, by), k, temperature)
 
     def retrieve_delta(self, delta: torch.Tensor, k: int = 3, temperature: float = 0.1) -> list[Hit]:
         """The ``k`` teachers whose Δ is closest to a Δ query (:meth:`delta_scores`), weighted as :meth:`retrieve`."""
-        self._top(torch.zeros(len(self)), k, temperature)
+        self._check_top(k, temperature)
         return self._top(self.delta_scores(delta), k, temperature)
 
     def adapter_dirs(self, hits: Sequence[Hit], zoo: str | Path | None = None) -> list[Path]:

@@ -334,6 +334,10 @@ class TeacherDataset(Dataset):
     def __getitem__(self, i: int) -> TeacherExample:
         return self.example(i, self.epoch)
 
+    def adapter(self, i: int) -> LoraWeights:
+        """Teacher ``i``'s adapter (held in memory when the dataset preloads, else read from the zoo)."""
+        return self._weights[i] if self._weights is not None else self._load(i)
+
     def example(self, i: int, epoch: int) -> TeacherExample:
         e = self.entries[i]
         comp = components(e)
@@ -342,7 +346,7 @@ class TeacherDataset(Dataset):
             task=e.task,
             family=e.family,
             components=comp,
-            weights=self._weights[i] if self._weights is not None else self._load(i),
+            weights=self.adapter(i),
             condition=self.conditioner.sample(comp, seed=self.seed, epoch=epoch, key=e.id),
             delta=self._deltas[i],
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -104,6 +105,15 @@ def read_manifest(path: Path, verify: bool = False) -> list[ZooEntry]:
                 )
         entries[entry.id] = entry
     return list(entries.values())
+
+
+def last_teachers(entries: Iterable[ZooEntry], task: str) -> dict[int, ZooEntry]:
+    """Per zoo seed, the teacher of ``task`` (a task, or a mixed pair's ``"a+b"``) at that seed's last checkpoint."""
+    out: dict[int, ZooEntry] = {}
+    for e in entries:
+        if e.task == task and (e.seed not in out or e.step > out[e.seed].step):
+            out[e.seed] = e
+    return dict(sorted(out.items()))
 
 
 def adapter_dir(manifest_or_zoo: Path, entry: ZooEntry) -> Path:
