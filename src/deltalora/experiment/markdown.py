@@ -117,6 +117,21 @@ def floor_lines(fl: Mapping | None, labels: Mapping[str, str], where: str) -> li
     return out + [""]
 
 
+def comparison_lines(comps: Mapping | None, labels: Mapping[str, str], where: str) -> list[str]:
+    """Each generator row against the weight-only generator and the mean merge (:func:`.stats.comparisons`)."""
+    if not comps:
+        return []
+    out = [f"**Generators compared** ({where}; accuracy, generator minus reference):", ""]
+    for g, refs in comps.items():
+        for ref, d in refs.items():
+            mark = "✅" if d["beyond_noise"] else ("❌" if d["diff"] <= 0 else "➖")
+            out.append(
+                f"- {mark} {labels.get(g, g)} vs {labels.get(ref, ref)}: {d[g] * 100:.1f} vs {d[ref] * 100:.1f} "
+                f"({d['text']})"
+            )
+    return out + [""]
+
+
 def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targets: TargetConfig) -> list[str]:
     """The seen tasks (training tasks, adapters generated from prompts held back from generator training): a table
     per task and their summary, drawn as the held-out ones; nothing for a run without them."""
@@ -139,10 +154,12 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
         out += _task_section(task, results["seen_tasks"][task], order, labels)
     out += ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
     out += floor_lines(summary.get("seen_floor"), labels, "seen tasks")
+    out += comparison_lines(summary.get("seen_comparisons"), labels, "seen tasks")
     checks = summary.get("seen_checks") or {}
     texts = {
-        "seen_recovers_gain": "Δ-augmented adapters recover ≥ "
-        f"{targets.seen_recovers_gain * 100:.0f} % of the own teachers' gain over base (median over seen tasks)",
+        "seen_recovers_gain": "A generator's adapters recover ≥ "
+        f"{targets.seen_recovers_gain * 100:.0f} % of the own teachers' gain over base (median over seen tasks; "
+        "the best generator row)",
         "seen_random_conditions_hurt": "Δ-augmented loses accuracy with random conditions on seen tasks "
         "(paired bootstrap as in (d))",
     }
@@ -345,6 +362,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
     out += (
         [""]
         + floor_lines(summary.get("floor"), labels, "held-out tasks")
+        + comparison_lines(summary.get("comparisons"), labels, "held-out tasks")
         + alignment_lines(summary.get("alignment"), "held-out tasks")
         + _seen_section(results, summary, order, targets)
         + alignment_lines(summary.get("seen_alignment"), "seen tasks")
