@@ -303,7 +303,7 @@ def with_item_scores(results: dict, scores: dict[str, list[list[float]]], tasks:
             r["item_scores"] = [list(map(float, x)) for x in matrix]
             r["accuracies"] = [sum(x) / len(x) for x in matrix]
             for key in ("delta_cosines", "delta_cosines_specific"):
-                r[key] = [r[key][0]] * len(matrix)
+                r[key] = None if r[key] is None else [r[key][0]] * len(matrix)
     return results
 
 
@@ -380,6 +380,7 @@ def test_generators_are_compared_with_weight_only_and_the_mean_merge(tmp_path):
         "average_merge": [[1.0] * 5 + [0.0] * (n - 5)] * 2,
         "delta": [[1.0] * 20 + [0.0] * (n - 20), [1.0] * 19 + [0.0] * (n - 19), [1.0] * 20 + [0.0] * (n - 20)],
         "mixture": [[1.0] * 5 + [0.0] * (n - 5)] * 3,
+        "base": [[1.0] * 4 + [0.0] * (n - 4)],
     }
     results = make_results([0.5])
     for task in results["tasks"].values():
@@ -398,6 +399,12 @@ def test_generators_are_compared_with_weight_only_and_the_mean_merge(tmp_path):
     section = text[text.index("**Generators compared** (held-out tasks") :]
     assert "standard errors" in section and f"{ahead['z']:+.1f} standard errors" in section
     assert "- ❌ mixture vs " in section and "- ✅ " in section
+    # the seed criterion "beats the base model on at least one held-out task", per task and generator
+    wins = summarize(results)["beats_base"]
+    assert wins["delta"]["wins"] == ["bb_navigate", "bb_date"] and wins["mixture"]["wins"] == []
+    assert wins["mixture"]["tasks"]["bb_date"]["diff"] == pytest.approx(1 / 25)
+    assert "- ❌ mixture: none of 2 tasks (its best: bb_navigate +4.0)" in text
+    assert "- ✅ Δ-augmented generator: 2 of 2 tasks: bb_navigate (+62.7), bb_date (+62.7)" in text
 
 
 def test_seen_recovery_is_judged_on_the_best_generator():

@@ -132,6 +132,27 @@ def comparison_lines(comps: Mapping | None, labels: Mapping[str, str], where: st
     return out + [""]
 
 
+def beats_base_lines(bb: Mapping | None, labels: Mapping[str, str], where: str) -> list[str]:
+    """Per generator row, the tasks on which it beats the base model beyond noise (:func:`.stats.beats_base`)."""
+    if not bb:
+        return []
+    out = [f"**Beats the base model on at least one task** ({where}; per task, paired bootstrap as in (a)):", ""]
+    for g, v in bb.items():
+        per = v["tasks"]
+        wins = ", ".join(f"{t} ({per[t]['diff'] * 100:+.1f})" for t in v["wins"])
+        mark = "✅" if v["wins"] else "❌"
+        best = max(per, key=lambda t: per[t]["diff"])
+        out.append(
+            f"- {mark} {labels.get(g, g)}: "
+            + (
+                f"{len(v['wins'])} of {len(per)} tasks: {wins}"
+                if wins
+                else f"none of {len(per)} tasks (its best: {best} {per[best]['diff'] * 100:+.1f})"
+            )
+        )
+    return out + [""]
+
+
 def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targets: TargetConfig) -> list[str]:
     """The seen tasks (training tasks, adapters generated from prompts held back from generator training): a table
     per task and their summary, drawn as the held-out ones; nothing for a run without them."""
@@ -363,6 +384,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         [""]
         + floor_lines(summary.get("floor"), labels, "held-out tasks")
         + comparison_lines(summary.get("comparisons"), labels, "held-out tasks")
+        + beats_base_lines(summary.get("beats_base"), labels, "held-out tasks")
         + alignment_lines(summary.get("alignment"), "held-out tasks")
         + _seen_section(results, summary, order, targets)
         + alignment_lines(summary.get("seen_alignment"), "seen tasks")

@@ -418,6 +418,24 @@ def comparisons(
     return out
 
 
+def beats_base(results: Mapping, per_task: Mapping, targets: TargetConfig, block: str = "tasks") -> dict[str, Any]:
+    """Per generator row, each task of ``block`` on which it beats the base model, judged per task as (a): the paired
+    bootstrap interval of its accuracy minus base's above 0 (the seed criterion "Δ-only-to-LoRA beats the base model
+    on at least one held-out task", asked of every generator).
+    ``{row: {"tasks": {task: difference}, "wins": [tasks beyond noise]}}``."""
+    level = interval_level(targets.noise_se)
+    out: dict[str, Any] = {}
+    for g in results.get("generator_rows") or ["weight_only", "delta"]:
+        per = {}
+        for t in per_task:
+            d = _difference(results, {t: per_task[t]}, g, "base", "accuracy", level, block)
+            if d is not None:
+                per[t] = {**d, "beyond_noise": _beyond_noise(d, targets.noise_se)}
+        if per:
+            out[g] = {"tasks": per, "wins": [t for t, d in per.items() if d["beyond_noise"]]}
+    return out
+
+
 def _over_tasks(per_task: Mapping, row: str, metric: str) -> list[float]:
     """``row``'s per-task means of ``metric``, over the held-out tasks where it was measured."""
     return [v[row][metric] for v in per_task.values() if v.get(row, {}).get(metric) is not None]
@@ -533,6 +551,7 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
         "seen_rows": row_means(results, seen),
         "seen_checks": seen_checks(results, seen, targets) if seen else {},
         "comparisons": comparisons(results, per_task, targets),
+        "beats_base": beats_base(results, per_task, targets),
         "seen_comparisons": comparisons(results, seen, targets, "seen_tasks") if seen else {},
         "targets": {k: v["ok"] for k, v in details.items()},
         "target_details": details,
@@ -547,6 +566,7 @@ __all__ = [
     "spearman",
     "BOOTSTRAP_SEED",
     "COMPARE_AGAINST",
+    "beats_base",
     "comparisons",
     "heldout_tasks",
     "interval_level",
