@@ -407,6 +407,33 @@ def test_generators_are_compared_with_weight_only_and_the_mean_merge(tmp_path):
     assert "- ✅ Δ-augmented generator: 2 of 2 tasks: bb_navigate (+62.7), bb_date (+62.7)" in text
 
 
+def test_retrieval_rows_are_compared_with_the_mean_merge_and_the_multitask_lora(tmp_path):
+    """The baseline issue's seed criterion: each retrieval row against the full mean merge and the multi-task LoRA
+    (Arrow and the merge itself are not retrieval rows)."""
+    n = 25
+    scores = {
+        "average_merge": [[1.0] * 5 + [0.0] * (n - 5)] * 2,
+        "retrieval_delta_avg": [[1.0] * 15 + [0.0] * (n - 15)] * 3,
+        "multitask": [[1.0] * 16 + [0.0] * (n - 16)],
+        "arrow": [[1.0] * 3 + [0.0] * (n - 3)],
+    }
+    results = make_results([0.5])
+    for task in results["tasks"].values():
+        for r in ("retrieval_delta_avg", "multitask", "arrow"):
+            task["rows"][r] = dict(task["rows"]["average_merge"])
+    results["rows"] = [*ROWS, "retrieval_delta_avg", "multitask", "arrow"]
+    results["baseline_rows"] = ["average_merge", "retrieval_delta_avg", "multitask", "arrow"]
+    results = with_item_scores(results, scores)
+    comps = summarize(results)["retrieval_comparisons"]
+    assert set(comps) == {"retrieval_delta_avg"} and set(comps["retrieval_delta_avg"]) == {"average_merge", "multitask"}
+    merge, multi = comps["retrieval_delta_avg"]["average_merge"], comps["retrieval_delta_avg"]["multitask"]
+    assert merge["diff"] == pytest.approx(10 / 25) and merge["beyond_noise"] and merge["z"] > 2
+    assert multi["diff"] == pytest.approx(-1 / 25) and not multi["beyond_noise"]
+    text = write_report(tmp_path, results).read_text()
+    section = text[text.index("**Retrieval rows compared** (held-out tasks") :]
+    assert "- ❌ retrieval_delta_avg vs multitask: 60.0 vs 64.0 (difference -4.0" in section
+
+
 def test_seen_recovery_is_judged_on_the_best_generator():
     """The fit check holds when any generator row recovers the gain: here the weight-only one, not the Δ-augmented."""
     n = 25

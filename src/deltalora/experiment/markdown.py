@@ -117,11 +117,14 @@ def floor_lines(fl: Mapping | None, labels: Mapping[str, str], where: str) -> li
     return out + [""]
 
 
-def comparison_lines(comps: Mapping | None, labels: Mapping[str, str], where: str) -> list[str]:
-    """Each generator row against the weight-only generator and the mean merge (:func:`.stats.comparisons`)."""
+def comparison_lines(
+    comps: Mapping | None, labels: Mapping[str, str], where: str, what: str = "Generators"
+) -> list[str]:
+    """Rows against reference rows (:func:`.stats.comparisons`): the generators against the weight-only generator
+    and the mean merge, or the retrieval rows against the mean merge and the multi-task LoRA."""
     if not comps:
         return []
-    out = [f"**Generators compared** ({where}; accuracy, generator minus reference):", ""]
+    out = [f"**{what} compared** ({where}; accuracy, row minus reference):", ""]
     for g, refs in comps.items():
         for ref, d in refs.items():
             mark = "✅" if d["beyond_noise"] else ("❌" if d["diff"] <= 0 else "➖")
@@ -176,6 +179,7 @@ def _seen_section(results: Mapping, summary: Mapping, order: Sequence[str], targ
     out += ["### Summary over seen tasks", ""] + _summary_table(summary["seen_rows"], labels)
     out += floor_lines(summary.get("seen_floor"), labels, "seen tasks")
     out += comparison_lines(summary.get("seen_comparisons"), labels, "seen tasks")
+    out += comparison_lines(summary.get("seen_retrieval_comparisons"), labels, "seen tasks", "Retrieval rows")
     checks = summary.get("seen_checks") or {}
     texts = {
         "seen_recovers_gain": "A generator's adapters recover ≥ "
@@ -384,6 +388,7 @@ def render(results: Mapping, summary: Mapping, figures: Mapping[str, str | None]
         [""]
         + floor_lines(summary.get("floor"), labels, "held-out tasks")
         + comparison_lines(summary.get("comparisons"), labels, "held-out tasks")
+        + comparison_lines(summary.get("retrieval_comparisons"), labels, "held-out tasks", "Retrieval rows")
         + beats_base_lines(summary.get("beats_base"), labels, "held-out tasks")
         + alignment_lines(summary.get("alignment"), "held-out tasks")
         + _seen_section(results, summary, order, targets)

@@ -390,18 +390,30 @@ def floor(results: Mapping, per_task: Mapping, targets: TargetConfig, block: str
 
 
 COMPARE_AGAINST = ("weight_only", "average_merge")  # every other generator row is compared with these two
+RETRIEVAL_AGAINST = ("average_merge", "multitask")  # and every retrieval row with these (the baseline issue's seed)
+
+
+def retrieval_rows(results: Mapping) -> list[str]:
+    """The retrieve-and-merge rows: the baselines other than the mean merge, the multi-task LoRA and Arrow."""
+    return [r for r in results.get("baseline_rows") or [] if r not in ("average_merge", "multitask", "arrow")]
 
 
 def comparisons(
-    results: Mapping, per_task: Mapping, targets: TargetConfig, block: str = "tasks"
+    results: Mapping,
+    per_task: Mapping,
+    targets: TargetConfig,
+    block: str = "tasks",
+    rows: Sequence[str] | None = None,
+    against: Sequence[str] = COMPARE_AGAINST,
 ) -> dict[str, dict[str, Any]]:
-    """Each generator row (``results["generator_rows"]``) against the weight-only generator and the mean merge on
-    ``block``'s tasks: the accuracy difference, paired-bootstrapped as (a), its standard error and how many standard
-    errors it is (``z``). ``{generator: {reference: difference}}``; a pair without a common task is left out."""
+    """Each of ``rows`` (default: the generator rows, ``results["generator_rows"]``) against each row of ``against``
+    (default: the weight-only generator and the mean merge) on ``block``'s tasks: the accuracy difference,
+    paired-bootstrapped as (a), its standard error and how many standard errors it is (``z``).
+    ``{row: {reference: difference}}``; a pair without a common task is left out."""
     level = interval_level(targets.noise_se)
     out: dict[str, dict[str, Any]] = {}
-    for g in results.get("generator_rows") or ["weight_only", "delta"]:
-        for ref in COMPARE_AGAINST:
+    for g in (results.get("generator_rows") or ["weight_only", "delta"]) if rows is None else rows:
+        for ref in against:
             if g == ref:
                 continue
             d = _difference(results, per_task, g, ref, "accuracy", level, block)
@@ -539,6 +551,7 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
     (None = not measurable), judged against ``targets`` (default: the run's own, see :func:`target_config`)."""
     validate(results)
     targets = target_config(results) if targets is None else targets
+    RA = RETRIEVAL_AGAINST
     per_task = task_means(results)
     seen = task_means(results, "seen_tasks")
     details = _verdicts(results, per_task, targets)
@@ -552,6 +565,10 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
         "seen_checks": seen_checks(results, seen, targets) if seen else {},
         "comparisons": comparisons(results, per_task, targets),
         "beats_base": beats_base(results, per_task, targets),
+        "retrieval_comparisons": comparisons(results, per_task, targets, rows=retrieval_rows(results), against=RA),
+        "seen_retrieval_comparisons": (
+            comparisons(results, seen, targets, "seen_tasks", rows=retrieval_rows(results), against=RA) if seen else {}
+        ),
         "seen_comparisons": comparisons(results, seen, targets, "seen_tasks") if seen else {},
         "targets": {k: v["ok"] for k, v in details.items()},
         "target_details": details,
@@ -566,6 +583,8 @@ __all__ = [
     "spearman",
     "BOOTSTRAP_SEED",
     "COMPARE_AGAINST",
+    "RETRIEVAL_AGAINST",
+    "retrieval_rows",
     "beats_base",
     "comparisons",
     "heldout_tasks",
