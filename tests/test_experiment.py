@@ -284,7 +284,21 @@ def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(
                         "kl_answer_tokens": 4,
                         "norm_penalty": 0.1,
                     },
-                )
+                ),
+                # the held-out preset's behaviour arm: the mixture, its behaviour losses on other task probes than
+                # the run's, for one teacher per step and only in the last steps
+                "behaviour": CompareGenerator(
+                    generator="mixture",
+                    generator_options={"trunk_width": 16},
+                    train={
+                        "probes": "task:train:2",
+                        "delta_batch": 1,
+                        "lam": {"target": 1.0, "warmup_steps": 4},
+                        "kl": {"target": 0.5, "warmup_steps": 4},
+                        "kl_probes": "task:train:2",
+                        "kl_answer_tokens": 4,
+                    },
+                ),
             },
             "baselines": BaselineConfig(),
             "seen": SeenConfig(tasks=1),
@@ -295,9 +309,13 @@ def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["train"]["probes"] == "task:train:4"
     index = [json.loads(x) for x in (out / "deltas" / "index.jsonl").read_text().splitlines()]
-    by_id = {r["adapter"]: r["probes"] for r in index}
-    assert by_id["pick/s0/step4"] == "task:pick:train:4"
-    assert by_id["colours+double/s0/step4"] == "task:colours+double:train:4"  # a mixed teacher: both tasks' prompts
+    by_id: dict[str, set] = {}
+    for r in index:
+        by_id.setdefault(r["adapter"], set()).add(r["probes"])
+    # the run's task probes, and the behaviour arm's (2 prompts), each on the teacher's own task
+    assert by_id["pick/s0/step4"] == {"task:pick:train:4", "task:pick:train:2"}
+    mixed = by_id["colours+double/s0/step4"]  # a mixed teacher: both tasks' prompts
+    assert mixed == {"task:colours+double:train:4", "task:colours+double:train:2"}
     log = read_log(out / "generators" / "delta" / "seed0" / "log.jsonl")
     assert any(r.get("loss_delta") is not None for r in log.values())
     rows = res["tasks"]["pick"]["rows"]
@@ -307,6 +325,13 @@ def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(
     assert all(r["loss_kl"] is not None and r["weight_norm"] is not None for r in b1)
     assert len(rows["b1"]["accuracies"]) == cfg.adapters_per_seed
     assert res["row_labels"]["b1"].startswith("compact generator (weight_scale=0.0, lam.target=1.0, kl.target=0.5")
+    late = read_log(out / "generators" / "behaviour" / "seed0" / "log.jsonl")
+    assert (
+        [s for s, r in late.items() if r["loss_delta"] is not None]
+        == [4, 5]
+        == [s for s, r in late.items() if r["loss_kl"] is not None]
+    )
+    assert len(rows["behaviour"]["accuracies"]) == cfg.adapters_per_seed
 
 
 def test_a_killed_eval_keeps_the_candidates_already_scored(tiny_run, tiny_qwen2, tmp_path, monkeypatch):
