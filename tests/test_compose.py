@@ -147,6 +147,7 @@ def test_merges_are_the_components_teachers_of_one_seed(study, tiny_qwen2):
 
 def test_rerun_reuses_every_score_and_the_algebra(study, tiny_qwen2, monkeypatch):
     import deltalora.experiment.compose as compose
+    import deltalora.experiment.merge_cache as merge_cache
     import deltalora.experiment.run as run
 
     cfg, out, _ = study
@@ -155,8 +156,14 @@ def test_rerun_reuses_every_score_and_the_algebra(study, tiny_qwen2, monkeypatch
     def boom(*a, **k):
         raise AssertionError("a rerun must not evaluate again")
 
+    def no_dense_merge(adapters, weights=None, method="avg", **kw):
+        if method != "avg":
+            raise AssertionError(f"a rerun must read the {method} merges back")
+        return merge_adapters(adapters, weights, method, **kw)
+
     monkeypatch.setattr(run, "evaluate_task", boom)
     monkeypatch.setattr(compose, "zoo_algebra", boom)
+    monkeypatch.setattr(merge_cache, "merge_adapters", no_dense_merge)
     run_compose(cfg, out, progress=False, backbone=tiny_qwen2)
     assert (out / "algebra" / "task_train_2.json").read_bytes() == before
 

@@ -35,6 +35,7 @@ from deltalora.experiment.config import (
 from deltalora.experiment.run import prepare
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.lora import LoraWeights, derive_layout
+from deltalora.lora.merge import merge_adapters
 from deltalora.retrieval import RetrievalIndex
 from deltalora.tasks import load_suite
 from deltalora.training import product_sq_norm
@@ -254,12 +255,18 @@ def test_heldout_task_never_reaches_generator_training(tiny_run):
     assert all(r["loss_delta"] is None for r in wo) and any(r["loss_delta"] is not None for r in de)
 
 
-def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2):
+def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2, monkeypatch):
+    from deltalora.experiment import merge_cache
+
     cfg, out, _ = tiny_run
     gen = (out / "generators/delta/seed1/generator.safetensors").read_bytes()
     evals = sorted(p.name for p in (out / "eval").rglob("*.json"))
     before = json.loads((out / "results.json").read_text())["tasks"]
+    assert any((out / "merges").iterdir())  # the TIES retrieval row's merges, kept
+    merged = []
+    monkeypatch.setattr(merge_cache, "merge_adapters", lambda *a, **k: merged.append(a[2]) or merge_adapters(*a, **k))
     run_experiment(cfg, out, progress=False, backbone=tiny_qwen2)
+    assert "ties" not in merged and "avg" in merged  # the dense merges read back; the cheap ones merged again
     assert (out / "generators/delta/seed1/generator.safetensors").read_bytes() == gen
     assert sorted(p.name for p in (out / "eval").rglob("*.json")) == evals
     assert json.loads((out / "results.json").read_text())["tasks"] == before

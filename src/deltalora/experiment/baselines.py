@@ -162,6 +162,7 @@ def baseline_candidates(ctx, base: Baselines, task: str, conditions: dict[int, t
                     temperature=b.temperature,
                     merge=spec.merge,
                     teachers=lambda hits: [base.teachers[h.id] for h in hits],
+                    merger=ctx.merges.merge,
                     seed=seed,
                 )
                 out[f"{row}/s{seed}/g{j}"] = (row, w)

@@ -46,7 +46,6 @@ from ..errors import ConfigError
 from ..eval.runner import BASE
 from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights
-from ..lora.merge import merge_adapters
 from ..paths import atomic_write_bytes
 from ..training import TeacherDataset, train_generator
 from ..zoo.manifest import ZooEntry, last_teachers
@@ -254,7 +253,7 @@ def pair_candidates(ctx: ComposeContext, pair: str, gens: dict, indexes: dict) -
     for seed in sorted(set(first) & set(second)):
         adapters = [ctx.adapter(first[seed]), ctx.adapter(second[seed])]
         for m in ctx.cfg.merges:
-            w = merge_adapters(adapters, method=m, names=[first[seed].id, second[seed].id], seed=seed)
+            w = ctx.merges.merge(adapters, method=m, names=[first[seed].id, second[seed].id], seed=seed)
             out[f"{merge_row(m)}/s{seed}"] = (merge_row(m), w)
     r = ctx.cfg.retrieval
     position = {e.id: i for i, e in enumerate(ctx.train_set.entries)}  # the index's teachers, held by the train set
@@ -264,7 +263,7 @@ def pair_candidates(ctx: ComposeContext, pair: str, gens: dict, indexes: dict) -
         if r is not None:
             index = indexes[seed]
             hits = index.retrieve_delta(index.predict(c1) + index.predict(c2), k=r.k, temperature=r.temperature)
-            w = merge_adapters(
+            w = ctx.merges.merge(
                 [ctx.train_set.adapter(position[h.id]) for h in hits],
                 [h.weight for h in hits],
                 r.merge,

@@ -69,6 +69,7 @@ from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import BUILTIN_ROWS, RunConfig, zoo_config
 from .eval_cache import EvalCache
+from .merge_cache import MergeCache
 from .report import write_report
 from .timing import StageClock
 
@@ -108,6 +109,11 @@ class Context:
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
+
+    @property
+    def merges(self) -> MergeCache:
+        """The run's dense merges (the TIES retrieval rows) under ``out/merges``: a resumed run reads them back."""
+        return MergeCache(self.out / "merges")
 
 
 def _say(ctx_or_flag, msg: str) -> None:

@@ -137,6 +137,7 @@ def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> 
                         temperature=cfg.temperature,
                         merge=cfg.retrieval.merge,
                         teachers=lambda hits, w=weights: [w[h.id] for h in hits],
+                        merger=world.merges.merge,
                         seed=draw,
                     )
                     cands[f"retrieval/g{j}"] = ("retrieval", w)

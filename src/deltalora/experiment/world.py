@@ -21,6 +21,7 @@ from ..deltas import DeltaCache, DeltaSpec, TaskProbes
 from ..lora import LoraWeights, load_adapter
 from ..training import TeacherDataset
 from ..zoo.manifest import ZooEntry, adapter_dir
+from .merge_cache import MergeCache
 from .run import machine_of, teacher_delta_stage, zoo_stage
 from .timing import StageClock
 
@@ -43,6 +44,11 @@ class World:
 
     def stage(self, name: str, t0: float) -> None:
         self.clock.add(name, t0)
+
+    @property
+    def merges(self) -> MergeCache:
+        """The study's dense merges, kept under ``out/merges`` (a rerun reads them back)."""
+        return MergeCache(self.out / "merges")
 
     def adapter(self, entry: ZooEntry) -> LoraWeights:
         """One zoo teacher's adapter, read from the zoo (float32, checked against the backbone's layout)."""

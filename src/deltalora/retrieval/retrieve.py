@@ -40,19 +40,21 @@ def retrieve_adapter(
     teachers: Callable[[list[Hit]], list[LoraWeights]] | None = None,
     zoo: str | Path | None = None,
     arch=None,
+    merger: Callable[..., LoraWeights] = merge_adapters,
     **merge_options: Any,
 ) -> tuple[LoraWeights, list[Hit]]:
     """Top-``k`` teachers for ``condition`` ([n_prompts, dim]) merged with ``merge`` at their retrieval weights.
 
     ``teachers(hits)`` supplies the hit adapters (the experiment passes the ones it holds in memory); by default
-    they are read from ``zoo`` (default: the index's own), which must be the zoo the index was built on."""
+    they are read from ``zoo`` (default: the index's own), which must be the zoo the index was built on.
+    ``merger`` does the merge (``merge_adapters``' signature; a study passes its merge cache's)."""
     merge_method(merge)  # an unknown method fails before any work
     hits = index.retrieve(condition, by=by, k=k, temperature=temperature)
     if teachers is not None:
         adapters = teachers(hits)
     else:
         adapters = [load_adapter(d, arch, dtype=torch.float32) for d in index.adapter_dirs(hits, zoo)]
-    merged = merge_adapters(adapters, [h.weight for h in hits], merge, names=[h.id for h in hits], **merge_options)
+    merged = merger(adapters, [h.weight for h in hits], merge, names=[h.id for h in hits], **merge_options)
     return merged, hits
 
 
