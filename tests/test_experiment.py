@@ -20,6 +20,7 @@ import yaml
 from deltalora.backbones import cpu_info
 from deltalora.conditions import ConditionPool
 from deltalora.config import parse_overrides
+from deltalora.deltas.forward import DeltaProbe
 from deltalora.errors import ConfigError
 from deltalora.experiment import RunConfig, load_ablation_config, load_run_config, run_experiment
 from deltalora.experiment.ablate import run_ablation
@@ -265,8 +266,12 @@ def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2, monkeypatch):
     assert any((out / "merges").iterdir())  # the TIES retrieval row's merges, kept
     merged = []
     monkeypatch.setattr(merge_cache, "merge_adapters", lambda *a, **k: merged.append(a[2]) or merge_adapters(*a, **k))
+    probed = []
+    real_call = DeltaProbe.__call__
+    monkeypatch.setattr(DeltaProbe, "__call__", lambda self, *a, **k: probed.append(1) or real_call(self, *a, **k))
     run_experiment(cfg, out, progress=False, backbone=tiny_qwen2)
     assert "ties" not in merged and "avg" in merged  # the dense merges read back; the cheap ones merged again
+    assert probed == []  # every candidate's Δ read back from the run's Δ cache (its cosines below are unchanged)
     assert (out / "generators/delta/seed1/generator.safetensors").read_bytes() == gen
     assert sorted(p.name for p in (out / "eval").rglob("*.json")) == evals
     assert json.loads((out / "results.json").read_text())["tasks"] == before

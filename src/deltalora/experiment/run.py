@@ -69,6 +69,7 @@ from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import BUILTIN_ROWS, RunConfig, zoo_config
 from .eval_cache import EvalCache
+from .hashing import weights_hash
 from .merge_cache import MergeCache
 from .report import write_report
 from .timing import StageClock
@@ -450,18 +451,26 @@ def delta_cosines(
     """
     teachers = ctx.heldout_set if teachers is None else teachers
     oracle = torch.stack([teachers.example(i, 0).delta for i in own_teachers(teachers, task)]).mean(0)
-    deltas: dict[str, torch.Tensor] = {}
     names = [n for n, (_, w) in candidates.items() if isinstance(w, LoraWeights)]  # not base, not routed
+    # each candidate's Δ is kept in the run's Δ cache under its content hash: a resumed run probes only new ones
+    spec = DeltaSpec.for_backbone(ctx.backbone, probe.task_probes or probe.probes, probe.rep.spec)
+    if probe.task_probes is not None:
+        spec = spec.with_probes(probe.task_probes.probe_set((task,)))
+    keys = {n: spec.key_for(f"weights:{weights_hash(candidates[n][1])}:{probe.dtype}") for n in names}
+    deltas: dict[str, torch.Tensor] = {n: hit.tensor for n in names if (hit := ctx.cache.get(keys[n])) is not None}
     by_layout: dict[tuple, list[str]] = {}
     for n in names:
-        by_layout.setdefault(candidates[n][1].layout.signature, []).append(n)
+        if n not in deltas:
+            by_layout.setdefault(candidates[n][1].layout.signature, []).append(n)
     k = ctx.cfg.delta_batch_adapters
     for group in by_layout.values():
         for i in range(0, len(group), k):
             chunk = group[i : i + k]
             groups = [(task,)] * len(chunk) if probe.task_probes is not None else None  # the task's own probes
-            d = probe(LoraWeights.stack([candidates[n][1] for n in chunk]), groups).cpu()
-            deltas.update(zip(chunk, d))
+            d = probe(LoraWeights.stack([candidates[n][1] for n in chunk]), groups).detach().cpu().float()
+            for n, v in zip(chunk, d):
+                ctx.cache.put(keys[n], v.clone(), {**spec.identity(), "content": "candidate"})
+                deltas[n] = v
     oracle, shared = oracle.cpu(), shared.cpu()
     cos = {n: float(torch.nn.functional.cosine_similarity(deltas[n], oracle, dim=0)) for n in names}
     o_spec = remove_shared(oracle, shared)
