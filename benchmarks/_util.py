@@ -65,6 +65,31 @@ def measured_gemm_peak(
     return 2 * n**3 / best
 
 
+# Teacher settings that say how a teacher was computed (its precision, where its LoRA A started), not what it was
+# trained on or for how long: two screens that differ only in these screen a task the same way.
+HOW_NOT_WHAT = ("precision", "bf16_autocast", "init", "init_seed", "shared_init")
+
+
+def screen_recipe(summary: dict) -> dict:
+    """What a screen (``benchmarks/zoo.py --split condition``) measured, from its results JSON's ``summary``:
+    backbone, teacher recipe (less :data:`HOW_NOT_WHAT`), seeds, train subset, items and split. Two screens with
+    equal recipes score a task comparably, so their rows may be combined."""
+    teacher = {k: v for k, v in summary["teacher"].items() if k not in HOW_NOT_WHAT}
+    return {
+        "backbone": summary["backbone"],
+        "teacher": teacher,
+        **{k: summary.get(k) for k in ("seeds", "subset", "limit", "split")},
+    }
+
+
+def recipe_difference(a: dict, b: dict) -> list[str]:
+    """The keys (teacher.* spelled out) on which two :func:`screen_recipe` results differ."""
+    keys = sorted((set(a) | set(b)) - {"teacher"})
+    out = [k for k in keys if a.get(k) != b.get(k)]
+    ta, tb = a.get("teacher", {}), b.get("teacher", {})
+    return out + [f"teacher.{k}" for k in sorted(set(ta) | set(tb)) if ta.get(k) != tb.get(k)]
+
+
 def command_line() -> str:
     return "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:])
 

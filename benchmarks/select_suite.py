@@ -1,6 +1,8 @@
 """Write the default suite as the measured selection of the candidate tasks.
 
     python benchmarks/select_suite.py --screen results/zoo_screen_condition.json
+    python benchmarks/select_suite.py --candidates configs/tasks/candidates-large.yaml --out configs/tasks/large.yaml \
+        --screen results/zoo_screen_condition.json --screen results/zoo_screen_large.json
 
 Keeps every candidate whose seed-0 teacher beats the base model by at least ``--min-gain`` points on the
 screen (``benchmarks/zoo.py --split condition``: the condition split, so the choice never sees an eval item)
@@ -17,13 +19,21 @@ import os
 import sys
 from pathlib import Path
 
+from _util import recipe_difference, screen_recipe
 from deltalora.paths import atomic_write_bytes
 from deltalora.tasks import load_suite
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--screen", default="results/zoo_screen_condition.json")
+    ap.add_argument(
+        "--screen",
+        action="append",
+        default=None,
+        help="a screen's results JSON (repeatable: screens of the same recipe, e.g. one run with --skip-screened "
+        "of another; a task takes its row from the first file that has it). Default: "
+        "results/zoo_screen_condition.json",
+    )
     ap.add_argument("--candidates", default="configs/tasks/candidates.yaml")
     ap.add_argument("--out", default="configs/tasks/default.yaml")
     ap.add_argument("--min-gain", type=float, default=5.0, help="points the teacher must gain over base")
@@ -31,12 +41,21 @@ def main() -> None:
     ap.add_argument("--min-families", type=int, default=5)
     args = ap.parse_args()
 
-    screen = json.loads(Path(args.screen).read_text())
-    rows = {r["task"]: r for r in screen["rows"]}
+    files = args.screen or ["results/zoo_screen_condition.json"]
+    screens = [json.loads(Path(f).read_text()) for f in files]
+    for f, other in zip(files[1:], screens[1:]):
+        diff = recipe_difference(screen_recipe(screens[0]["summary"]), screen_recipe(other["summary"]))
+        if diff:
+            sys.exit(f"{f}: screened with another recipe than {files[0]} ({', '.join(diff)} differ); rescreen")
+    rows: dict[str, dict] = {}
+    for screen in screens:
+        for r in screen["rows"]:
+            rows.setdefault(r["task"], r)
+    screen = screens[0]
     candidates = load_suite(args.candidates)
     unscreened = [s.name for s in candidates if s.name not in rows]
     if unscreened:
-        sys.exit(f"{args.screen}: no screen result for {unscreened}; screen every candidate first")
+        sys.exit(f"{', '.join(files)}: no screen result for {unscreened}; screen every candidate first")
     keep = [
         s for s in candidates if rows[s.name]["gain_points"] >= args.min_gain and not rows[s.name]["worse_than_base"]
     ]
@@ -49,7 +68,7 @@ def main() -> None:
     s = screen["summary"]
     lines = [
         f"# The task suite: the candidates ({Path(args.candidates).name}) on which a small LoRA measurably helps.",
-        f"# Written by `{' '.join(['python', 'benchmarks/select_suite.py'] + sys.argv[1:])}` from {args.screen}:",
+        f"# Written by `{' '.join(['python', 'benchmarks/select_suite.py'] + sys.argv[1:])}` from {', '.join(files)}:",
         f"# each candidate's seed-0 teacher ({s['backbone']}, r{s['teacher']['lora']['rank']}, "
         f"{s['teacher']['steps']} steps) vs the base model on the first {s['limit']} items of the",
         f"# {s['split']} split (never the eval split). Kept: gain >= "

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import command_line, machine, write_json  # noqa: E402
+from _util import command_line, machine, recipe_difference, screen_recipe, write_json  # noqa: E402
 from deltalora.backbones import load_backbone  # noqa: E402
 from deltalora.eval import evaluate_task  # noqa: E402
 from deltalora.experiment.config import EvalConfig  # noqa: E402
@@ -49,6 +49,33 @@ def reused_scores(
             if name not in found and (r := cache.get(cache.key(w))) is not None and r.get("n") == n:
                 found[name] = r
     return found
+
+
+def skip_screened(cfg, files: list[Path], limit: int | None, split: str):
+    """``cfg`` without the tasks that ``files`` (earlier screens of the same recipe) already scored."""
+    mine = screen_recipe(
+        {
+            "backbone": cfg.backbone,
+            "teacher": cfg.teacher.model_dump(mode="json"),
+            "seeds": cfg.seeds,
+            "subset": cfg.subset,
+            "limit": limit,
+            "split": split,
+        }
+    )
+    done: set[str] = set()
+    for f in files:
+        try:
+            earlier = json.loads(f.read_text())
+            theirs, names = screen_recipe(earlier["summary"]), {r["task"] for r in earlier["rows"]}
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"{f}: not a screen results JSON of benchmarks/zoo.py ({exc}); pass results/zoo_screen_*.json")
+        diff = recipe_difference(mine, theirs)
+        if diff:
+            sys.exit(f"{f}: screened with another recipe ({', '.join(diff)} differ); screen those tasks again instead")
+        done |= names
+    specs, _ = selected_specs(cfg)
+    return cfg.model_copy(update={"tasks": [s.name for s in specs if s.name not in done]})
 
 
 def main() -> None:
@@ -87,16 +114,26 @@ def main() -> None:
         help="the eval.limit those runs were configured with (default: the items this call scores per task)",
     )
     ap.add_argument(
+        "--skip-screened",
+        action="append",
+        default=[],
+        type=Path,
+        help="an earlier screen's results JSON with the same recipe (teacher, items, split): its tasks are neither "
+        "built nor scored here (select_suite.py --screen takes both files)",
+    )
+    ap.add_argument(
         "--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)"
     )
     args = ap.parse_args()
 
     cfg = load_zoo_config(args.config)
+    if args.skip_screened:
+        cfg = skip_screened(cfg, args.skip_screened, args.limit, args.split)
     stem = Path(args.config).stem
     out = Path(args.out or f"runs/bench-zoo/{stem}")
     shard = parse_shard(args.shard)
     name = args.name or ("zoo" if stem == "default" else f"zoo_{stem}")
-    if shard != (0, 1) and args.name is None:
+    if shard != (0, 1):  # a shard scores only its own tasks: never over another shard's (or the whole run's) file
         name += f"_shard{shard[0]}of{shard[1]}"
     backbone = load_backbone(cfg.backbone, cfg.runtime)
 
@@ -180,6 +217,7 @@ def main() -> None:
         "subset": cfg.subset,
         "limit": args.limit,
         "split": args.split,
+        "skipped_screened": [str(f) for f in args.skip_screened],
     }
     write_json(
         Path("results") / f"{name}.json",

@@ -536,3 +536,57 @@ def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
     screen.write_text(json.dumps({"rows": rows, "summary": summary}))
     res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
     assert res.returncode != 0 and "user_mc" in res.stderr and not out.exists()
+    # a second screen of the same recipe (another precision and init: how, not what) supplies the task the first
+    # did not screen; a task in both keeps the first file's row (user_short: +12, not the later -4)
+    later = tmp_path / "later.json"
+    later_rows = [
+        {"task": "user_mc", "gain_points": 9.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.59},
+        {"task": "user_short", "gain_points": -4.0, "worse_than_base": ["s0"], "base": 0.1, "teacher_mean": 0.06},
+    ]
+    same = {**summary, "teacher": {**summary["teacher"], "precision": "bfloat16", "init": "canonical"}}
+    later.write_text(json.dumps({"rows": later_rows, "summary": same}))
+    both = cmd + ["--screen", str(later), "--min-tasks", "2", "--min-families", "1"]
+    res = subprocess.run(both, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert [s.name for s in load_suite(out)] == ["user_short", "user_mc"] and "+9.0" in out.read_text()
+    out.unlink()
+    later.write_text(json.dumps({"rows": later_rows, "summary": {**same, "limit": 20}}))
+    res = subprocess.run(both, capture_output=True, text=True)
+    assert res.returncode != 0 and "another recipe" in res.stderr and "limit" in res.stderr and not out.exists()
+
+
+def test_a_screen_skips_the_tasks_an_earlier_screen_of_the_same_recipe_scored(tmp_path, monkeypatch):
+    """benchmarks/zoo.py --skip-screened: the larger screen builds and scores only the tasks the earlier screen did
+    not, and refuses an earlier screen with another recipe (one line naming the file and what differs)."""
+    import importlib.util
+
+    from deltalora.zoo import load_zoo_config
+    from deltalora.zoo.build import selected_specs
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("bench_zoo", bench / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    cfg = load_zoo_config(Path(__file__).parent / "fixtures" / "zoo" / "tiny.yaml")
+    names = [s.name for s in selected_specs(cfg)[0]]
+    summary = {
+        "backbone": cfg.backbone,
+        "teacher": {**cfg.teacher.model_dump(mode="json"), "precision": "bfloat16", "init": "per_job"},
+        "seeds": cfg.seeds,
+        "subset": cfg.subset,
+        "limit": 50,
+        "split": "condition",
+    }
+    earlier = tmp_path / "screen.json"
+    earlier.write_text(json.dumps({"summary": summary, "rows": [{"task": names[0]}]}))
+    left = zoo.skip_screened(cfg, [earlier], 50, "condition")
+    assert [s.name for s in selected_specs(left)[0]] == names[1:] and cfg.tasks is None
+    with pytest.raises(SystemExit, match=r"screen.json: screened with another recipe \(limit differ\)"):
+        zoo.skip_screened(cfg, [earlier], 20, "condition")
+    earlier.write_text(json.dumps({"summary": {**summary, "teacher": {**summary["teacher"], "steps": 9}}, "rows": []}))
+    with pytest.raises(SystemExit, match=r"teacher.steps differ"):
+        zoo.skip_screened(cfg, [earlier], 50, "condition")
+    earlier.write_text("{}")
+    with pytest.raises(SystemExit, match="not a screen results JSON"):
+        zoo.skip_screened(cfg, [earlier], 50, "condition")
