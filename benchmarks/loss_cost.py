@@ -2,6 +2,8 @@
 weight-only step.
 
     python benchmarks/loss_cost.py --config configs/heldout.yaml --cache runs/heldout-canonical/deltas --steps 6
+    python benchmarks/loss_cost.py --config configs/heldout.yaml --cache runs/heldout-canonical/deltas --steps 6 \
+        --task-probes task:train:2 --delta-batch 1 --out results/loss_cost_small     # the held-out preset's arms
 
 Variants (each the preset's ``train`` section with only these keys changed, every loss on from step 0):
 
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, required=True, help="Δ cache (the run's: <run>/deltas)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--task-probes", default="task:train:8")
+    ap.add_argument("--delta-batch", type=int, default=None, help="adapters per step for Δ and KL (default: preset's)")
     ap.add_argument("--kl", type=float, default=0.5)
     ap.add_argument("--norm-penalty", type=float, default=0.1)
     ap.add_argument("--variant", action="append", help="repeatable (default: all)")
@@ -90,13 +93,15 @@ def main() -> None:
         "config": str(args.config),
         "steps": args.steps,
         "batch_size": cfg.train.batch_size,
-        "delta_batch": cfg.train.delta_batch,
+        "delta_batch": args.delta_batch or cfg.train.delta_batch,
         "generator": cfg.train.generator,
         "variants": {},
     }
     datasets: dict[str, TeacherDataset] = {}
     for name in names:
         over = {**chosen[name], "steps": args.steps, "save_every": args.steps, "warmup_steps": 0, "seed": 0}
+        if args.delta_batch:
+            over["delta_batch"] = args.delta_batch
         tcfg = model_validate_or_raise(TrainConfig, deep_merge(base, over), f"variant {name}")
         key = f"{tcfg.probes}|{tcfg.representation}"
         delta_seconds = None
