@@ -51,18 +51,22 @@ def reused_scores(
     return found
 
 
+def recipe_fields(cfg, limit: int | None, split: str) -> dict:
+    """What this call's results JSON records of its recipe (its summary's backbone, teacher, seeds, subset, limit
+    and split): what :func:`_util.screen_recipe` compares between screens."""
+    return {
+        "backbone": cfg.backbone,
+        "teacher": cfg.teacher.model_dump(mode="json"),
+        "seeds": cfg.seeds,
+        "subset": cfg.subset,
+        "limit": limit,
+        "split": split,
+    }
+
+
 def skip_screened(cfg, files: list[Path], limit: int | None, split: str):
     """``cfg`` without the tasks that ``files`` (earlier screens of the same recipe) already scored."""
-    mine = screen_recipe(
-        {
-            "backbone": cfg.backbone,
-            "teacher": cfg.teacher.model_dump(mode="json"),
-            "seeds": cfg.seeds,
-            "subset": cfg.subset,
-            "limit": limit,
-            "split": split,
-        }
-    )
+    mine = screen_recipe(recipe_fields(cfg, limit, split))
     done: set[str] = set()
     for f in files:
         try:
@@ -196,7 +200,6 @@ def main() -> None:
     jobs = list(train_s.values())
     summary = {
         "config": args.config,
-        "backbone": cfg.backbone,
         "tasks": len(rows),
         "adapters": len(entries),
         "jobs": len(jobs),
@@ -211,12 +214,8 @@ def main() -> None:
         "eval_seconds_total": round(sum(r["eval_seconds"] for r in rows), 1),
         "reused_arms": sum(len(r["reused_arms"]) for r in rows),
         "scored_arms": sum(1 + len(r["teachers"]) for r in rows),
-        "teacher": cfg.teacher.model_dump(mode="json"),
+        **recipe_fields(cfg, args.limit, args.split),
         "teacher_precision": zoo_precision(cfg).name,
-        "seeds": cfg.seeds,
-        "subset": cfg.subset,
-        "limit": args.limit,
-        "split": args.split,
         "skipped_screened": [str(f) for f in args.skip_screened],
     }
     write_json(

@@ -323,7 +323,7 @@ def seen_checks(results: Mapping, seen: Mapping, targets: TargetConfig) -> dict[
     random conditions lose accuracy beyond noise (as target (d), over the seen tasks)."""
     out: dict[str, dict[str, Any]] = {}
     shares: dict[str, dict[str, float]] = {}
-    for g in results.get("generator_rows") or ["weight_only", "delta"]:
+    for g in generator_rows(results):
         per = {
             t: r
             for t, v in seen.items()
@@ -366,6 +366,11 @@ def seen_checks(results: Mapping, seen: Mapping, targets: TargetConfig) -> dict[
     return out
 
 
+def generator_rows(results: Mapping) -> list[str]:
+    """The run's generator rows (``results["generator_rows"]``; runs from before it was recorded had these two)."""
+    return list(results.get("generator_rows") or ["weight_only", "delta"])
+
+
 def floor(results: Mapping, per_task: Mapping, targets: TargetConfig, block: str = "tasks") -> dict[str, Any] | None:
     """The floor a generator row is judged against: the best baseline row (``results["baseline_rows"]``, default the
     average merge) by across-task mean accuracy over the tasks of ``block`` where every measured baseline has a
@@ -378,7 +383,7 @@ def floor(results: Mapping, per_task: Mapping, targets: TargetConfig, block: str
     best = max(means, key=means.get)
     level = interval_level(targets.noise_se)
     gens = {}
-    for g in results.get("generator_rows") or ["weight_only", "delta"]:
+    for g in generator_rows(results):
         d = _difference(results, per_task, g, best, "accuracy", level, block)
         if d is not None:
             gens[g] = {
@@ -412,7 +417,7 @@ def comparisons(
     ``{row: {reference: difference}}``; a pair without a common task is left out."""
     level = interval_level(targets.noise_se)
     out: dict[str, dict[str, Any]] = {}
-    for g in (results.get("generator_rows") or ["weight_only", "delta"]) if rows is None else rows:
+    for g in generator_rows(results) if rows is None else rows:
         for ref in against:
             if g == ref:
                 continue
@@ -437,7 +442,7 @@ def beats_base(results: Mapping, per_task: Mapping, targets: TargetConfig, block
     ``{row: {"tasks": {task: difference}, "wins": [tasks beyond noise]}}``."""
     level = interval_level(targets.noise_se)
     out: dict[str, Any] = {}
-    for g in results.get("generator_rows") or ["weight_only", "delta"]:
+    for g in generator_rows(results):
         per = {}
         for t in per_task:
             d = _difference(results, {t: per_task[t]}, g, "base", "accuracy", level, block)
@@ -551,8 +556,8 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
     (None = not measurable), judged against ``targets`` (default: the run's own, see :func:`target_config`)."""
     validate(results)
     targets = target_config(results) if targets is None else targets
-    RA = RETRIEVAL_AGAINST
     per_task = task_means(results)
+    retrieval = retrieval_rows(results)
     seen = task_means(results, "seen_tasks")
     details = _verdicts(results, per_task, targets)
     return {
@@ -565,9 +570,9 @@ def summarize(results: Mapping, targets: TargetConfig | None = None) -> dict[str
         "seen_checks": seen_checks(results, seen, targets) if seen else {},
         "comparisons": comparisons(results, per_task, targets),
         "beats_base": beats_base(results, per_task, targets),
-        "retrieval_comparisons": comparisons(results, per_task, targets, rows=retrieval_rows(results), against=RA),
+        "retrieval_comparisons": comparisons(results, per_task, targets, rows=retrieval, against=RETRIEVAL_AGAINST),
         "seen_retrieval_comparisons": (
-            comparisons(results, seen, targets, "seen_tasks", rows=retrieval_rows(results), against=RA) if seen else {}
+            comparisons(results, seen, targets, "seen_tasks", rows=retrieval, against=RETRIEVAL_AGAINST) if seen else {}
         ),
         "seen_comparisons": comparisons(results, seen, targets, "seen_tasks") if seen else {},
         "targets": {k: v["ok"] for k, v in details.items()},
@@ -587,6 +592,7 @@ __all__ = [
     "retrieval_rows",
     "beats_base",
     "comparisons",
+    "generator_rows",
     "heldout_tasks",
     "interval_level",
     "mean",
