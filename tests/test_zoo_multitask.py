@@ -173,6 +173,38 @@ def test_a_failed_or_killed_build_leaves_no_final_dir(zoo, tiny_qwen2, monkeypat
     assert not stale.exists() and t2.path == t.path and t2.info["adapter_sha256"] == t.info["adapter_sha256"]
 
 
+def test_a_killed_build_resumes_from_its_saved_state(zoo, tiny_qwen2, monkeypatch):
+    z, cfg, _, _ = zoo
+    import deltalora.zoo.multitask as mt
+
+    ref = build_multitask(z, cfg, ["colours", "pick"], steps=9, seed=1, backbone=tiny_qwen2, progress=False)
+    ref_bytes = (ref.path / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(ref.path.parent)
+    monkeypatch.setattr(mt, "RESUME_EVERY", 2)
+    real = mt.train_teacher
+    steps, kill = [], [True]
+
+    def killed_at_7(backbone, pairs, tcfg, out_dir, **k):
+        def progress(step, loss):
+            steps.append(step)
+            if step == 7 and kill[0]:
+                raise KeyboardInterrupt
+
+        return real(backbone, pairs, tcfg, out_dir, **{**k, "progress": progress})
+
+    monkeypatch.setattr(mt, "train_teacher", killed_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        build_multitask(z, cfg, ["colours", "pick"], steps=9, seed=1, backbone=tiny_qwen2, progress=False)
+    key = ref.path.parent.name
+    assert not ref.path.parent.exists() and (z / "multitask" / f".{key}.resume" / "state").is_dir()
+    steps.clear()
+    kill[0] = False
+    t = build_multitask(z, cfg, ["colours", "pick"], steps=9, seed=1, backbone=tiny_qwen2, progress=False)
+    assert steps == [7, 8, 9]  # from the state of step 6, not from the start
+    assert (t.path / "adapter_model.safetensors").read_bytes() == ref_bytes  # as if never stopped
+    assert not (z / "multitask" / f".{key}.resume").exists()
+
+
 def test_unknown_task_and_other_bad_input_are_one_line_errors(zoo, tmp_path):
     z, cfg, _, _ = zoo
     with pytest.raises(ZooError, match=rf"task 'nope' is not one of the single tasks of zoo {z}") as err:

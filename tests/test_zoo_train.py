@@ -56,6 +56,64 @@ def test_teacher_training_is_deterministic(tiny_qwen2, tmp_path):
     assert read(a) == read(b) and read(a) != read(c)
 
 
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step_to_die: int):
+    def progress(step, loss):
+        if step == step_to_die:
+            raise _Killed
+
+    return progress
+
+
+def test_a_killed_run_resumes_bit_identical(tiny_qwen2, tmp_path):
+    cfg = CFG.model_copy(update={"steps": 12, "checkpoints": 2, "checkpoint_every": 4})  # tail at 8 and 12
+    read = lambda p: (p / "adapter_model.safetensors").read_bytes()  # noqa: E731
+    ref = train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "ref", seed=5)
+    state = tmp_path / "state"
+    with pytest.raises(_Killed):  # dies at step 10: the state of step 9 (save_every 3) and checkpoint 8 are kept
+        train_teacher(
+            tiny_qwen2, PAIRS, cfg, tmp_path / "a", seed=5, resume_dir=state, save_every=3, progress=_kill_at(10)
+        )
+    assert (state / "state").is_dir() and (state / "step8").is_dir()
+    steps = []
+    got = train_teacher(
+        tiny_qwen2,
+        PAIRS,
+        cfg,
+        tmp_path / "a",
+        seed=5,
+        resume_dir=state,
+        save_every=3,
+        progress=lambda s, loss: steps.append(s),
+    )
+    assert steps == [10, 11, 12]  # continued after the saved step 9, not from the start
+    assert [c.step for c in got] == [8, 12] and all(c.path.parent == tmp_path / "a" for c in got)
+    assert [read(c.path) for c in got] == [read(c.path) for c in ref]
+    assert [c.train_loss for c in got] == [c.train_loss for c in ref]
+    assert not state.exists()  # the finished run leaves no state behind
+
+
+def test_a_state_of_another_run_is_refused(tiny_qwen2, tmp_path):
+    cfg = CFG.model_copy(update={"steps": 6, "checkpoints": 1})
+    state = tmp_path / "state"
+    with pytest.raises(_Killed):
+        train_teacher(
+            tiny_qwen2, PAIRS, cfg, tmp_path / "a", seed=1, resume_dir=state, save_every=2, progress=_kill_at(4)
+        )
+    before = sorted(p.name for p in (state / "state").iterdir())
+    with pytest.raises(ValueError, match=r"another run.*delete"):
+        train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "b", seed=2, resume_dir=state, save_every=2)
+    with pytest.raises(ValueError, match=r"another run.*delete"):
+        train_teacher(tiny_qwen2, PAIRS[:8], cfg, tmp_path / "b", seed=1, resume_dir=state, save_every=2)
+    assert sorted(p.name for p in (state / "state").iterdir()) == before  # refused, and nothing touched
+    (state / "state" / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable training state"):
+        train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "b", seed=1, resume_dir=state, save_every=2)
+
+
 def _adapter_bytes(tiny_qwen2, tmp_path, name, **update):
     cfg = CFG.model_copy(update={"steps": 3, "checkpoints": 1, **update})
     (ck,) = train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / name, seed=0)

@@ -9,8 +9,11 @@ consecutive checkpoints of one run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +22,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
+from safetensors.torch import load_file, save_file
 
 from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name, narrowed_linears
 from ..config import LoraSpec, StrictModel
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, derive_layout, inject, peft_a_init, save_adapter
+from ..paths import atomic_dir
 
 
 class TeacherTrainConfig(StrictModel):
@@ -157,13 +162,21 @@ def train_teacher(
     init_seed: int | None = None,
     precision: torch.dtype | None = None,
     init: LoraWeights | None = None,
+    resume_dir: Path | None = None,
+    save_every: int = 25,
 ) -> list[Checkpoint]:
     """Train a LoRA on ``pairs`` and save the tail checkpoints under ``out_dir/step{N}``.
 
     ``seed`` orders the data and, unless ``init`` (a starting adapter: the zoo's canonical init) or ``init_seed``
     is given, draws the LoRA init. ``precision`` is the
     dtype to compute in (the zoo passes the one it fingerprinted); by default :func:`teacher_precision` of
-    ``cfg.precision`` on the backbone's device."""
+    ``cfg.precision`` on the backbone's device.
+
+    ``resume_dir`` makes a long run resumable after a kill: every ``save_every`` steps the whole training state
+    (LoRA, AdamW moments, schedule, data order, losses, the tail checkpoints saved so far) is written there
+    atomically, and a call that finds it continues from it — bit-identical to a run never stopped. It must belong
+    to this run alone (the caller keys it by recipe); a state of another recipe is refused. It is removed when the
+    run ends."""
     if not pairs:
         raise ValueError("train_teacher needs at least one (prompt, target) pair")
     weights_dtype = next(backbone.model.parameters()).dtype
@@ -196,9 +209,23 @@ def train_teacher(
     pad = backbone.tokenizer.pad_token_id
     losses: list[float] = []
     saved: list[Checkpoint] = []
+    first = 1
+    run_id = {
+        "cfg": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "items": len(data),
+        "data": _digest_ids(data),
+        "precision": dtype_name(precision),
+    }
+    resume_dir = Path(resume_dir) if resume_dir is not None else None
+    ckpt_root = resume_dir if resume_dir is not None else Path(out_dir)  # tail checkpoints live with the state
+    if resume_dir is not None and (resume_dir / _STATE).is_dir():
+        done, losses, order, rng_state, saved = _load_state(resume_dir, run_id, params, opt, sched)
+        rng.setstate(rng_state)
+        first = done + 1
     model = backbone.model
     with narrowed_linears(model, precision if narrow else None):
-        for step in range(1, cfg.steps + 1):
+        for step in range(first, cfg.steps + 1):
             batch = []
             while len(batch) < cfg.batch_size:
                 if not order:
@@ -220,12 +247,86 @@ def train_teacher(
                 recent = losses[-cfg.checkpoint_every :]
                 path = save_adapter(
                     _detached_cpu(init),
-                    Path(out_dir) / f"step{step}",
+                    ckpt_root / f"step{step}",
                     base_model_name_or_path=backbone.name,
                     metadata={**(metadata or {}), "step": str(step), "seed": str(seed)},
                 )
                 saved.append(Checkpoint(step=step, path=path, train_loss=sum(recent) / len(recent)))
+            if resume_dir is not None and step % save_every == 0 and step < cfg.steps:
+                _save_state(resume_dir, run_id, step, params, opt, sched, losses, order, rng.getstate(), saved)
+    if resume_dir is not None:  # the finished run: checkpoints to their place, the state gone
+        for c in saved:
+            dest = Path(out_dir) / c.path.name
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(str(c.path), str(dest))
+            c.path = dest
+        shutil.rmtree(resume_dir, ignore_errors=True)
     return saved
+
+
+_STATE = "state"  # resume_dir/state: state.safetensors (tensors) + state.json (the rest), replaced atomically
+
+
+def _digest_ids(data: Sequence[tuple[list[int], int]]) -> str:
+    h = hashlib.sha256()
+    for ids, start in data:
+        h.update(json.dumps([start, ids]).encode())
+    return h.hexdigest()
+
+
+def _save_state(resume_dir: Path, run_id: dict, step: int, params, opt, sched, losses, order, rng_state, saved):
+    opt_sd = opt.state_dict()
+    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+    for i, st in opt_sd["state"].items():
+        for name, t in st.items():
+            tensors[f"opt.{i}.{name}"] = t.detach().cpu().contiguous()
+    meta = {
+        "run": run_id,
+        "step": step,
+        "losses": losses,
+        "order": order,
+        "rng": [rng_state[0], list(rng_state[1]), rng_state[2]],
+        "param_groups": opt_sd["param_groups"],
+        "sched": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"},
+        "saved": [{"step": c.step, "dir": c.path.name, "train_loss": c.train_loss} for c in saved],
+    }
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(resume_dir / _STATE) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _load_state(resume_dir: Path, run_id: dict, params, opt, sched):
+    """Restore what :func:`_save_state` wrote into ``params``, ``opt`` and ``sched``; returns (step, losses, order,
+    rng state, saved checkpoints)."""
+    d = resume_dir / _STATE
+    try:
+        meta = json.loads((d / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(d / "state.safetensors"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{d}: unreadable training state ({e}); delete {resume_dir} to train from the start") from e
+    if meta.get("run") != json.loads(json.dumps(run_id)):
+        raise ValueError(
+            f"{d}: a training state of another run (recipe, seed or data differ); delete {resume_dir} to train "
+            "this one from the start"
+        )
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"].to(p.device))
+    state = {}
+    for key, t in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = t
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**meta["sched"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
+    saved = [Checkpoint(c["step"], resume_dir / c["dir"], c["train_loss"]) for c in meta["saved"]]
+    for c in saved:
+        if not c.path.is_dir():
+            raise ValueError(f"{c.path}: a checkpoint the training state lists is missing; delete {resume_dir}")
+    rng = meta["rng"]
+    return meta["step"], meta["losses"], meta["order"], (rng[0], tuple(rng[1]), rng[2]), saved
 
 
 def _detached_cpu(w: LoraWeights) -> LoraWeights:
