@@ -113,7 +113,7 @@ def multitask_cmd(
     ),
 ) -> None:
     """One LoRA trained with the teachers' recipe on the union of TASKS' train items (the multi-task baseline);
-    cached in the zoo."""
+    cached in the zoo. Rerun after a kill: it resumes from its last saved step."""
     from ..zoo.multitask import multitask_from_config
 
     s = run_guarded(
