@@ -108,6 +108,8 @@ def test_a_state_of_another_run_is_refused(tiny_qwen2, tmp_path):
         train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "b", seed=2, resume_dir=state, save_every=2)
     with pytest.raises(ValueError, match=r"another run.*delete"):
         train_teacher(tiny_qwen2, PAIRS[:8], cfg, tmp_path / "b", seed=1, resume_dir=state, save_every=2)
+    with pytest.raises(ValueError, match=r"another run.*delete"):  # the same recipe from another init
+        train_teacher(tiny_qwen2, PAIRS, cfg, tmp_path / "b", seed=1, init_seed=9, resume_dir=state, save_every=2)
     assert sorted(p.name for p in (state / "state").iterdir()) == before  # refused, and nothing touched
     (state / "state" / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable training state"):

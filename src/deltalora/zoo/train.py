@@ -216,6 +216,7 @@ def train_teacher(
         "items": len(data),
         "data": _digest_ids(data),
         "precision": dtype_name(precision),
+        "init": _digest_tensors(params) if resume_dir is not None else None,  # before the first step changes them
     }
     resume_dir = Path(resume_dir) if resume_dir is not None else None
     ckpt_root = resume_dir if resume_dir is not None else Path(out_dir)  # tail checkpoints live with the state
@@ -275,6 +276,13 @@ def _digest_ids(data: Sequence[tuple[list[int], int]]) -> str:
     return h.hexdigest()
 
 
+def _digest_tensors(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save_state(resume_dir: Path, run_id: dict, step: int, params, opt, sched, losses, order, rng_state, saved):
     opt_sd = opt.state_dict()
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
@@ -308,7 +316,7 @@ def _load_state(resume_dir: Path, run_id: dict, params, opt, sched):
         raise ValueError(f"{d}: unreadable training state ({e}); delete {resume_dir} to train from the start") from e
     if meta.get("run") != json.loads(json.dumps(run_id)):
         raise ValueError(
-            f"{d}: a training state of another run (recipe, seed or data differ); delete {resume_dir} to train "
+            f"{d}: a training state of another run (recipe, seed, data or init differ); delete {resume_dir} to train "
             "this one from the start"
         )
     with torch.no_grad():
