@@ -189,6 +189,43 @@ def test_mixture_checkpoint_reads_its_library_back(canon, tmp_path):
     assert sizes["mixture"]["num_parameters"] is None  # its size depends on the library it is built on
 
 
+def test_mixture_generators_of_one_library_share_its_members(canon, tmp_path, monkeypatch):
+    import gc
+
+    import deltalora.generators.library as library_mod
+    import deltalora.generators.mixture as mixture_mod
+
+    lib = _library(canon)
+    gens = [build_generator("mixture", lib.weights.layout, 16, N_PROMPTS, library=lib, trunk_width=8) for _ in "ab"]
+    meta = {"backbone": "t", "encoder": "e"}
+    paths = [save_generator(g, tmp_path / f"m{i}.safetensors", meta) for i, g in enumerate(gens)]
+    del gens, lib
+    gc.collect()
+    first = load_generator(paths[0]).gen
+    reads = []
+    real = library_mod.load_adapter
+    monkeypatch.setattr(library_mod, "load_adapter", lambda *a, **k: reads.append(a) or real(*a, **k))
+    second = load_generator(paths[1]).gen  # another generator over the same teachers: no adapter read again
+    assert reads == []
+    assert first.a0.data_ptr() == second.a0.data_ptr() and first.b0.data_ptr() == second.b0.data_ptr()
+    cond = torch.randn(2, N_PROMPTS, 16)
+    with torch.no_grad():
+        assert all(torch.equal(first(cond).A[k], second(cond).A[k]) for k in first(cond).A)
+    moved = tmp_path / "moved"  # a loaded generator still holds the members; the zoo is checked all the same
+    canon["zoo"].rename(moved)
+    try:
+        with pytest.raises(GeneratorCheckpointError, match="copy the zoo back"):
+            load_generator(paths[1])
+    finally:
+        moved.rename(canon["zoo"])
+    assert len(mixture_mod._SHARED) == 1
+    del first, second
+    gc.collect()
+    assert len(mixture_mod._SHARED) == 0  # held only while a generator holds them
+    load_generator(paths[0])
+    assert len(reads) > 0  # and read again once nobody did
+
+
 def test_product_norm_compares_adapters_of_different_rank_and_scale(canon):
     lib = _library(canon)
     gen = build_generator("mixture", lib.weights.layout, 16, N_PROMPTS, library=lib, mix="exact", trunk_width=8)

@@ -77,14 +77,7 @@ class TeacherLibrary:
         zoo = Path(zoo).resolve()
         if not ids:
             raise LibraryError(f"{zoo}: a teacher library needs at least one teacher")
-        entries = {e.id: e for e in read_manifest(zoo)}
-        missing = [i for i in ids if i not in entries]
-        if missing:
-            raise LibraryError(
-                f"{zoo}: teacher(s) {missing[:3]} of the library are not in the zoo's manifest; "
-                "pass the zoo the generator was trained on"
-            )
-        chosen = [entries[i] for i in ids]
+        chosen = _entries(zoo, ids)
         if weights is None:
             weights = LoraWeights.stack([load_adapter(adapter_dir(zoo, e), arch, dtype=torch.float32) for e in chosen])
         if weights.num_adapters != len(ids):
@@ -98,19 +91,8 @@ class TeacherLibrary:
     @classmethod
     def from_reference(cls, ref: dict, arch: Architecture | None) -> TeacherLibrary:
         """Read back the library a saved generator recorded (:meth:`reference`), checking it is unchanged."""
-        zoo = Path(str(ref.get("zoo", "")))
-        if not (zoo / "manifest.jsonl").is_file():
-            raise LibraryError(
-                f"{zoo}: the generator's teacher library (a zoo of {len(ref.get('ids', []))} teachers) is not "
-                "there; copy the zoo back to that path or retrain the generator"
-            )
-        lib = cls.from_zoo(zoo, list(ref.get("ids", [])), arch)
-        if lib.sha256 != ref.get("sha256"):
-            raise LibraryError(
-                f"{zoo}: the teachers differ from those the generator was trained on (hash {lib.sha256[:12]} vs "
-                f"{str(ref.get('sha256'))[:12]}); restore the zoo or retrain the generator"
-            )
-        return lib
+        check_reference(ref)
+        return cls.from_zoo(Path(str(ref["zoo"])), list(ref.get("ids", [])), arch)
 
     def reference(self) -> dict:
         """What a checkpoint records to find the library again (JSON-able)."""
@@ -129,4 +111,33 @@ class TeacherLibrary:
         return order, LoraWeights(w.layout, A, B)
 
 
-__all__ = ["FROM_CHECKPOINT", "LibraryError", "LibraryNeeded", "TeacherLibrary", "teachers_sha256"]
+def _entries(zoo: Path, ids: Sequence[str]) -> list[ZooEntry]:
+    """The manifest entries of teachers ``ids`` of ``zoo``, in that order."""
+    entries = {e.id: e for e in read_manifest(zoo)}
+    missing = [i for i in ids if i not in entries]
+    if missing:
+        raise LibraryError(
+            f"{zoo}: teacher(s) {missing[:3]} of the library are not in the zoo's manifest; "
+            "pass the zoo the generator was trained on"
+        )
+    return [entries[i] for i in ids]
+
+
+def check_reference(ref: dict) -> None:
+    """Raise :class:`LibraryError` unless the zoo a library reference (:meth:`TeacherLibrary.reference`) names is
+    there with the same teachers — from the manifest alone, no adapter is read."""
+    zoo = Path(str(ref.get("zoo", "")))
+    if not (zoo / "manifest.jsonl").is_file():
+        raise LibraryError(
+            f"{zoo}: the generator's teacher library (a zoo of {len(ref.get('ids', []))} teachers) is not "
+            "there; copy the zoo back to that path or retrain the generator"
+        )
+    sha = teachers_sha256(_entries(zoo, list(ref.get("ids", []))))
+    if sha != ref.get("sha256"):
+        raise LibraryError(
+            f"{zoo}: the teachers differ from those the generator was trained on (hash {sha[:12]} vs "
+            f"{str(ref.get('sha256'))[:12]}); restore the zoo or retrain the generator"
+        )
+
+
+__all__ = ["check_reference", "FROM_CHECKPOINT", "LibraryError", "LibraryNeeded", "TeacherLibrary", "teachers_sha256"]

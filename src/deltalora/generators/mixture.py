@@ -26,6 +26,9 @@ How the mixture is formed (``mix``):
 
 from __future__ import annotations
 
+import json
+import weakref
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -36,7 +39,7 @@ from ..config import LoraSpec, StrictModel, model_validate_or_raise
 from ..errors import ConfigError
 from ..lora import LoraLayout, LoraWeights, derive_layout
 from .compact import PromptPool, check_int, trunk_mlp
-from .library import FROM_CHECKPOINT, LibraryNeeded, TeacherLibrary
+from .library import FROM_CHECKPOINT, LibraryNeeded, TeacherLibrary, check_reference
 from .registry import register_generator
 
 
@@ -57,47 +60,22 @@ class MixtureGenerator(nn.Module):
 
     flexible_n_prompts = True
 
-    def __init__(self, layout: LoraLayout, cond_dim: int, n_prompts: int, opts: MixtureOptions, lib: TeacherLibrary):
+    def __init__(self, layout: LoraLayout, cond_dim: int, n_prompts: int, opts: MixtureOptions, members: _Members):
         super().__init__()
-        if lib.weights.layout.signature != layout.signature:
-            raise ConfigError("mixture generator: the teacher library's LoRA layout differs from the generator's")
         self.layout, self.cond_dim, self.n_prompts, self.opts = layout, cond_dim, n_prompts, opts
         self.spec = {"name": "mixture", "cond_dim": cond_dim, "n_prompts": n_prompts, "options": opts.model_dump()}
-        if opts.members == "task_means":
-            names, members = lib.group_means()
-        else:
-            names, members = lib.ids, lib.weights
-        self.member_names = tuple(names)
+        self.member_names = members.names
+        self.out_layout = members.out_layout
+        self._members = members  # keeps the shared buffers' entry alive (see _members)
         n = len(self.member_names)
         self.pool = PromptPool(cond_dim, opts.pooling)
         self.trunk = trunk_mlp(cond_dim, opts.trunk_width, opts.trunk_depth, opts.dropout)
         self.logits = nn.Linear(opts.trunk_width, n)
         nn.init.zeros_(self.logits.weight)  # uniform weights at step 0: the library's average
         nn.init.zeros_(self.logits.bias)
-
         # the members are data (read from the zoo on every build), not parameters: non-persistent buffers
-        s = float(layout.scale)
-        r = layout.spec.rank
-        self.out_layout = layout
-        if opts.mix == "exact":
-            spec = LoraSpec(rank=n * r, alpha=float(n * r), targets=layout.spec.targets, layers=layout.spec.layers)
-            self.out_layout = derive_layout(layout.arch, spec)
-        for i, slot in enumerate(layout.slots):
-            a, b = members.A[slot.key].float(), members.B[slot.key].float()  # [L, r, in], [L, out, r]
-            if opts.mix == "factors":
-                self.register_buffer(f"a{i}", a, persistent=False)
-                self.register_buffer(f"b{i}", b, persistent=False)
-                continue
-            a_cat = a.reshape(n * r, -1)  # [L·r, in]
-            b_cat = (s * b).permute(1, 0, 2).reshape(b.shape[1], n * r)  # [out, L·r]
-            if opts.mix == "exact":
-                self.register_buffer(f"a{i}", a_cat, persistent=False)
-                self.register_buffer(f"b{i}", b_cat, persistent=False)
-                continue
-            qb, rb = torch.linalg.qr(b_cat)  # [out, m_b], [m_b, L·r]
-            qa, ra = torch.linalg.qr(a_cat.T)  # [in, m_a], [m_a, L·r]
-            for name, t in (("qb", qb), ("rb", rb), ("qa", qa), ("ra", ra)):
-                self.register_buffer(f"{name}{i}", t.contiguous(), persistent=False)
+        for name, t in members.buffers.items():
+            self.register_buffer(name, t, persistent=False)
 
     def mixture_weights(self, cond: torch.Tensor) -> torch.Tensor:
         """[K, L]: each condition's weights over the members (``member_names``), summing to 1."""
@@ -159,12 +137,79 @@ def build_mixture(layout: LoraLayout, cond_dim: int, n_prompts: int, library=Non
                 "mixture generator: needs the training teachers (library=TeacherLibrary) — it mixes them, one "
                 "logit per member; train it with `deltalora run`"
             )
-        library = TeacherLibrary.from_reference(opts.library_ref, layout.arch)
-    if not isinstance(library, TeacherLibrary):
+        ref = opts.library_ref
+        check_reference(ref)  # every load, even when another generator already holds the members
+
+        def library() -> TeacherLibrary:
+            return TeacherLibrary.from_zoo(Path(str(ref["zoo"])), list(ref.get("ids", [])), layout.arch)
+
+    elif isinstance(library, TeacherLibrary):
+        ref, lib = library.reference(), library
+
+        def library() -> TeacherLibrary:
+            return lib
+
+    else:
         raise ConfigError(f"mixture generator: library must be a TeacherLibrary, got {type(library).__name__}")
-    mix = opts.mix if opts.mix != "auto" else ("factors" if library.init is not None else "svd")
-    opts = opts.model_copy(update={"mix": mix, "library_ref": library.reference()})
-    return MixtureGenerator(layout, cond_dim, n_prompts, opts, library)
+    members = _members(layout, opts, ref, library)
+    opts = opts.model_copy(update={"mix": members.mix, "library_ref": ref})
+    return MixtureGenerator(layout, cond_dim, n_prompts, opts, members)
+
+
+class _Members:
+    """A library's members as a mixture generator holds them: names, the buffers, the output layout."""
+
+    __slots__ = ("names", "buffers", "out_layout", "mix", "__weakref__")
+
+    def __init__(self, names, buffers, out_layout, mix):
+        self.names, self.buffers, self.out_layout, self.mix = names, buffers, out_layout, mix
+
+
+# Generators of one library share its member buffers: an experiment loads a dozen mixture generators over the same
+# teachers (variants x seeds), and each rebuilt its own copy — 0.5 GB each on the large preset, plus the 3 GB
+# stacked library read to make them, which pushed the run past 24 GiB. Entries live while a generator holds them.
+_SHARED: weakref.WeakValueDictionary[str, _Members] = weakref.WeakValueDictionary()
+
+
+def _members(layout: LoraLayout, opts: MixtureOptions, ref: dict, library) -> _Members:
+    """The members of the library ``ref`` names (``library()`` reads it) for ``layout`` and ``opts``; shared."""
+    key = json.dumps([ref, opts.members, opts.mix, layout.signature], sort_keys=True, default=str)
+    hit = _SHARED.get(key)
+    if hit is not None:
+        return hit
+    lib = library()
+    if lib.weights.layout.signature != layout.signature:
+        raise ConfigError("mixture generator: the teacher library's LoRA layout differs from the generator's")
+    mix = opts.mix if opts.mix != "auto" else ("factors" if lib.init is not None else "svd")
+    if opts.members == "task_means":
+        names, members = lib.group_means()
+    else:
+        names, members = lib.ids, lib.weights
+    n = len(names)
+    s = float(layout.scale)
+    r = layout.spec.rank
+    out_layout = layout
+    if mix == "exact":
+        spec = LoraSpec(rank=n * r, alpha=float(n * r), targets=layout.spec.targets, layers=layout.spec.layers)
+        out_layout = derive_layout(layout.arch, spec)
+    buffers: dict[str, torch.Tensor] = {}
+    for i, slot in enumerate(layout.slots):
+        a, b = members.A[slot.key].float(), members.B[slot.key].float()  # [L, r, in], [L, out, r]
+        if mix == "factors":
+            buffers[f"a{i}"], buffers[f"b{i}"] = a, b
+            continue
+        a_cat = a.reshape(n * r, -1)  # [L·r, in]
+        b_cat = (s * b).permute(1, 0, 2).reshape(b.shape[1], n * r)  # [out, L·r]
+        if mix == "exact":
+            buffers[f"a{i}"], buffers[f"b{i}"] = a_cat, b_cat
+            continue
+        qb, rb = torch.linalg.qr(b_cat)  # [out, m_b], [m_b, L·r]
+        qa, ra = torch.linalg.qr(a_cat.T)  # [in, m_a], [m_a, L·r]
+        for name, t in (("qb", qb), ("rb", rb), ("qa", qa), ("ra", ra)):
+            buffers[f"{name}{i}"] = t.contiguous()
+    out = _Members(tuple(names), buffers, out_layout, mix)
+    _SHARED[key] = out
+    return out
 
 
 __all__ = ["MixtureGenerator", "MixtureOptions", "build_mixture"]
