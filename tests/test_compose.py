@@ -12,7 +12,7 @@ import torch
 from deltalora.errors import ConfigError
 from deltalora.experiment.compose import interference, pair_candidates, rows, run_compose
 from deltalora.experiment.config import ComposeConfig, load_compose_config
-from deltalora.experiment.hashing import weights_hash
+from deltalora.lora import weights_hash
 from deltalora.lora.merge import merge_adapters
 from deltalora.zoo import read_manifest
 from deltalora.zoo.manifest import last_teachers

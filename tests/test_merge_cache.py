@@ -4,9 +4,8 @@ still match), missed on any change of inputs or options, and re-merged when its 
 import pytest
 
 from deltalora.config import LoraSpec
-from deltalora.experiment.hashing import weights_hash
 from deltalora.experiment.merge_cache import MERGE_OPTIONS, MergeCache
-from deltalora.lora import LoraWeights, derive_layout
+from deltalora.lora import LoraWeights, derive_layout, weights_hash
 from deltalora.lora.merge import merge_adapters
 
 SPEC = LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj", "up_proj"))

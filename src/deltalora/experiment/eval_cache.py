@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from ..backbones import decide_precision
-from ..lora import LoraWeights
+from ..lora import LoraWeights, weights_hash
 from ..paths import atomic_write_bytes
 from .config import EvalConfig
-from .hashing import weights_hash
 
 
 class EvalCache:

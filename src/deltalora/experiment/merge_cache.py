@@ -24,10 +24,9 @@ from typing import Any
 import torch
 
 from ..errors import AdapterError
-from ..lora import LoraWeights, load_adapter
+from ..lora import LoraWeights, load_adapter, weights_hash
 from ..lora.adapter_io import save_adapter
 from ..lora.merge import merge_adapters, merge_method
-from .hashing import weights_hash
 
 # merge_adapters' keyword options and their defaults, so an option left out and one given at its default share a key
 MERGE_OPTIONS = {

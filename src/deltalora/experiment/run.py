@@ -56,7 +56,7 @@ from ..errors import ConfigError
 from ..eval.arrow import Routed, evaluate_routed
 from ..eval.runner import BASE, evaluate_task
 from ..generators.checkpoint import load_generator
-from ..lora import LoraWeights
+from ..lora import LoraWeights, weights_hash
 from ..tasks import build_task
 from ..training import TeacherDataset, choose_heldout, choose_seen, train_generator, zoo_tasks
 from ..training.logs import read_log, tail_mean
@@ -69,7 +69,6 @@ from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import BUILTIN_ROWS, RunConfig, zoo_config
 from .eval_cache import EvalCache
-from .hashing import weights_hash
 from .merge_cache import MergeCache
 from .report import write_report
 from .timing import StageClock

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ..backbones.precision import PrecisionDecision, canonical_precision, decide_precision, dtype_name, narrowed_linears
 from ..config import LoraSpec, StrictModel
 from ..errors import ConfigError
-from ..lora import LoraLayout, LoraWeights, derive_layout, inject, peft_a_init, save_adapter
+from ..lora import LoraLayout, LoraWeights, derive_layout, inject, peft_a_init, save_adapter, weights_hash
 from ..paths import atomic_dir
 
 
@@ -216,7 +216,7 @@ def train_teacher(
         "items": len(data),
         "data": _digest_ids(data),
         "precision": dtype_name(precision),
-        "init": _digest_tensors(params) if resume_dir is not None else None,  # before the first step changes them
+        "init": weights_hash(init) if resume_dir is not None else None,  # before the first step changes them
     }
     resume_dir = Path(resume_dir) if resume_dir is not None else None
     ckpt_root = resume_dir if resume_dir is not None else Path(out_dir)  # tail checkpoints live with the state
@@ -273,13 +273,6 @@ def _digest_ids(data: Sequence[tuple[list[int], int]]) -> str:
     h = hashlib.sha256()
     for ids, start in data:
         h.update(json.dumps([start, ids]).encode())
-    return h.hexdigest()
-
-
-def _digest_tensors(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -1,10 +1,11 @@
-"""Content hashes of in-memory adapters: what the run's eval cache keys a candidate's score by."""
+"""Content hashes of in-memory adapters: what the eval and merge caches key an adapter by, and what a resumable
+teacher run records of its init."""
 
 from __future__ import annotations
 
 import hashlib
 
-from ..lora import LoraWeights
+from .weights import LoraWeights
 
 
 def weights_hash(w: LoraWeights | None, salt: str = "") -> str:
