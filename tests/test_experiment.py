@@ -277,6 +277,36 @@ def test_rerun_reuses_every_stage(tiny_run, tiny_qwen2, monkeypatch):
     assert json.loads((out / "results.json").read_text())["tasks"] == before
 
 
+def test_the_run_trains_its_multitask_lora_before_it_loads_anything_else(tmp_path, tiny_qwen2, monkeypatch):
+    """The multi-task LoRA trains right after the zoo stage (its ~10 GB of activations on the 0.5B backbone once met
+    the loaded generators and went past 24 GiB), on exactly the training tasks; the baseline stage reads it back."""
+    from deltalora.experiment import baselines
+    from deltalora.experiment import run as run_mod
+
+    built, at_delta_stage = [], []
+    real_stage, real_build = run_mod.teacher_delta_stage, baselines.build_multitask
+
+    def spy_stage(cfg, zoo_cfg, backbone, zoo_dir, *a, **k):
+        at_delta_stage.append(sorted(p.name for p in (Path(zoo_dir) / "multitask").glob("[!.]*")))
+        return real_stage(cfg, zoo_cfg, backbone, zoo_dir, *a, **k)
+
+    def spy_build(zoo_dir, cfg, tasks, **k):
+        mt = real_build(zoo_dir, cfg, tasks, **k)
+        built.append((list(tasks), mt.path))
+        return mt
+
+    monkeypatch.setattr(run_mod, "teacher_delta_stage", spy_stage)
+    monkeypatch.setattr(baselines, "build_multitask", spy_build)
+    ctx = prepare(load_run_config(TINY), tmp_path / "run", progress=False, backbone=tiny_qwen2)
+    assert len(at_delta_stage) == 1 and len(at_delta_stage[0]) == 1  # trained before the teacher-Δ stage
+    training = sorted({e.task for e in ctx.train_set.entries if not e.mixed})
+    assert built and built[0][0] == training and "pick" not in training
+    mtime = built[0][1].stat().st_mtime_ns
+    base = baselines.prepare_baselines(ctx, [ctx.train_set.example(i, 0) for i in range(len(ctx.train_set))])
+    assert list(base.multitask) == ["multitask/s0"]
+    assert built[-1] == built[0] and built[-1][1].stat().st_mtime_ns == mtime  # read back, not trained again
+
+
 def test_a_run_with_task_probes_matches_each_teachers_behaviour_on_its_own_task(tiny_qwen2, tmp_path):
     """train.probes: task:train:N — teacher Δ, the Δ loss and the report's Δ-cosines all on each task's own prompts."""
     cfg = load_run_config(TINY)

@@ -58,13 +58,13 @@ from ..eval.runner import BASE, evaluate_task
 from ..generators.checkpoint import load_generator
 from ..lora import LoraWeights, weights_hash
 from ..tasks import build_task
-from ..training import TeacherDataset, choose_heldout, choose_seen, train_generator, zoo_tasks
+from ..training import TeacherDataset, choose_heldout, choose_seen, split_entries, train_generator, zoo_tasks
 from ..training.logs import read_log, tail_mean
 from ..training.loop import FIT_NAME
 from ..training.losses import cosines_to_mean
 from ..zoo import build_zoo, read_manifest
 from ..zoo.build import selected_specs, zoo_precision
-from .baselines import Baselines, baseline_candidates, prepare_baselines
+from .baselines import Baselines, baseline_candidates, build_multitask_baselines, prepare_baselines
 from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
 from .config import BUILTIN_ROWS, RunConfig, zoo_config
@@ -193,6 +193,10 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
             f"held-out task(s) {no_oracle} have no single-task teacher in {zoo_dir} (the oracle row); hold out tasks "
             "of the zoo"
         )
+    t0 = time.perf_counter()  # the zoo's own baseline first, while this process holds nothing but the backbone
+    training = {e.task for e in split_entries(entries, heldout)["train"] if not e.mixed}
+    if build_multitask_baselines(cfg, zoo_dir, sorted(training), backbone, progress):
+        clock.add("multi-task LoRA", t0)
     tasks, probes, cache = teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir, out, progress, clock)
 
     t0 = time.perf_counter()
