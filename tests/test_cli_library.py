@@ -142,9 +142,33 @@ def test_summarize_counts_per_task_and_family(zoo):
     assert s["adapters"] == 4 and s["families"] == {"f1": 2, "f2": 2}
     rows = [(t["task"], t["adapters"], t["seeds"], t["steps"]) for t in s["tasks"]]
     assert rows == [("a", 2, [0], [2, 4]), ("b", 2, [0, 1], [2, 4])]
-    assert summarize([]) == {"adapters": 0, "tasks": [], "families": {}}
+    assert [t["seconds_per_run"] for t in s["tasks"]] == [None, None] and s["train_seconds"] == 0  # none recorded
+    assert summarize([]) == {"adapters": 0, "tasks": [], "families": {}, "train_seconds": 0}
     with pytest.raises(ZooError, match="zoo manifest not found"):
         list_zoo(zoo / "nope")
+
+
+def test_summary_gives_each_tasks_teacher_cost_per_run_not_per_checkpoint():
+    def entry(task, seed, step, seconds):
+        return ZooEntry(
+            id=f"{task}/s{seed}/step{step}",
+            task=task,
+            family="f",
+            seed=seed,
+            step=step,
+            path=f"{task}/s{seed}/step{step}",
+            sha256="0" * 64,
+            extra={} if seconds is None else {"train_seconds": seconds},
+        )
+
+    s = summarize(
+        [entry("a", 0, st, 100.0) for st in (10, 20, 30)]  # one run, three checkpoints: counted once
+        + [entry("a", 1, st, 140.0) for st in (10, 20, 30)]
+        + [entry("a", 2, 30, 300.0)]
+        + [entry("b", 0, 30, None)]  # imported: no time recorded
+    )
+    assert [(t["task"], t["seconds_per_run"]) for t in s["tasks"]] == [("a", 140.0), ("b", None)]
+    assert s["train_seconds"] == 540.0
 
 
 def test_dnd_families_are_parsed_before_anything_is_read(tmp_path):

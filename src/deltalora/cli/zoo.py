@@ -15,11 +15,13 @@ app = typer.Typer(no_args_is_help=True)
 
 
 def _print_summary(s: dict) -> None:
-    typer.echo(f"{'task':<40} {'family':<12} {'adapters':>8}  seeds / steps")
+    typer.echo(f"{'task':<40} {'family':<12} {'adapters':>8} {'s / run':>8}  seeds / steps")
     for r in s["tasks"]:
-        typer.echo(f"{r['task']:<40} {r['family']:<12} {r['adapters']:>8}  {r['seeds']} / {r['steps']}")
+        sec = "—" if r["seconds_per_run"] is None else f"{r['seconds_per_run']:.0f}"
+        typer.echo(f"{r['task']:<40} {r['family']:<12} {r['adapters']:>8} {sec:>8}  {r['seeds']} / {r['steps']}")
     fam = ", ".join(f"{k} {v}" for k, v in s["families"].items())
-    typer.echo(f"{s['adapters']} adapters, {len(s['tasks'])} tasks ({fam})")
+    cost = f"; training {s['train_seconds'] / 3600:.2f} h in all" if s["train_seconds"] else ""
+    typer.echo(f"{s['adapters']} adapters, {len(s['tasks'])} tasks ({fam}){cost}")
 
 
 @app.command("build")

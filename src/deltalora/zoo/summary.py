@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -16,9 +17,15 @@ from .manifest import ZooEntry, read_manifest
 
 
 def summarize(entries: Iterable[ZooEntry]) -> dict[str, Any]:
-    """``{"adapters", "tasks": [{task, family, tasks, adapters, seeds, steps}] (by task name), "families": {f: n}}``."""
+    """``{"adapters", "tasks": [{task, family, tasks, adapters, seeds, steps, seconds_per_run}] (by task name),
+    "families": {f: n}, "train_seconds"}``.
+
+    ``seconds_per_run`` is the median training wall time of the task's runs (one per seed; its checkpoints share
+    it) as the build recorded it, ``None`` where no run recorded one (imported zoos); ``train_seconds`` sums every
+    recorded run. What a teacher of each task costs decides how many tasks a zoo can afford."""
     entries = list(entries)
     by_task: dict[str, dict] = {}
+    run_seconds: dict[str, dict[str, float]] = defaultdict(dict)  # task -> run -> seconds
     for e in entries:
         t = by_task.setdefault(
             e.task,
@@ -27,11 +34,28 @@ def summarize(entries: Iterable[ZooEntry]) -> dict[str, Any]:
         t["adapters"] += 1
         t["seeds"].add(e.seed)
         t["steps"].add(e.step)
-    rows = [{**r, "seeds": sorted(r["seeds"]), "steps": sorted(r["steps"])} for _, r in sorted(by_task.items())]
+        sec = e.extra.get("train_seconds")
+        if isinstance(sec, (int, float)) and not isinstance(sec, bool):
+            run_seconds[e.task][e.run] = float(sec)
+    rows = [
+        {
+            **r,
+            "seeds": sorted(r["seeds"]),
+            "steps": sorted(r["steps"]),
+            "seconds_per_run": statistics.median(run_seconds[t].values()) if run_seconds[t] else None,
+        }
+        for t, r in sorted(by_task.items())
+    ]
     families: dict[str, int] = defaultdict(int)
     for e in entries:
         families[e.family] += 1
-    return {"adapters": len(entries), "tasks": rows, "families": dict(sorted(families.items()))}
+    total = sum(sum(runs.values()) for runs in run_seconds.values())
+    return {
+        "adapters": len(entries),
+        "tasks": rows,
+        "families": dict(sorted(families.items())),
+        "train_seconds": round(total, 1),
+    }
 
 
 def build_from_config(
