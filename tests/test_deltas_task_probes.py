@@ -240,3 +240,70 @@ def test_b1_delta_only_training_with_kl_tether_and_norm_penalty(world, tiny_qwen
         TrainConfig(weight_scale=0.0)
     with pytest.raises(ValueError, match="kl_probes must be task probes"):
         TrainConfig(kl_probes="generic5")
+
+
+@pytest.mark.parametrize("rep", ["last_token", "mean", "layers:[1,2]:avg"])
+def test_one_forward_over_prompt_and_answer_gives_the_kl_and_the_task_probe_delta(world, tiny_qwen2, rep):
+    """The fused Δ + KL step: the answers' forward pooled over the prompt tokens is the Δ probe's own forward."""
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    answers = AnswerLogProbs(tiny_qwen2, TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer), 6)
+    probe = DeltaProbe(tiny_qwen2, probes, rep)
+    assert probe.shares_forward_with(answers)
+    sources = sorted(sources_from_manifest(world["zoo"]), key=lambda s: s.id)
+    chosen = [s for s in sources if s.id in ("a/s0", "a+b/s0", "c/s1")]  # a mixed group, different prompt lengths
+    weights = LoraWeights.stack([load_adapter(s.path, tiny_qwen2.arch) for s in chosen])
+    groups = [s.tasks for s in chosen]
+    assert all(answers.prompts_are(g, probe.probe_texts(g)) for g in groups)
+    assert not answers.prompts_are(groups[0], probe.probe_texts(groups[2]))
+
+    def leaves():
+        return LoraWeights(weights.layout, weights.A, {k: v.clone().requires_grad_(True) for k, v in weights.B.items()})
+
+    target = torch.randn(len(chosen), probe.rep.dim(tiny_qwen2.arch.hidden_size))
+    sep_w, fused_w = leaves(), leaves()
+    sep_logp, sep_delta = answers(sep_w, groups), probe(sep_w, groups)
+    fused_logp, v = answers(fused_w, groups, rep=probe.rep)
+    fused_delta = probe.delta_of(v, groups)
+    assert torch.allclose(fused_logp, sep_logp, atol=1e-5)
+    assert torch.allclose(fused_delta, sep_delta, atol=1e-4, rtol=1e-4)
+    mask = answers.mask(groups)
+    for lp, d, w in ((sep_logp, sep_delta, sep_w), (fused_logp, fused_delta, fused_w)):
+        (answer_kl(sep_logp.detach() * 0.9, lp, mask).sum() + (d - target).square().sum()).backward()
+    for k in weights.B:
+        assert torch.allclose(fused_w.B[k].grad, sep_w.B[k].grad, atol=1e-4, rtol=1e-3), k
+    # another probe count, or a probe forward in another dtype than the answers' forward, is not shared
+    assert not DeltaProbe(
+        tiny_qwen2, TaskProbes("task:train:2", world["tasks"], tiny_qwen2.tokenizer)
+    ).shares_forward_with(answers)
+    assert not DeltaProbe(tiny_qwen2, probes, rep, dtype="bfloat16").shares_forward_with(answers)
+
+
+def test_delta_and_kl_training_runs_one_student_forward_per_step_and_logs_what_two_forwards_do(
+    world, tiny_qwen2, tmp_path, monkeypatch
+):
+    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
+    cache = DeltaCache(tmp_path / "cache")
+    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
+    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
+    ds = TeacherDataset(
+        world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], heldout=["c"], task_probes=probes
+    )
+    cfg = _task_cfg(
+        lam=LambdaSchedule(target=1.0), kl=LambdaSchedule(target=0.5), kl_probes="task:train:4", kl_answer_tokens=4
+    )
+    decoder = tiny_qwen2.model.get_decoder()
+    calls = []
+    real = type(decoder).forward
+    monkeypatch.setattr(
+        type(decoder), "forward", lambda self, *a, **k: calls.append(torch.is_grad_enabled()) or real(self, *a, **k)
+    )
+    train_generator(cfg, ds, tiny_qwen2, tmp_path / "fused", progress=False, tasks=world["tasks"])
+    fused_calls, calls[:] = list(calls), []
+    monkeypatch.setattr(DeltaProbe, "shares_forward_with", lambda self, answers: False)
+    train_generator(cfg, ds, tiny_qwen2, tmp_path / "two", progress=False, tasks=world["tasks"])
+    assert fused_calls.count(True) == cfg.steps and calls.count(True) == 2 * cfg.steps  # forwards with gradients
+    fused = read_log(tmp_path / "fused" / "log.jsonl")
+    two = read_log(tmp_path / "two" / "log.jsonl")
+    for step in two:
+        for key in ("loss", "loss_delta", "loss_kl", "loss_weights"):
+            assert fused[step][key] == pytest.approx(two[step][key], rel=1e-3, abs=1e-6), (step, key)

@@ -139,10 +139,36 @@ class DeltaProbe:
             return self._v(weights) - self.base
         if groups is None or len(groups) != weights.num_adapters:
             raise ValueError(f"task probes need one task group per adapter, got {groups!r} for {weights.num_adapters}")
-        parts = [self._group((g,) if isinstance(g, str) else tuple(g)) for g in groups]
+        parts = [self._group(_group_key(g)) for g in groups]
         enc = stack_left_padded([e for e, _ in parts], self.backbone.tokenizer.pad_token_id)
         v = self._v(weights, enc, self.task_probes.spec.n, per_adapter=True)
         return v - torch.stack([b for _, b in parts])
+
+    def shares_forward_with(self, answers) -> bool:
+        """Whether :class:`~deltalora.deltas.logits.AnswerLogProbs` ``answers`` can give this probe's v from its own
+        forward (``answers(weights, groups, rep=self.rep)``): task probes of the same spec, and a probe forward in
+        the backbone's own dtype (no autocast, as the answers' forward). Per group,
+        :meth:`~deltalora.deltas.logits.AnswerLogProbs.prompts_are` still checks that the prompts are the probes."""
+        tp, other = self.task_probes, getattr(answers, "task_probes", None)
+        return (
+            tp is not None
+            and other is not None
+            and tp.spec == other.spec
+            and self.dtype == self.backbone.runtime.torch_dtype
+            and answers.backbone is self.backbone
+        )
+
+    def probe_texts(self, group) -> tuple[str, ...]:
+        """The task probes of one group (a task name or a mixed teacher's tasks)."""
+        return self.task_probes.probe_set(_group_key(group)).texts
+
+    def delta_of(self, v: torch.Tensor, groups) -> torch.Tensor:
+        """Δ from v computed elsewhere on each group's task probes ([K, dim]): v − v(B) of the same probes."""
+        return v - torch.stack([self._group(_group_key(g))[1] for g in groups])
+
+
+def _group_key(g) -> tuple[str, ...]:
+    return (g,) if isinstance(g, str) else tuple(g)
 
 
 __all__ = ["PROBE_DTYPES", "DeltaProbe", "lora_activations", "stack_left_padded"]

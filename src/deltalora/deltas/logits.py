@@ -13,6 +13,7 @@ token (or the EOS), as in the teacher's completion-only loss. Only those positio
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ from ..lora import LoraWeights, inject
 from ..tasks import format_prompt, format_target
 from .forward import stack_left_padded
 from .probes import TaskProbes
+from .represent import Representation, mean_over_probes, pool_outputs
 
 
 class AnswerLogProbs:
@@ -43,12 +45,13 @@ class AnswerLogProbs:
             return self._groups[group]
         tok = self.backbone.tokenizer
         eos = tok.eos_token or ""
-        rows, answer_lens = [], []
+        rows, answer_lens, prompts = [], [], []
         for task, item in self.task_probes.items(group):
             p = tok(format_prompt(tok, task, item), add_special_tokens=False)["input_ids"]
             a = tok(format_target(task, item) + eos, add_special_tokens=False)["input_ids"][: self.max_answer_tokens]
             rows.append(p + a)
             answer_lens.append(len(a))
+            prompts.append(p)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -63,10 +66,24 @@ class AnswerLogProbs:
         }
         # the last len(a) positions before the end predict the answer tokens: positions width-1-len(a) .. width-2
         score = torch.zeros_like(ids, dtype=torch.bool)
-        for k, n_a in enumerate(answer_lens):
+        prompt = torch.zeros_like(ids)  # the prompt's tokens: what the group's Δ probes are
+        for k, (n_a, p) in enumerate(zip(answer_lens, prompts)):
             score[k, width - 1 - n_a : width - 1] = True
-        self._groups[group] = {"enc": enc, "score": score, "count": int(score.sum())}
+            prompt[k, width - n_a - len(p) : width - n_a] = 1
+        self._groups[group] = {
+            "enc": enc,
+            "score": score,
+            "count": int(score.sum()),
+            "prompt": prompt.to(dev),
+            "prompt_ids": prompts,
+        }
         return self._groups[group]
+
+    def prompts_are(self, group, texts: Sequence[str]) -> bool:
+        """Whether the group's rows start with exactly ``texts`` as the Δ probe forward tokenises them (the tokenizer's
+        default special tokens): then one forward over these rows serves both the KL and the Δ of the group."""
+        ids = self.backbone.tokenizer(list(texts))["input_ids"]
+        return [list(i) for i in ids] == self._group(self._key(group))["prompt_ids"]
 
     def positions(self, groups: Sequence) -> int:
         """A: the padded number of answer positions per adapter for a batch of ``groups``."""
@@ -82,9 +99,16 @@ class AnswerLogProbs:
         counts = [self._group(self._key(g))["count"] for g in groups]
         return torch.arange(a)[None, :] < torch.tensor(counts)[:, None]
 
-    def __call__(self, weights: LoraWeights | None, groups: Sequence) -> torch.Tensor:
+    def __call__(
+        self, weights: LoraWeights | None, groups: Sequence, rep: Representation | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[K, A, vocab] float32 log-probs at each adapter's answer positions (padding rows 0); ``weights`` ``None``
-        scores the base model on each group (K = len(groups)). Differentiable w.r.t. the LoRA tensors."""
+        scores the base model on each group (K = len(groups)). Differentiable w.r.t. the LoRA tensors.
+
+        With ``rep``, also v of each adapter on its group's *prompts* ([K, dim]: ``rep`` pooled over the prompt
+        tokens, averaged over the group's rows) from the same forward — the Δ probe forward's v when the group's
+        prompts are its task probes (:meth:`prompts_are`): causal attention keeps the answer out of every prompt
+        position, and positions count from each row's first token in both."""
         keys = [self._key(g) for g in groups]
         if weights is not None and weights.num_adapters is None:
             weights = LoraWeights.stack([weights])
@@ -96,11 +120,10 @@ class AnswerLogProbs:
         width = enc["input_ids"].shape[1]
         score = torch.cat([F.pad(p["score"], (width - p["score"].shape[1], 0)) for p in parts])
         model = self.backbone.model
-        if weights is None:
-            hidden = model.get_decoder()(**enc, use_cache=False).last_hidden_state
-        else:
-            with inject(model, weights.to(self.backbone.device)):
-                hidden = model.get_decoder()(**enc, use_cache=False).last_hidden_state
+        states = rep is not None and rep.layers is not None
+        with inject(model, weights.to(self.backbone.device)) if weights is not None else contextlib.nullcontext():
+            hidden_out = model.get_decoder()(**enc, use_cache=False, output_hidden_states=states)
+        hidden = hidden_out.last_hidden_state
         a = max(p["count"] for p in parts)
         picked = hidden[score.to(hidden.device)]  # [Σ answers, hidden], adapter-major
         logp = F.log_softmax(model.get_output_embeddings()(picked).float(), dim=-1)
@@ -109,7 +132,10 @@ class AnswerLogProbs:
         for k, p in enumerate(parts):
             out[k, : p["count"]] = logp[start : start + p["count"]]
             start += p["count"]
-        return out
+        if rep is None:
+            return out
+        prompt = torch.cat([F.pad(p["prompt"], (width - p["prompt"].shape[1], 0)) for p in parts])
+        return out, mean_over_probes(pool_outputs(hidden_out, prompt, rep), self.n)
 
 
 def answer_kl(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -108,11 +108,18 @@ def _pool(h: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
 
 def probe_vectors(decoder: torch.nn.Module, enc: dict[str, torch.Tensor], rep: Representation) -> torch.Tensor:
     """One float32 vector per row of ``enc`` ([N, dim]) from a forward of ``decoder`` (the model without LM head)."""
-    mask = enc["attention_mask"]
+    out = decoder(**enc, use_cache=False, output_hidden_states=rep.layers is not None)
+    return pool_outputs(out, enc["attention_mask"], rep)
+
+
+def pool_outputs(out, mask: torch.Tensor, rep: Representation) -> torch.Tensor:
+    """:func:`probe_vectors` after its forward: ``rep`` pooled over the tokens where ``mask`` is 1 ([N, dim] float32).
+
+    ``mask`` need not be the attention mask: a forward over prompt + answer pooled with a mask of the prompt tokens
+    gives the prompt's vectors (causal attention: no prompt token sees the answer), which the fused Δ + KL step uses.
+    ``out`` must hold ``hidden_states`` when ``rep`` names layers."""
     if rep.layers is None:
-        out = decoder(**enc, use_cache=False)
         return _pool(out.last_hidden_state, mask, rep.pool)
-    out = decoder(**enc, use_cache=False, output_hidden_states=True)
     hs = out.hidden_states
     n = len(hs)
     bad = [i for i in rep.layers if not -n <= i < n]
@@ -134,6 +141,7 @@ __all__ = [
     "encode_probes",
     "mean_over_probes",
     "parse_representation",
+    "pool_outputs",
     "probe_vectors",
     "repeat_batch",
 ]

@@ -148,6 +148,33 @@ def _mean_across(values: dict[str, float | None], world: int) -> dict[str, float
     return {k: (None if t[i, 1] == 0 else float(t[i, 0] / t[i, 1])) for i, k in enumerate(keys)}
 
 
+class _FusedForward:
+    """One forward for the Δ loss and the KL tether when both use the same task probes: the answers' forward over
+    prompt + answer gives the answer log-probs and, pooled over the prompt tokens, v; Δ = v − v(B) of the probe.
+    ``ok(groups)`` says whether every group's prompts tokenise exactly as its probes (checked once per group);
+    where not, the loop runs the two forwards as before."""
+
+    def __init__(self, probe: DeltaProbe, answers: AnswerLogProbs):
+        self.probe, self.answers = probe, answers
+        self.enabled = probe.shares_forward_with(answers)
+        self._checked: dict[tuple[str, ...], bool] = {}
+
+    def ok(self, groups) -> bool:
+        if not self.enabled:
+            return False
+        for g in groups:
+            key = (g,) if isinstance(g, str) else tuple(g)
+            if key not in self._checked:
+                self._checked[key] = self.answers.prompts_are(key, self.probe.probe_texts(key))
+            if not self._checked[key]:
+                return False
+        return True
+
+    def __call__(self, weights, groups) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, v = self.answers(weights, groups, rep=self.probe.rep)
+        return logp, self.probe.delta_of(v, groups)
+
+
 def _truncate_log(path: Path, before_step: int) -> None:
     """Keep the log records of steps < ``before_step`` (a resumed run rewrites the rest); drop a torn tail."""
     if not path.exists():
@@ -265,6 +292,9 @@ def train_generator(
         )
     probes = task_probes if task_probes is not None else cfg.probes
     probe = DeltaProbe(backbone, probes, cfg.representation, cfg.probe_dtype) if cfg.uses_delta else None
+    # Δ and KL on the same task probes: one forward over prompt + answer serves both (the KL needs it anyway, and no
+    # prompt position sees the answer), instead of a second forward and backward over the prompts for Δ
+    fuse = _FusedForward(probe, answers) if probe is not None and answers is not None else None
 
     log = (out / LOG_NAME).open("a", encoding="utf-8") if rank == 0 else None
     tb = _tensorboard(out) if rank == 0 else None
@@ -288,9 +318,13 @@ def train_generator(
             lam = cfg.lam.at(step)
             loss = cfg.weight_scale * lw
             ld = cos = scos = pnorm = tnorm = lkl = lnorm = None
+            lam_kl = cfg.kl.at(step)
+            student_logp = None
+            if lam > 0 and lam_kl > 0 and n_delta > 0 and fuse is not None and fuse.ok(batch.components[:n_delta]):
+                student_logp, d_pred = fuse(head(pred, n_delta), batch.components[:n_delta])
+            elif lam > 0 and n_delta > 0:
+                d_pred = probe(head(pred, n_delta), batch.components[:n_delta] if task_probes is not None else None)
             if lam > 0 and n_delta > 0:
-                groups = batch.components[:n_delta] if task_probes is not None else None
-                d_pred = probe(head(pred, n_delta), groups)
                 d_t = batch.deltas[:n_delta]
                 ld_t = delta_loss(d_pred, d_t, cfg.delta_loss, delta_scale, shared=shared)
                 loss = loss + lam * ld_t
@@ -298,12 +332,13 @@ def train_generator(
                 cos = float(cosine(d_pred, d_t).mean())
                 scos = float(cosine(remove_shared(d_pred, shared), remove_shared(d_t, shared)).mean())
                 pnorm, tnorm = float(d_pred.detach().norm(dim=-1).mean()), float(d_t.norm(dim=-1).mean())
-            lam_kl = cfg.kl.at(step)
             if lam_kl > 0 and n_delta > 0:  # the KL tether, on the same prefix of the batch as the Δ loss
                 groups = batch.components[:n_delta]
                 with torch.no_grad():
                     teacher_logp = answers(head(batch.weights, n_delta), groups)
-                kl_t = answer_kl(teacher_logp, answers(head(pred, n_delta), groups), answers.mask(groups)).mean()
+                if student_logp is None:
+                    student_logp = answers(head(pred, n_delta), groups)
+                kl_t = answer_kl(teacher_logp, student_logp, answers.mask(groups)).mean()
                 loss = loss + lam_kl * kl_t
                 lkl = float(kl_t.detach())
             if cfg.norm_penalty > 0:
