@@ -46,6 +46,21 @@ N_PROMPTS = 3
 SPEC = LoraSpec(rank=2, alpha=4, targets="q,v")
 
 
+def manifest_entry(task: str, seed: int, step: int, tasks=(), extra: dict | None = None) -> ZooEntry:
+    """A manifest row with no adapter behind it (family "f"), for code that reads manifests only."""
+    return ZooEntry(
+        id=f"{task}/s{seed}/step{step}",
+        task=task,
+        family="f",
+        tasks=tasks,
+        seed=seed,
+        step=step,
+        path=f"{task}/s{seed}/step{step}",
+        sha256="0" * 64,
+        extra=extra or {},
+    )
+
+
 def add_teacher(
     zoo: Path, backbone, task: str, seed: int, family: str, parts=(), spec=SPEC, weights: LoraWeights | None = None
 ) -> ZooEntry:

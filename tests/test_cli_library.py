@@ -30,6 +30,7 @@ from deltalora.tasks.overview import fetch_suite, preview_task, suite_rows
 from deltalora.training import distributed
 from deltalora.zoo import MANIFEST_NAME, ZooEntry, ZooError, append_entry, file_sha256
 from deltalora.zoo.summary import import_from_dnd, list_zoo, parse_families, summarize
+from tests.helpers import manifest_entry
 
 FIX = Path(__file__).parent / "fixtures"
 SUITE = FIX / "tasks" / "suite_small.yaml"
@@ -150,16 +151,7 @@ def test_summarize_counts_per_task_and_family(zoo):
 
 def test_summary_gives_each_tasks_teacher_cost_per_run_not_per_checkpoint():
     def entry(task, seed, step, seconds):
-        return ZooEntry(
-            id=f"{task}/s{seed}/step{step}",
-            task=task,
-            family="f",
-            seed=seed,
-            step=step,
-            path=f"{task}/s{seed}/step{step}",
-            sha256="0" * 64,
-            extra={} if seconds is None else {"train_seconds": seconds},
-        )
+        return manifest_entry(task, seed, step, extra=None if seconds is None else {"train_seconds": seconds})
 
     s = summarize(
         [entry("a", 0, st, 100.0) for st in (10, 20, 30)]  # one run, three checkpoints: counted once

@@ -22,7 +22,8 @@ from deltalora.deltas import (
 )
 from deltalora.lora import LoraWeights, derive_layout
 from deltalora.lora.merge import merge_adapters
-from deltalora.zoo import ZooEntry, read_manifest
+from deltalora.zoo import read_manifest
+from tests.helpers import manifest_entry
 
 from .helpers import teacher_world
 
@@ -220,19 +221,6 @@ def test_zoo_algebra_reports_a_missing_component_and_goes_on(world):
     assert summary["a+b"]["n"] == 1 and summary["a+b"]["closer_to_sum"]["of"] == 1
 
 
-def _entry(task: str, seed: int, step: int, tasks=()) -> ZooEntry:
-    return ZooEntry(
-        id=f"{task}/s{seed}/step{step}",
-        task=task,
-        family="f",
-        tasks=tasks,
-        seed=seed,
-        step=step,
-        path=f"{task}/s{seed}/step{step}",
-        sha256="0" * 64,
-    )
-
-
 def _synthetic_zoo():
     """Components x, y at seeds 0, 1 (steps 10, 20); mixed x+y at seed 0 step 20 (matches), seed 1 step 30 (no
     component checkpoint at 30: falls back to step 20); seed 0's mixed Δ = Δx + Δy, seed 1's = Δx."""
@@ -240,11 +228,11 @@ def _synthetic_zoo():
     for seed in (0, 1):
         for step in (10, 20):
             for i, task in enumerate(("x", "y")):
-                e = _entry(task, seed, step)
+                e = manifest_entry(task, seed, step)
                 entries.append(e)
                 deltas[e.id] = (step / 10) * _e(i) + 0.1 * seed * _e(2)
-    m0, m1 = _entry("x+y", 0, 20, ("x", "y")), _entry("x+y", 1, 30, ("x", "y"))
-    entries += [m0, m1, _entry("w+x", 0, 20, ("w", "x")), _entry("x+y+z", 0, 20, ("x", "y", "z"))]
+    m0, m1 = manifest_entry("x+y", 0, 20, ("x", "y")), manifest_entry("x+y", 1, 30, ("x", "y"))
+    entries += [m0, m1, manifest_entry("w+x", 0, 20, ("w", "x")), manifest_entry("x+y+z", 0, 20, ("x", "y", "z"))]
     deltas[m0.id] = deltas["x/s0/step20"] + deltas["y/s0/step20"]
     deltas[m1.id] = deltas["x/s1/step20"]
     deltas["w+x/s0/step20"] = _e(3)

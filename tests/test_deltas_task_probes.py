@@ -209,15 +209,20 @@ def test_answer_log_probs_are_the_teacher_forced_answer_tokens_and_kl_vanishes_o
     assert all(t.grad is not None for t in leaf.values())
 
 
-def test_b1_delta_only_training_with_kl_tether_and_norm_penalty(world, tiny_qwen2, tmp_path):
-    """B1: no weight loss; task-probe Δ + KL(teacher ‖ generated) on answer tokens + μ‖ΔW‖², all logged."""
+def _task_dataset(world, tiny_qwen2, tmp_path) -> TeacherDataset:
+    """The world's teachers with their task-probe Δ (task:train:4) computed into a fresh cache; "c" held out."""
     probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
     cache = DeltaCache(tmp_path / "cache")
     compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
     spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
-    ds = TeacherDataset(
+    return TeacherDataset(
         world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], heldout=["c"], task_probes=probes
     )
+
+
+def test_b1_delta_only_training_with_kl_tether_and_norm_penalty(world, tiny_qwen2, tmp_path):
+    """B1: no weight loss; task-probe Δ + KL(teacher ‖ generated) on answer tokens + μ‖ΔW‖², all logged."""
+    ds = _task_dataset(world, tiny_qwen2, tmp_path)
     cfg = _task_cfg(
         lam=LambdaSchedule(target=1.0),
         weight_scale=0.0,
@@ -281,13 +286,7 @@ def test_one_forward_over_prompt_and_answer_gives_the_kl_and_the_task_probe_delt
 def test_delta_and_kl_training_runs_one_student_forward_per_step_and_logs_what_two_forwards_do(
     world, tiny_qwen2, tmp_path, monkeypatch
 ):
-    probes = TaskProbes("task:train:4", world["tasks"], tiny_qwen2.tokenizer)
-    cache = DeltaCache(tmp_path / "cache")
-    compute_deltas(tiny_qwen2, sources_from_manifest(world["zoo"]), probes, "last_token", cache)
-    spec = DeltaSpec.for_backbone(tiny_qwen2, probes, "last_token")
-    ds = TeacherDataset(
-        world["zoo"], world["conditioner"], spec, cache=cache, arch=world["arch"], heldout=["c"], task_probes=probes
-    )
+    ds = _task_dataset(world, tiny_qwen2, tmp_path)
     cfg = _task_cfg(
         lam=LambdaSchedule(target=1.0), kl=LambdaSchedule(target=0.5), kl_probes="task:train:4", kl_answer_tokens=4
     )
