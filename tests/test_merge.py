@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from deltalora.cli import app
 from deltalora.config import LoraSpec
 from deltalora.lora import LoraWeights, derive_layout, load_adapter, save_adapter
-from deltalora.lora.merge import MERGE_METHODS, MergeError, delta_w, merge_adapters
+from deltalora.lora.merge import MERGE_METHODS, MergeError, _magnitude_trim, _top_svd, delta_w, merge_adapters
 
 SPEC = LoraSpec(rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"))
 
@@ -82,6 +82,42 @@ def test_svd_from_factors_is_the_best_rank_r_approximation_of_the_mean(three):
     exact = merge_adapters(three, None, "avg")
     for slot in full.layout.slots:
         assert torch.allclose(delta_w(full, slot.key), delta_w(exact, slot.key), atol=1e-5)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.2, 0.5, 0.9, 1.0])
+def test_magnitude_trim_keeps_what_peft_keeps(density):
+    from peft.utils.merge_utils import magnitude_based_pruning
+
+    x = torch.randn(37, 53, generator=torch.Generator().manual_seed(1))
+    ours = _magnitude_trim(x, density)
+    assert int((ours != 0).sum()) == int(density * x.numel())
+    if 0 < density < 1:
+        assert torch.equal(ours, magnitude_based_pruning(x, density))
+
+
+def test_magnitude_trim_keeps_exactly_k_when_magnitudes_tie():
+    x = torch.tensor([[1.0, -2.0, 2.0, 0.5], [-2.0, 3.0, 0.0, 2.0]])
+    out = _magnitude_trim(x, 0.5)  # k = 4: the 3 and three of the four entries of magnitude 2, first by index
+    assert out.tolist() == [[0.0, -2.0, 2.0, 0.0], [-2.0, 3.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60), (30, 30)])
+def test_top_svd_is_the_leading_part_of_the_svd(shape):
+    g = torch.Generator().manual_seed(2)
+    low_rank = torch.randn(shape[0], 3, generator=g) @ torch.randn(3, shape[1], generator=g)
+    for dw in (torch.randn(*shape, generator=g), low_rank):
+        u, s, vh = _top_svd(dw, 5)
+        assert (u.shape, s.shape, vh.shape) == ((shape[0], 5), (5,), (5, shape[1]))
+        ref_u, ref_s, ref_vh = torch.linalg.svd(dw.double(), full_matrices=False)
+        # within float32's resolution of the matrix (1.2e-7 of its largest singular value); the rank-3 product's
+        # 4th and 5th directions are float32 rounding noise, which any two SVD routines pick differently
+        tol = 1.2e-7 * float(ref_s[0])
+        assert torch.allclose(s, ref_s[:5], atol=tol)
+        best = (ref_u[:, :5] * ref_s[:5]) @ ref_vh[:5]
+        assert torch.allclose((u * s) @ vh, best, atol=tol)
+        assert torch.isfinite(u).all() and torch.isfinite(vh).all()
+    u, s, vh = _top_svd(torch.zeros(shape), 4)  # ΔW = 0: zero factors, not NaN
+    assert not s.any() and torch.isfinite(u).all() and torch.isfinite(vh).all() and not ((u * s) @ vh).any()
 
 
 @pytest.mark.filterwarnings("ignore:The density 1.0")

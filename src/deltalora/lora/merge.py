@@ -17,7 +17,11 @@ means differs by method, and each :class:`MergeMethod` says it in ``normalisatio
   weights n·p.
 
 Truncated merges store B = U·√S and A = √S·Vᵀ (balanced factors, scale 1); PEFT stores B = U·S and A = Vᵀ,
-which is the same ΔW. The dense methods use PEFT's own ``peft.utils.merge_utils`` on each slot's ΔW.
+which is the same ΔW. The dense methods use PEFT's own ``peft.utils.merge_utils`` on each slot's ΔW, except two
+steps that PEFT makes slow on CPU (a three-teacher TIES merge of the 0.5B backbone took 98 s, 53 s of it in
+``topk`` and 32 s in the SVD): TIES' magnitude trim finds its threshold with ``kthvalue``, and the rank-r cut takes
+the top eigenvectors of the float64 Gram matrix instead of a full float32 SVD. Both give PEFT's result (the tests
+compare them with ``add_weighted_adapter``).
 """
 
 from __future__ import annotations
@@ -60,10 +64,32 @@ def _register(method: MergeMethod) -> None:
     MERGE_METHODS.register(method.name)(method)
 
 
-def _ties(dws, p, density, sign):
-    from peft.utils.merge_utils import ties
+def _magnitude_trim(x: torch.Tensor, density: float) -> torch.Tensor:
+    """``x`` with all but its ``int(density·numel)`` largest-magnitude entries zeroed: PEFT's magnitude pruning,
+    found by one ``kthvalue`` instead of a ``topk`` over half the tensor (4× faster on a 4864×896 slot). Entries tied
+    with the threshold are kept in index order up to the count, where PEFT's ``topk`` keeps an arbitrary subset."""
+    if density >= 1:
+        return x
+    k = int(density * x.numel())
+    if k == 0:
+        return torch.zeros_like(x)
+    mag = x.abs().reshape(-1)
+    thr = torch.kthvalue(mag, mag.numel() - k + 1).values
+    keep = mag > thr
+    at = (mag == thr).nonzero().squeeze(1)[: k - int(keep.sum())]
+    keep[at] = True
+    return x * keep.reshape(x.shape)
 
-    return ties(dws, p * len(dws), density, sign)
+
+def _ties(dws, p, density, sign):
+    from peft.utils.merge_utils import calculate_majority_sign_mask, disjoint_merge
+
+    # PEFT's ties (trim, elect the sign of the unweighted sum, disjoint mean of the weighted entries) with its trim
+    # replaced by _magnitude_trim
+    trimmed = torch.stack([_magnitude_trim(d, density) for d in dws])
+    mask = calculate_majority_sign_mask(trimmed, method=sign)
+    w = (p * len(dws)).to(trimmed.dtype).view(-1, *([1] * (trimmed.dim() - 1)))
+    return disjoint_merge(trimmed * w, mask)
 
 
 def _dare(dws, p, density, sign):
@@ -176,6 +202,24 @@ def _balanced(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> 
     return a, b
 
 
+def _top_svd(dw: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top ``rank`` singular triplets (U, S, Vᵀ) of ``dw``, from the eigendecomposition of its float64 Gram matrix
+    on the smaller side: 2–3× faster than a full float32 SVD of a 4864×896 slot. Leading triplets come out to ~1e-13
+    of the largest singular value; directions at float32's rounding-noise floor (~1e-8 of it) are arbitrary, as they
+    are between any two SVD routines. So the cut equals PEFT's float32 SVD truncation to float32 resolution."""
+    d = dw.double()
+    tall = d.shape[0] >= d.shape[1]
+    g = d.T @ d if tall else d @ d.T
+    ev, vecs = torch.linalg.eigh(g)  # ascending
+    k = min(rank, ev.numel())
+    ev, vecs = ev.flip(0)[:k].clamp_min(0), vecs.flip(1)[:, :k]
+    s = ev.sqrt()
+    other = (d @ vecs if tall else d.T @ vecs) / s.clamp_min(torch.finfo(torch.float64).tiny)
+    other[:, s <= s[0] * 1e-12] = 0  # null directions (all of them for ΔW = 0) carry no ΔW
+    u, v = (other, vecs) if tall else (vecs, other)
+    return u, s, v.T
+
+
 def _factor_svd(b: torch.Tensor, a: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` truncation of ΔW = b @ a without forming it: QR of both factors, one small SVD."""
     qb, rb = torch.linalg.qr(b)
@@ -234,8 +278,7 @@ def merge_adapters(
             else:
                 dws = [s * (w.B[k].float() @ w.A[k].float()) for w, s in zip(adapters, scales)]
                 dw = m.combine(dws, p.float(), density, majority_sign)
-                u, sv, vh = torch.linalg.svd(dw, full_matrices=False)  # float32, as PEFT
-                A[k], B[k] = _balanced(u, sv, vh, out_rank)
+                A[k], B[k] = _balanced(*_top_svd(dw, out_rank), out_rank)
     return LoraWeights(layout, {k: v.float() for k, v in A.items()}, {k: v.float() for k, v in B.items()})
 
 
