@@ -5,7 +5,8 @@ The dense merges (TIES, DARE: every slot's ΔW formed, trimmed or dropped, combi
 SVD) take about 36 s for three r8 teachers of the 0.5B backbone on 2 CPU cores (98 s with PEFT's own trim and SVD;
 see :mod:`deltalora.lora.merge`), and a study makes dozens of them (the held-out preset's TIES retrieval row: one
 per task, seed and condition). Each call of a study rebuilds its candidates before it looks up their scores, so
-without this cache every resume paid for every merge again. The merges computed from the factors alone (``avg``, ``svd``) take milliseconds and are not stored.
+without this cache every resume paid for every merge again. The merges computed from the factors alone (``avg``,
+``svd``) take milliseconds and are not stored.
 
 ``<study>/merges/<key>/``: a PEFT adapter directory, ``key`` the sha256 of the method, every merge option (defaults
 filled in), the relative weights and each input adapter's content hash — so any change of inputs or options misses.
