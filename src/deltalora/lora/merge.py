@@ -88,7 +88,8 @@ def _ties(dws, p, density, sign):
     # replaced by _magnitude_trim
     trimmed = torch.stack([_magnitude_trim(d, density) for d in dws])
     mask = calculate_majority_sign_mask(trimmed, method=sign)
-    return disjoint_merge(trimmed * reshape_weight_task_tensors(trimmed, p * len(dws)), mask)
+    w = reshape_weight_task_tensors(trimmed, (p * len(dws)).to(trimmed.dtype))  # p is float64: keep the stack's dtype
+    return disjoint_merge(trimmed * w, mask)
 
 
 def _dare(dws, p, density, sign):
