@@ -28,6 +28,7 @@ from _util import command_line, machine, write_json
 from deltalora.experiment.config import load_run_config
 from deltalora.lora import LoraWeights
 from deltalora.lora.adapter_io import load_adapter
+from deltalora.lora.merge import _factor_svd
 from deltalora.paths import atomic_write_bytes
 from deltalora.zoo import read_manifest
 from deltalora.zoo.canonical import read_init, zoo_init_kind
@@ -35,13 +36,12 @@ from deltalora.zoo.manifest import adapter_dir, last_teachers
 
 
 def prototypes(w: LoraWeights) -> dict[str, torch.Tensor]:
-    """Per slot, the top right singular vector of ΔW = B·A (the scale does not change it), from the factors:
-    with Aᵀ = Q·R, ΔW = (B·Rᵀ)·Qᵀ, so the vector is Q times the top right singular vector of the small B·Rᵀ."""
+    """Per slot, the top right singular vector of ΔW = B·A (the scale does not change it): the row of the merges'
+    rank-1 truncation from the factors (√S·Vᵀ), normalised."""
     out = {}
     for key, a in w.A.items():
-        q, r = torch.linalg.qr(a.double().T)
-        _, _, vh = torch.linalg.svd(w.B[key].double() @ r.T, full_matrices=False)
-        out[key] = q @ vh[0]
+        top, _ = _factor_svd(w.B[key].double(), a.double(), 1)
+        out[key] = top[0] / top[0].norm().clamp_min(torch.finfo(torch.float64).tiny)
     return out
 
 
@@ -63,7 +63,7 @@ def main() -> None:
         raise SystemExit(f"{args.zoo}: fewer than 2 experts with a seed-{args.seed} teacher; build the zoo first")
     weights = {t: load_adapter(adapter_dir(args.zoo, e)) for t, e in experts.items()}
     protos = {t: prototypes(w) for t, w in weights.items()}
-    r = next(iter(next(iter(weights.values())).A.values())).shape[0]
+    r = next(iter(weights.values())).layout.slots[0].rank
     init = read_init(args.zoo)
     kind = zoo_init_kind(args.zoo)
 
@@ -78,7 +78,7 @@ def main() -> None:
             q, _ = torch.linalg.qr(init.A[key].double().T)
             row["share_in_init_rowspace"] = float((p @ q).norm(dim=1).mean())
         per_slot[key] = row
-    cos = [r["mean_abs_cos"] for r in per_slot.values()]
+    cos = [v["mean_abs_cos"] for v in per_slot.values()]
     dims = sorted({v["in_dim"] for v in per_slot.values()})
     summary = {
         "experts": len(names),
