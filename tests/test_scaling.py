@@ -10,7 +10,8 @@ import pytest
 
 from deltalora.errors import ConfigError
 from deltalora.experiment.config import ScalingConfig, load_scaling_config
-from deltalora.experiment.scaling import make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
+from deltalora.experiment.scaling import ALL, make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
+from deltalora.experiment.scaling_report import render
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.retrieval import RetrievalIndex
 
@@ -59,6 +60,42 @@ def test_the_curve_is_the_mean_gain_over_tasks_with_its_standard_error():
     assert slope["difference"] == pytest.approx(0.1) and slope["se"] == pytest.approx(0.0) and slope["n_tasks"] == 2
 
 
+def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
+    # fold 0 holds out task a (pool of 4), fold 1 task b (pool of 3): their whole-pool sets are the curve's "all"
+    recs = [{"row": "base", "task": t, "accuracy": 0.2} for t in ("a", "b")]
+    recs += [{"row": "own", "task": t, "accuracy": 0.6} for t in ("a", "b")]
+    for task, pool, gen in (("a", 4, 0.5), ("b", 3, 0.3)):
+        for n, acc in ((2, 0.2), (pool, gen)):
+            for row in ("generator", "average_merge"):
+                recs += [{"row": row, "size": n, "whole_pool": n == pool, "task": task, "draw": 0, "accuracy": acc}]
+    s = summarize_scaling(recs)
+    assert list(s["curve"]["generator"]) == [2, ALL] and s["pool_sizes"] == [3, 4]
+    assert s["curve"]["generator"][ALL]["n_tasks"] == 2 and s["curve"]["generator"][ALL]["gain"] == pytest.approx(0.2)
+    slope = s["slopes"]["average_merge"]
+    assert (slope["from"], slope["to"], slope["n_tasks"]) == (2, ALL, 2)
+    back = json.loads(json.dumps(s))  # the report reads the summary back from results.json: string keys
+    text = render(
+        {
+            "title": "t",
+            "command": "c",
+            "backbone": "b",
+            "folds": [["a"], ["b"]],
+            "finished_folds": [0, 1],
+            "wall_seconds": 1.0,
+            "config": {
+                "train": {"generator": "mixture", "steps": 3},
+                "k": 3,
+                "draws": 1,
+                "eval": {"limit": 5},
+                "min_own_gain": 0.05,
+            },
+            "summary": back,
+        },
+        None,
+    )
+    assert "| all (3–4) |" in text and "2 → all (3–4) training tasks" in text
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_qwen2):
     out = tmp_path_factory.mktemp("scale") / "tiny"
@@ -92,6 +129,8 @@ def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_bas
     assert len(res["records"]) == 3 * (1 + 2 + 2 * 2 * 3)
     assert "## Do more tasks help the generator more than the baselines?" in report.read_text()
     assert (out / "figures" / "scaling_curve.png").is_file()
+    assert list(res["summary"]["curve"]["generator"]) == ["1", ALL] and res["summary"]["pool_sizes"] == [2]
+    assert "| all (2) |" in report.read_text()
 
 
 def test_a_rerun_reuses_the_finished_folds_and_run_folds_splits_the_work(study, tiny_qwen2, tmp_path, monkeypatch):

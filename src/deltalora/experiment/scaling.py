@@ -40,7 +40,7 @@ from .baselines import cached_index
 from .candidates import Candidates, average_merge, generate
 from .config import ScalingConfig
 from .run import _say, score
-from .scaling_report import write_scaling_report
+from .scaling_report import ALL, size_order, write_scaling_report
 from .world import World, prepare_world
 
 ROWS = ("generator", "average_merge", "retrieval")  # the curve's rows, in report order
@@ -147,6 +147,7 @@ def fold_records(world: World, fold: int, tasks: list[str], pool: list[str]) -> 
                             "fold": fold,
                             "draw": draw,
                             "size": n,
+                            "whole_pool": n == len(pool),
                             "task": task,
                             "row": cands[name][0],
                             "arm": name,
@@ -166,24 +167,29 @@ def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) ->
     over draws and adapters first) with its standard error over tasks, the spread of the across-task mean between
     draws, and the mean share of the own teachers' gain (tasks whose own teachers gain ≥ ``min_own_gain``); and,
     per baseline, the paired difference over tasks of the generator's (largest − smallest size) gain change and the
-    baseline's."""
+    baseline's. Records of a fold's whole pool (``whole_pool``) form the point ``ALL``, whatever the pool's size (folds
+    of unequal size have pools one task apart)."""
     base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
     own_acc: dict[str, list[float]] = defaultdict(list)
     for r in records:
         if r["row"] == "own":
             own_acc[r["task"]].append(r["accuracy"])
     own_gain = {t: statistics.fmean(v) - base[t] for t, v in own_acc.items() if t in base}
-    cells: dict[tuple[str, int, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    sizes: dict[str, set[int]] = defaultdict(set)
+    cells: dict[tuple[str, int | str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[str, set[int | str]] = defaultdict(set)
+    pools: set[int] = set()  # the whole pools' sizes
     for r in records:
         if r["row"] in ROWS and r["task"] in base:
-            cells[(r["row"], r["size"], r["task"])][r["draw"]].append(r["accuracy"] - base[r["task"]])
-            sizes[r["row"]].add(r["size"])
-    curve: dict[str, dict[int, dict]] = {}
-    per_task: dict[tuple[str, int], dict[str, float]] = {}
+            n = ALL if r.get("whole_pool") else r["size"]  # every fold's whole pool is one point of the curve
+            cells[(r["row"], n, r["task"])][r["draw"]].append(r["accuracy"] - base[r["task"]])
+            sizes[r["row"]].add(n)
+            if n == ALL:
+                pools.add(r["size"])
+    curve: dict[str, dict[int | str, dict]] = {}
+    per_task: dict[tuple[str, int | str], dict[str, float]] = {}
     for row in ROWS:
         curve[row] = {}
-        for n in sorted(sizes[row]):
+        for n in sorted(sizes[row], key=size_order):
             tasks = sorted({t for (r_, n_, t) in cells if r_ == row and n_ == n})
             gains = {t: statistics.fmean(x for d in cells[(row, n, t)].values() for x in d) for t in tasks}
             per_task[(row, n)] = gains
@@ -204,7 +210,7 @@ def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) ->
                 "draws": len(draws),
             }
     slopes = {}
-    gen_sizes = sorted(curve["generator"])
+    gen_sizes = sorted(curve["generator"], key=size_order)
     if len(gen_sizes) >= 2:
         lo, hi = gen_sizes[0], gen_sizes[-1]
 
@@ -232,6 +238,7 @@ def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) ->
         "curve": curve,
         "slopes": slopes,
         "tasks": len(base),
+        "pool_sizes": sorted(pools),  # the training-set sizes the ALL point stands for
         "own_gain_median": statistics.median(own_gain.values()) if own_gain else None,
     }
 
@@ -287,4 +294,14 @@ def run_scaling(
     return path
 
 
-__all__ = ["ROWS", "fold_records", "make_folds", "pool_order", "run_scaling", "sizes_for", "summarize_scaling"]
+__all__ = [
+    "ALL",
+    "ROWS",
+    "size_order",
+    "fold_records",
+    "make_folds",
+    "pool_order",
+    "run_scaling",
+    "sizes_for",
+    "summarize_scaling",
+]

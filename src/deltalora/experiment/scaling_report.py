@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +12,14 @@ from .figures import new_figure, save_png
 from .markdown import DASH, fmt, table
 
 REPORT = "scaling.md"
+ALL = "all"  # the curve's point for a fold's whole pool, whose size differs by one between folds of unequal size
+
+
+def size_order(key) -> tuple[bool, int]:
+    """Sort key of the curve's sizes: the counts (ints, or their strings once read back from JSON), then ``ALL``."""
+    return (key == ALL, 0 if key == ALL else int(key))
+
+
 LABELS = {
     "generator": "generator",
     "average_merge": "mean merge of the training teachers",
@@ -28,31 +37,56 @@ def _labels(cfg: Mapping) -> dict[str, str]:
 
 
 def curve_figure(results: Mapping, path: Path):
-    """Gain over base (points) against the number of training tasks (log₂ axis), ± 1 SE over tasks, per row."""
+    """Against the number of training tasks (log₂ axis), per row: the held-out gain over base (points) and the share
+    of the own teachers' gain (%), each ± 1 SE over tasks."""
     curve = results["summary"]["curve"]
     if not any(curve.values()):
         return "curve skipped: no finished fold"
     labels = _labels(results["config"])
-    fig, (ax,) = new_figure()
+    pools = results["summary"].get("pool_sizes") or []
+    at = {ALL: statistics.fmean(pools)} if pools else {}  # the whole pools' point sits at their mean size
+    fig, (ax, ax_share) = new_figure(ncols=2)
     for row, pts in curve.items():
-        sizes = sorted(int(n) for n in pts)
-        if not sizes:
+        keys = sorted(pts, key=size_order)
+        if not keys:
             continue
-        ys = [100 * pts[_key(pts, n)]["gain"] for n in sizes]
-        es = [100 * pts[_key(pts, n)]["gain_se"] for n in sizes]
-        ax.errorbar(sizes, ys, yerr=es, marker="o", capsize=3, label=labels.get(row, row))
-    ax.set_xscale("log", base=2)
-    ax.axhline(0, color="grey", lw=1)
-    ax.set_xlabel("training tasks")
-    ax.set_ylabel("held-out gain over base (points, ± 1 SE over tasks)")
-    ax.set_title("Held-out gain against the number of training tasks")
+        cells = [pts[k] for k in keys]
+        sizes = [at.get(k) or int(k) for k in keys]
+        kw = {"marker": "o", "capsize": 3, "label": labels.get(row, row)}
+        ax.errorbar(sizes, [100 * c["gain"] for c in cells], yerr=[100 * c["gain_se"] for c in cells], **kw)
+        shared = [(n, c) for n, c in zip(sizes, cells) if c["share_of_own_gain"] is not None]
+        if shared:
+            ax_share.errorbar(
+                [n for n, _ in shared],
+                [100 * c["share_of_own_gain"] for _, c in shared],
+                yerr=[100 * c["share_se"] for _, c in shared],
+                **kw,
+            )
+    own = 100 * results["config"]["min_own_gain"]
+    keys = sorted({k for pts in curve.values() for k in pts}, key=size_order)
+    ticks, tick_labels = [at.get(k) or int(k) for k in keys], [_size_label(k, pools) for k in keys]
+    for a, ylabel, title in (
+        (ax, "held-out gain over base (points, ± 1 SE over tasks)", "Held-out gain"),
+        (ax_share, f"% of the own teachers' gain (tasks gaining ≥ {own:g} points)", "Share of the own teachers' gain"),
+    ):
+        a.set_xscale("log", base=2)
+        a.set_xticks(ticks, tick_labels)  # the sizes themselves, not powers of two
+        a.minorticks_off()
+        a.axhline(0, color="grey", lw=1)
+        a.set_xlabel("training tasks")
+        a.set_ylabel(ylabel)
+        a.set_title(title)
     ax.legend(fontsize=7)
     save_png(fig, path)
     return path
 
 
-def _key(pts: Mapping, n: int):
-    return n if n in pts else str(n)  # int keys in memory, str keys once read back from JSON
+def _size_label(key, pools) -> str:
+    """A curve size as the report shows it: the count, or ``all`` with the whole pools' sizes."""
+    if key != ALL:
+        return str(key)
+    lo, hi = (min(pools), max(pools)) if pools else (None, None)
+    return ALL if lo is None else f"{ALL} ({lo})" if lo == hi else f"{ALL} ({lo}–{hi})"
 
 
 def render(results: Mapping, figure) -> str:
@@ -78,13 +112,13 @@ def render(results: Mapping, figure) -> str:
     ]
     body = []
     for row, pts in s["curve"].items():
-        for n in sorted(int(k) for k in pts):
-            c = pts[_key(pts, n)]
+        for n in sorted(pts, key=size_order):
+            c = pts[n]
             share = c["share_of_own_gain"]
             body.append(
                 [
                     labels.get(row, row),
-                    str(n),
+                    _size_label(n, s.get("pool_sizes")),
                     f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f}",
                     fmt(100 * c["draw_std"], ".1f"),
                     DASH if share is None else f"{100 * share:.0f} ± {100 * c['share_se']:.0f}",
@@ -105,8 +139,9 @@ def render(results: Mapping, figure) -> str:
             verdict = "about as much as (within 2 SE)"
         else:
             verdict = "more than" if d["difference"] > 0 else "less than"
+        span = f"{_size_label(d['from'], s.get('pool_sizes'))} → {_size_label(d['to'], s.get('pool_sizes'))}"
         lines.append(
-            f"- {d['from']} → {d['to']} training tasks: the generator's gain changes by "
+            f"- {span} training tasks: the generator's gain changes by "
             f"{100 * d['generator_change']:+.1f} points, the {label}'s by {100 * d['baseline_change']:+.1f}; "
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}."
@@ -124,4 +159,4 @@ def write_scaling_report(out: str | Path, results: dict) -> Path:
     return path
 
 
-__all__ = ["REPORT", "render", "write_scaling_report"]
+__all__ = ["ALL", "REPORT", "size_order", "render", "write_scaling_report"]
