@@ -81,6 +81,7 @@ def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
             "backbone": "b",
             "folds": [["a"], ["b"]],
             "finished_folds": [0, 1],
+            "eval_precision": {"0": "bfloat16", "1": "float32"},  # a fold resumed on a CPU without native bf16
             "wall_seconds": 1.0,
             "config": {
                 "train": {"generator": "mixture", "steps": 3},
@@ -93,6 +94,7 @@ def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
         },
         None,
     )
+    assert "scored in bfloat16 (fold 0), float32 (fold 1)." in text
     assert "| all (3–4) |" in text and "2 → all (3–4) training tasks" in text
 
 
@@ -131,6 +133,8 @@ def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_bas
     assert (out / "figures" / "scaling_curve.png").is_file()
     assert list(res["summary"]["curve"]["generator"]) == ["1", ALL] and res["summary"]["pool_sizes"] == [2]
     assert "| all (2) |" in report.read_text()
+    assert res["eval_precision"] == {"0": "float32", "1": "float32", "2": "float32"}
+    assert "eval items per task, scored in float32." in report.read_text()
 
 
 def test_a_rerun_reuses_the_finished_folds_and_run_folds_splits_the_work(study, tiny_qwen2, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones import decide_precision
 from ..errors import ConfigError
 from ..eval.runner import BASE
 from ..paths import atomic_write_bytes
@@ -267,8 +268,11 @@ def run_scaling(
             continue
         pool = [t for t in all_tasks if t not in folds[fold]]
         records = fold_records(world, fold, folds[fold], pool)
-        atomic_write_bytes(path, json.dumps({"tasks": folds[fold], "pool": pool, "records": records}).encode())
-    records, finished = [], []
+        # the evaluator's precision as decided on this machine (eval.precision auto: bf16 here, float32 elsewhere)
+        scored = decide_precision(cfg.eval.precision, world.backbone.device).name
+        saved = {"tasks": folds[fold], "pool": pool, "eval_precision": scored, "records": records}
+        atomic_write_bytes(path, json.dumps(saved).encode())
+    records, finished, precision = [], [], {}
     for fold in range(cfg.folds):
         path = done_path / f"fold{fold}.json"
         if path.is_file():
@@ -276,12 +280,14 @@ def run_scaling(
             if saved.get("tasks") == folds[fold]:
                 records += saved["records"]
                 finished.append(fold)
+                precision[fold] = saved.get("eval_precision", "float32")  # folds saved before it was recorded
     results = {
         "title": f"deltalora task-scaling study ({cfg.name})",
         "command": command or f"deltalora scale --config <{cfg.name}.yaml> --out {world.out}",
         "backbone": world.backbone.name,
         "folds": folds,
         "finished_folds": finished,
+        "eval_precision": precision,
         "summary": summarize_scaling(records, cfg.min_own_gain),
         "records": records,
         "timing": world.clock.call,

@@ -89,6 +89,16 @@ def _size_label(key, pools) -> str:
     return ALL if lo is None else f"{ALL} ({lo})" if lo == hi else f"{ALL} ({lo}–{hi})"
 
 
+def _precisions(results: Mapping) -> str:
+    """The evaluator's precision per finished fold, e.g. ``bfloat16`` or ``bfloat16 (folds 0, 1), float32 (fold 2)``."""
+    by: dict[str, list[str]] = {}
+    for fold, p in sorted((results.get("eval_precision") or {}).items(), key=lambda kv: int(kv[0])):
+        by.setdefault(p, []).append(str(fold))
+    if len(by) <= 1:
+        return next(iter(by), results["config"]["eval"].get("precision", "float32"))
+    return ", ".join(f"{p} (fold{'s' if len(f) > 1 else ''} {', '.join(f)})" for p, f in by.items())
+
+
 def render(results: Mapping, figure) -> str:
     cfg, s = results["config"], results["summary"]
     m = results.get("machine") or {}
@@ -101,7 +111,8 @@ def render(results: Mapping, figure) -> str:
         "",
         f"Backbone {results['backbone']}; {sum(len(f) for f in results['folds'])} tasks in {len(results['folds'])} "
         f"folds (stratified by family), {len(finished)} finished ({finished}); {cfg['draws']} draws of nested "
-        f"training sets; {cfg['eval']['limit'] or 'all'} eval items per task. Machine: {m.get('description', DASH)}. "
+        f"training sets; {cfg['eval']['limit'] or 'all'} eval items per task, scored in {_precisions(results)}. "
+        f"Machine: {m.get('description', DASH)}. "
         f"Wall time of this call: {results['wall_seconds']:.0f} s.",
         "",
         "Gain: accuracy minus the base model's, in points, on the fold's held-out tasks; mean over tasks of each "
