@@ -224,6 +224,26 @@ def test_bigbench_sha_mismatch_caches_nothing(fake_bigbench, deltalora_home, mon
     assert left == []
 
 
+def test_an_index_that_no_longer_serves_the_sdist_gets_a_one_line_error_with_the_fix(deltalora_home, monkeypatch):
+    # what the package index here answered from 2026-12 on: the bigbench project page lists only the 0.0.1 placeholder
+    page = {"files": [{"filename": "bigbench-0.0.1.tar.gz", "url": "https://files.example/bigbench-0.0.1.tar.gz"}]}
+    fetched = []
+
+    def urlopen(req, timeout=None):
+        fetched.append(getattr(req, "full_url", req))
+        return io.BytesIO(json.dumps(page).encode())
+
+    monkeypatch.setattr(bb.urllib.request, "urlopen", urlopen)
+    with pytest.raises(TaskError) as err:
+        fetch_bigbench(["fake_mc"])
+    msg = str(err.value)
+    assert "\n" not in msg and "bigbench-0.0.1.tar.gz" in msg and bb.BIGBENCH_SHA256 in msg
+    assert str(deltalora_home / "downloads") in msg  # where to put a copy by hand
+    assert len(fetched) == 1  # the page only: nothing else was downloaded
+    left = [p for p in deltalora_home.rglob("*") if p.is_file()] if deltalora_home.exists() else []
+    assert left == []
+
+
 def test_bigbench_missing_task_and_bad_name(fake_bigbench):
     with pytest.raises(TaskError, match="no_such_task"):
         fetch_bigbench(["fake_mc", "no_such_task"])

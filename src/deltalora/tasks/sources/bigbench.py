@@ -51,15 +51,21 @@ def download_from_index(dest_dir: Path) -> Path:
     """Fetch the sdist named in the index's PEP 691 JSON page for ``bigbench`` into ``dest_dir``."""
     page = f"{_index_url()}/bigbench/"
     req = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    by_hand = (
+        f"put a copy of {BIGBENCH_SDIST} (sha256 {BIGBENCH_SHA256}) into {paths.home() / 'downloads'} yourself, "
+        "or use tasks of the other sources (reasoning_gym, humaneval, jsonl, dnd_json)"
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             files = json.load(resp)["files"]
-        url = next(f["url"] for f in files if f["filename"] == BIGBENCH_SDIST)
-    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        listed = [str(f["filename"]) for f in files]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TaskError(
-            f"cannot find {BIGBENCH_SDIST} on {page} ({exc}); check network access to the package index, "
-            f"or put the file into {paths.home() / 'downloads'} yourself"
+            f"cannot read {page} ({exc}); check network access to the package index, or {by_hand}"
         ) from None
+    url = next((f["url"] for f in files if f["filename"] == BIGBENCH_SDIST), None)
+    if url is None:  # seen 2026-12: the index here lists only bigbench-0.0.1, a placeholder without task data
+        raise TaskError(f"{page} does not serve {BIGBENCH_SDIST} (it lists {listed or 'no files'}); {by_hand}")
     dest = Path(dest_dir) / BIGBENCH_SDIST
     try:
         with urllib.request.urlopen(url, timeout=120) as resp, open(dest, "wb") as fh:
