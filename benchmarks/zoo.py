@@ -29,7 +29,7 @@ from deltalora.experiment.config import EvalConfig  # noqa: E402
 from deltalora.experiment.eval_cache import EvalCache  # noqa: E402
 from deltalora.lora import load_adapter  # noqa: E402
 from deltalora.paths import atomic_write_bytes  # noqa: E402
-from deltalora.tasks import build_task  # noqa: E402
+from deltalora.tasks import build_task, source_names  # noqa: E402
 from deltalora.zoo import build_zoo, load_zoo_config, parse_shard  # noqa: E402
 from deltalora.zoo.build import selected_specs, zoo_precision  # noqa: E402
 
@@ -82,6 +82,18 @@ def skip_screened(cfg, files: list[Path], limit: int | None, split: str):
     return cfg.model_copy(update={"tasks": [s.name for s in specs if s.name not in done]})
 
 
+def only_sources(cfg, sources: list[str]):
+    """``cfg`` with only the single-task teachers whose task comes from one of ``sources``."""
+    known = set(source_names())
+    if unknown := [s for s in sources if s not in known]:
+        sys.exit(f"--source {unknown[0]}: not a task source; choose from {sorted(known)}")
+    specs, _ = selected_specs(cfg)
+    keep = [s.name for s in specs if s.source in sources]
+    if not keep:
+        sys.exit(f"{cfg.suite}: no task of {cfg.tasks or 'the suite'} comes from {sources}; nothing to screen")
+    return cfg.model_copy(update={"tasks": keep})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/zoo/default.yaml")
@@ -126,6 +138,13 @@ def main() -> None:
         "built nor scored here (select_suite.py --screen takes both files)",
     )
     ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="only the tasks of this task source (repeatable), e.g. reasoning_gym: screen what this machine can "
+        "fetch (the package index stopped serving the BIG-bench sdist in 2026-12)",
+    )
+    ap.add_argument(
         "--name", default=None, help="results/<name>.md|json (default: zoo for default.yaml, else zoo_<stem>)"
     )
     args = ap.parse_args()
@@ -133,6 +152,8 @@ def main() -> None:
     cfg = load_zoo_config(args.config)
     if args.skip_screened:
         cfg = skip_screened(cfg, args.skip_screened, args.limit, args.split)
+    if args.source:
+        cfg = only_sources(cfg, args.source)
     stem = Path(args.config).stem
     out = Path(args.out or f"runs/bench-zoo/{stem}")
     shard = parse_shard(args.shard)
@@ -217,6 +238,7 @@ def main() -> None:
         **recipe_fields(cfg, args.limit, args.split),
         "teacher_precision": zoo_precision(cfg).name,
         "skipped_screened": [str(f) for f in args.skip_screened],
+        "sources": args.source or None,
     }
     write_json(
         Path("results") / f"{name}.json",

