@@ -87,3 +87,25 @@ def test_screen_olmo_recipe_is_the_large_screen_on_the_olmo_list():
     assert Path(olmo.suite) == OLMO
     large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
     assert olmo.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})
+
+
+EVALS = CONFIGS / "tasks" / "candidates-evals.yaml"
+
+
+def test_evals_list_adds_openai_evals_tasks_to_the_olmo_list_unchanged():
+    olmo, evals = load_suite(OLMO), load_suite(EVALS)
+    by_name = {s.name: s for s in evals}
+    assert all(by_name.get(s.name) == s for s in olmo)
+    new = [s for s in evals if s.name not in {x.name for x in olmo}]
+    assert len(new) >= 25 and all(s.source == "openai_evals" and s.kind == "short" for s in new)
+    families = Counter(s.family for s in new)
+    assert len(families) == 6 and families["language"] >= 5  # language candidates came only from BIG-bench before
+    for s in new:  # enough distinct samples for every split (the list sets n_train to what a task holds)
+        assert s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
+
+
+def test_screen_evals_recipe_is_the_large_screen_on_the_evals_list():
+    evals = load_zoo_config(CONFIGS / "zoo" / "screen-evals.yaml")
+    assert Path(evals.suite) == EVALS
+    large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
+    assert evals.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})

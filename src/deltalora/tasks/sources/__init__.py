@@ -1,3 +1,3 @@
 """Built-in task sources; importing this package registers them."""
 
-from . import bigbench, humaneval, olmo_eval, reasoning_gym, userfiles  # noqa: F401
+from . import bigbench, humaneval, olmo_eval, openai_evals, reasoning_gym, userfiles  # noqa: F401

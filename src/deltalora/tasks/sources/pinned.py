@@ -126,3 +126,22 @@ def extract_members(archive: Path, wanted: dict[str, Path]) -> set[str]:
             if not missing:
                 break
     return set(missing)
+
+
+def fetch_members(
+    release: PinnedRelease, members: dict[str, Path], downloader: Downloader | None = None
+) -> dict[str, Path]:
+    """Make every archive member of ``members`` (member name -> local path) available locally: those not extracted
+    yet come from ONE read of the release file. A member the release lacks is an error naming it."""
+    missing = {m: p for m, p in members.items() if not p.is_file()}
+    if missing:
+        archive = fetch_release(release, downloader)
+        absent = extract_members(archive, missing)
+        if absent:
+            raise TaskError(f"{archive.name}: has no {sorted(absent)}; check the task's source args against it")
+    return dict(members)
+
+
+def cache_root(source: str, sha256: str) -> Path:
+    """Where a source's extracted files live: one folder per pinned release content."""
+    return paths.home() / "tasks" / source / sha256[:16]
