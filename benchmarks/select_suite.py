@@ -39,6 +39,13 @@ def main() -> None:
     ap.add_argument("--min-gain", type=float, default=5.0, help="points the teacher must gain over base")
     ap.add_argument("--min-tasks", type=int, default=24)
     ap.add_argument("--min-families", type=int, default=5)
+    ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        help="only the candidates of this task source (repeatable): the sources whose data this machine can fetch "
+        "(the package index stopped serving the BIG-bench sdist in 2026-12). Default: every candidate",
+    )
     args = ap.parse_args()
 
     files = args.screen or ["results/zoo_screen_condition.json"]
@@ -53,6 +60,10 @@ def main() -> None:
             rows.setdefault(r["task"], r)
     screen = screens[0]
     candidates = load_suite(args.candidates)
+    if args.source:
+        candidates = [c for c in candidates if c.source in args.source]
+        if not candidates:
+            sys.exit(f"{args.candidates}: no candidate comes from {args.source}; check the source names")
     unscreened = [s.name for s in candidates if s.name not in rows]
     if unscreened:
         sys.exit(f"{', '.join(files)}: no screen result for {unscreened}; screen every candidate first")
@@ -73,6 +84,7 @@ def main() -> None:
         f"{s['teacher']['steps']} steps) vs the base model on the first {s['limit']} items of the",
         f"# {s['split']} split (never the eval split). Kept: gain >= "
         f"+{args.min_gain:g} points and the teacher not below base.",
+        *([f"# Candidates of the sources {', '.join(args.source)} only."] if args.source else []),
         "#",
         "# task                         family        base  teacher   gain",
     ]
