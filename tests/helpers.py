@@ -147,3 +147,20 @@ def teacher_world(root: Path, tiny_qwen2, canonical: bool = False, seeds=(0, 1),
         "arch": tiny_qwen2.arch,
         "init": init,
     }
+
+
+def serve_release(monkeypatch, module, sha_attr: str, archive: Path) -> list[str]:
+    """Stand ``archive`` in for a pinned release on the package index: ``module.<sha_attr>`` pins its sha256 and every
+    download of a release copies it. Returns the list the downloads append their release file names to."""
+    from deltalora.tasks.sources import pinned
+
+    calls: list[str] = []
+
+    def download(release, dest: Path) -> Path:
+        calls.append(release.filename)
+        (dest / archive.name).write_bytes(archive.read_bytes())
+        return dest / archive.name
+
+    monkeypatch.setattr(module, sha_attr, file_sha256(archive))
+    monkeypatch.setattr(pinned, "download_release", download)
+    return calls

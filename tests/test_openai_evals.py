@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from deltalora.tasks import TaskError, TaskSpec, build_suite, build_task, fetch_openai_evals
-from deltalora.tasks.sources import openai_evals, pinned
+from deltalora.tasks.sources import openai_evals
+from tests.helpers import serve_release
 
 SYSTEM = "Does the regular expression match the whole string? Answer Yes. or No."
 REGEX = [
@@ -48,16 +49,7 @@ def _fake_wheel(tmp_path: Path) -> tuple[Path, str]:
 @pytest.fixture
 def fake_wheel(tmp_path, deltalora_home, monkeypatch):
     wheel, sha = _fake_wheel(tmp_path)
-    calls = []
-
-    def download(release, dest: Path) -> Path:
-        calls.append(release.filename)
-        (dest / wheel.name).write_bytes(wheel.read_bytes())
-        return dest / wheel.name
-
-    monkeypatch.setattr(openai_evals, "EVALS_SHA256", sha)
-    monkeypatch.setattr(pinned, "download_release", download)
-    return sha, calls
+    return sha, serve_release(monkeypatch, openai_evals, "EVALS_SHA256", wheel)
 
 
 def spec(name: str, path: str, n_train: int = 4, **args) -> TaskSpec:
