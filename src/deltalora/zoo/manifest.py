@@ -8,7 +8,6 @@ validate every line and the adapter bytes against ``sha256``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +16,7 @@ from pydantic import Field, ValidationError
 
 from ..config import StrictModel, validation_message
 from ..errors import DeltaLoraError
-from ..paths import locked_append
+from ..paths import file_sha256, locked_append
 
 MANIFEST_NAME = "manifest.jsonl"
 CONFIG_NAME = "zoo_config.json"  # the resolved config a zoo was built with (zoo.build), beside the manifest
@@ -48,14 +47,6 @@ class ZooEntry(StrictModel):
     def run(self) -> str:
         """The training run this checkpoint comes from ("<task>/s<seed>"); its checkpoints share it."""
         return f"{self.task}/s{self.seed}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def append_entry(zoo_dir: Path, entry: ZooEntry) -> None:

@@ -26,7 +26,7 @@ from ...config import StrictModel
 from ..items import TaskError, TaskItem, mc_item
 from ..registry import register_task_source
 from ..splits import stable_seed
-from .pinned import Downloader, PinnedRelease, download_release, extract_members, fetch_release
+from .pinned import Downloader, PinnedRelease, download_release, fetch_members
 
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
@@ -42,11 +42,6 @@ def _release(sha256: str | None = None) -> PinnedRelease:
 def download_from_index(dest_dir: Path) -> Path:
     """Fetch the sdist named in the index's PEP 691 JSON page for ``bigbench`` into ``dest_dir``."""
     return download_release(_release(), dest_dir)
-
-
-def bigbench_sdist(downloader: Downloader | None = None, sha256: str | None = None) -> Path:
-    """Path of the verified sdist in ``home()/downloads/``, downloading it if absent or corrupt."""
-    return fetch_release(_release(sha256), downloader or download_from_index)
 
 
 def _extract_root(sha256: str | None = None) -> Path:
@@ -71,17 +66,12 @@ def fetch_bigbench(
     """Make every task's ``task.json`` available locally; missing ones are extracted in ONE archive pass."""
     tasks = sorted({_check_name(t) for t in tasks})
     out = {t: task_json_path(t, sha256) for t in tasks}
-    missing = {f"{MEMBER_ROOT}/{t}/task.json": out[t] for t in tasks if not out[t].is_file()}
-    if not missing:
-        return out
-    sdist = bigbench_sdist(downloader, sha256)
-    absent = extract_members(sdist, missing)
-    if absent:
-        names = sorted(m[len(MEMBER_ROOT) + 1 : -len("/task.json")] for m in absent)
-        raise TaskError(
-            f"{sdist.name}: no task.json for {names}; check the names against "
-            "bigbench/benchmark_tasks (subtasks are written <task>/<subtask>)"
-        )
+    fetch_members(
+        _release(sha256),
+        {f"{MEMBER_ROOT}/{t}/task.json": out[t] for t in tasks},
+        downloader or download_from_index,
+        hint="check the names against bigbench/benchmark_tasks (subtasks are written <task>/<subtask>)",
+    )
     return out
 
 

@@ -10,7 +10,6 @@ atomic writes. A mismatching download is never kept; a kept file that no longer 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import paths
+from ...paths import file_sha256
 from ..items import TaskError
 
 # A downloader writes the release file into the given directory and returns its path.
@@ -77,14 +77,6 @@ def download_release(release: PinnedRelease, dest_dir: Path) -> Path:
     return dest
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_release(release: PinnedRelease, downloader: Downloader | None = None) -> Path:
     """Path of the verified release file, downloading it (``downloader``, default :func:`download_release`) if it is
     absent or no longer matches its sha256. A download that does not match is discarded: nothing is cached."""
@@ -129,16 +121,19 @@ def extract_members(archive: Path, wanted: dict[str, Path]) -> set[str]:
 
 
 def fetch_members(
-    release: PinnedRelease, members: dict[str, Path], downloader: Downloader | None = None
+    release: PinnedRelease,
+    members: dict[str, Path],
+    downloader: Downloader | None = None,
+    hint: str = "check the task's source args against it",
 ) -> dict[str, Path]:
     """Make every archive member of ``members`` (member name -> local path) available locally: those not extracted
-    yet come from ONE read of the release file. A member the release lacks is an error naming it."""
+    yet come from ONE read of the release file. A member the release lacks is an error naming it, and ``hint``."""
     missing = {m: p for m, p in members.items() if not p.is_file()}
     if missing:
         archive = fetch_release(release, downloader)
         absent = extract_members(archive, missing)
         if absent:
-            raise TaskError(f"{archive.name}: has no {sorted(absent)}; check the task's source args against it")
+            raise TaskError(f"{archive.name}: has no {sorted(absent)}; {hint}")
     return dict(members)
 
 
