@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -97,7 +98,34 @@ def test_evals_list_adds_openai_evals_tasks_to_the_olmo_list_unchanged():
         assert s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
 
 
-@pytest.mark.parametrize("screen, suite", [("screen-olmo.yaml", OLMO), ("screen-evals.yaml", EVALS)])
+EXTRA = CONFIGS / "tasks" / "candidates-extra.yaml"
+
+
+def test_extra_list_adds_fetchable_tasks_to_the_evals_list_unchanged():
+    evals, extra = load_suite(EVALS), load_suite(EXTRA)
+    by_name = {s.name: s for s in extra}
+    assert all(by_name.get(s.name) == s for s in evals)
+    new = [s for s in extra if s.name not in {x.name for x in evals}]
+    assert len(new) >= 20 and {s.source for s in new} == {"reasoning_gym", "openai_evals"}
+    taken = {json.dumps(s.args, sort_keys=True) for s in evals}  # no generator or samples file twice with one config
+    assert not [s.name for s in new if json.dumps(s.args, sort_keys=True) in taken]
+    for s in new:
+        assert s.kind == "short" and s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
+
+
+# two of the shrunk reasoning-gym generators (about 1 s): the config keeps the full splits distinct
+@pytest.mark.parametrize("name", ["rg_game_of_life", "rg_rectangle_count"])
+def test_shrunk_extra_generators_build_with_full_splits(name):
+    spec = get_spec(load_suite(EXTRA), name)
+    assert spec.args["config"]  # shrunk to fit the length cap
+    task = build_task(spec, seed=0)
+    assert task.sizes() == spec.sizes
+    assert len({it.prompt for s in ("train", "condition", "eval") for it in task.split(s)}) == sum(spec.sizes.values())
+
+
+@pytest.mark.parametrize(
+    "screen, suite", [("screen-olmo.yaml", OLMO), ("screen-evals.yaml", EVALS), ("screen-extra.yaml", EXTRA)]
+)
 def test_the_later_screens_are_the_large_screen_on_their_lists(screen, suite):
     cfg = load_zoo_config(CONFIGS / "zoo" / screen)
     assert Path(cfg.suite) == suite
