@@ -21,10 +21,12 @@ from deltalora.tasks import (
     TaskItem,
     TaskSpec,
     build_task,
+    constant_answer_score,
     fetch_bigbench,
     format_prompt,
     format_target,
     load_suite,
+    mc_item,
     normalise,
     read_dnd_json,
     read_jsonl,
@@ -518,62 +520,130 @@ def test_build_is_warning_free_for_user_suite():
         build_task(load_suite(FIXTURES / "suite_small.yaml")[1])
 
 
-def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
+def _screen_suite(tmp_path: Path) -> Path:
+    """Three user tasks of 12 condition items: distinct short answers, mc golds spread over three positions, and a
+    short task whose every answer but one is "yes" (the constant answer "yes" scores >= 11/12 on it). n_train 0: the
+    items a split does not take are left over."""
+    short = [{"prompt": f"q{i}?", "answer": f"a{i}"} for i in range(13)]
+    mc = [{"prompt": f"m{i}?", "choices": ["x", "y", "z"], "answer": i % 3} for i in range(15)]
+    major = [{"prompt": f"y{i}?", "answer": "no" if i == 0 else "yes"} for i in range(13)]
+    for name, rows in (("short", short), ("mc", mc), ("major", major)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sizes = "n_train: 0, n_condition: 12, n_eval: 1"
+    suite = tmp_path / "candidates.yaml"
+    suite.write_text(
+        "tasks:\n"
+        f"  - {{name: user_short, family: a, kind: short, source: jsonl, args: {{path: short.jsonl}}, {sizes}}}\n"
+        f"  - {{name: user_mc, family: a, kind: mc, source: jsonl, args: {{path: mc.jsonl}}, {sizes}}}\n"
+        f"  - {{name: user_major, family: b, kind: short, source: jsonl, args: {{path: major.jsonl}}, {sizes}}}\n"
+    )
+    return suite
+
+
+def _select(tmp_path: Path, rows: list[dict], *extra: str, summary: dict | None = None):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
     screen = tmp_path / "screen.json"
-    rows = [
-        {"task": "user_short", "gain_points": 12.0, "worse_than_base": [], "base": 0.1, "teacher_mean": 0.22},
-        {"task": "user_mc", "gain_points": 3.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.53},
-    ]
-    summary = {
+    summary = summary or {
         "backbone": "tiny-qwen2",
         "teacher": {"lora": {"rank": 2}, "steps": 4},
         "limit": 50,
         "split": "condition",
     }
     screen.write_text(json.dumps({"rows": rows, "summary": summary}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "select_suite.py"
+    cmd = [sys.executable, str(script), "--screen", str(screen), "--candidates", str(_screen_suite(tmp_path))]
+    return subprocess.run(
+        cmd + ["--out", str(tmp_path / "cfg" / "default.yaml"), *extra], capture_output=True, text=True
+    )
+
+
+def _row(task: str, base: float, teacher: float, worse: bool = False) -> dict:
+    gain = round(100 * (teacher - base), 1)
+    return {
+        "task": task,
+        "gain_points": gain,
+        "worse_than_base": ["s0"] if worse else [],
+        "base": base,
+        "teacher_mean": teacher,
+    }
+
+
+def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
     out = tmp_path / "cfg" / "default.yaml"
-    cmd = [
-        sys.executable,
-        str(root / "benchmarks" / "select_suite.py"),
-        "--screen",
-        str(screen),
-        "--candidates",
-        str(FIXTURES / "suite_small.yaml"),
-        "--out",
-        str(out),
-    ]
-    res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
+    rows = [_row("user_short", 0.1, 0.22), _row("user_mc", 0.5, 0.53), _row("user_major", 0.1, 0.05, worse=True)]
+    res = _select(tmp_path, rows, "--min-tasks", "1", "--min-families", "1")
     assert res.returncode == 0, res.stderr
     assert [s.name for s in load_suite(out)] == ["user_short"]  # +3 points is not a measured win
     assert "drop user_mc" in out.read_text()
     out.unlink()
-    res = subprocess.run(cmd + ["--min-tasks", "2", "--min-families", "1"], capture_output=True, text=True)
+    res = _select(tmp_path, rows, "--min-tasks", "2", "--min-families", "1")
     assert res.returncode != 0 and "only 1 tasks" in res.stderr and not out.exists()
-    rows.pop()
-    screen.write_text(json.dumps({"rows": rows, "summary": summary}))
-    res = subprocess.run(cmd + ["--min-tasks", "1", "--min-families", "1"], capture_output=True, text=True)
-    assert res.returncode != 0 and "user_mc" in res.stderr and not out.exists()
+    res = _select(tmp_path, rows[:2], "--min-tasks", "1", "--min-families", "1")
+    assert res.returncode != 0 and "user_major" in res.stderr and not out.exists()
     # a second screen of the same recipe (another precision and init: how, not what) supplies the task the first
     # did not screen; a task in both keeps the first file's row (user_short: +12, not the later -4)
     later = tmp_path / "later.json"
-    later_rows = [
-        {"task": "user_mc", "gain_points": 9.0, "worse_than_base": [], "base": 0.5, "teacher_mean": 0.59},
-        {"task": "user_short", "gain_points": -4.0, "worse_than_base": ["s0"], "base": 0.1, "teacher_mean": 0.06},
-    ]
+    later_rows = [_row("user_mc", 0.5, 0.59), _row("user_short", 0.1, 0.06, worse=True)]
+    summary = {
+        "backbone": "tiny-qwen2",
+        "teacher": {"lora": {"rank": 2}, "steps": 4},
+        "limit": 50,
+        "split": "condition",
+    }
     same = {**summary, "teacher": {**summary["teacher"], "precision": "bfloat16", "init": "canonical"}}
     later.write_text(json.dumps({"rows": later_rows, "summary": same}))
-    both = cmd + ["--screen", str(later), "--min-tasks", "2", "--min-families", "1"]
-    res = subprocess.run(both, capture_output=True, text=True)
+    first = [rows[0], rows[2]]
+    res = _select(tmp_path, first, "--screen", str(later), "--min-tasks", "2", "--min-families", "1")
     assert res.returncode == 0, res.stderr
     assert [s.name for s in load_suite(out)] == ["user_short", "user_mc"] and "+9.0" in out.read_text()
     out.unlink()
     later.write_text(json.dumps({"rows": later_rows, "summary": {**same, "limit": 20}}))
-    res = subprocess.run(both, capture_output=True, text=True)
+    res = _select(tmp_path, first, "--screen", str(later), "--min-tasks", "2", "--min-families", "1")
     assert res.returncode != 0 and "another recipe" in res.stderr and "limit" in res.stderr and not out.exists()
+
+
+def test_select_suite_drops_a_teacher_that_only_gives_the_commonest_answer(tmp_path):
+    """user_major gains +80 over base, but "yes" to every item already scores >= 11/12: the teacher's 0.90 is no
+    better than a constant answer, so it is dropped; user_mc's 0.50 is >= +5 over its best constant position (at
+    most 5 of 12 golds), so it stays. The floor is a flag: -inf keeps the old base-only rule."""
+    out = tmp_path / "cfg" / "default.yaml"
+    rows = [_row("user_short", 0.1, 0.22), _row("user_mc", 0.2, 0.5), _row("user_major", 0.1, 0.9)]
+    res = _select(tmp_path, rows, "--min-tasks", "2", "--min-families", "1")
+    assert res.returncode == 0, res.stderr
+    assert [s.name for s in load_suite(out)] == ["user_short", "user_mc"]
+    text = out.read_text()
+    assert "drop user_major" in text and "over `const`" in text
+    const_line = next(line for line in text.splitlines() if "user_mc" in line and line.startswith("# keep"))
+    mc = build_task(next(t for t in load_suite(tmp_path / "candidates.yaml") if t.name == "user_mc"))
+    assert const_line.split()[5] == f"{constant_answer_score(mc, mc.condition)[0]:.2f}"  # the screened items' const
+    out.unlink()
+    res = _select(tmp_path, rows, "--min-tasks", "3", "--min-families", "2")
+    assert res.returncode != 0 and "over the constant answer" in res.stderr and not out.exists()
+    res = _select(tmp_path, rows, "--min-tasks", "3", "--min-families", "2", "--min-gain-over-constant=-inf")
+    assert res.returncode == 0, res.stderr
+    assert [s.name for s in load_suite(out)] == ["user_short", "user_mc", "user_major"]
+
+
+def test_constant_answer_score_is_the_best_single_answer():
+    def short(answers: list, targets: dict | None = None) -> Task:
+        items = [
+            TaskItem(f"q{i}", a, None, {"targets": (targets or {}).get(i)} if targets else {})
+            for i, a in enumerate(answers)
+        ]
+        return Task("t", "f", "short", "", "jsonl", {}, [], items, [])
+
+    task = short(["yes", "yes", "no", "yes", "maybe"])
+    assert constant_answer_score(task, task.condition) == (0.6, "yes")
+    # targets count: "No." normalises to "no", and "nope" is also accepted for item 3
+    task = short(["No.", "no", "yes", "nope"], targets={3: ["nope", "no"]})
+    assert constant_answer_score(task, task.condition) == (0.75, "No.")
+    golds = [1, 1, 0, 2]
+    items = [mc_item(f"m{i}", ["a", "b", "c"], g) for i, g in enumerate(golds)]
+    task = Task("m", "f", "mc", "", "jsonl", {}, [], items, [], scorer="mc")
+    assert constant_answer_score(task, task.condition) == (0.5, 1)
+    assert constant_answer_score(task, []) == (0.0, None)
 
 
 def test_a_screen_skips_the_tasks_an_earlier_screen_of_the_same_recipe_scored(tmp_path, monkeypatch):

