@@ -30,6 +30,23 @@ def test_folds_partition_the_tasks_stratified_by_family():
         make_folds({"x": "a", "y": "a"}, 3, 0)
 
 
+def test_a_group_of_sibling_tasks_is_held_out_together():
+    """Siblings (two files of one benchmark) land in one fold, so none is in training while another is held out;
+    folds stay balanced within the largest group's size and every family still spreads over the folds."""
+    families = {f"{fam}{i}": fam for fam in "abc" for i in range(8)}  # 24 tasks, 3 families
+    groups = {"a0": "ga", "a1": "ga", "a2": "ga", "b5": "gb", "b6": "gb", "c7": "c7"}
+    folds = make_folds(families, 5, seed=0, groups=groups)
+    assert sorted(t for f in folds for t in f) == sorted(families)
+    for sibs in (["a0", "a1", "a2"], ["b5", "b6"]):
+        assert sum(all(t in f for t in sibs) for f in folds) == 1
+    assert max(map(len, folds)) - min(map(len, folds)) <= 3
+    assert all(any(families[t] == fam for t in f) for f in folds for fam in "ab")
+    assert make_folds(families, 5, seed=0, groups=groups) == folds
+    assert make_folds(families, 5, seed=0, groups={}) == make_folds(families, 5, seed=0)
+    with pytest.raises(ConfigError, match="in 2 groups cannot fill 3 folds"):
+        make_folds({"x": "a", "y": "a", "z": "a"}, 3, 0, groups={"x": "g", "y": "g"})
+
+
 def test_training_sets_are_nested_and_include_the_whole_pool():
     pool = [f"t{i}" for i in range(20)]
     order = pool_order(pool, fold=1, draw=0, seed=0)

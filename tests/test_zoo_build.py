@@ -226,6 +226,26 @@ def test_shards_into_one_zoo_equal_the_full_build(built, cfg, tiny_qwen2, tmp_pa
     assert got == {e.id: e.sha256 for e in full}  # deterministic: same bytes whichever process trains a job
 
 
+def test_a_task_group_is_a_fold_label_not_part_of_what_a_teacher_learns(cfg, tmp_path):
+    """``group`` (siblings held out together) leaves the zoo's recipe as it was, so a zoo built before a suite named
+    its groups is still the same zoo (extended, reused); a bad group name is refused like a bad task name."""
+    from pydantic import ValidationError
+
+    from deltalora.tasks import TaskSpec, load_suite
+    from deltalora.zoo.build import resolved_config
+
+    text = (FIX / "suite.yaml").read_text().replace("path: ", f"path: {FIX}/")
+    grouped = tmp_path / "suite.yaml"
+    grouped.write_text(
+        text.replace("name: colours,", "name: colours, group: g,").replace("name: pick,", "name: pick, group: g,")
+    )
+    specs = {s.name: s for s in load_suite(grouped)}
+    assert [specs[n].holdout_group for n in ("colours", "double", "pick")] == ["g", "double", "g"]
+    assert resolved_config(cfg.model_copy(update={"suite": grouped})) == resolved_config(cfg)
+    with pytest.raises(ValidationError, match="must be lowercase"):
+        TaskSpec.model_validate({**specs["double"].model_dump(), "group": "Two Words"})
+
+
 def test_reuse_copies_same_recipe_jobs_and_retrains_the_rest(built, cfg, tiny_qwen2, tmp_path, monkeypatch):
     src, src_entries = built
     import deltalora.zoo.build as build_mod

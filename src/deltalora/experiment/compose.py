@@ -88,7 +88,7 @@ def prepare_compose(cfg: ComposeConfig, out: str | Path, progress: bool = True, 
     """Backbone, zoo, teacher Δ on the generator's probes, conditions and the single-task training set."""
     found: dict = {}
 
-    def check(entries, zoo_dir):
+    def check(entries, zoo_dir, zoo_cfg):
         found.update(mixed_pairs(entries, cfg.pairs, zoo_dir))
 
     ctx = prepare_world(cfg, out, progress, backbone, check=check, kind=ComposeContext)

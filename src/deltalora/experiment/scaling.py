@@ -36,6 +36,8 @@ from ..paths import atomic_write_bytes
 from ..retrieval import retrieve_adapter
 from ..tasks import stable_seed
 from ..training import train_generator
+from ..zoo import ZooConfig
+from ..zoo.build import selected_specs
 from ..zoo.manifest import ZooEntry, last_teachers
 from .baselines import cached_index
 from .candidates import Candidates, average_merge, generate
@@ -47,20 +49,39 @@ from .world import World, prepare_world
 ROWS = ("generator", "average_merge", "retrieval")  # the curve's rows, in report order
 
 
-def make_folds(families: Mapping[str, str], k: int, seed: int) -> list[list[str]]:
+def make_folds(
+    families: Mapping[str, str], k: int, seed: int, groups: Mapping[str, str] | None = None
+) -> list[list[str]]:
     """``k`` folds of the tasks of ``families`` (task -> family), stratified: each family's tasks, in a seeded order,
     are dealt round-robin, continuing from where the previous family stopped, so fold sizes differ by at most one
-    and every family is spread over the folds."""
-    if len(families) < k:
-        raise ConfigError(f"{len(families)} tasks cannot fill {k} folds; use fewer folds or a larger zoo")
+    and every family is spread over the folds.
+
+    ``groups`` (task -> group; a task not in it is a group of its own) keeps siblings together: a group is dealt as
+    one unit (where its alphabetically first member comes in that member's family's order) to the fold with the
+    fewest tasks of that family, then the fewest tasks, from the dealing position on, so no held-out task has a
+    sibling in training. Without groups of more than one task
+    this is exactly the round-robin above."""
+    group_of = {t: (groups or {}).get(t) or t for t in families}
+    units: dict[str, list[str]] = defaultdict(list)
+    for t in sorted(families):
+        units[group_of[t]].append(t)
+    if len(units) < k:
+        what = f"{len(families)} tasks" + (f" in {len(units)} groups" if len(units) < len(families) else "")
+        raise ConfigError(f"{what} cannot fill {k} folds; use fewer folds or a larger zoo")
     folds: list[list[str]] = [[] for _ in range(k)]
     i = 0
     for fam in sorted(set(families.values())):
         tasks = sorted(t for t, f in families.items() if f == fam)
         random.Random(stable_seed("folds", seed, fam)).shuffle(tasks)
+        in_family = [0] * k
         for t in tasks:
-            folds[i % k].append(t)
-            i += 1
+            if units[group_of[t]][0] != t:
+                continue  # a sibling: dealt with its group's first member
+            # the fold with the fewest of this family, then the fewest tasks; ties: the first from the dealing position
+            fold = min(((i + j) % k for j in range(k)), key=lambda f: (in_family[f], len(folds[f])))
+            folds[fold].extend(units[group_of[t]])
+            in_family[fold] += len(units[group_of[t]])
+            i = fold + 1
     return [sorted(f) for f in folds]
 
 
@@ -252,9 +273,10 @@ def run_scaling(
     t_all = time.perf_counter()
     folds: list[list[str]] = []
 
-    def check(entries: list[ZooEntry], zoo_dir: Path) -> None:
+    def check(entries: list[ZooEntry], zoo_dir: Path, zoo_cfg: ZooConfig) -> None:
         families = {e.task: e.family for e in entries if not e.mixed}
-        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed))
+        groups = {s.name: s.holdout_group for s in selected_specs(zoo_cfg)[0]}  # siblings are held out together
+        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, groups))
         smallest = min(len(families) - len(f) for f in folds)
         if smallest < 1:
             raise ConfigError(f"{zoo_dir}: a fold leaves no training task; use more tasks or fewer folds")

@@ -20,6 +20,7 @@ from ..config import RuntimeConfig
 from ..deltas import DeltaCache, DeltaSpec, TaskProbes
 from ..lora import LoraWeights, load_adapter
 from ..training import TeacherDataset
+from ..zoo import ZooConfig
 from ..zoo.manifest import ZooEntry, adapter_dir
 from .merge_cache import MergeCache
 from .run import machine_of, teacher_delta_stage, zoo_stage
@@ -75,18 +76,18 @@ def prepare_world(
     out: str | Path,
     progress: bool = True,
     backbone=None,
-    check: Callable[[list[ZooEntry], Path], None] | None = None,
+    check: Callable[[list[ZooEntry], Path, ZooConfig], None] | None = None,
     kind: type[World] = World,
 ) -> World:
     """Backbone, zoo, teacher Δ on ``cfg.train``'s probes and the condition pools, into ``out`` (all reused when
-    already there); ``check(entries, zoo_dir)`` runs once the zoo is there, before any Δ (a config error fails
+    already there); ``check(entries, zoo_dir, zoo_cfg)`` runs once the zoo is there, before any Δ (a config error fails
     fast). Returns a ``kind`` (a :class:`World` or a subclass with defaults for its own fields)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock(out)
     zoo_cfg, backbone, zoo_dir, entries = zoo_stage(cfg, out, progress, backbone, clock)
     if check is not None:
-        check(entries, zoo_dir)
+        check(entries, zoo_dir, zoo_cfg)
     tasks, probes, cache = teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir, out, progress, clock)
     t0 = time.perf_counter()
     encoder = load_encoder(cfg.train.encoder, RuntimeConfig(device=zoo_cfg.runtime.device), progress=progress)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..config import StrictModel, load_yaml
 from .items import Kind, Task, TaskError
@@ -46,11 +46,14 @@ class TaskSpec(StrictModel):
     n_train: int = Field(256, ge=0)
     n_condition: int = Field(64, ge=1)
     n_eval: int = Field(100, ge=1)
+    # Tasks that share a dataset family (two files of one benchmark) name one group: k-fold splits hold a group out
+    # together, so no held-out task has a sibling in training. Empty: the task is a group of its own.
+    group: str = ""
 
-    @field_validator("name", "family")
+    @field_validator("name", "family", "group")
     @classmethod
-    def _ident(cls, v: str) -> str:
-        if not _NAME.match(v):
+    def _ident(cls, v: str, info: ValidationInfo) -> str:
+        if not _NAME.match(v) and not (info.field_name == "group" and v == ""):
             raise ValueError(
                 f"{v!r} must be lowercase letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
@@ -66,6 +69,11 @@ class TaskSpec(StrictModel):
             raise ValueError(f"source {self.source!r} gives kinds {list(src.kinds)}, not {self.kind!r}")
         src.args.model_validate(self.args)  # a ValidationError names the bad arg
         return self
+
+    @property
+    def holdout_group(self) -> str:
+        """The unit a k-fold split holds out: the task's ``group``, or the task itself."""
+        return self.group or self.name
 
     @property
     def sizes(self) -> dict[str, int]:

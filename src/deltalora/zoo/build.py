@@ -230,7 +230,7 @@ def resolved_config(cfg: ZooConfig) -> dict:
     _, needed = selected_specs(cfg)
     specs = []
     for s in needed:
-        d = s.model_dump(mode="json")
+        d = s.model_dump(mode="json", exclude={"group"})  # how folds hold tasks out, not what a teacher learns
         if isinstance(d["args"].get("path"), str):
             d["args"]["path"] = {"name": Path(d["args"]["path"]).name, "sha256": _file_digest(d["args"]["path"])}
         specs.append(d)
