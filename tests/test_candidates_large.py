@@ -112,6 +112,31 @@ def test_extra_list_adds_fetchable_tasks_to_the_evals_list_unchanged():
         assert s.kind == "short" and s.n_train >= 64 and s.n_condition == 64 and s.n_eval == 100, s.name
 
 
+MORE = CONFIGS / "tasks" / "candidates-more.yaml"
+
+
+def test_more_list_adds_evals_tasks_and_names_the_group_of_every_sibling():
+    extra = load_suite(EXTRA)
+    new = added_to(extra, MORE)
+    assert len(new) >= 15 and all(s.source == "openai_evals" and s.kind == "short" for s in new)
+    taken = {json.dumps(s.args, sort_keys=True) for s in extra}
+    assert not [s.name for s in new if json.dumps(s.args, sort_keys=True) in taken]
+    earlier = {s.name: s for s in extra}
+    folders = {s.args["samples"].split("/")[0]: s.name for s in extra if s.source == "openai_evals"}
+    for s in new:
+        assert s.n_train >= 32 and s.n_condition == 64 and s.n_eval == 100, s.name
+        folder = s.args["samples"].split("/")[0]
+        if folder in folders:  # another file of a benchmark an earlier candidate read: held out with it
+            assert s.group == folders[folder], s.name
+        if s.group:  # a sibling names an earlier task of its family, and that task's group is its own name
+            assert s.group in earlier and earlier[s.group].family == s.family and not earlier[s.group].group, s.name
+    assert {s.group for s in new if s.group} == {
+        "evals_pointer_value_retrieval",
+        "evals_sarcasm",
+        "evals_ukrainian_grammar_case",
+    }
+
+
 # two of the shrunk reasoning-gym generators (about 1 s): the config keeps the full splits distinct
 @pytest.mark.parametrize("name", ["rg_game_of_life", "rg_rectangle_count"])
 def test_shrunk_extra_generators_build_with_full_splits(name):
@@ -123,7 +148,13 @@ def test_shrunk_extra_generators_build_with_full_splits(name):
 
 
 @pytest.mark.parametrize(
-    "screen, suite", [("screen-olmo.yaml", OLMO), ("screen-evals.yaml", EVALS), ("screen-extra.yaml", EXTRA)]
+    "screen, suite",
+    [
+        ("screen-olmo.yaml", OLMO),
+        ("screen-evals.yaml", EVALS),
+        ("screen-extra.yaml", EXTRA),
+        ("screen-more.yaml", MORE),
+    ],
 )
 def test_the_later_screens_are_the_large_screen_on_their_lists(screen, suite):
     cfg = load_zoo_config(CONFIGS / "zoo" / screen)
