@@ -570,6 +570,24 @@ def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):
         run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
 
 
+def test_a_heldout_task_whose_sibling_trains_is_a_one_line_error(tmp_path, tiny_qwen2, monkeypatch):
+    """``group`` ties two files of one benchmark: holding one out while the other trains would leak it."""
+    import deltalora.experiment.run as run_module
+
+    real = run_module.selected_specs
+
+    def grouped(zoo_cfg):
+        chosen, needed = real(zoo_cfg)
+        tie = {"pick": "g", "colours": "g"}
+        return [s.model_copy(update={"group": tie.get(s.name, "")}) for s in chosen], needed
+
+    monkeypatch.setattr(run_module, "selected_specs", grouped)
+    cfg = load_run_config(TINY)
+    assert cfg.heldout == ["pick"]
+    with pytest.raises(ConfigError, match=r"share a group \(pick ~ colours\)"):
+        run_experiment(cfg, tmp_path / "r", progress=False, backbone=tiny_qwen2)
+
+
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
 def test_shipped_run_configs_validate(path):
     if "scaling" in path:

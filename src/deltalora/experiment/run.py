@@ -195,6 +195,13 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
         )
     t0 = time.perf_counter()  # the zoo's own baseline first, while this process holds nothing but the backbone
     training = {e.task for e in split_entries(entries, heldout)["train"] if not e.mixed}
+    groups = {s.name: s.holdout_group for s in selected_specs(zoo_cfg)[0]}
+    leaks = sorted(f"{h} ~ {t}" for h in heldout for t in training if groups.get(h, h) == groups.get(t, t))
+    if leaks:
+        raise ConfigError(
+            f"held-out and training tasks share a group ({', '.join(leaks)}): siblings are near-duplicates; hold out "
+            "every task of a group, or none"
+        )
     if build_multitask_baselines(cfg, zoo_dir, sorted(training), backbone, progress):
         clock.add("multi-task LoRA", t0)
     tasks, probes, cache = teacher_delta_stage(cfg, zoo_cfg, backbone, zoo_dir, out, progress, clock)
