@@ -59,8 +59,7 @@ def make_folds(
     ``groups`` (task -> group; a task not in it is a group of its own) keeps siblings together: a group is dealt as
     one unit (where its alphabetically first member comes in that member's family's order) to the fold with the
     fewest tasks of that family, then the fewest tasks, from the dealing position on, so no held-out task has a
-    sibling in training. Without groups of more than one task
-    this is exactly the round-robin above."""
+    sibling in training. Without groups of more than one task this is exactly the round-robin above."""
     group_of = {t: (groups or {}).get(t) or t for t in families}
     units: dict[str, list[str]] = defaultdict(list)
     for t in sorted(families):
