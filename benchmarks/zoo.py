@@ -29,7 +29,7 @@ from deltalora.experiment.config import EvalConfig  # noqa: E402
 from deltalora.experiment.eval_cache import EvalCache  # noqa: E402
 from deltalora.lora import load_adapter  # noqa: E402
 from deltalora.paths import atomic_write_bytes  # noqa: E402
-from deltalora.tasks import build_task, source_names  # noqa: E402
+from deltalora.tasks import build_task, constant_answer_score, source_names  # noqa: E402
 from deltalora.zoo import build_zoo, load_zoo_config, parse_shard  # noqa: E402
 from deltalora.zoo.build import selected_specs, zoo_precision  # noqa: E402
 
@@ -178,10 +178,11 @@ def main() -> None:
         teachers = sorted((e for e in entries if e.task == spec.name and e.step == last), key=lambda e: e.seed)
         key = hashlib.sha256(json.dumps([args.limit, [e.sha256 for e in teachers]]).encode()).hexdigest()[:16]
         cache = out / "eval" / (f"{spec.name}.json" if args.split == "eval" else f"{spec.name}.{args.split}.json")
+        task = build_task(spec, seed=cfg.split_seed)
+        constant = constant_answer_score(task, task.split(args.split)[: args.limit or None])[0]
         if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
             res = json.loads(cache.read_text())["result"]
         else:
-            task = build_task(spec, seed=cfg.split_seed)
             arms = {"base": None, **{f"s{e.seed}": load_adapter(out / e.path, arch=backbone.arch) for e in teachers}}
             found = reused_scores(args.reuse_eval, task, args.split, args.limit, args.reuse_eval_limit, backbone, arms)
             todo = {k: w for k, w in arms.items() if k not in found}
@@ -207,6 +208,7 @@ def main() -> None:
                 "teachers": {k: v["accuracy"] for k, v in teach.items()},
                 "teacher_mean": mean_t,
                 "gain_points": 100 * (mean_t - base["accuracy"]),
+                "constant": constant,  # the best single answer to every scored item (the majority-label baseline)
                 "worse_than_base": [k for k, v in teach.items() if v["accuracy"] < base["accuracy"]],
                 "eval_seconds": res["seconds"],
                 "reused_arms": res.get("reused", []),
@@ -272,14 +274,17 @@ def main() -> None:
             else "."
         ),
         "",
-        "| task | family | kind | n | base | teachers | gain (pts) |",
-        "|---|---|---|---:|---:|---|---:|",
+        "`const`: the score of the best single answer given to every scored item (the majority-label baseline); a "
+        "teacher at or below it may have learned only the commonest answer.",
+        "",
+        "| task | family | kind | n | base | const | teachers | gain (pts) |",
+        "|---|---|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         t = ", ".join(f"{k} {v:.3f}" for k, v in r["teachers"].items())
         md.append(
             f"| {r['task']} | {r['family']} | {r['kind']} | {r['n']} | {r['base']:.3f} ± {r['base_stderr']:.3f} "
-            f"| {t} | {r['gain_points']:+.1f} |"
+            f"| {r['constant']:.3f} | {t} | {r['gain_points']:+.1f} |"
         )
     (Path("results") / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[8:12]))
