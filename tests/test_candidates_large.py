@@ -137,6 +137,23 @@ def test_more_list_adds_evals_tasks_and_names_the_group_of_every_sibling():
     }
 
 
+EASIER = CONFIGS / "tasks" / "candidates-easier.yaml"
+
+
+def test_easier_list_shrinks_dropped_generators_and_groups_them_with_the_shipped_one():
+    more = load_suite(MORE)
+    new = added_to(more, EASIER)
+    assert len(new) >= 10
+    earlier = {s.name: s for s in more}
+    for s in new:
+        assert s.n_condition == 64 and s.n_eval == 100 and s.n_train >= 32, s.name
+        assert s.group in earlier, s.name  # every new task is a sibling of an earlier candidate
+        if s.source == "reasoning_gym":  # the shipped generator, at a config of its own
+            shipped = earlier[s.group]
+            assert shipped.source == "reasoning_gym" and shipped.args["dataset"] == s.args["dataset"], s.name
+            assert s.args["config"] and not shipped.args.get("config"), s.name
+
+
 # two of the shrunk reasoning-gym generators (about 1 s): the config keeps the full splits distinct
 @pytest.mark.parametrize("name", ["rg_game_of_life", "rg_rectangle_count"])
 def test_shrunk_extra_generators_build_with_full_splits(name):
