@@ -540,18 +540,21 @@ def _screen_suite(tmp_path: Path) -> Path:
     return suite
 
 
-def _select(tmp_path: Path, rows: list[dict], *extra: str, summary: dict | None = None):
+SCREEN_SUMMARY = {
+    "backbone": "tiny-qwen2",
+    "teacher": {"lora": {"rank": 2}, "steps": 4},
+    "limit": 50,
+    "split": "condition",
+}
+
+
+def _select(tmp_path: Path, rows: list[dict], *extra: str):
+    """Run benchmarks/select_suite.py on a screen of ``rows`` over the three tasks of :func:`_screen_suite`."""
     import subprocess
     import sys
 
     screen = tmp_path / "screen.json"
-    summary = summary or {
-        "backbone": "tiny-qwen2",
-        "teacher": {"lora": {"rank": 2}, "steps": 4},
-        "limit": 50,
-        "split": "condition",
-    }
-    screen.write_text(json.dumps({"rows": rows, "summary": summary}))
+    screen.write_text(json.dumps({"rows": rows, "summary": SCREEN_SUMMARY}))
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "select_suite.py"
     cmd = [sys.executable, str(script), "--screen", str(screen), "--candidates", str(_screen_suite(tmp_path))]
     return subprocess.run(
@@ -586,13 +589,7 @@ def test_select_suite_keeps_measured_winners_and_refuses_too_few(tmp_path):
     # did not screen; a task in both keeps the first file's row (user_short: +12, not the later -4)
     later = tmp_path / "later.json"
     later_rows = [_row("user_mc", 0.5, 0.59), _row("user_short", 0.1, 0.06, worse=True)]
-    summary = {
-        "backbone": "tiny-qwen2",
-        "teacher": {"lora": {"rank": 2}, "steps": 4},
-        "limit": 50,
-        "split": "condition",
-    }
-    same = {**summary, "teacher": {**summary["teacher"], "precision": "bfloat16", "init": "canonical"}}
+    same = {**SCREEN_SUMMARY, "teacher": {**SCREEN_SUMMARY["teacher"], "precision": "bfloat16", "init": "canonical"}}
     later.write_text(json.dumps({"rows": later_rows, "summary": same}))
     first = [rows[0], rows[2]]
     res = _select(tmp_path, first, "--screen", str(later), "--min-tasks", "2", "--min-families", "1")
