@@ -119,6 +119,7 @@ def test_suite_rows_read_no_data():
         "train": 0,
         "condition": 1,
         "eval": 1,
+        "group": "user_mc",
     }
     with pytest.raises(ConfigError, match="config file not found"):
         suite_rows(FIX / "nope.yaml")

@@ -502,6 +502,20 @@ def test_cli_list_json_reads_no_data(deltalora_home):
     assert not deltalora_home.exists()  # listing downloads nothing
 
 
+def test_cli_list_shows_the_hold_out_groups(deltalora_home):
+    from deltalora.cli.tasks import app
+
+    suite = Path(__file__).resolve().parents[1] / "configs" / "tasks" / "large.yaml"
+    res = CliRunner().invoke(app, ["list", "--suite", str(suite)])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line.split() for line in res.output.splitlines()[1:-1]}
+    assert lines["evals_portuguese_sarcasm"][-1] == lines["evals_sarcasm"][-1] == "evals_sarcasm"
+    assert lines["rg_number_format"][-1] == "-"  # a task on its own
+    groups = len({s.holdout_group for s in load_suite(suite)})
+    assert res.output.splitlines()[-1].endswith(f"{groups} hold-out groups (siblings are held out together)")
+    assert not deltalora_home.exists()
+
+
 def test_cli_show_and_errors():
     from deltalora.cli.tasks import app
 

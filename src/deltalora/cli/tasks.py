@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import typer
 
 from .common import emit_json, run_guarded
@@ -26,13 +28,20 @@ def list_cmd(
     if json_out:
         emit_json(rows)
         return
-    typer.echo(f"{'name':<28} {'family':<12} {'kind':<6} {'source':<14} {'train':>5} {'cond':>5} {'eval':>5}")
+    width = max([28] + [len(r["name"]) for r in rows])
+    size = Counter(r["group"] for r in rows)  # a group is shown where it ties two or more of these tasks
+    head = f"{'name':<{width}} {'family':<12} {'kind':<6} {'source':<14} {'train':>5} {'cond':>5} {'eval':>5}"
+    typer.echo(f"{head}  group")
     for r in rows:
         typer.echo(
-            f"{r['name']:<28} {r['family']:<12} {r['kind']:<6} {r['source']:<14} "
-            f"{r['train']:>5} {r['condition']:>5} {r['eval']:>5}"
+            f"{r['name']:<{width}} {r['family']:<12} {r['kind']:<6} {r['source']:<14} "
+            f"{r['train']:>5} {r['condition']:>5} {r['eval']:>5}  {r['group'] if size[r['group']] > 1 else '-'}"
         )
-    typer.echo(f"{len(rows)} tasks in {len({r['family'] for r in rows})} families")
+    groups = len(size)
+    typer.echo(
+        f"{len(rows)} tasks in {len({r['family'] for r in rows})} families"
+        + (f", {groups} hold-out groups (siblings are held out together)" if groups < len(rows) else "")
+    )
 
 
 @app.command("show")

@@ -12,10 +12,19 @@ from .suite import build_task, get_spec, load_suite, prefetch
 
 
 def suite_rows(suite: str | Path | None = None) -> list[dict[str, Any]]:
-    """One row per task of the suite (default suite when None): name, family, kind, source, args and the requested
-    split sizes (train, condition, eval). Reads no task data."""
+    """One row per task of the suite (default suite when None): name, family, kind, source, args, the requested
+    split sizes (train, condition, eval) and the hold-out group (the task itself unless it names siblings). Reads no
+    task data."""
     return [
-        {"name": s.name, "family": s.family, "kind": s.kind, "source": s.source, "args": s.args, **s.sizes}
+        {
+            "name": s.name,
+            "family": s.family,
+            "kind": s.kind,
+            "source": s.source,
+            "args": s.args,
+            **s.sizes,
+            "group": s.holdout_group,
+        }
         for s in load_suite(suite)
     ]
 
