@@ -572,16 +572,16 @@ def test_unknown_heldout_task_is_a_one_line_error(tmp_path, tiny_qwen2):
 
 def test_a_heldout_task_whose_sibling_trains_is_a_one_line_error(tmp_path, tiny_qwen2, monkeypatch):
     """``group`` ties two files of one benchmark: holding one out while the other trains would leak it."""
-    import deltalora.experiment.run as run_module
+    import deltalora.zoo.build as build_module
 
-    real = run_module.selected_specs
+    real = build_module.selected_specs
 
-    def grouped(zoo_cfg):
+    def grouped(zoo_cfg):  # the zoo's suite, with pick and colours named siblings
         chosen, needed = real(zoo_cfg)
         tie = {"pick": "g", "colours": "g"}
         return [s.model_copy(update={"group": tie.get(s.name, "")}) for s in chosen], needed
 
-    monkeypatch.setattr(run_module, "selected_specs", grouped)
+    monkeypatch.setattr(build_module, "selected_specs", grouped)
     cfg = load_run_config(TINY)
     assert cfg.heldout == ["pick"]
     with pytest.raises(ConfigError, match=r"share a group \(pick ~ colours\)"):

@@ -63,7 +63,7 @@ from ..training.logs import read_log, tail_mean
 from ..training.loop import FIT_NAME
 from ..training.losses import cosines_to_mean
 from ..zoo import build_zoo, read_manifest
-from ..zoo.build import selected_specs, zoo_precision
+from ..zoo.build import holdout_groups, selected_specs, zoo_precision
 from .baselines import Baselines, baseline_candidates, build_multitask_baselines, prepare_baselines
 from .baselines import predictor_cosines as baseline_predictor_cosines
 from .candidates import Candidates, average_merge, generate, random_conditions
@@ -195,7 +195,7 @@ def prepare(cfg: RunConfig, out: str | Path, progress: bool = True, backbone=Non
         )
     t0 = time.perf_counter()  # the zoo's own baseline first, while this process holds nothing but the backbone
     training = {e.task for e in split_entries(entries, heldout)["train"] if not e.mixed}
-    groups = {s.name: s.holdout_group for s in selected_specs(zoo_cfg)[0]}
+    groups = holdout_groups(zoo_cfg)
     leaks = sorted(f"{h} ~ {t}" for h in heldout for t in training if groups.get(h, h) == groups.get(t, t))
     if leaks:
         raise ConfigError(

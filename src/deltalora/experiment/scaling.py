@@ -37,7 +37,7 @@ from ..retrieval import retrieve_adapter
 from ..tasks import stable_seed
 from ..training import train_generator
 from ..zoo import ZooConfig
-from ..zoo.build import selected_specs
+from ..zoo.build import holdout_groups
 from ..zoo.manifest import ZooEntry, last_teachers
 from .baselines import cached_index
 from .candidates import Candidates, average_merge, generate
@@ -274,8 +274,7 @@ def run_scaling(
 
     def check(entries: list[ZooEntry], zoo_dir: Path, zoo_cfg: ZooConfig) -> None:
         families = {e.task: e.family for e in entries if not e.mixed}
-        groups = {s.name: s.holdout_group for s in selected_specs(zoo_cfg)[0]}  # siblings are held out together
-        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, groups))
+        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, holdout_groups(zoo_cfg)))  # siblings together
         smallest = min(len(families) - len(f) for f in folds)
         if smallest < 1:
             raise ConfigError(f"{zoo_dir}: a fold leaves no training task; use more tasks or fewer folds")

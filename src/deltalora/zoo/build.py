@@ -126,6 +126,11 @@ def selected_specs(cfg: ZooConfig) -> tuple[list[TaskSpec], list[TaskSpec]]:
     return chosen, sorted(needed.values(), key=lambda s: s.name)
 
 
+def holdout_groups(cfg: ZooConfig) -> dict[str, str]:
+    """Each single-task teacher's hold-out group (``TaskSpec.holdout_group``): siblings share one."""
+    return {s.name: s.holdout_group for s in selected_specs(cfg)[0]}
+
+
 def plan_jobs(cfg: ZooConfig) -> list[ZooJob]:
     """Every job of ``cfg``, sorted by id (reads the suite, never task data)."""
     chosen, needed = selected_specs(cfg)
