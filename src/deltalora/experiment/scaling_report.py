@@ -65,6 +65,8 @@ def curve_figure(results: Mapping, path: Path):
     own = 100 * results["config"]["min_own_gain"]
     keys = sorted({k for pts in curve.values() for k in pts}, key=size_order)
     ticks, tick_labels = [at.get(k) or int(k) for k in keys], [_size_label(k, pools) for k in keys]
+    if ALL in keys and len(keys) > 1 and ticks[-1] < 1.25 * ticks[-2]:
+        tick_labels[-1] = "\n" + tick_labels[-1]  # the whole pools sit next to the largest size: a line lower
     for a, ylabel, title in (
         (ax, "held-out gain over base (points, ± 1 SE over tasks)", "Held-out gain"),
         (ax_share, f"% of the own teachers' gain (tasks gaining ≥ {own:g} points)", "Share of the own teachers' gain"),
@@ -153,7 +155,7 @@ def render(results: Mapping, figure) -> str:
         span = f"{_size_label(d['from'], s.get('pool_sizes'))} → {_size_label(d['to'], s.get('pool_sizes'))}"
         lines.append(
             f"- {span} training tasks: the generator's gain changes by "
-            f"{100 * d['generator_change']:+.1f} points, the {label}'s by {100 * d['baseline_change']:+.1f}; "
+            f"{100 * d['generator_change']:+.1f} points, that of the {label} by {100 * d['baseline_change']:+.1f}; "
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}."
         )
