@@ -154,6 +154,21 @@ def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_bas
     assert "eval items per task, scored in float32." in report.read_text()
 
 
+def test_deltalora_report_rerenders_a_study_from_its_results_json(study, tmp_path):
+    from typer.testing import CliRunner
+
+    from deltalora.cli import app
+
+    _, out, report = study
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_bytes((out / "results.json").read_bytes())  # a committed results dir: no runs/
+    res = CliRunner().invoke(app, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert (copy / "scaling.md").read_text() == report.read_text()
+    assert (copy / "figures" / "scaling_curve.png").is_file() and not (copy / "report.md").exists()
+
+
 def test_a_rerun_reuses_the_finished_folds_and_run_folds_splits_the_work(study, tiny_qwen2, tmp_path, monkeypatch):
     import deltalora.experiment.run as run
 

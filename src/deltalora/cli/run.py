@@ -65,9 +65,11 @@ def scale_cmd(
 
 
 def report_cmd(
-    run_dir: Path = typer.Argument(..., help="A run directory that `deltalora run` finished (holds results.json)."),
+    run_dir: Path = typer.Argument(
+        ..., help="A directory that `deltalora run` or `deltalora scale` finished (holds results.json)."
+    ),
 ) -> None:
-    """Re-render report.md and its figures from a finished run's results.json and logs; recomputes nothing."""
+    """Re-render report.md (scaling.md for a scale study) and its figures from results.json; recomputes nothing."""
     from ..experiment import rerender
 
     typer.echo(f"report: {run_guarded(rerender, run_dir)}")

@@ -21,6 +21,7 @@ from ..paths import atomic_write_bytes
 from ..training.logs import read_log
 from . import figures as fig
 from .markdown import render
+from .scaling_report import write_scaling_report
 from .stats import summarize, target_config, validate
 
 TSNE_INPUT = "tsne_input.npz"  # the t-SNE's points and labels, kept so the report can be re-rendered
@@ -75,7 +76,8 @@ def write_report(
 
 
 def rerender(out_dir: str | Path) -> Path:
-    """Re-render a finished run's report.md and figures from its results.json, generator logs and t-SNE input.
+    """Re-render a finished run's report.md and figures from its results.json, generator logs and t-SNE input
+    (a ``deltalora scale`` study's scaling.md and curve from its results.json alone).
 
     Nothing is recomputed, so the report keeps the timing and notes of the call that wrote results.json. A figure
     whose input is not on disk any more (training logs not kept, a run from before the t-SNE input was saved) keeps
@@ -86,11 +88,15 @@ def rerender(out_dir: str | Path) -> Path:
     try:
         results = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no results.json; run `deltalora run` into {out_dir} first") from None
+        raise ConfigError(
+            f"{path}: no results.json; run `deltalora run` (or `deltalora scale`) into {out_dir} first"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"{path}: not valid JSON ({exc}); rerun `deltalora run` into {out_dir} to rewrite it"
         ) from None
+    if "finished_folds" in results:  # a `deltalora scale` study: its report needs nothing but results.json
+        return write_scaling_report(out_dir, results)
     logs = {
         f"{p.parent.parent.name} seed {p.parent.name.removeprefix('seed')}": p
         for p in sorted(out_dir.glob("generators/*/seed*/log.jsonl"))
