@@ -152,6 +152,7 @@ def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_bas
     assert "| all (2) |" in report.read_text()
     assert res["eval_precision"] == {"0": "float32", "1": "float32", "2": "float32"}
     assert "eval items per task, scored in float32." in report.read_text()
+    assert "## Timing" in report.read_text() and "| evaluate |" in report.read_text()
 
 
 def test_deltalora_report_rerenders_a_study_from_its_results_json(study, tmp_path):
@@ -177,6 +178,9 @@ def test_a_rerun_reuses_the_finished_folds_and_run_folds_splits_the_work(study, 
     monkeypatch.setattr(run, "evaluate_task", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError))
     run_scaling(cfg, out, progress=False, backbone=tiny_qwen2)
     assert not calls
+    # the study's cost is summed over every call into its directory (one fold per call on a small machine)
+    assert json.loads((out / "results.json").read_text())["timing_all_calls"]["calls"] == 2
+    assert "Resumed: 2 calls wrote into this run directory." in (out / "scaling.md").read_text()
     monkeypatch.undo()
     part = cfg.model_copy(update={"run_folds": [1], "zoo_dir": str(out / "zoo")})
     run_scaling(part, tmp_path / "part", progress=False, backbone=tiny_qwen2)

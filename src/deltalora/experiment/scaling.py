@@ -311,6 +311,7 @@ def run_scaling(
         "summary": summarize_scaling(records, cfg.min_own_gain),
         "records": records,
         "timing": world.clock.call,
+        "timing_all_calls": {"calls": world.clock.calls, "stages": world.clock.total},  # a study is many calls
         "wall_seconds": round(time.perf_counter() - t_all, 1),
         "config": json.loads(cfg.model_dump_json()),
         "machine": world.machine,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..paths import atomic_write_bytes
 from .figures import new_figure, save_png
-from .markdown import DASH, fmt, table
+from .markdown import DASH, fmt, table, timing_table
 
 REPORT = "scaling.md"
 ALL = "all"  # the curve's point for a fold's whole pool, whose size differs by one between folds of unequal size
@@ -159,6 +159,7 @@ def render(results: Mapping, figure) -> str:
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}."
         )
+    lines += ["", "## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     return "\n".join(lines + [""])
 
 
