@@ -93,10 +93,10 @@ def rerender(out_dir: str | Path) -> Path:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"{path}: not valid JSON ({exc}); rerun `deltalora run` into {out_dir} to rewrite it"
+            f"{path}: not valid JSON ({exc}); rerun `deltalora run` (or `deltalora scale`) into {out_dir} to rewrite it"
         ) from None
     if "finished_folds" in results:  # a `deltalora scale` study: its report needs nothing but results.json
-        return write_scaling_report(out_dir, results)
+        return write_scaling_report(out_dir, results, save_results=False)  # leaves its input as it was
     logs = {
         f"{p.parent.parent.name} seed {p.parent.name.removeprefix('seed')}": p
         for p in sorted(out_dir.glob("generators/*/seed*/log.jsonl"))

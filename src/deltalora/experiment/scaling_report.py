@@ -163,11 +163,13 @@ def render(results: Mapping, figure) -> str:
     return "\n".join(lines + [""])
 
 
-def write_scaling_report(out: str | Path, results: dict) -> Path:
-    """results.json, scaling.md and the curve into ``out``; the report's path."""
+def write_scaling_report(out: str | Path, results: dict, *, save_results: bool = True) -> Path:
+    """results.json (unless re-rendering from it: ``save_results=False``), scaling.md and the curve into ``out``;
+    the report's path."""
     out = Path(out)
     fig = curve_figure(results, out / "figures" / "scaling_curve.png")
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
+    if save_results:
+        atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     path = out / REPORT
     atomic_write_bytes(path, render(results, fig).encode())
     return path
