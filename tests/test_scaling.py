@@ -75,6 +75,13 @@ def test_the_curve_is_the_mean_gain_over_tasks_with_its_standard_error():
     slope = s["slopes"]["average_merge"]
     assert slope["generator_change"] == pytest.approx(0.1) and slope["baseline_change"] == pytest.approx(0.0)
     assert slope["difference"] == pytest.approx(0.1) and slope["se"] == pytest.approx(0.0) and slope["n_tasks"] == 2
+    assert s["by_family"] == {}  # no families given
+    fam = summarize_scaling(recs, families={"a": "math", "b": "code"})["by_family"]
+    assert list(fam) == ["code", "math"] and fam["math"]["size"] == 4 and fam["math"]["n_tasks"] == 1
+    math, code = fam["math"], fam["code"]
+    assert math["generator"]["gain"] == pytest.approx(0.2) and code["generator"]["gain"] == pytest.approx(0.1)
+    assert code["own"]["gain"] == pytest.approx(0.4) and code["average_merge"]["gain"] == pytest.approx(0.1)
+    assert code["retrieval"] is None  # no retrieval records
 
 
 def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
@@ -153,6 +160,13 @@ def test_every_task_is_held_out_once_and_never_trains_its_folds_generator_or_bas
     assert res["eval_precision"] == {"0": "float32", "1": "float32", "2": "float32"}
     assert "eval items per task, scored in float32." in report.read_text()
     assert "## Timing" in report.read_text() and "| evaluate |" in report.read_text()
+    assert res["families"] == {"colours": "knowledge", "double": "math", "pick": "knowledge"}
+    fam, curve = res["summary"]["by_family"], res["summary"]["curve"]["generator"][ALL]
+    assert list(fam) == ["knowledge", "math"] and [fam[f]["n_tasks"] for f in fam] == [2, 1]
+    mean = (2 * fam["knowledge"]["generator"]["gain"] + fam["math"]["generator"]["gain"]) / 3
+    assert mean == pytest.approx(curve["gain"])
+    text = report.read_text()
+    assert "## By task family, all (2) training tasks" in text and "| math | 1 | +0.0 | +0.0 |" in text
 
 
 def test_deltalora_report_rerenders_a_study_from_its_results_json(study, tmp_path):

@@ -183,13 +183,16 @@ def _se(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
-def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) -> dict:
+def summarize_scaling(
+    records: Sequence[Mapping], min_own_gain: float = 0.05, families: Mapping[str, str] | None = None
+) -> dict:
     """The curve from the records: per row and size, the mean gain over base across tasks (each task's gain averaged
     over draws and adapters first) with its standard error over tasks, the spread of the across-task mean between
     draws, and the mean share of the own teachers' gain (tasks whose own teachers gain ≥ ``min_own_gain``); and,
     per baseline, the paired difference over tasks of the generator's (largest − smallest size) gain change and the
     baseline's. Records of a fold's whole pool (``whole_pool``) form the point ``ALL``, whatever the pool's size (folds
-    of unequal size have pools one task apart)."""
+    of unequal size have pools one task apart). With ``families`` (task -> family): per family, the gain of the own
+    teachers and of every row at the generator's largest size (``by_family``)."""
     base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
     own_acc: dict[str, list[float]] = defaultdict(list)
     for r in records:
@@ -230,8 +233,18 @@ def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) ->
                 "n_tasks_share": len(pct),
                 "draws": len(draws),
             }
-    slopes = {}
+    slopes: dict[str, dict] = {}
+    by_family: dict[str, dict] = {}
     gen_sizes = sorted(curve["generator"], key=size_order)
+    if gen_sizes and families:
+        top = gen_sizes[-1]
+        for fam in sorted({families[t] for t in per_task[("generator", top)] if t in families}):
+            members = [t for t in per_task[("generator", top)] if families.get(t) == fam]
+            entry: dict = {"size": top, "n_tasks": len(members)}
+            for row, gains in [("own", own_gain)] + [(r, per_task.get((r, top), {})) for r in ROWS]:
+                vals = [gains[t] for t in members if t in gains]
+                entry[row] = {"gain": statistics.fmean(vals), "gain_se": _se(vals)} if vals else None
+            by_family[fam] = entry
     if len(gen_sizes) >= 2:
         lo, hi = gen_sizes[0], gen_sizes[-1]
 
@@ -261,6 +274,7 @@ def summarize_scaling(records: Sequence[Mapping], min_own_gain: float = 0.05) ->
         "tasks": len(base),
         "pool_sizes": sorted(pools),  # the training-set sizes the ALL point stands for
         "own_gain_median": statistics.median(own_gain.values()) if own_gain else None,
+        "by_family": by_family,
     }
 
 
@@ -271,9 +285,10 @@ def run_scaling(
     path of scaling.md."""
     t_all = time.perf_counter()
     folds: list[list[str]] = []
+    families: dict[str, str] = {}
 
     def check(entries: list[ZooEntry], zoo_dir: Path, zoo_cfg: ZooConfig) -> None:
-        families = {e.task: e.family for e in entries if not e.mixed}
+        families.update({e.task: e.family for e in entries if not e.mixed})
         folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, holdout_groups(zoo_cfg)))  # siblings together
         smallest = min(len(families) - len(f) for f in folds)
         if smallest < 1:
@@ -306,9 +321,10 @@ def run_scaling(
         "command": command or f"deltalora scale --config <{cfg.name}.yaml> --out {world.out}",
         "backbone": world.backbone.name,
         "folds": folds,
+        "families": families,
         "finished_folds": finished,
         "eval_precision": precision,
-        "summary": summarize_scaling(records, cfg.min_own_gain),
+        "summary": summarize_scaling(records, cfg.min_own_gain, families),
         "records": records,
         "timing": world.clock.call,
         "timing_all_calls": {"calls": world.clock.calls, "stages": world.clock.total},  # a study is many calls

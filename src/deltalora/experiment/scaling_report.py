@@ -101,6 +101,29 @@ def _precisions(results: Mapping) -> str:
     return ", ".join(f"{p} (fold{'s' if len(f) > 1 else ''} {', '.join(f)})" for p, f in by.items())
 
 
+def _family_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
+    """Per task family: the own teachers' gain and every row's at the generator's largest size (none without
+    families in the summary: studies saved before they were recorded)."""
+    fams = s.get("by_family") or {}
+    if not fams:
+        return []
+    size = _size_label(next(iter(fams.values()))["size"], s.get("pool_sizes"))
+    rows = ["own"] + [r for r in s["curve"]]
+    head = ["family", "tasks", "own teachers"] + [labels.get(r, r) for r in rows[1:]]
+
+    def cell(c, n):  # one task has no standard error
+        return DASH if c is None else f"{100 * c['gain']:+.1f}" + (f" ± {100 * c['gain_se']:.1f}" if n > 1 else "")
+
+    body = [[fam, str(e["n_tasks"])] + [cell(e.get(r), e["n_tasks"]) for r in rows] for fam, e in fams.items()]
+    return [
+        "",
+        f"## By task family, {size} training tasks",
+        "",
+        "Gain over base (points, ± SE over the family's held-out tasks) of the tasks' own teachers and of each row.",
+        "",
+    ] + table(head, body)[:-1]  # the caller spaces the next section
+
+
 def render(results: Mapping, figure) -> str:
     cfg, s = results["config"], results["summary"]
     m = results.get("machine") or {}
@@ -159,6 +182,7 @@ def render(results: Mapping, figure) -> str:
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}."
         )
+    lines += _family_table(s, labels)
     lines += ["", "## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     return "\n".join(lines + [""])
 
