@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -221,6 +222,13 @@ def main() -> None:
 
     gains = [r["gain_points"] for r in rows]
     jobs = list(train_s.values())
+    # how far one task's teachers land apart between seeds (max - min accuracy, points), beside one score's noise
+    spreads = [
+        100 * (max(r["teachers"].values()) - min(r["teachers"].values())) for r in rows if len(r["teachers"]) > 1
+    ]
+    noise = [
+        100 * math.sqrt(a * (1 - a) / r["n"]) for r in rows if len(r["teachers"]) > 1 for a in r["teachers"].values()
+    ]
     summary = {
         "config": args.config,
         "tasks": len(rows),
@@ -230,6 +238,17 @@ def main() -> None:
         "mean_gain_points": statistics.mean(gains),
         "tasks_with_a_teacher_worse_than_base": [r["task"] for r in rows if r["worse_than_base"]],
         "tasks_with_mean_teacher_worse_than_base": [r["task"] for r in rows if r["gain_points"] < 0],
+        "seed_spread_points": (
+            {
+                "tasks": len(spreads),
+                "median": statistics.median(spreads),
+                "mean": statistics.mean(spreads),
+                "max": max(spreads),
+                "score_se_mean": statistics.mean(noise),  # binomial SE of one teacher's score
+            }
+            if spreads
+            else None
+        ),
         "train_seconds_total": round(sum(jobs), 1),
         "train_seconds_per_job_median": round(statistics.median(jobs), 1) if jobs else None,
         "train_seconds_per_adapter": round(sum(jobs) / max(1, len(entries)), 1),
@@ -264,6 +283,16 @@ def main() -> None:
         f"{summary['tasks_with_mean_teacher_worse_than_base'] or 'none'}; "
         f"where any teacher is: {summary['tasks_with_a_teacher_worse_than_base'] or 'none'}.",
         "",
+    ]
+    if spreads:
+        sp = summary["seed_spread_points"]
+        md += [
+            f"Seeds: on the {sp['tasks']} tasks with ≥ 2 seeds, a task's teachers differ by {sp['median']:.1f} points "
+            f"(median of max − min over seeds; mean {sp['mean']:.1f}, largest {sp['max']:.1f}); one teacher's score "
+            f"has a binomial standard error of {sp['score_se_mean']:.1f} points on average.",
+            "",
+        ]
+    md += [
         f"Training wall time: {summary['train_seconds_total']:.0f} s in all, median "
         f"{summary['train_seconds_per_job_median']} s per run, "
         f"{summary['train_seconds_per_adapter']} s per adapter; evaluation {summary['eval_seconds_total']:.0f} s"
