@@ -223,12 +223,9 @@ def main() -> None:
     gains = [r["gain_points"] for r in rows]
     jobs = list(train_s.values())
     # how far one task's teachers land apart between seeds (max - min accuracy, points), beside one score's noise
-    spreads = [
-        100 * (max(r["teachers"].values()) - min(r["teachers"].values())) for r in rows if len(r["teachers"]) > 1
-    ]
-    noise = [
-        100 * math.sqrt(a * (1 - a) / r["n"]) for r in rows if len(r["teachers"]) > 1 for a in r["teachers"].values()
-    ]
+    seeded = [r for r in rows if len(r["teachers"]) > 1]
+    spreads = [100 * (max(r["teachers"].values()) - min(r["teachers"].values())) for r in seeded]
+    noise = [100 * math.sqrt(a * (1 - a) / r["n"]) for r in seeded for a in r["teachers"].values()]
     summary = {
         "config": args.config,
         "tasks": len(rows),

@@ -238,8 +238,9 @@ def summarize_scaling(
     gen_sizes = sorted(curve["generator"], key=size_order)
     if gen_sizes and families:
         top = gen_sizes[-1]
-        for fam in sorted({families[t] for t in per_task[("generator", top)] if t in families}):
-            members = [t for t in per_task[("generator", top)] if families.get(t) == fam]
+        scored = per_task[("generator", top)]
+        for fam in sorted({families[t] for t in scored if t in families}):
+            members = [t for t in scored if families.get(t) == fam]
             entry: dict = {"size": top, "n_tasks": len(members)}
             for row, gains in [("own", own_gain)] + [(r, per_task.get((r, top), {})) for r in ROWS]:
                 vals = [gains[t] for t in members if t in gains]

@@ -108,7 +108,7 @@ def _family_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     if not fams:
         return []
     size = _size_label(next(iter(fams.values()))["size"], s.get("pool_sizes"))
-    rows = ["own"] + [r for r in s["curve"]]
+    rows = ["own", *s["curve"]]
     head = ["family", "tasks", "own teachers"] + [labels.get(r, r) for r in rows[1:]]
 
     def cell(c, n):  # one task has no standard error
