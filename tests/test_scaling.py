@@ -11,7 +11,7 @@ import pytest
 from deltalora.errors import ConfigError
 from deltalora.experiment.config import ScalingConfig, load_scaling_config
 from deltalora.experiment.scaling import ALL, make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
-from deltalora.experiment.scaling_report import render
+from deltalora.experiment.scaling_report import _fold_table, _labels, render
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.retrieval import RetrievalIndex
 
@@ -86,17 +86,33 @@ def test_the_curve_is_the_mean_gain_over_tasks_with_its_standard_error():
 
 def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
     # fold 0 holds out task a (pool of 4), fold 1 task b (pool of 3): their whole-pool sets are the curve's "all"
-    recs = [{"row": "base", "task": t, "accuracy": 0.2} for t in ("a", "b")]
-    recs += [{"row": "own", "task": t, "accuracy": 0.6} for t in ("a", "b")]
-    for task, pool, gen in (("a", 4, 0.5), ("b", 3, 0.3)):
+    recs = [{"fold": f, "row": "base", "task": t, "accuracy": 0.2} for f, t in enumerate("ab")]
+    recs += [{"fold": f, "row": "own", "task": t, "accuracy": 0.6} for f, t in enumerate("ab")]
+    for fold, (task, pool, gen) in enumerate((("a", 4, 0.5), ("b", 3, 0.3))):
         for n, acc in ((2, 0.2), (pool, gen)):
-            for row in ("generator", "average_merge"):
-                recs += [{"row": row, "size": n, "whole_pool": n == pool, "task": task, "draw": 0, "accuracy": acc}]
+            for row, a in (("generator", acc), ("average_merge", 0.25)):
+                recs += [
+                    {
+                        "fold": fold,
+                        "row": row,
+                        "size": n,
+                        "whole_pool": n == pool,
+                        "task": task,
+                        "draw": 0,
+                        "accuracy": a,
+                    }
+                ]
     s = summarize_scaling(recs)
     assert list(s["curve"]["generator"]) == [2, ALL] and s["pool_sizes"] == [3, 4]
     assert s["curve"]["generator"][ALL]["n_tasks"] == 2 and s["curve"]["generator"][ALL]["gain"] == pytest.approx(0.2)
     slope = s["slopes"]["average_merge"]
     assert (slope["from"], slope["to"], slope["n_tasks"]) == (2, ALL, 2)
+    # fold by fold: fold 0 (task a) has the generator at +0.3 with its pool of 4, fold 1 (task b) at +0.1 with 3
+    f0, f1 = s["by_fold"]["0"], s["by_fold"]["1"]
+    assert f0["n_tasks"] == f1["n_tasks"] == 1 and f0["top"]["generator"]["size"] == ALL
+    assert f0["top"]["generator"]["gain"] == pytest.approx(0.3) and f1["top"]["generator"]["gain"] == pytest.approx(0.1)
+    assert f0["slopes"] == {}  # a change needs two tasks
+    assert summarize_scaling([r for r in recs if r["fold"] == 0])["by_fold"] == {}  # one fold: no table
     back = json.loads(json.dumps(s))  # the report reads the summary back from results.json: string keys
     text = render(
         {
@@ -120,6 +136,30 @@ def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
     )
     assert "scored in bfloat16 (fold 0), float32 (fold 1)." in text
     assert "| all (3–4) |" in text and "2 → all (3–4) training tasks" in text
+    assert "## By fold, all (3–4) training tasks" in text
+    assert "| 0 | 1 | +30.0 ± 0.0 | +5.0 ± 0.0 |" in text  # the generator's and the merge's gain
+
+
+def test_the_verdict_is_also_given_fold_by_fold():
+    # two folds of two tasks: in fold 0 the generator climbs by 0.2 and 0.4 while the merge stays flat; in fold 1
+    # neither moves
+    recs = []
+    for fold, tasks, climb in ((0, "ab", (0.2, 0.4)), (1, "cd", (0.0, 0.0))):
+        for task, up in zip(tasks, climb):
+            recs += [{"fold": fold, "row": "base", "task": task, "accuracy": 0.2}]
+            for n in (2, 4):
+                for row, acc in (("generator", 0.2 + (up if n == 4 else 0)), ("average_merge", 0.3)):
+                    recs += [{"fold": fold, "row": row, "size": n, "task": task, "draw": 0, "accuracy": acc}]
+    folds = summarize_scaling(recs)["by_fold"]
+    d0, d1 = folds["0"]["slopes"]["average_merge"], folds["1"]["slopes"]["average_merge"]
+    assert (d0["from"], d0["to"]) == (2, 4)
+    assert d0["difference"] == pytest.approx(0.3) and d0["se"] == pytest.approx(0.1)
+    assert d1["difference"] == pytest.approx(0.0) and folds["1"]["top"]["average_merge"]["gain"] == pytest.approx(0.1)
+    cfg = {"train": {"generator": "mixture", "steps": 3}, "k": 3, "retrieval": {}}
+    lines = _fold_table(summarize_scaling(recs), _labels(cfg))
+    assert "| 0 | 2 | +30.0 ± 10.0 | +10.0 ± 0.0 | +30.0 ± 10.0 |" in lines
+    assert "| 1 | 2 | +0.0 ± 0.0 | +10.0 ± 0.0 | +0.0 ± 0.0 |" in lines
+    assert any("generator − mean merge of the training teachers, change 2 → 4" in x for x in lines)
 
 
 @pytest.fixture(scope="module")

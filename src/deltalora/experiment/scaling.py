@@ -192,7 +192,9 @@ def summarize_scaling(
     per baseline, the paired difference over tasks of the generator's (largest − smallest size) gain change and the
     baseline's. Records of a fold's whole pool (``whole_pool``) form the point ``ALL``, whatever the pool's size (folds
     of unequal size have pools one task apart). With ``families`` (task -> family): per family, the gain of the own
-    teachers and of every row at the generator's largest size (``by_family``)."""
+    teachers and of every row at the generator's largest size (``by_family``). With records of several folds: per
+    fold, every row's gain at its largest size and the generator-minus-baseline changes (``by_fold``), so a reader sees
+    whether the pooled verdict holds fold by fold."""
     base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
     own_acc: dict[str, list[float]] = defaultdict(list)
     for r in records:
@@ -276,7 +278,27 @@ def summarize_scaling(
         "pool_sizes": sorted(pools),  # the training-set sizes the ALL point stands for
         "own_gain_median": statistics.median(own_gain.values()) if own_gain else None,
         "by_family": by_family,
+        "by_fold": _by_fold(records, min_own_gain),
     }
+
+
+def _by_fold(records: Sequence[Mapping], min_own_gain: float) -> dict[str, dict]:
+    """Per fold (string keys, as in results.json): its held-out tasks, each row's gain ± SE at the row's largest
+    size, and the generator-minus-baseline changes; empty for records of one fold."""
+    folds = sorted({r["fold"] for r in records if r.get("fold") is not None})
+    out: dict[str, dict] = {}
+    if len(folds) < 2:
+        return out
+    for fold in folds:
+        s = summarize_scaling([r for r in records if r.get("fold") == fold], min_own_gain)
+        top = {}
+        for row, pts in s["curve"].items():
+            if pts:
+                n = max(pts, key=size_order)
+                top[row] = {"size": n, "gain": pts[n]["gain"], "gain_se": pts[n]["gain_se"]}
+        slopes = {row: {k: d[k] for k in ("from", "to", "difference", "se")} for row, d in s["slopes"].items()}
+        out[str(fold)] = {"n_tasks": s["tasks"], "top": top, "slopes": slopes}
+    return out
 
 
 def run_scaling(

@@ -124,6 +124,43 @@ def _family_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     ] + table(head, body)[:-1]  # the caller spaces the next section
 
 
+def _fold_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
+    """Per fold: each row's gain at its largest size and the generator-minus-baseline change over sizes (none for a
+    study of one finished fold, or saved before folds were summarized apart)."""
+    folds = s.get("by_fold") or {}
+    if not folds:
+        return []
+    pools = s.get("pool_sizes")
+    rows = [r for r, pts in s["curve"].items() if pts]
+    first = next(iter(folds.values()))
+    spans = first["slopes"]
+    head = ["fold", "held-out tasks"] + [f"{labels.get(r, r)}" for r in rows]
+    head += [
+        f"generator − {labels.get(r, r)}, change {_size_label(d['from'], pools)} → {_size_label(d['to'], pools)}"
+        for r, d in spans.items()
+    ]
+
+    def gain(c):
+        return DASH if c is None else f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f}"
+
+    body = []
+    for fold, e in folds.items():
+        cells = [gain(e["top"].get(r)) for r in rows]
+        cells += [
+            gain({"gain": d["difference"], "gain_se": d["se"]}) if (d := e["slopes"].get(r)) else DASH for r in spans
+        ]
+        body.append([fold, str(e["n_tasks"])] + cells)
+    size = _size_label(next(iter(first["top"].values()))["size"], pools) if first["top"] else DASH
+    return [
+        "",
+        f"## By fold, {size} training tasks",
+        "",
+        "Each fold's held-out tasks alone: every row's gain over base (points, ± SE over the fold's tasks) with its "
+        "whole pool, and the paired difference of the changes between the smallest and largest size.",
+        "",
+    ] + table(head, body)[:-1]  # the caller spaces the next section
+
+
 def render(results: Mapping, figure) -> str:
     cfg, s = results["config"], results["summary"]
     m = results.get("machine") or {}
@@ -182,6 +219,7 @@ def render(results: Mapping, figure) -> str:
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}."
         )
+    lines += _fold_table(s, labels)
     lines += _family_table(s, labels)
     lines += ["", "## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
     return "\n".join(lines + [""])
