@@ -11,7 +11,7 @@ import pytest
 from deltalora.errors import ConfigError
 from deltalora.experiment.config import ScalingConfig, load_scaling_config
 from deltalora.experiment.scaling import ALL, make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
-from deltalora.experiment.scaling_report import _fold_table, _labels, render
+from deltalora.experiment.scaling_report import _fold_signs, _fold_table, _labels, render
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.retrieval import RetrievalIndex
 
@@ -160,6 +160,9 @@ def test_the_verdict_is_also_given_fold_by_fold():
     assert "| 0 | 2 | +30.0 ± 10.0 | +10.0 ± 0.0 | +30.0 ± 10.0 |" in lines
     assert "| 1 | 2 | +0.0 ± 0.0 | +10.0 ± 0.0 | +0.0 ± 0.0 |" in lines
     assert any("generator − mean merge of the training teachers, change 2 → 4" in x for x in lines)
+    assert (
+        _fold_signs(summarize_scaling(recs), "average_merge") == " Fold by fold, the difference is positive in 1 of 2."
+    )
 
 
 @pytest.fixture(scope="module")

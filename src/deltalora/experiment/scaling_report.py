@@ -161,6 +161,15 @@ def _fold_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     ] + table(head, body)[:-1]  # the caller spaces the next section
 
 
+def _fold_signs(s: Mapping, row: str) -> str:
+    """How many folds alone show the generator's change above the baseline's (`` Fold by fold, the difference is
+    positive in 4 of 5.``); empty without per-fold summaries."""
+    diffs = [e["slopes"][row]["difference"] for e in (s.get("by_fold") or {}).values() if row in e["slopes"]]
+    if not diffs:
+        return ""
+    return f" Fold by fold, the difference is positive in {sum(d > 0 for d in diffs)} of {len(diffs)}."
+
+
 def render(results: Mapping, figure) -> str:
     cfg, s = results["config"], results["summary"]
     m = results.get("machine") or {}
@@ -217,7 +226,7 @@ def render(results: Mapping, figure) -> str:
             f"- {span} training tasks: the generator's gain changes by "
             f"{100 * d['generator_change']:+.1f} points, that of the {label} by {100 * d['baseline_change']:+.1f}; "
             f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
-            f"tasks help the generator {verdict} they help the {label}."
+            f"tasks help the generator {verdict} they help the {label}.{_fold_signs(s, row)}"
         )
     lines += _fold_table(s, labels)
     lines += _family_table(s, labels)
