@@ -150,19 +150,18 @@ def test_the_verdict_is_also_given_fold_by_fold():
             for n in (2, 4):
                 for row, acc in (("generator", 0.2 + (up if n == 4 else 0)), ("average_merge", 0.3)):
                     recs += [{"fold": fold, "row": row, "size": n, "task": task, "draw": 0, "accuracy": acc}]
-    folds = summarize_scaling(recs)["by_fold"]
+    summary = summarize_scaling(recs)
+    folds = summary["by_fold"]
     d0, d1 = folds["0"]["slopes"]["average_merge"], folds["1"]["slopes"]["average_merge"]
     assert (d0["from"], d0["to"]) == (2, 4)
     assert d0["difference"] == pytest.approx(0.3) and d0["se"] == pytest.approx(0.1)
     assert d1["difference"] == pytest.approx(0.0) and folds["1"]["top"]["average_merge"]["gain"] == pytest.approx(0.1)
     cfg = {"train": {"generator": "mixture", "steps": 3}, "k": 3, "retrieval": {}}
-    lines = _fold_table(summarize_scaling(recs), _labels(cfg))
+    lines = _fold_table(summary, _labels(cfg))
     assert "| 0 | 2 | +30.0 ± 10.0 | +10.0 ± 0.0 | +30.0 ± 10.0 |" in lines
     assert "| 1 | 2 | +0.0 ± 0.0 | +10.0 ± 0.0 | +0.0 ± 0.0 |" in lines
     assert any("generator − mean merge of the training teachers, change 2 → 4" in x for x in lines)
-    assert (
-        _fold_signs(summarize_scaling(recs), "average_merge") == " Fold by fold, the difference is positive in 1 of 2."
-    )
+    assert _fold_signs(summary, "average_merge") == " Fold by fold, the difference is positive in 1 of 2."
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,11 @@ def _precisions(results: Mapping) -> str:
     return ", ".join(f"{p} (fold{'s' if len(f) > 1 else ''} {', '.join(f)})" for p, f in by.items())
 
 
+def _pm(gain: float, se: float) -> str:
+    """A gain and its standard error as the report prints them, in points: ``+4.8 ± 1.6``."""
+    return f"{100 * gain:+.1f} ± {100 * se:.1f}"
+
+
 def _family_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     """Per task family: the own teachers' gain and every row's at the generator's largest size (none without
     families in the summary: studies saved before they were recorded)."""
@@ -112,7 +117,7 @@ def _family_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     head = ["family", "tasks", "own teachers"] + [labels.get(r, r) for r in rows[1:]]
 
     def cell(c, n):  # one task has no standard error
-        return DASH if c is None else f"{100 * c['gain']:+.1f}" + (f" ± {100 * c['gain_se']:.1f}" if n > 1 else "")
+        return DASH if c is None else _pm(c["gain"], c["gain_se"]) if n > 1 else f"{100 * c['gain']:+.1f}"
 
     body = [[fam, str(e["n_tasks"])] + [cell(e.get(r), e["n_tasks"]) for r in rows] for fam, e in fams.items()]
     return [
@@ -134,21 +139,16 @@ def _fold_table(s: Mapping, labels: Mapping[str, str]) -> list[str]:
     rows = [r for r, pts in s["curve"].items() if pts]
     first = next(iter(folds.values()))
     spans = first["slopes"]
-    head = ["fold", "held-out tasks"] + [f"{labels.get(r, r)}" for r in rows]
+    head = ["fold", "held-out tasks"] + [labels.get(r, r) for r in rows]
     head += [
         f"generator − {labels.get(r, r)}, change {_size_label(d['from'], pools)} → {_size_label(d['to'], pools)}"
         for r, d in spans.items()
     ]
 
-    def gain(c):
-        return DASH if c is None else f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f}"
-
     body = []
     for fold, e in folds.items():
-        cells = [gain(e["top"].get(r)) for r in rows]
-        cells += [
-            gain({"gain": d["difference"], "gain_se": d["se"]}) if (d := e["slopes"].get(r)) else DASH for r in spans
-        ]
+        cells = [_pm(c["gain"], c["gain_se"]) if (c := e["top"].get(r)) else DASH for r in rows]
+        cells += [_pm(d["difference"], d["se"]) if (d := e["slopes"].get(r)) else DASH for r in spans]
         body.append([fold, str(e["n_tasks"])] + cells)
     size = _size_label(next(iter(first["top"].values()))["size"], pools) if first["top"] else DASH
     return [
@@ -201,7 +201,7 @@ def render(results: Mapping, figure) -> str:
                 [
                     labels.get(row, row),
                     _size_label(n, s.get("pool_sizes")),
-                    f"{100 * c['gain']:+.1f} ± {100 * c['gain_se']:.1f}",
+                    _pm(c["gain"], c["gain_se"]),
                     fmt(100 * c["draw_std"], ".1f"),
                     DASH if share is None else f"{100 * share:.0f} ± {100 * c['share_se']:.0f}",
                     str(c["n_tasks"]),
@@ -225,7 +225,7 @@ def render(results: Mapping, figure) -> str:
         lines.append(
             f"- {span} training tasks: the generator's gain changes by "
             f"{100 * d['generator_change']:+.1f} points, that of the {label} by {100 * d['baseline_change']:+.1f}; "
-            f"difference {100 * d['difference']:+.1f} ± {100 * d['se']:.1f} (SE over {d['n_tasks']} tasks): more "
+            f"difference {_pm(d['difference'], d['se'])} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}.{_fold_signs(s, row)}"
         )
     lines += _fold_table(s, labels)
