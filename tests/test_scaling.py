@@ -11,7 +11,7 @@ import pytest
 from deltalora.errors import ConfigError
 from deltalora.experiment.config import ScalingConfig, load_scaling_config
 from deltalora.experiment.scaling import ALL, make_folds, pool_order, run_scaling, sizes_for, summarize_scaling
-from deltalora.experiment.scaling_report import _fold_signs, _fold_table, _labels, render
+from deltalora.experiment.scaling_report import _fold_signs, _fold_table, _labels, _x_axis, render
 from deltalora.generators.checkpoint import read_checkpoint_metadata
 from deltalora.retrieval import RetrievalIndex
 
@@ -162,6 +162,57 @@ def test_the_verdict_is_also_given_fold_by_fold():
     assert "| 1 | 2 | +0.0 ± 0.0 | +10.0 ± 0.0 | +0.0 ± 0.0 |" in lines
     assert any("generator − mean merge of the training teachers, change 2 → 4" in x for x in lines)
     assert _fold_signs(summary, "average_merge") == " Fold by fold, the difference is positive in 1 of 2."
+
+
+def test_siblings_held_out_together_count_once_in_the_slope():
+    # three siblings (a1-a3, one group) climb 0.3 over the merge, b and c by 0.0 and 0.1: over five tasks the
+    # difference is 0.2 ± 0.063 (beyond 2 SE), over three units (the group's mean, b, c) 0.133 ± 0.088 (within)
+    recs = []
+    for task, up in (("a1", 0.3), ("a2", 0.3), ("a3", 0.3), ("b", 0.0), ("c", 0.1)):
+        recs += [{"fold": 0, "row": "base", "task": task, "accuracy": 0.2}]
+        for n in (2, 4):
+            for row, acc in (("generator", 0.2 + (up if n == 4 else 0)), ("average_merge", 0.3)):
+                recs += [{"fold": 0, "row": row, "size": n, "task": task, "draw": 0, "accuracy": acc}]
+    groups = {"a1": "a", "a2": "a", "a3": "a"}
+    d = summarize_scaling(recs, groups=groups)["slopes"]["average_merge"]
+    assert d["n_tasks"] == 5 and d["difference"] == pytest.approx(0.2) and d["beyond_2se"]
+    g = d["grouped"]
+    assert g["n_units"] == 3 and g["difference"] == pytest.approx(0.4 / 3)
+    assert g["se"] == pytest.approx((0.07 / 3) ** 0.5 / 3**0.5) and not g["beyond_2se"]
+    assert "grouped" not in summarize_scaling(recs)["slopes"]["average_merge"]  # no groups: tasks are the units
+    one_each = summarize_scaling(recs, groups={"a1": "a1"})["slopes"]["average_merge"]
+    assert "grouped" not in one_each  # a group of one task changes nothing
+    text = render(
+        {
+            "title": "t",
+            "command": "c",
+            "backbone": "b",
+            "folds": [["a1", "a2", "a3", "b", "c"]],
+            "finished_folds": [0],
+            "wall_seconds": 1.0,
+            "config": {
+                "train": {"generator": "mixture", "steps": 3},
+                "k": 3,
+                "draws": 1,
+                "eval": {"limit": 5},
+                "min_own_gain": 0.05,
+            },
+            "summary": json.loads(json.dumps(summarize_scaling(recs, groups=groups))),
+        },
+        None,
+    )
+    assert "difference +20.0 ± 6.3 (SE over 5 tasks)" in text
+    assert "as one unit (3 units), the difference is +13.3 ± 8.8 (within 2 SE)." in text
+
+
+def test_the_whole_pools_sit_apart_from_the_largest_size_and_a_size_on_fewer_tasks_says_so():
+    cell = {"n_tasks": 81}
+    curve = {"generator": {"8": cell, "64": {"n_tasks": 61}, ALL: cell}, "average_merge": {"8": cell, ALL: cell}}
+    at, tick = _x_axis(curve, [61, 65, 66, 66, 66])
+    assert at == {"8": 8, "64": 64, ALL: 96.0}  # pools of mean 64.8 would hide the point at 64
+    assert tick == {"8": "8", "64": "64\n(61 of 81 tasks)", ALL: "all (61–66)"}
+    at, _ = _x_axis({"generator": {"8": cell, ALL: cell}}, [20, 22])
+    assert at[ALL] == 21  # far enough from 8: at the pools' mean size
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import math
 import random
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -184,7 +184,10 @@ def _se(values: Sequence[float]) -> float:
 
 
 def summarize_scaling(
-    records: Sequence[Mapping], min_own_gain: float = 0.05, families: Mapping[str, str] | None = None
+    records: Sequence[Mapping],
+    min_own_gain: float = 0.05,
+    families: Mapping[str, str] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> dict:
     """The curve from the records: per row and size, the mean gain over base across tasks (each task's gain averaged
     over draws and adapters first) with its standard error over tasks, the spread of the across-task mean between
@@ -194,7 +197,9 @@ def summarize_scaling(
     of unequal size have pools one task apart). With ``families`` (task -> family): per family, the gain of the own
     teachers and of every row at the generator's largest size (``by_family``). With records of several folds: per
     fold, every row's gain at its largest size and the generator-minus-baseline changes (``by_fold``), so a reader sees
-    whether the pooled verdict holds fold by fold."""
+    whether the pooled verdict holds fold by fold. With ``groups`` (task -> hold-out group) that join tasks: each
+    slope also counted with a group of siblings as one unit (``grouped``: the mean of its members' differences), since
+    siblings held out together are not independent tasks."""
     base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
     own_acc: dict[str, list[float]] = defaultdict(list)
     for r in records:
@@ -271,6 +276,19 @@ def summarize_scaling(
                     "n_tasks": len(diffs),
                     "beyond_2se": abs(m) > 2 * se,
                 }
+                units: dict[str, list[float]] = defaultdict(list)
+                for t in g:
+                    if t in c:
+                        units[(groups or {}).get(t) or t].append(g[t] - c[t])
+                if 2 <= len(units) < len(diffs):
+                    per_unit = [statistics.fmean(v) for v in units.values()]
+                    m, se = statistics.fmean(per_unit), _se(per_unit)
+                    slopes[row]["grouped"] = {
+                        "difference": m,
+                        "se": se,
+                        "n_units": len(units),
+                        "beyond_2se": abs(m) > 2 * se,
+                    }
     return {
         "curve": curve,
         "slopes": slopes,
@@ -309,10 +327,15 @@ def run_scaling(
     t_all = time.perf_counter()
     folds: list[list[str]] = []
     families: dict[str, str] = {}
+    groups: dict[str, str] = {}  # task -> its hold-out group, for the tasks whose group joins siblings
 
     def check(entries: list[ZooEntry], zoo_dir: Path, zoo_cfg: ZooConfig) -> None:
         families.update({e.task: e.family for e in entries if not e.mixed})
-        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, holdout_groups(zoo_cfg)))  # siblings together
+        held = holdout_groups(zoo_cfg)
+        folds.extend(make_folds(families, cfg.folds, cfg.fold_seed, held))  # siblings together
+        group_of = {t: held.get(t) or t for t in families}
+        size = Counter(group_of.values())
+        groups.update({t: g for t, g in group_of.items() if size[g] > 1})
         smallest = min(len(families) - len(f) for f in folds)
         if smallest < 1:
             raise ConfigError(f"{zoo_dir}: a fold leaves no training task; use more tasks or fewer folds")
@@ -345,9 +368,10 @@ def run_scaling(
         "backbone": world.backbone.name,
         "folds": folds,
         "families": families,
+        "groups": groups,
         "finished_folds": finished,
         "eval_precision": precision,
-        "summary": summarize_scaling(records, cfg.min_own_gain, families),
+        "summary": summarize_scaling(records, cfg.min_own_gain, families, groups),
         "records": records,
         "timing": world.clock.call,
         "timing_all_calls": {"calls": world.clock.calls, "stages": world.clock.total},  # a study is many calls

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..paths import atomic_write_bytes
@@ -43,15 +43,14 @@ def curve_figure(results: Mapping, path: Path):
     if not any(curve.values()):
         return "curve skipped: no finished fold"
     labels = _labels(results["config"])
-    pools = results["summary"].get("pool_sizes") or []
-    at = {ALL: statistics.fmean(pools)} if pools else {}  # the whole pools' point sits at their mean size
+    at, tick = _x_axis(curve, results["summary"].get("pool_sizes") or [])
     fig, (ax, ax_share) = new_figure(ncols=2)
     for row, pts in curve.items():
         keys = sorted(pts, key=size_order)
         if not keys:
             continue
         cells = [pts[k] for k in keys]
-        sizes = [at.get(k) or int(k) for k in keys]
+        sizes = [at[k] for k in keys]
         kw = {"marker": "o", "capsize": 3, "label": labels.get(row, row)}
         ax.errorbar(sizes, [100 * c["gain"] for c in cells], yerr=[100 * c["gain_se"] for c in cells], **kw)
         shared = [(n, c) for n, c in zip(sizes, cells) if c["share_of_own_gain"] is not None]
@@ -63,10 +62,7 @@ def curve_figure(results: Mapping, path: Path):
                 **kw,
             )
     own = 100 * results["config"]["min_own_gain"]
-    keys = sorted({k for pts in curve.values() for k in pts}, key=size_order)
-    ticks, tick_labels = [at.get(k) or int(k) for k in keys], [_size_label(k, pools) for k in keys]
-    if ALL in keys and len(keys) > 1 and ticks[-1] < 1.25 * ticks[-2]:
-        tick_labels[-1] = "\n" + tick_labels[-1]  # the whole pools sit next to the largest size: a line lower
+    ticks, tick_labels = [at[k] for k in tick], list(tick.values())
     for a, ylabel, title in (
         (ax, "held-out gain over base (points, ± 1 SE over tasks)", "Held-out gain"),
         (ax_share, f"% of the own teachers' gain (tasks gaining ≥ {own:g} points)", "Share of the own teachers' gain"),
@@ -81,6 +77,23 @@ def curve_figure(results: Mapping, path: Path):
     ax.legend(fontsize=7)
     save_png(fig, path)
     return path
+
+
+def _x_axis(curve: Mapping, pools: Sequence[int]) -> tuple[dict, dict]:
+    """Where each size of the curve sits on the (log₂) axis and its tick label. A count sits at itself; the whole
+    pools at their mean size, or ×1.5 past the largest count when they would crowd it (a fold whose pool is
+    65 beside a size of 64). A size that some folds' pools are too small for is scored on fewer tasks than the rest:
+    its label says on how many."""
+    keys = sorted({k for pts in curve.values() for k in pts}, key=size_order)
+    counts = [int(k) for k in keys if k != ALL]
+    at: dict = {k: int(k) for k in keys if k != ALL}
+    if ALL in keys:
+        mean_pool = statistics.fmean(pools) if pools else 2 * max(counts, default=1)
+        at[ALL] = max(mean_pool, 1.5 * counts[-1]) if counts else mean_pool
+    n = {k: max(pts[k]["n_tasks"] for pts in curve.values() if k in pts) for k in keys}
+    most = max(n.values(), default=0)
+    tick = {k: _size_label(k, pools) + (f"\n({n[k]} of {most} tasks)" if n[k] < most else "") for k in keys}
+    return at, tick
 
 
 def _size_label(key, pools) -> str:
@@ -170,6 +183,19 @@ def _fold_signs(s: Mapping, row: str) -> str:
     return f" Fold by fold, the difference is positive in {sum(d > 0 for d in diffs)} of {len(diffs)}."
 
 
+def _grouped(d: Mapping) -> str:
+    """The slope with each group of siblings held out together as one unit (`` Counting ... ``); empty where no
+    group joins tasks (or the study was saved before groups were recorded)."""
+    g = d.get("grouped")
+    if not g:
+        return ""
+    within = "beyond 2 SE" if g["beyond_2se"] else "within 2 SE"
+    return (
+        f" Counting each group of sibling tasks held out together as one unit ({g['n_units']} units), the "
+        f"difference is {_pm(g['difference'], g['se'])} ({within})."
+    )
+
+
 def render(results: Mapping, figure) -> str:
     cfg, s = results["config"], results["summary"]
     m = results.get("machine") or {}
@@ -226,7 +252,7 @@ def render(results: Mapping, figure) -> str:
             f"- {span} training tasks: the generator's gain changes by "
             f"{100 * d['generator_change']:+.1f} points, that of the {label} by {100 * d['baseline_change']:+.1f}; "
             f"difference {_pm(d['difference'], d['se'])} (SE over {d['n_tasks']} tasks): more "
-            f"tasks help the generator {verdict} they help the {label}.{_fold_signs(s, row)}"
+            f"tasks help the generator {verdict} they help the {label}.{_fold_signs(s, row)}{_grouped(d)}"
         )
     lines += _fold_table(s, labels)
     lines += _family_table(s, labels)
