@@ -203,6 +203,15 @@ def test_siblings_held_out_together_count_once_in_the_slope():
     )
     assert "difference +20.0 ± 6.3 (SE over 5 tasks)" in text
     assert "as one unit (3 units), the difference is +13.3 ± 8.8 (within 2 SE)." in text
+    # the gap itself at the largest size: the generator ends 0.2, 0.2, 0.2, -0.1 and 0.0 above the merge
+    gap = d["at_largest"]
+    assert gap["difference"] == pytest.approx(0.1) and gap["n_tasks"] == 5
+    assert gap["grouped"]["difference"] == pytest.approx(0.1 / 3) and gap["grouped"]["n_units"] == 3
+    assert (
+        "- At 4 training tasks, the generator's gain minus that of the mean merge of the training teachers: "
+        "+10.0 ± 6.3 (paired, SE over 5 tasks; within 2 SE). Counting each group of sibling tasks held out together "
+        "as one unit (3 units), the difference is +3.3 ± 8.8 (within 2 SE)."
+    ) in text
 
 
 def test_the_whole_pools_sit_apart_from_the_largest_size_and_a_size_on_fewer_tasks_says_so():

@@ -197,9 +197,9 @@ def summarize_scaling(
     of unequal size have pools one task apart). With ``families`` (task -> family): per family, the gain of the own
     teachers and of every row at the generator's largest size (``by_family``). With records of several folds: per
     fold, every row's gain at its largest size and the generator-minus-baseline changes (``by_fold``), so a reader sees
-    whether the pooled verdict holds fold by fold. With ``groups`` (task -> hold-out group) that join tasks: each
-    slope also counted with a group of siblings as one unit (``grouped``: the mean of its members' differences), since
-    siblings held out together are not independent tasks."""
+    whether the pooled verdict holds fold by fold. Each slope also carries the generator-minus-baseline gap at the
+    largest size (``at_largest``); with ``groups`` (task -> hold-out group) that join tasks, both are also counted
+    with a group of siblings as one unit (``grouped``)."""
     base = {r["task"]: r["accuracy"] for r in records if r["row"] == "base"}
     own_acc: dict[str, list[float]] = defaultdict(list)
     for r in records:
@@ -261,34 +261,22 @@ def summarize_scaling(
             return {t: b[t] - a[t] for t in a if t in b}
 
         g = change("generator")
+        top_gen = per_task.get(("generator", hi), {})
         for row in ROWS[1:]:
             c = change(row)
-            diffs = [g[t] - c[t] for t in g if t in c]
+            diffs = {t: g[t] - c[t] for t in g if t in c}
             if len(diffs) >= 2:
-                m, se = statistics.fmean(diffs), _se(diffs)
                 slopes[row] = {
                     "from": lo,
                     "to": hi,
-                    "generator_change": statistics.fmean(g[t] for t in g if t in c),
-                    "baseline_change": statistics.fmean(c[t] for t in g if t in c),
-                    "difference": m,
-                    "se": se,
-                    "n_tasks": len(diffs),
-                    "beyond_2se": abs(m) > 2 * se,
+                    "generator_change": statistics.fmean(g[t] for t in diffs),
+                    "baseline_change": statistics.fmean(c[t] for t in diffs),
+                    **_paired(diffs, groups),
                 }
-                units: dict[str, list[float]] = defaultdict(list)
-                for t in g:
-                    if t in c:
-                        units[(groups or {}).get(t) or t].append(g[t] - c[t])
-                if 2 <= len(units) < len(diffs):
-                    per_unit = [statistics.fmean(v) for v in units.values()]
-                    m, se = statistics.fmean(per_unit), _se(per_unit)
-                    slopes[row]["grouped"] = {
-                        "difference": m,
-                        "se": se,
-                        "n_units": len(units),
-                        "beyond_2se": abs(m) > 2 * se,
-                    }
+                top = per_task.get((row, hi), {})
+                level = {t: top_gen[t] - top[t] for t in top_gen if t in top}
+                if len(level) >= 2:
+                    slopes[row]["at_largest"] = _paired(level, groups)  # the gap itself, not its change
     return {
         "curve": curve,
         "slopes": slopes,
@@ -298,6 +286,23 @@ def summarize_scaling(
         "by_family": by_family,
         "by_fold": _by_fold(records, min_own_gain),
     }
+
+
+def _paired(diffs: Mapping[str, float], groups: Mapping[str, str] | None) -> dict:
+    """A paired difference over tasks: mean, standard error, whether beyond 2 SE; and where ``groups`` join tasks,
+    the same with each group of siblings as one unit (``grouped``: the mean of its members' differences), since
+    siblings held out together are not independent tasks."""
+    vals = list(diffs.values())
+    m, se = statistics.fmean(vals), _se(vals)
+    out: dict = {"difference": m, "se": se, "n_tasks": len(vals), "beyond_2se": abs(m) > 2 * se}
+    units: dict[str, list[float]] = defaultdict(list)
+    for t, v in diffs.items():
+        units[(groups or {}).get(t) or t].append(v)
+    if 2 <= len(units) < len(vals):
+        per_unit = [statistics.fmean(v) for v in units.values()]
+        m, se = statistics.fmean(per_unit), _se(per_unit)
+        out["grouped"] = {"difference": m, "se": se, "n_units": len(units), "beyond_2se": abs(m) > 2 * se}
+    return out
 
 
 def _by_fold(records: Sequence[Mapping], min_own_gain: float) -> dict[str, dict]:

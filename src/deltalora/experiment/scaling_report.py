@@ -184,8 +184,8 @@ def _fold_signs(s: Mapping, row: str) -> str:
 
 
 def _grouped(d: Mapping) -> str:
-    """The slope with each group of siblings held out together as one unit (`` Counting ... ``); empty where no
-    group joins tasks (or the study was saved before groups were recorded)."""
+    """A paired difference with each group of siblings held out together as one unit (`` Counting ... ``); empty where
+    no group joins tasks (or the study was saved before groups were recorded)."""
     g = d.get("grouped")
     if not g:
         return ""
@@ -254,6 +254,13 @@ def render(results: Mapping, figure) -> str:
             f"difference {_pm(d['difference'], d['se'])} (SE over {d['n_tasks']} tasks): more "
             f"tasks help the generator {verdict} they help the {label}.{_fold_signs(s, row)}{_grouped(d)}"
         )
+    for row, d in s["slopes"].items():
+        if gap := d.get("at_largest"):
+            lines.append(
+                f"- At {_size_label(d['to'], s.get('pool_sizes'))} training tasks, the generator's gain minus that of "
+                f"the {labels.get(row, row)}: {_pm(gap['difference'], gap['se'])} (paired, SE over {gap['n_tasks']} "
+                f"tasks; {'beyond' if gap['beyond_2se'] else 'within'} 2 SE).{_grouped(gap)}"
+            )
     lines += _fold_table(s, labels)
     lines += _family_table(s, labels)
     lines += ["", "## Timing", ""] + timing_table(results.get("timing") or {}, results.get("timing_all_calls"))
