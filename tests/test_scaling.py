@@ -59,6 +59,19 @@ def _recs(row, size, task, draws):
     return [{"row": row, "size": size, "task": task, "draw": d, "accuracy": a} for d, a in enumerate(draws)]
 
 
+def _render(summary: dict, folds: list[list[str]], **extra) -> str:
+    """The report of a hand-made summary, as results.json would hold it."""
+    cfg = {
+        "train": {"generator": "mixture", "steps": 3},
+        "k": 3,
+        "draws": 1,
+        "eval": {"limit": 5},
+        "min_own_gain": 0.05,
+    }
+    results = {"title": "t", "command": "c", "backbone": "b", "folds": folds, "wall_seconds": 1.0, "config": cfg}
+    return render({**results, "finished_folds": list(range(len(folds))), "summary": summary, **extra}, None)
+
+
 def test_the_curve_is_the_mean_gain_over_tasks_with_its_standard_error():
     recs = [{"row": "base", "task": t, "accuracy": 0.2} for t in ("a", "b")]
     recs += [{"row": "own", "task": t, "accuracy": 0.6} for t in ("a", "b")]
@@ -114,26 +127,8 @@ def test_the_whole_pools_of_unequal_folds_are_one_point_of_the_curve():
     assert f0["slopes"] == {}  # a change needs two tasks
     assert summarize_scaling([r for r in recs if r["fold"] == 0])["by_fold"] == {}  # one fold: no table
     back = json.loads(json.dumps(s))  # the report reads the summary back from results.json: string keys
-    text = render(
-        {
-            "title": "t",
-            "command": "c",
-            "backbone": "b",
-            "folds": [["a"], ["b"]],
-            "finished_folds": [0, 1],
-            "eval_precision": {"0": "bfloat16", "1": "float32"},  # a fold resumed on a CPU without native bf16
-            "wall_seconds": 1.0,
-            "config": {
-                "train": {"generator": "mixture", "steps": 3},
-                "k": 3,
-                "draws": 1,
-                "eval": {"limit": 5},
-                "min_own_gain": 0.05,
-            },
-            "summary": back,
-        },
-        None,
-    )
+    # a fold resumed on a CPU without native bf16
+    text = _render(back, [["a"], ["b"]], eval_precision={"0": "bfloat16", "1": "float32"})
     assert "scored in bfloat16 (fold 0), float32 (fold 1)." in text
     assert "| all (3–4) |" in text and "2 → all (3–4) training tasks" in text
     assert "## By fold, all (3–4) training tasks" in text
@@ -182,25 +177,7 @@ def test_siblings_held_out_together_count_once_in_the_slope():
     assert "grouped" not in summarize_scaling(recs)["slopes"]["average_merge"]  # no groups: tasks are the units
     one_each = summarize_scaling(recs, groups={"a1": "a1"})["slopes"]["average_merge"]
     assert "grouped" not in one_each  # a group of one task changes nothing
-    text = render(
-        {
-            "title": "t",
-            "command": "c",
-            "backbone": "b",
-            "folds": [["a1", "a2", "a3", "b", "c"]],
-            "finished_folds": [0],
-            "wall_seconds": 1.0,
-            "config": {
-                "train": {"generator": "mixture", "steps": 3},
-                "k": 3,
-                "draws": 1,
-                "eval": {"limit": 5},
-                "min_own_gain": 0.05,
-            },
-            "summary": json.loads(json.dumps(summarize_scaling(recs, groups=groups))),
-        },
-        None,
-    )
+    text = _render(json.loads(json.dumps(summarize_scaling(recs, groups=groups))), [["a1", "a2", "a3", "b", "c"]])
     assert "difference +20.0 ± 6.3 (SE over 5 tasks)" in text
     assert "as one unit (3 units), the difference is +13.3 ± 8.8 (within 2 SE)." in text
     # the gap itself at the largest size: the generator ends 0.2, 0.2, 0.2, -0.1 and 0.0 above the merge
